@@ -1,0 +1,8 @@
+"""The one dispatch point: each module here chooses the backend for its op family,
+registers the fake (meta) kernels and the autograd formulas, and exposes plain Python
+functions that ``pydl.functional``, ``pydl.nn`` and ``pydl.optim`` call.
+
+C++ ops (cpu + cuda) are ``torch.ops.pydl.*`` (schemas in csrc/pydl.cpp); Triton ops
+are ``torch.ops.pydl_triton.*`` (``torch.library.custom_op``, defined here).
+"""
+from .activation import activation  # noqa: F401

@@ -1,0 +1,151 @@
+"""Activations (relu, leaky_relu, elu, sigmoid, tanh): backend choice, fake kernels,
+autograd.
+
+Ops per backend (same schemas):
+  act_fwd(x, act, alpha) -> y                      y = f(x)
+  act_fwd_(x!, act, alpha) -> ()                   x = f(x), in place
+  act_bwd(grad, saved, act, alpha, is_result) -> dx
+cpu/cuda: torch.ops.pydl.* (C++, csrc/cpu/activation.cpp, csrc/cuda/activation*.{cpp,cu});
+triton:   torch.ops.pydl_triton.* (defined below, kernels in kernels/activation.py).
+
+Autograd saves the output y for relu, sigmoid and tanh (their derivative is a function
+of y), and the input x for out-of-place leaky_relu and elu, as torch does. In-place with
+autograd goes through an autograd.Function that marks x dirty and saves the result (what
+torch's relu_/elu_/leaky_relu_ do): torch.library cannot attach autograd to a mutating
+op, and saving the result keeps the memory saving that inplace=True is for.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import _dispatch
+from ._util import check_tensor, dense, empty_dense_like, like_layout
+
+ACTS = ("relu", "leaky_relu", "elu", "sigmoid", "tanh")
+_SAVES_INPUT = ("leaky_relu", "elu")  # out of place; everything else saves the output
+
+
+# ------------------------------------------------------------------ Triton custom ops
+if _dispatch._kernels is not None:
+    from ..kernels import activation as _tk
+
+    @torch.library.custom_op("pydl_triton::act_fwd", mutates_args=())
+    def _triton_act_fwd(x: torch.Tensor, act: str, alpha: float) -> torch.Tensor:
+        x = dense(x)
+        y = torch.empty_like(x)
+        _tk.act_fwd(x, y, act, alpha)
+        return y
+
+    @torch.library.custom_op("pydl_triton::act_fwd_", mutates_args=("x",))
+    def _triton_act_fwd_(x: torch.Tensor, act: str, alpha: float) -> None:
+        t = dense(x)
+        _tk.act_fwd(t, t, act, alpha)
+        if t is not x:
+            x.copy_(t)
+
+    @torch.library.custom_op("pydl_triton::act_bwd", mutates_args=())
+    def _triton_act_bwd(grad: torch.Tensor, saved: torch.Tensor, act: str, alpha: float,
+                        is_result: bool) -> torch.Tensor:
+        saved = dense(saved)
+        grad = like_layout(grad, saved)
+        dx = torch.empty_like(saved)
+        _tk.act_bwd(grad, saved, dx, act, alpha, is_result)
+        return dx
+
+
+# ------------------------------------------------- fake kernels and autograd, both families
+def _register(ns: str) -> None:
+    @torch.library.register_fake(f"{ns}::act_fwd")
+    def _(x, act, alpha):
+        return empty_dense_like(x)
+
+    @torch.library.register_fake(f"{ns}::act_fwd_")
+    def _(x, act, alpha):
+        return None
+
+    @torch.library.register_fake(f"{ns}::act_bwd")
+    def _(grad, saved, act, alpha, is_result):
+        return empty_dense_like(saved)
+
+    bwd = getattr(torch.ops, ns).act_bwd
+
+    def setup_context(ctx, inputs, output):
+        x, act, alpha = inputs
+        ctx.act, ctx.alpha = act, alpha
+        ctx.is_result = act not in _SAVES_INPUT
+        ctx.save_for_backward(output if ctx.is_result else x)
+
+    def backward(ctx, grad):
+        (saved,) = ctx.saved_tensors
+        return bwd(grad, saved, ctx.act, ctx.alpha, ctx.is_result), None, None
+
+    torch.library.register_autograd(f"{ns}::act_fwd", backward, setup_context=setup_context)
+
+
+_OPS = {}  # backend -> the op namespace holding act_fwd / act_fwd_ / act_bwd
+if _dispatch._C is not None:
+    _register("pydl")
+    _OPS["cpu"] = _OPS["cuda"] = torch.ops.pydl
+if _dispatch._kernels is not None:
+    _register("pydl_triton")
+    _OPS["triton"] = torch.ops.pydl_triton
+
+
+class _InplaceAct(torch.autograd.Function):
+    """x = f(x) in place, differentiable: saves the result (x itself), like torch's relu_."""
+
+    @staticmethod
+    def forward(ctx, x, backend, act, alpha):
+        _OPS[backend].act_fwd_(x, act, alpha)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        ctx.backend, ctx.act, ctx.alpha = backend, act, alpha
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        dx = _OPS[ctx.backend].act_bwd(grad, y, ctx.act, ctx.alpha, True)
+        return dx, None, None, None
+
+
+def _torch_reference(x, act, alpha, inplace):
+    if act == "relu":
+        return F.relu(x, inplace=inplace)
+    if act == "leaky_relu":
+        return F.leaky_relu(x, alpha, inplace=inplace)
+    if act == "elu":
+        return F.elu(x, alpha, inplace=inplace)
+    if act == "sigmoid":
+        return x.sigmoid_() if inplace else torch.sigmoid(x)
+    return x.tanh_() if inplace else torch.tanh(x)
+
+
+def activation(x: torch.Tensor, act: str, alpha: float = 0.0, inplace: bool = False,
+               backend: Optional[str] = None) -> torch.Tensor:
+    """y = act(x) on the chosen backend; differentiable. With inplace=True, x is
+    overwritten and returned (as torch's inplace=True)."""
+    if act not in ACTS:
+        raise ValueError(f"pydl.activation: act must be one of {', '.join(ACTS)}; got {act!r}")
+    check_tensor(x, "input", act)
+    alpha = float(alpha)
+    name = _dispatch.resolve(act, x.device, backend)
+    if name == "torch":
+        return _torch_reference(x, act, alpha, inplace)
+    ops = _OPS[name]
+    if not inplace:
+        return ops.act_fwd(x, act, alpha)
+    if torch.is_grad_enabled() and x.requires_grad:
+        # torch rejects these too: the result cannot give the derivative back
+        if act == "leaky_relu" and alpha < 0:
+            raise RuntimeError("pydl.leaky_relu: in-place leaky_relu with a negative slope "
+                               "cannot be differentiated; use inplace=False")
+        if act == "elu" and alpha < 0:
+            raise RuntimeError("pydl.elu: in-place elu with a negative alpha cannot be "
+                               "differentiated; use inplace=False")
+        return _InplaceAct.apply(x, name, act, alpha)
+    ops.act_fwd_(x, act, alpha)
+    return x

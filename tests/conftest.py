@@ -1,0 +1,49 @@
+"""Test set-up shared by every test file.
+
+Without a GPU the Triton kernels run under the Triton interpreter on CPU tensors; the
+interpreter is chosen when the kernels are *defined*, so TRITON_INTERPRET must be set
+before pydl (and so pydl.kernels) is imported -- here, first thing.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import pydl  # noqa: E402
+
+GPU = torch.cuda.is_available()
+STATUS = pydl.backends()
+
+# (backend, device) pairs: each pydl kernel family on the device it runs on.
+PAIRS = [("cpu", "cpu"), ("cuda", "cuda"), ("triton", "cuda" if GPU else "cpu")]
+
+
+def _skip_reason(backend: str, device: str):
+    st = STATUS[backend]
+    if device in st.devices:
+        return None
+    return f"{backend} backend cannot run on {device} here: {st.detail}"
+
+
+def backend_params():
+    """pytest params (backend, device), each skipped with the reason where it cannot run."""
+    out = []
+    for b, d in PAIRS:
+        why = _skip_reason(b, d)
+        marks = [pytest.mark.skip(reason=why)] if why else []
+        out.append(pytest.param(b, d, id=f"{b}-{d}", marks=marks))
+    return out
+
+
+def interpreted(backend: str, device: str) -> bool:
+    """Triton under the CPU interpreter: keep shapes tiny."""
+    return backend == "triton" and device == "cpu"
+
+
+# Every op supports these on every backend; float64 is also the gradcheck dtype.
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+DTYPE_IDS = ["f32", "f16", "bf16", "f64"]

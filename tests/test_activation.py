@@ -1,0 +1,215 @@
+"""Activations (relu, leaky_relu, elu, sigmoid, tanh): every backend x dtype x layout
+against the float64 oracle, in-place semantics, gradcheck, opcheck, torch.compile, the
+nn modules as drop-ins."""
+import pytest
+import torch
+import torch.nn.functional as TF
+from torch import nn
+
+import pydl
+import pydl.functional as F
+from pydl.testing import assert_close, check_against_torch, make_input, to_ref
+from conftest import DTYPE_IDS, DTYPES, backend_params, interpreted
+
+# (name, pydl function, torch function, parameter)
+ACTS = [
+    ("relu", lambda x, **k: F.relu(x, **k), TF.relu),
+    ("leaky_relu_0.01", lambda x, **k: F.leaky_relu(x, **k), TF.leaky_relu),
+    ("leaky_relu_0.2", lambda x, **k: F.leaky_relu(x, 0.2, **k), lambda x, **k: TF.leaky_relu(x, 0.2, **k)),
+    ("elu_1", lambda x, **k: F.elu(x, **k), TF.elu),
+    ("elu_0.5", lambda x, **k: F.elu(x, 0.5, **k), lambda x, **k: TF.elu(x, 0.5, **k)),
+    ("sigmoid", lambda x, **k: F.sigmoid(x, **k), torch.sigmoid),
+    ("tanh", lambda x, **k: F.tanh(x, **k), torch.tanh),
+]
+ACT_IDS = [a[0] for a in ACTS]
+LAYOUTS = ["contiguous", "channels_last", "noncontig", "transposed"]
+
+
+def shape_for(backend, device):
+    # odd sizes; on the C++ backends large enough (44135 elements) to be split across
+    # threads / many blocks; tiny under the Triton interpreter
+    return (2, 3, 5, 7) if interpreted(backend, device) else (7, 13, 97, 5)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name,fn,torch_fn", ACTS, ids=ACT_IDS)
+def test_forward_backward(backend, device, dtype, layout, name, fn, torch_fn):
+    x = make_input(shape_for(backend, device), dtype, device, layout, requires_grad=True,
+                   seed=hash(name) % 1000, scale=3.0)  # scale 3: saturates sigmoid/tanh too
+    check_against_torch(lambda t: fn(t, backend=backend), torch_fn, [x], what=f"{name}/{backend}")
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("name,fn,torch_fn", ACTS[:5], ids=ACT_IDS[:5])
+@pytest.mark.parametrize("layout", ["contiguous", "noncontig"])
+def test_inplace(backend, device, name, fn, torch_fn, layout):
+    # without autograd: the very tensor comes back, overwritten (for a strided view,
+    # through the view into its base, leaving the other elements alone)
+    base = make_input((3, 5, 7, 4), torch.float32, device)
+    base_t = base.clone()
+    a, b = (base, base_t) if layout == "contiguous" else (base[..., ::2], base_t[..., ::2])
+    out = fn(a, inplace=True, backend=backend)
+    assert out is a
+    torch_fn(b, inplace=True)
+    assert torch.allclose(base, base_t, rtol=1e-6, atol=1e-7)
+    # with autograd, on a non-leaf: gradients as torch's in-place op gives
+    leaf = make_input((3, 5, 7, 2), torch.float64, device, requires_grad=True, seed=3)
+    leaf_t = leaf.detach().clone().requires_grad_()
+    y = fn(leaf * 1.5, inplace=True, backend=backend)
+    y_t = torch_fn(leaf_t * 1.5, inplace=True)
+    g = make_input(y.shape, torch.float64, device, seed=4)
+    y.backward(g)
+    y_t.backward(g)
+    assert_close(leaf.grad, to_ref(leaf_t.grad), leaf_t.grad, "in-place grad")
+    # an in-place op on a leaf that requires grad is an error, as in torch
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        fn(leaf, inplace=True, backend=backend)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_inplace_not_differentiable_cases(backend, device):
+    x = make_input((4, 5), torch.float32, device, requires_grad=True) * 1
+    with pytest.raises(RuntimeError, match="negative slope"):
+        F.leaky_relu(x, -0.1, inplace=True, backend=backend)
+    with pytest.raises(RuntimeError, match="negative alpha"):
+        F.elu(x, -0.5, inplace=True, backend=backend)
+    # but out of place both are fine, and match torch
+    check_against_torch(lambda t: F.leaky_relu(t, -0.1, backend=backend),
+                        lambda t: TF.leaky_relu(t, -0.1), [x.detach().requires_grad_()])
+    check_against_torch(lambda t: F.elu(t, -0.5, backend=backend),
+                        lambda t: TF.elu(t, -0.5), [x.detach().requires_grad_()])
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_special_values(backend, device):
+    """NaN/Inf propagate and derivative values at the edges are torch's."""
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-30, -1e-30,
+                      88.0, -88.0, 1e4, -1e4], device=device, requires_grad=True)
+    for name, fn, torch_fn in ACTS:
+        check_against_torch(lambda t: fn(t, backend=backend), torch_fn, [x], what=name)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_empty_and_scalar(backend, device):
+    for shape in [(0,), (3, 0, 5), ()]:
+        x = make_input(shape, torch.float32, device, requires_grad=True)
+        for name, fn, torch_fn in ACTS:
+            y = fn(x, backend=backend)
+            assert y.shape == x.shape
+            y.sum().backward()
+            assert x.grad.shape == x.shape
+            x.grad = None
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[1] == "cpu"])
+@pytest.mark.parametrize("name,fn,torch_fn", ACTS, ids=ACT_IDS)
+def test_gradcheck(backend, device, name, fn, torch_fn):
+    x = make_input((3, 4, 5), torch.float64, device, requires_grad=True, seed=11)
+    x = x + 0.05 * torch.sign(x.detach())  # keep away from the kink at 0
+    x = x.detach().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: fn(t, backend=backend), (x,), eps=1e-6, atol=1e-8)
+
+
+def _ops_for(backend):
+    return torch.ops.pydl_triton if backend == "triton" else torch.ops.pydl
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("act,alpha", [("relu", 0.0), ("leaky_relu", 0.1), ("elu", 1.0),
+                                       ("sigmoid", 0.0), ("tanh", 0.0)])
+def test_opcheck(backend, device, act, alpha):
+    ops = _ops_for(backend)
+    x = make_input((3, 5, 4, 2), torch.float32, device, requires_grad=True)
+    xcl = make_input((3, 5, 4, 2), torch.float32, device, "channels_last", requires_grad=True)
+    for t in (x, xcl):
+        torch.library.opcheck(ops.act_fwd.default, (t, act, alpha))
+        torch.library.opcheck(ops.act_fwd_.default, (t.detach().clone(), act, alpha))
+        g = make_input(t.shape, torch.float32, device, seed=5)
+        torch.library.opcheck(ops.act_bwd.default, (g, t.detach(), act, alpha, act != "elu"))
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_compile_fullgraph(backend, device):
+    def block(x):
+        y = F.elu(F.leaky_relu(x, 0.2, backend=backend), 0.7, backend=backend)
+        y = F.relu(y * 2.0, inplace=True, backend=backend)  # in place on a non-leaf
+        return F.sigmoid(y, backend=backend) + F.tanh(x, backend=backend)
+
+    x = make_input((3, 4, 5), torch.float32, device, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager" if interpreted(backend, device) else "inductor")
+    y, y2 = block(x), compiled(x2)
+    assert torch.equal(y, y2)
+    g = make_input(y.shape, torch.float32, device, seed=9)
+    y.backward(g)
+    y2.backward(g)
+    assert torch.equal(x.grad, x2.grad)
+
+
+# ----------------------------------------------------------------------- nn modules
+MODULES = [
+    (pydl.nn.ReLU, nn.ReLU, [{}, {"inplace": True}]),
+    (pydl.nn.LeakyReLU, nn.LeakyReLU, [{}, {"negative_slope": 0.3}, {"negative_slope": 0.2, "inplace": True}]),
+    (pydl.nn.ELU, nn.ELU, [{}, {"alpha": 0.4}, {"alpha": 2.0, "inplace": True}]),
+    (pydl.nn.Sigmoid, nn.Sigmoid, [{}]),
+    (pydl.nn.Tanh, nn.Tanh, [{}]),
+]
+
+
+@pytest.mark.parametrize("ours,theirs,kwargs_list", MODULES, ids=[m[1].__name__ for m in MODULES])
+def test_module_is_a_drop_in(ours, theirs, kwargs_list):
+    for kw in kwargs_list:
+        a, b = ours(**kw), theirs(**kw)
+        assert isinstance(a, theirs)
+        assert repr(a) == repr(b)
+        assert a.state_dict().keys() == b.state_dict().keys()
+        for attr in ("inplace", "negative_slope", "alpha"):
+            assert getattr(a, attr, None) == getattr(b, attr, None)
+        x = make_input((4, 6, 3), torch.float32)
+        assert torch.allclose(a(x.clone()), b(x.clone()), atol=1e-6)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_model_with_pydl_activations_matches_torch(backend, device):
+    """A torch.nn model whose activations are swapped for pydl's gives the same outputs
+    and gradients."""
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(13, 17), nn.ReLU(inplace=True), nn.Linear(17, 11), nn.LeakyReLU(0.1),
+                        nn.Linear(11, 9), nn.ELU(), nn.Linear(9, 7), nn.Tanh(), nn.Linear(7, 5),
+                        nn.Sigmoid()).to(device)
+    ours = nn.Sequential(*[m for m in ref]).to(device)
+    swap = {nn.ReLU: pydl.nn.ReLU, nn.LeakyReLU: pydl.nn.LeakyReLU, nn.ELU: pydl.nn.ELU,
+            nn.Tanh: pydl.nn.Tanh, nn.Sigmoid: pydl.nn.Sigmoid}
+    ours = nn.Sequential(*[swap[type(m)](**{k: getattr(m, k) for k in ("inplace", "negative_slope", "alpha")
+                                            if hasattr(m, k)}, backend=backend)
+                           if type(m) in swap else m for m in ref])
+    assert sum(isinstance(m, pydl.nn.ReLU | pydl.nn.LeakyReLU | pydl.nn.ELU | pydl.nn.Tanh | pydl.nn.Sigmoid)
+               for m in ours) == 5
+    x = make_input((6, 13), torch.float32, device)
+    y_ref = ref(x)
+    g_ref = torch.autograd.grad(y_ref.sum(), list(ref.parameters()))
+    y = ours(x)
+    g = torch.autograd.grad(y.sum(), list(ours.parameters()))
+    assert torch.allclose(y, y_ref, atol=1e-6, rtol=1e-5)
+    for a, b in zip(g, g_ref):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------- bad input
+def test_bad_input():
+    with pytest.raises(TypeError, match="input must be a torch.Tensor"):
+        F.relu([1.0, 2.0])
+    with pytest.raises(TypeError, match="input must be float32"):
+        F.relu(torch.arange(5))
+    with pytest.raises(ValueError, match="act must be one of"):
+        pydl.ops.activation(torch.randn(3), "gelu")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        F.relu(torch.randn(3), backend="cudnn")
+    # the C++ op checks its arguments too, for direct torch.ops calls
+    with pytest.raises(RuntimeError, match="grad_output and saved must have the same shape"):
+        torch.ops.pydl.act_bwd(torch.randn(3), torch.randn(4), "relu", 0.0, True)
+    with pytest.raises(RuntimeError, match="unknown activation"):
+        torch.ops.pydl.act_fwd(torch.randn(3), "gelu", 0.0)
