@@ -10,3 +10,10 @@ import os
 import triton  # noqa: F401  (an ImportError here marks the triton backend unavailable)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+if INTERPRET:
+    import warnings
+
+    # The interpreter evaluates both sides of tl.where in numpy, which warns about the
+    # discarded side (log(0), 0/0 in masked-out lanes). Those values are never used.
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="triton.runtime.interpreter")
