@@ -13,7 +13,7 @@ export MAX_JOBS ?= 2
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH) numpy pytest ninja pybind11 "setuptools>=64" wheel
+	$(PY) -m pip install -q $(TORCH) numpy pytest ninja pybind11 "setuptools>=64" wheel matplotlib
 	touch $@
 
 setup: $(VENV)/.deps

@@ -1,0 +1,1 @@
+"""pydl's kernel benchmark suite: `python -m bench --help`."""

@@ -1,0 +1,142 @@
+"""Timing, device ceilings and environment capture for the bench.
+
+GPU timing: CUDA events around each call, after warm-up, with the L2 cache flushed
+before every repeat (a write to a buffer larger than L2) so each run reads its inputs
+from DRAM as a real layer would; the median and the 10th/90th percentiles are kept.
+CPU timing: wall clock (perf_counter), median of repeats.
+
+Ceilings are measured at the start of the same run: device-to-device copy bandwidth
+(a large tensor copy: bytes read + bytes written over time) and a large bf16 matmul rate.
+Every memory-bound row is reported as a fraction of the copy bandwidth, every conv row
+as a fraction of the matmul rate.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    repeats_ms: list = field(default_factory=list)
+
+
+class Timer:
+    """Times a zero-argument callable on `device` ("cuda" or "cpu")."""
+
+    def __init__(self, device: str, warmup: int = 5, repeats: int = 30, min_time_s: float = 0.0):
+        self.device = device
+        self.warmup, self.repeats = warmup, repeats
+        self._flush = None
+        if device == "cuda":
+            l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 * 2**20)
+            self._flush = torch.empty(max(2 * l2, 64 * 2**20), dtype=torch.uint8, device="cuda")
+
+    def __call__(self, fn: Callable[[], object]) -> Timing:
+        for _ in range(self.warmup):
+            fn()
+        times = []
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            for _ in range(self.repeats):
+                self._flush.zero_()  # evict the inputs from L2
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+        else:
+            for _ in range(self.repeats):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+        return Timing(statistics.median(times), q[0], q[-1], times)
+
+
+def host_time_us(fn: Callable[[], object], repeats: int = 200) -> float:
+    """Median CPU-side time of one call (launch overhead; the GPU work is not waited for
+    except every 20 calls, to keep the queue from filling)."""
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e6)
+        if i % 20 == 19 and torch.cuda.is_available():
+            torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def measure_ceilings(device: str) -> dict:
+    """The device limits every row is compared to, measured now."""
+    if device != "cuda":
+        n = 64 * 2**20 // 4
+        a = torch.randn(n)
+        b = torch.empty_like(a)
+        t = Timer("cpu", warmup=2, repeats=10)(lambda: b.copy_(a)).median_ms
+        return {"copy_GBps": 2 * a.numel() * 4 / t / 1e6, "matmul_bf16_TFLOPs": None}
+    n = 1 << 28  # 1 GiB of float32
+    a = torch.empty(n, dtype=torch.float32, device="cuda").uniform_()
+    b = torch.empty_like(a)
+    t = Timer("cuda", warmup=3, repeats=20)(lambda: b.copy_(a)).median_ms
+    copy = 2 * n * 4 / t / 1e6
+    del a, b
+    m = 8192
+    x = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
+    y = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
+    t = Timer("cuda", warmup=3, repeats=20)(lambda: x @ y).median_ms
+    return {"copy_GBps": copy, "matmul_bf16_TFLOPs": 2 * m**3 / t / 1e9}
+
+
+def environment() -> dict:
+    import pydl
+    env = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "host": platform.node(), "python": platform.python_version(),
+        "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "pydl": pydl.__version__, "pydl_build": dict(pydl.BUILD_INFO),
+        "backends": {k: v._asdict() for k, v in pydl.backends().items()},
+    }
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    try:
+        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                       text=True, cwd=os.path.dirname(__file__)).stdout.strip()
+    except OSError:
+        env["commit"] = ""
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        env["gpu"] = p.name
+        env["gpu_sms"] = p.multi_processor_count
+        env["gpu_memory_GiB"] = round(p.total_memory / 2**30, 1)
+        try:
+            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True).stdout.strip()
+        except OSError:
+            env["driver"] = None
+    else:
+        env["gpu"] = None
+        env["cpu"] = platform.processor() or platform.machine()
+        env["cpu_threads"] = torch.get_num_threads()
+    return env
+
+
+def save_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o))

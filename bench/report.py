@@ -1,0 +1,167 @@
+"""Turn a results folder into tables, plots and the README's benchmark section.
+
+    python -m bench.report bench/results/<folder>       # print its markdown table
+    python -m bench.report --readme [folder]            # rewrite the README section from
+                                                        # the folder (default: the newest GPU run)
+    python -m bench.report --plots folder               # (re)draw folder/plots/*.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import OrderedDict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+README = os.path.join(os.path.dirname(HERE), "README.md")
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _groups(rows):
+    g = OrderedDict()
+    for r in rows:
+        g.setdefault((r["op"], r["layer"], r["dtype"], r["layout"], r["mode"]), []).append(r)
+    return g
+
+
+def _best_pydl(rs):
+    ok = [r for r in rs if r["impl"].startswith("pydl") and r["status"] == "ok"]
+    return min(ok, key=lambda r: r["median_ms"]) if ok else None
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(result: dict) -> str:
+    env, ceil = result["env"], result["ceilings"]
+    dev = env.get("gpu") or f"CPU ({env.get('cpu', '')}, {env.get('cpu_threads', '?')} threads)"
+    out = [f"Device: **{dev}**, {env['date']}, pydl commit `{env['commit']}`, torch {env['torch']}, "
+           f"Triton {env.get('triton')}, cuDNN {env.get('cudnn')}.",
+           f"Ceilings measured in this run: copy {_fmt(ceil.get('copy_GBps'), '.0f')} GB/s, "
+           f"bf16 matmul {_fmt(ceil.get('matmul_bf16_TFLOPs'), '.0f')} TFLOP/s.", "",
+           "| op | layer | dtype | layout | mode | pydl backends (ms) | best | torch ms | x torch "
+           "| compile ms | x compile | GB/s | % copy | TFLOP/s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    problems = []
+    for (op, layer, dt, lay, mode), rs in _groups(result["rows"]).items():
+        by = {r["impl"]: r for r in rs}
+        pyd = ", ".join(f"{r['impl'][5:]} {r['median_ms']:.3f}" if r["status"] == "ok" else f"{r['impl'][5:]} {r['status'].split(':')[0]}"
+                        for r in rs if r["impl"].startswith("pydl"))
+        best = _best_pydl(rs)
+        t, c = by.get("torch"), by.get("torch.compile")
+        tm = t["median_ms"] if t and t["status"] == "ok" else None
+        cm = c["median_ms"] if c and c["status"] == "ok" else None
+        out.append(f"| {op} | {layer} | {dt} | {lay} | {mode} | {pyd} | {best['impl'][5:] if best else '-'} "
+                   f"| {_fmt(tm, '.3f')} | {_fmt(best and best.get('speedup_vs_torch'), '.2f')} "
+                   f"| {_fmt(cm, '.3f')} | {_fmt(best and best.get('speedup_vs_torch.compile'), '.2f')} "
+                   f"| {_fmt(best and best.get('GBps'), '.0f')} | {_fmt(best and best.get('pct_copy'), '.0f')} "
+                   f"| {_fmt(best and best.get('TFLOPs'), '.1f')} |")
+        problems += [f"- {r['impl']} {op} {layer} {dt} {lay} {mode}: {r['status']}" for r in rs if r["status"] != "ok"]
+    if problems:
+        out += ["", "Rows not timed:"] + problems
+    return "\n".join(out) + "\n"
+
+
+def plots(result: dict, folder: str) -> list[str]:
+    """Speedup of the best pydl backend over torch per layer, and % of the copy
+    bandwidth, one PNG per (family, dtype, mode). Needs matplotlib (skipped without it)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plots", file=sys.stderr)
+        return []
+    os.makedirs(folder, exist_ok=True)
+    series = OrderedDict()
+    for (op, layer, dt, lay, mode), rs in _groups(result["rows"]).items():
+        best = _best_pydl(rs)
+        fam = rs[0]["family"]
+        if best:
+            series.setdefault((fam, dt, mode), []).append(
+                (f"{op} {layer} {lay[:2]}", best.get("speedup_vs_torch"), best.get("pct_copy")))
+    files = []
+    for (fam, dt, mode), pts in series.items():
+        fig, axes = plt.subplots(1, 2, figsize=(14, max(3, 0.28 * len(pts) + 1)))
+        labels = [p[0] for p in pts]
+        axes[0].barh(labels, [p[1] or 0 for p in pts], color="tab:blue")
+        axes[0].axvline(1.0, color="k", lw=1)
+        axes[0].set_xlabel("speedup vs torch (best pydl backend)")
+        axes[1].barh(labels, [p[2] or 0 for p in pts], color="tab:green")
+        axes[1].axvline(100.0, color="k", lw=1)
+        axes[1].set_xlabel("% of measured copy bandwidth")
+        axes[1].set_yticklabels([])
+        fig.suptitle(f"{fam} {dt} {mode} — {result['env'].get('gpu') or 'CPU'}")
+        fig.tight_layout()
+        path = os.path.join(folder, f"{fam}_{dt}_{mode}.png")
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
+def latest(gpu_only: bool = True) -> str | None:
+    if not os.path.isdir(RESULTS):
+        return None
+    found = []
+    for d in sorted(os.listdir(RESULTS)):
+        p = os.path.join(RESULTS, d, "results.json")
+        if os.path.exists(p):
+            with open(p) as f:
+                env = json.load(f)["env"]
+            if env.get("gpu") or not gpu_only:
+                found.append((env["date"], os.path.join(RESULTS, d)))
+    return max(found)[1] if found else None
+
+
+def readme_section(folder: str | None) -> str:
+    if folder is None:
+        return ("No GPU run is recorded yet: the CUDA and Triton kernels are compiled (and Triton "
+                "runs under the interpreter) in CI, but none has been timed on a GPU.\n")
+    with open(os.path.join(folder, "results.json")) as f:
+        result = json.load(f)
+    rel = os.path.relpath(folder, os.path.dirname(README))
+    pngs = sorted(os.listdir(os.path.join(folder, "plots"))) if os.path.isdir(os.path.join(folder, "plots")) else []
+    return (f"From `{rel}/` (raw: `results.json`), generated by `python -m bench.report --readme`.\n\n"
+            + markdown(result) + ("\nPlots: " + ", ".join(f"[{p}]({rel}/plots/{p})" for p in pngs) + "\n" if pngs else ""))
+
+
+def update_readme(folder: str | None, path: str = README) -> None:
+    with open(path) as f:
+        text = f.read()
+    if START not in text or END not in text:
+        raise SystemExit(f"{path} has no {START} ... {END} section")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    with open(path, "w") as f:
+        f.write(head + START + "\n" + readme_section(folder) + END + tail)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", nargs="?")
+    ap.add_argument("--readme", action="store_true")
+    ap.add_argument("--plots", action="store_true")
+    args = ap.parse_args(argv)
+    if args.plots:
+        if not args.folder:
+            raise SystemExit("--plots needs a results folder")
+        with open(os.path.join(args.folder, "results.json")) as f:
+            print("\n".join(plots(json.load(f), os.path.join(args.folder, "plots"))))
+        return 0
+    if args.readme:
+        update_readme(args.folder or latest())
+        return 0
+    folder = args.folder or latest(gpu_only=False)
+    if not folder:
+        raise SystemExit("no results folder")
+    with open(os.path.join(folder, "results.json")) as f:
+        print(markdown(json.load(f)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

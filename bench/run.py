@@ -1,0 +1,188 @@
+"""python -m bench -- time pydl's kernels against PyTorch on real network layers.
+
+    python -m bench --op relu,elu --backend cuda,triton --dtype bf16,f32 --shapes resnet50 --mode fwd,bwd
+    python -m bench --device cpu --shapes tiny          # CPU mode (what CI runs)
+
+Every row is checked before it is timed (a wrong kernel is reported as WRONG and not
+timed) and lands, with every repeat, in bench/results/<date>_<gpu>_<commit>/results.json,
+plus table.md and plots/ (report.py).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import os
+import sys
+import time
+
+import torch
+
+import pydl
+from pydl.testing import ATOL
+
+from . import report
+from .cases import MODES, Case, outputs_of, runner
+from .harness import Timer, environment, measure_ceilings, save_json
+
+FAMILIES = ["activation"]  # bench/bench_<family>.py, each with cases(shapes, dtypes, layouts, modes, ops)
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def load_cases(args) -> list[Case]:
+    ops = set(args.op.split(",")) if args.op else None
+    out = []
+    for fam in FAMILIES:
+        mod = importlib.import_module(f"bench.bench_{fam}")
+        fam_ops = None if not ops or fam in ops else ops
+        if ops and fam not in ops and not (ops & set(getattr(mod, "OPS", {}))):
+            continue
+        for shapes in args.shapes.split(","):
+            out += mod.cases(shapes, [DTYPES[d] for d in args.dtype.split(",")],
+                             args.layout.split(","), args.mode.split(","), fam_ops)
+    return out
+
+
+def check(case: Case, fn, inputs, device) -> str:
+    """'' if fn's outputs pass the float64 rule against torch (pydl error <= 2x torch's
+    same-dtype error + ATOL), else what is wrong. The oracle runs in float64 on `device`."""
+    ref_in = [t.detach().double().requires_grad_(t.requires_grad) for t in inputs]
+    same_in = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
+    got = outputs_of(fn, inputs, case.mode)
+    ref = outputs_of(case.torch_fn, ref_in, case.mode)
+    same = outputs_of(case.torch_fn, same_in, case.mode)
+    for i, (a, r, s) in enumerate(zip(got, ref, same)):
+        if a.shape != r.shape:
+            return f"output {i}: shape {tuple(a.shape)} != {tuple(r.shape)}"
+        a, s = a.double(), s.double()
+        if not torch.equal(torch.isnan(a), torch.isnan(r)):
+            return f"output {i}: NaN positions differ"
+        fin = torch.isfinite(r)
+        err = (a - r)[fin].abs().max().item() if fin.any() else 0.0
+        err_t = (s - r)[fin].abs().max().item() if fin.any() else 0.0
+        scale = max(1.0, r[fin].abs().max().item()) if fin.any() else 1.0
+        bound = 2 * err_t + ATOL[case.dtype] * scale
+        if not err <= bound:
+            return f"output {i}: max err {err:.3e} > 2 x torch {err_t:.3e} + atol"
+    return ""
+
+
+def run_case(case: Case, backends, device, timer, with_compile) -> list[dict]:
+    inputs = case.make_inputs(device)
+    impls = [(f"pydl-{b}", case.pydl_fn(b)) for b in backends]
+    impls.append(("torch", case.torch_fn))
+    if with_compile and case.compile:
+        impls.append(("torch.compile", torch.compile(case.torch_fn, dynamic=False)))
+    rows = []
+    for name, fn in impls:
+        row = {"op": case.op, "family": case.family, "layer": case.layer, "shape": list(case.shape),
+               "dtype": str(case.dtype).replace("torch.", ""), "layout": case.layout, "mode": case.mode,
+               "impl": name, "bytes": case.bytes, "flops": case.flops}
+        try:
+            wrong = check(case, fn, inputs, device) if name.startswith("pydl") else ""
+            if wrong:
+                row["status"] = "WRONG: " + wrong
+            else:
+                t = timer(runner(fn, inputs, case.mode))
+                row.update(status="ok", median_ms=t.median_ms, p10_ms=t.p10_ms, p90_ms=t.p90_ms,
+                           repeats_ms=t.repeats_ms)
+        except Exception as e:  # a failing impl is a result too, not the end of the sweep
+            row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        rows.append(row)
+    del inputs
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def score(rows: list[dict], ceilings: dict) -> None:
+    """Add GB/s, TFLOP/s, fractions of the ceilings and ratios to the baselines."""
+    base = {}
+    for r in rows:
+        if r["impl"] in ("torch", "torch.compile") and r["status"] == "ok":
+            base[(r["op"], r["layer"], r["dtype"], r["layout"], r["mode"], r["impl"])] = r["median_ms"]
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        s = r["median_ms"] / 1e3
+        if r["bytes"]:
+            r["GBps"] = r["bytes"] / s / 1e9
+            r["pct_copy"] = 100 * r["GBps"] / ceilings["copy_GBps"] if ceilings.get("copy_GBps") else None
+        if r["flops"]:
+            r["TFLOPs"] = r["flops"] / s / 1e12
+            mm = ceilings.get("matmul_bf16_TFLOPs")
+            r["pct_matmul"] = 100 * r["TFLOPs"] / mm if mm else None
+        k = (r["op"], r["layer"], r["dtype"], r["layout"], r["mode"])
+        for b in ("torch", "torch.compile"):
+            if k + (b,) in base:
+                r[f"speedup_vs_{b}"] = base[k + (b,)] / r["median_ms"]
+
+
+def progress(i, n, text):
+    width = 30
+    done = int(width * i / max(n, 1))
+    sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {i}/{n} {text[:60]:<60}")
+    sys.stderr.flush()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--op", default="", help="ops or families, comma-separated (default: all)")
+    ap.add_argument("--backend", default="", help="pydl backends (default: all usable on the device)")
+    ap.add_argument("--dtype", default="", help="f32,bf16,f16 (default: f32,bf16 on GPU, f32 on CPU)")
+    ap.add_argument("--layout", default="contiguous,channels_last")
+    ap.add_argument("--mode", default="fwd,bwd", help="fwd,bwd,fwdbwd")
+    ap.add_argument("--shapes", default="", help="resnet50,vgg16,tiny (default: resnet50,vgg16 on GPU, tiny on CPU)")
+    ap.add_argument("--device", default="", help="cuda | cpu (default: cuda when available)")
+    ap.add_argument("--repeats", type=int, default=0)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    ap.add_argument("--out", default="", help="results folder (default: bench/results/<date>_<gpu>_<commit>)")
+    ap.add_argument("--tag", default="", help="appended to the default folder name")
+    ap.add_argument("--no-plots", action="store_true", help="skip the PNGs (python -m bench.report --plots DIR makes them later)")
+    args = ap.parse_args(argv)
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device == "cuda"
+    args.shapes = args.shapes or ("resnet50,vgg16" if gpu else "tiny")
+    args.dtype = args.dtype or ("f32,bf16" if gpu else "f32")
+    for m in args.mode.split(","):
+        if m not in MODES:
+            ap.error(f"--mode: {m!r} is not one of {MODES}")
+    usable = [b for b, st in pydl.backends().items() if b != "torch" and device in st.devices]
+    backends = args.backend.split(",") if args.backend else usable
+    for b in backends:
+        if b not in usable:
+            ap.error(f"--backend {b}: not usable on {device} here ({pydl.backends()[b].detail})")
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+
+    env = environment()
+    name = args.out or os.path.join(
+        os.path.dirname(__file__), "results",
+        f"{time.strftime('%Y-%m-%d')}_{(env.get('gpu') or 'cpu').replace(' ', '-')}_{env['commit'] or 'nocommit'}"
+        + (f"_{args.tag}" if args.tag else ""))
+    os.makedirs(name, exist_ok=True)
+    print(f"device {device}; measuring ceilings...", file=sys.stderr)
+    ceilings = measure_ceilings(device)
+    timer = Timer(device, warmup=3 if gpu else 1, repeats=args.repeats or (30 if gpu else 5))
+    cases = load_cases(args)
+    rows = []
+    t0 = time.time()
+    for i, case in enumerate(cases):
+        progress(i, len(cases), case.key)
+        rows += run_case(case, backends, device, timer, with_compile=not args.no_compile and gpu)
+    progress(len(cases), len(cases), f"done in {time.time() - t0:.0f} s")
+    sys.stderr.write("\n")
+    score(rows, ceilings)
+    result = {"env": env, "ceilings": ceilings, "args": vars(args), "device": device, "rows": rows}
+    save_json(os.path.join(name, "results.json"), result)
+    save_json(os.path.join(name, "env.json"), env)
+    table = report.markdown(result)
+    with open(os.path.join(name, "table.md"), "w") as f:
+        f.write(table)
+    if not args.no_plots:
+        report.plots(result, os.path.join(name, "plots"))
+    print(table)
+    print(f"results: {name}")
+    bad = [r for r in rows if r["status"] != "ok" and r["impl"].startswith("pydl")]
+    return 1 if bad else 0
