@@ -3,7 +3,8 @@
 Every op in ``pydl/ops/`` asks :func:`resolve` which backend runs it. The order is
 
 1. an explicit ``backend=`` argument,
-2. the innermost ``with pydl.backend(...)`` block, else the ``PYDL_BACKEND`` variable,
+2. the innermost ``with pydl.backend(...)`` block, else the ``PYDL_BACKEND`` variable
+   (read when pydl is imported),
 3. ``"auto"``: CPU tensors -> ``cpu`` (C++); CUDA tensors -> the faster of ``cuda`` /
    ``triton`` for that op, as measured by the bench (``AUTO_CUDA`` below).
 
@@ -108,6 +109,9 @@ def backends() -> dict[str, BackendStatus]:
 
 # ---------------------------------------------------------------------------- selection
 _STACK: list[str] = []  # innermost `with pydl.backend(...)` last
+# Read once, at import, like torch's own environment settings: os.environ.get costs
+# ~2 us, a large share of a small op's host time.
+_ENV: Optional[str] = os.environ.get("PYDL_BACKEND") or None
 
 
 def _check_name(name: str, what: str) -> str:
@@ -132,9 +136,8 @@ def requested(explicit: Optional[str] = None) -> str:
         return _check_name(explicit, "backend")
     if _STACK:
         return _STACK[-1]
-    env = os.environ.get("PYDL_BACKEND")
-    if env:
-        return _check_name(env, "PYDL_BACKEND")
+    if _ENV:
+        return _check_name(_ENV, "PYDL_BACKEND")
     return "auto"
 
 
@@ -151,10 +154,20 @@ def _usable_on(name: str, device: str) -> Optional[str]:
     return f"the {name} backend cannot run on {device} tensors ({st.detail})"
 
 
+_RESOLVED: dict = {}  # (op, requested, device type) -> backend; _STATUS never changes
+
+
 def resolve(op: str, device: torch.device, explicit: Optional[str] = None) -> str:
     """The backend that runs `op` on tensors of `device`."""
     name = requested(explicit)
-    dev = device.type
+    key = (op, name, device.type)
+    hit = _RESOLVED.get(key)
+    if hit is None:
+        hit = _RESOLVED[key] = _resolve(op, name, device.type)
+    return hit
+
+
+def _resolve(op: str, name: str, dev: str) -> str:
     if name == "auto":
         if dev == "cpu":
             name = "cpu"

@@ -11,9 +11,9 @@ CPU = torch.device("cpu")
 
 
 def test_precedence(monkeypatch):
-    monkeypatch.delenv("PYDL_BACKEND", raising=False)
+    monkeypatch.setattr(_dispatch, "_ENV", None)
     assert _dispatch.requested() == "auto"
-    monkeypatch.setenv("PYDL_BACKEND", "torch")
+    monkeypatch.setattr(_dispatch, "_ENV", "torch")  # PYDL_BACKEND=torch at import
     assert _dispatch.requested() == "torch"
     with pydl.backend("cpu"):          # the context beats the environment
         assert _dispatch.requested() == "cpu"
@@ -37,9 +37,20 @@ def test_bad_names(monkeypatch):
     with pytest.raises(ValueError, match=r"pydl.backend\(name\) must be one of"):
         with pydl.backend("gpu"):
             pass
-    monkeypatch.setenv("PYDL_BACKEND", "fast")
+    monkeypatch.setattr(_dispatch, "_ENV", "fast")
     with pytest.raises(ValueError, match="PYDL_BACKEND must be one of"):
         pydl.functional.relu(torch.randn(3))
+
+
+def test_environment_variable(tmp_path):
+    import subprocess
+    import sys
+    code = ("import torch, pydl; from pydl import _dispatch\n"
+            "assert _dispatch.requested() == 'torch'\n"
+            "with pydl.backend('cpu'): assert _dispatch.requested() == 'cpu'\n")
+    env = dict(__import__("os").environ, PYDL_BACKEND="torch")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 def test_auto_on_cpu_is_cpp():
@@ -67,12 +78,15 @@ def test_auto_on_cuda_prefers_measured_then_what_is_usable(monkeypatch):
     none = BackendStatus(True, False, (), "no GPU")
     dev = torch.device("cuda")
     status = dict(_dispatch._STATUS)
+    monkeypatch.setattr(_dispatch, "_RESOLVED", {})  # the cache assumes a fixed _STATUS
     monkeypatch.setattr(_dispatch, "_STATUS", {**status, "cuda": gpu, "triton": gpu})
     monkeypatch.setattr(_dispatch, "AUTO_CUDA", {"relu": "triton"})
     assert _dispatch.resolve("relu", dev) == "triton"
     assert _dispatch.resolve("elu", dev) == "cuda"
+    monkeypatch.setattr(_dispatch, "_RESOLVED", {})
     monkeypatch.setattr(_dispatch, "_STATUS", {**status, "cuda": gpu, "triton": none})
     assert _dispatch.resolve("relu", dev) == "cuda"
+    monkeypatch.setattr(_dispatch, "_RESOLVED", {})
     monkeypatch.setattr(_dispatch, "_STATUS", {**status, "cuda": none, "triton": none})
     with pytest.raises(BackendUnavailable):
         _dispatch.resolve("relu", dev)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _dispatch
-from ._util import check_tensor, dense, empty_dense_like, like_layout
+from ._util import check_tensor, dense, differentiable, empty_dense_like, like_layout
 
 ACTS = ("relu", "leaky_relu", "elu", "sigmoid", "tanh")
 _SAVES_INPUT = ("leaky_relu", "elu")  # out of place; everything else saves the output
@@ -57,7 +57,8 @@ if _dispatch._kernels is not None:
 
 
 # ------------------------------------------------- fake kernels and autograd, both families
-def _register(ns: str) -> None:
+def _register(ns: str):
+    """Fake kernels and autograd for one op namespace; returns the differentiable act_fwd."""
     @torch.library.register_fake(f"{ns}::act_fwd")
     def _(x, act, alpha):
         return empty_dense_like(x)
@@ -82,15 +83,16 @@ def _register(ns: str) -> None:
         (saved,) = ctx.saved_tensors
         return bwd(grad, saved, ctx.act, ctx.alpha, ctx.is_result), None, None
 
-    torch.library.register_autograd(f"{ns}::act_fwd", backward, setup_context=setup_context)
+    return differentiable(f"{ns}::act_fwd", setup_context, backward)
 
 
 _OPS = {}  # backend -> the op namespace holding act_fwd / act_fwd_ / act_bwd
+_FWD = {}  # backend -> differentiable act_fwd
 if _dispatch._C is not None:
-    _register("pydl")
+    _FWD["cpu"] = _FWD["cuda"] = _register("pydl")
     _OPS["cpu"] = _OPS["cuda"] = torch.ops.pydl
 if _dispatch._kernels is not None:
-    _register("pydl_triton")
+    _FWD["triton"] = _register("pydl_triton")
     _OPS["triton"] = torch.ops.pydl_triton
 
 
@@ -135,9 +137,9 @@ def activation(x: torch.Tensor, act: str, alpha: float = 0.0, inplace: bool = Fa
     name = _dispatch.resolve(act, x.device, backend)
     if name == "torch":
         return _torch_reference(x, act, alpha, inplace)
-    ops = _OPS[name]
     if not inplace:
-        return ops.act_fwd(x, act, alpha)
+        return _FWD[name](x, act, alpha)
+    ops = _OPS[name]
     if torch.is_grad_enabled() and x.requires_grad:
         # torch rejects these too: the result cannot give the derivative back
         if act == "leaky_relu" and alpha < 0:
