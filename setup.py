@@ -100,7 +100,7 @@ setup(
     description="Hand-written CUDA C++, Triton and C++ kernels for CNN training, as PyTorch ops",
     python_requires=">=3.10",
     install_requires=["torch>=2.6", "numpy"],
-    packages=["pydl", "pydl.ops", "pydl.nn", "pydl.optim", "pydl.kernels"],
+    packages=["pydl", "pydl.ops", "pydl.nn", "pydl.optim", "pydl.models", "pydl.kernels"],
     package_dir={"pydl": "pydl", "pydl.kernels": "kernels"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

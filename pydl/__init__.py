@@ -6,13 +6,16 @@ modules and optimizers that drop into torch code.
     with pydl.backend("triton"):                # "cuda", "cpu", "torch", default "auto"
         ...
     pydl.backends()                             # what is compiled and usable here
+    model = pydl.convert(model)                 # swap supported torch.nn layers for pydl's
 """
 import torch  # noqa: F401  (pydl._C needs torch's libraries loaded first)
 
 from ._dispatch import BUILD_INFO, BackendUnavailable, backend, backends  # noqa: F401
 from . import ops  # noqa: F401  (registers fake kernels and autograd)
 from . import functional, nn  # noqa: F401
+from .convert import ConvertReport, convert, revert  # noqa: F401
 
 __version__ = "0.1.0"
 
-__all__ = ["backend", "backends", "BackendUnavailable", "BUILD_INFO", "functional", "nn", "ops"]
+__all__ = ["backend", "backends", "BackendUnavailable", "BUILD_INFO", "convert", "revert", "ConvertReport",
+           "functional", "nn", "ops"]

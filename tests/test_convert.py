@@ -1,0 +1,134 @@
+"""pydl.convert / pydl.revert and the model zoo: converted models compute what the
+originals do (train and eval: outputs, gradients, running stats), checkpoints load both
+ways, torchvision's state_dicts load into pydl.models."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import pydl
+import pydl.models as M
+
+torchvision = pytest.importorskip("torchvision")
+
+
+def pydl_layer_count(model):
+    pyd = {getattr(pydl.nn, n) for n in pydl.nn.__all__}
+    return sum(type(m) in pyd for m in model.modules())
+
+
+class Custom(nn.Module):
+    """nested containers, a shared module, a custom forward, a torch subclass"""
+
+    class MyReLU(nn.ReLU):
+        def forward(self, x):  # its own code: must not be converted
+            return super().forward(x) * 2
+
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Tanh()
+        self.body = nn.ModuleDict({"a": nn.Sequential(nn.Linear(7, 9), nn.ReLU(), self.shared),
+                                   "b": nn.ModuleList([nn.Linear(9, 9), nn.LeakyReLU(0.2), self.shared])})
+        self.odd = self.MyReLU()
+        self.head = nn.Sequential(nn.Linear(9, 5), nn.ELU(0.3), nn.Sigmoid())
+
+    def forward(self, x):
+        x = self.body["a"](x)
+        for m in self.body["b"]:
+            x = m(x)
+        return self.head(self.odd(x))
+
+
+def test_custom_model_round_trip():
+    torch.manual_seed(0)
+    model = Custom()
+    conv, rep = pydl.convert(model, report=True)
+    assert conv is not model and type(model.body["a"][1]) is nn.ReLU  # a copy by default
+    assert type(conv.body["a"][1]) is pydl.nn.ReLU and type(conv.head[1]) is pydl.nn.ELU
+    assert conv.head[1].alpha == 0.3 and conv.body["b"][1].negative_slope == 0.2
+    assert conv.body["a"][2] is conv.body["b"][2] is conv.shared  # still shared, converted once
+    assert type(conv.shared) is pydl.nn.Tanh
+    assert type(conv.odd) is Custom.MyReLU
+    assert any(n == "odd" and "own code" in why for n, c, why in rep.left)
+    assert len(rep.converted) == 5 and "5 layer(s) converted" in str(rep)
+    assert conv.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(4, 7)
+    assert torch.allclose(conv(x), model(x), atol=1e-6)
+    back = pydl.revert(conv)
+    assert pydl_layer_count(back) == 0 and type(back.head[1]) is nn.ELU and back.head[1].alpha == 0.3
+    assert torch.allclose(back(x), model(x), atol=1e-6)
+
+
+def test_inplace_and_backend():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    same = pydl.convert(model, inplace=True, backend="torch")
+    assert same is model and type(model[1]) is pydl.nn.ReLU and model[1].backend == "torch"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        pydl.convert(model, backend="fast")
+    with pytest.raises(TypeError, match="must be an nn.Module"):
+        pydl.convert(lambda x: x)
+
+
+def test_root_module_and_parameter_sharing():
+    relu = pydl.convert(nn.ReLU(inplace=True))
+    assert type(relu) is pydl.nn.ReLU and relu.inplace
+    lin = nn.Linear(3, 3)
+    model = nn.Sequential(lin, nn.ReLU())
+    conv = pydl.convert(model, inplace=True)
+    assert conv[0] is lin  # untouched layers are the same objects
+
+
+def _train_step(model, x, seed):
+    torch.manual_seed(seed)
+    out = model(x)
+    out.float().square().mean().backward()
+    return out
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11"])
+def test_torchvision_models_convert_and_match(name):
+    torch.manual_seed(0)
+    ref = getattr(torchvision.models, name)(weights=None, num_classes=10)
+    conv = pydl.convert(ref)
+    assert pydl_layer_count(conv) > 0
+    size = 32 if name == "resnet18" else 32
+    x = torch.randn(2, 3, size, size)
+    if name == "vgg11":  # dropout: same mask needs the same RNG stream
+        ref.eval(), conv.eval()
+    for mode in ("train", "eval"):
+        getattr(ref, mode)(), getattr(conv, mode)()
+        y_ref, y = _train_step(ref, x, 1), _train_step(conv, x, 1)
+        assert torch.allclose(y, y_ref, atol=1e-4, rtol=1e-4), mode
+        for (n, p), q in zip(ref.named_parameters(), conv.parameters()):
+            assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-3), (mode, n)
+            p.grad = q.grad = None
+        for (n, b), c in zip(ref.named_buffers(), conv.buffers()):
+            assert torch.equal(b, c) or torch.allclose(b.float(), c.float(), atol=1e-5), (mode, n)
+    # checkpoints both ways
+    conv.load_state_dict(ref.state_dict())
+    ref.load_state_dict(pydl.revert(conv).state_dict())
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg11", "vgg16", "resnet18", "resnet34", "resnet50"])
+def test_zoo_loads_torchvision_checkpoints(name):
+    tv = getattr(torchvision.models, name)(weights=None)
+    twin = getattr(M, name)(layers=nn)
+    assert list(twin.state_dict().keys()) == list(tv.state_dict().keys())
+    twin.load_state_dict(tv.state_dict(), strict=True)
+    if all(hasattr(pydl.nn, n) for n in M._NEEDED):
+        ours = getattr(M, name)()
+        ours.load_state_dict(tv.state_dict(), strict=True)
+
+
+def test_zoo_twin_outputs_match_torchvision():
+    tv = torchvision.models.resnet18(weights=None, num_classes=7).eval()
+    twin = M.resnet18(num_classes=7, layers=nn).eval()
+    twin.load_state_dict(tv.state_dict())
+    x = torch.randn(1, 3, 40, 40)
+    assert torch.allclose(twin(x), tv(x), atol=1e-5)
+
+
+def test_lenet5_shapes():
+    model = M.lenet5(layers=nn)
+    assert model(torch.randn(3, 1, 32, 32)).shape == (3, 10)
