@@ -21,6 +21,11 @@ OPS = {
 TENSORS_MOVED = {"fwd": 2, "bwd": 3, "fwdbwd": 5}
 
 
+def available() -> bool:
+    """Whether this pydl build has the op family (the bench skips it otherwise)."""
+    return True
+
+
 def cases(shapes, dtypes, layouts, modes, ops=None):
     out = []
     for op, (pydl_fn, torch_fn) in OPS.items():

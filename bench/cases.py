@@ -26,6 +26,10 @@ class Case:
     bytes: Optional[int] = None        # memory-bound rows: each input read once, each output written once
     flops: Optional[int] = None        # compute-bound rows
     compile: bool = True               # also time torch.compile(torch_fn)
+    # A case whose call is not "inputs -> output" (an optimizer step) supplies its own
+    # correctness check: check(backend, device) -> '' when right, else what is wrong.
+    check: Optional[Callable[[str, str], str]] = None
+    baselines: Optional[dict] = None   # extra baselines: name -> f(*inputs)
 
     @property
     def key(self) -> str:

@@ -43,8 +43,8 @@ def markdown(result: dict) -> str:
            f"Ceilings measured in this run: copy {_fmt(ceil.get('copy_GBps'), '.0f')} GB/s, "
            f"bf16 matmul {_fmt(ceil.get('matmul_bf16_TFLOPs'), '.0f')} TFLOP/s.", "",
            "| op | layer | dtype | layout | mode | pydl backends (ms) | best | torch ms | x torch "
-           "| compile ms | x compile | GB/s | % copy | TFLOP/s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| compile ms | x compile | other baselines (ms, x) | GB/s | % copy | TFLOP/s | % mm |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     problems = []
     for (op, layer, dt, lay, mode), rs in _groups(result["rows"]).items():
         by = {r["impl"]: r for r in rs}
@@ -54,11 +54,17 @@ def markdown(result: dict) -> str:
         t, c = by.get("torch"), by.get("torch.compile")
         tm = t["median_ms"] if t and t["status"] == "ok" else None
         cm = c["median_ms"] if c and c["status"] == "ok" else None
+        others = ", ".join(
+            f"{r['impl']} {r['median_ms']:.3f} ({_fmt(best and best.get('speedup_vs_' + r['impl']), '.2f')}x)"
+            for r in rs if r["status"] == "ok" and r["impl"] not in ("torch", "torch.compile")
+            and not r["impl"].startswith("pydl")) or "-"
+        if best and best.get("host_us") is not None:
+            others += f"; host {best['host_us']:.1f} us/step"
         out.append(f"| {op} | {layer} | {dt} | {lay} | {mode} | {pyd} | {best['impl'][5:] if best else '-'} "
                    f"| {_fmt(tm, '.3f')} | {_fmt(best and best.get('speedup_vs_torch'), '.2f')} "
                    f"| {_fmt(cm, '.3f')} | {_fmt(best and best.get('speedup_vs_torch.compile'), '.2f')} "
-                   f"| {_fmt(best and best.get('GBps'), '.0f')} | {_fmt(best and best.get('pct_copy'), '.0f')} "
-                   f"| {_fmt(best and best.get('TFLOPs'), '.1f')} |")
+                   f"| {others} | {_fmt(best and best.get('GBps'), '.0f')} | {_fmt(best and best.get('pct_copy'), '.0f')} "
+                   f"| {_fmt(best and best.get('TFLOPs'), '.1f')} | {_fmt(best and best.get('pct_matmul'), '.0f')} |")
         problems += [f"- {r['impl']} {op} {layer} {dt} {lay} {mode}: {r['status']}" for r in rs if r["status"] != "ok"]
     if problems:
         out += ["", "Rows not timed:"] + problems

@@ -23,9 +23,9 @@ from pydl.testing import ATOL
 
 from . import report
 from .cases import MODES, Case, outputs_of, runner
-from .harness import Timer, environment, measure_ceilings, save_json
+from .harness import Timer, environment, host_time_us, measure_ceilings, save_json
 
-FAMILIES = ["activation"]  # bench/bench_<family>.py, each with cases(shapes, dtypes, layouts, modes, ops)
+FAMILIES = ["activation", "pool", "batchnorm", "conv", "optim"]  # bench/bench_<family>.py, each with cases(shapes, dtypes, layouts, modes, ops)
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
 
@@ -33,7 +33,14 @@ def load_cases(args) -> list[Case]:
     ops = set(args.op.split(",")) if args.op else None
     out = []
     for fam in FAMILIES:
-        mod = importlib.import_module(f"bench.bench_{fam}")
+        try:
+            mod = importlib.import_module(f"bench.bench_{fam}")
+        except ImportError as e:  # an op family pydl does not have yet
+            print(f"bench: skipping {fam}: {e}", file=sys.stderr)
+            continue
+        if not mod.available():
+            print(f"bench: skipping {fam}: not in this pydl build", file=sys.stderr)
+            continue
         fam_ops = None if not ops or fam in ops else ops
         if ops and fam not in ops and not (ops & set(getattr(mod, "OPS", {}))):
             continue
@@ -71,6 +78,7 @@ def run_case(case: Case, backends, device, timer, with_compile) -> list[dict]:
     inputs = case.make_inputs(device)
     impls = [(f"pydl-{b}", case.pydl_fn(b)) for b in backends]
     impls.append(("torch", case.torch_fn))
+    impls += list((case.baselines or {}).items())
     if with_compile and case.compile:
         impls.append(("torch.compile", torch.compile(case.torch_fn, dynamic=False)))
     rows = []
@@ -79,13 +87,21 @@ def run_case(case: Case, backends, device, timer, with_compile) -> list[dict]:
                "dtype": str(case.dtype).replace("torch.", ""), "layout": case.layout, "mode": case.mode,
                "impl": name, "bytes": case.bytes, "flops": case.flops}
         try:
-            wrong = check(case, fn, inputs, device) if name.startswith("pydl") else ""
+            if not name.startswith("pydl"):
+                wrong = ""
+            elif case.check is not None:
+                wrong = case.check(name[5:], device)
+            else:
+                wrong = check(case, fn, inputs, device)
             if wrong:
                 row["status"] = "WRONG: " + wrong
             else:
-                t = timer(runner(fn, inputs, case.mode))
+                call = runner(fn, inputs, case.mode)
+                t = timer(call)
                 row.update(status="ok", median_ms=t.median_ms, p10_ms=t.p10_ms, p90_ms=t.p90_ms,
                            repeats_ms=t.repeats_ms)
+                if case.family == "optim":  # host-side cost of a step (launch overhead)
+                    row["host_us"] = host_time_us(call, repeats=50)
         except Exception as e:  # a failing impl is a result too, not the end of the sweep
             row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
         rows.append(row)
@@ -96,11 +112,14 @@ def run_case(case: Case, backends, device, timer, with_compile) -> list[dict]:
 
 
 def score(rows: list[dict], ceilings: dict) -> None:
-    """Add GB/s, TFLOP/s, fractions of the ceilings and ratios to the baselines."""
+    """Add GB/s, TFLOP/s, fractions of the ceilings and the speedup over every baseline
+    (every non-pydl impl of the same case)."""
+    def key(r):
+        return (r["op"], r["layer"], r["dtype"], r["layout"], r["mode"])
     base = {}
     for r in rows:
-        if r["impl"] in ("torch", "torch.compile") and r["status"] == "ok":
-            base[(r["op"], r["layer"], r["dtype"], r["layout"], r["mode"], r["impl"])] = r["median_ms"]
+        if not r["impl"].startswith("pydl") and r["status"] == "ok":
+            base.setdefault(key(r), {})[r["impl"]] = r["median_ms"]
     for r in rows:
         if r["status"] != "ok":
             continue
@@ -112,10 +131,9 @@ def score(rows: list[dict], ceilings: dict) -> None:
             r["TFLOPs"] = r["flops"] / s / 1e12
             mm = ceilings.get("matmul_bf16_TFLOPs")
             r["pct_matmul"] = 100 * r["TFLOPs"] / mm if mm else None
-        k = (r["op"], r["layer"], r["dtype"], r["layout"], r["mode"])
-        for b in ("torch", "torch.compile"):
-            if k + (b,) in base:
-                r[f"speedup_vs_{b}"] = base[k + (b,)] / r["median_ms"]
+        if r["impl"].startswith("pydl"):
+            for b, ms in base.get(key(r), {}).items():
+                r[f"speedup_vs_{b}"] = ms / r["median_ms"]
 
 
 def progress(i, n, text):
