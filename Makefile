@@ -13,7 +13,7 @@ export MAX_JOBS ?= 2
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH) numpy pytest ninja pybind11 "setuptools>=64" wheel matplotlib scikit-learn torchvision==0.29.1
+	$(PY) -m pip install -q $(TORCH) numpy pytest ninja pybind11 "setuptools>=64" wheel matplotlib scikit-learn hypothesis torchvision==0.29.1
 	touch $@
 
 setup: $(VENV)/.deps

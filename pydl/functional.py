@@ -16,35 +16,35 @@ __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "elu", "elu_", "sigmoid
 
 # ------------------------------------------------------------------------ activations
 def relu(input: torch.Tensor, inplace: bool = False, *, backend: Optional[str] = None) -> torch.Tensor:
-    return ops.activation(input, "relu", 0.0, inplace, backend)
+    return ops.act(input, "relu", 0.0, inplace, backend)
 
 
 def relu_(input: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
-    return ops.activation(input, "relu", 0.0, True, backend)
+    return ops.act(input, "relu", 0.0, True, backend)
 
 
 def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool = False, *,
                backend: Optional[str] = None) -> torch.Tensor:
-    return ops.activation(input, "leaky_relu", negative_slope, inplace, backend)
+    return ops.act(input, "leaky_relu", negative_slope, inplace, backend)
 
 
 def leaky_relu_(input: torch.Tensor, negative_slope: float = 0.01, *,
                 backend: Optional[str] = None) -> torch.Tensor:
-    return ops.activation(input, "leaky_relu", negative_slope, True, backend)
+    return ops.act(input, "leaky_relu", negative_slope, True, backend)
 
 
 def elu(input: torch.Tensor, alpha: float = 1.0, inplace: bool = False, *,
         backend: Optional[str] = None) -> torch.Tensor:
-    return ops.activation(input, "elu", alpha, inplace, backend)
+    return ops.act(input, "elu", alpha, inplace, backend)
 
 
 def elu_(input: torch.Tensor, alpha: float = 1.0, *, backend: Optional[str] = None) -> torch.Tensor:
-    return ops.activation(input, "elu", alpha, True, backend)
+    return ops.act(input, "elu", alpha, True, backend)
 
 
 def sigmoid(input: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
-    return ops.activation(input, "sigmoid", 0.0, False, backend)
+    return ops.act(input, "sigmoid", 0.0, False, backend)
 
 
 def tanh(input: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
-    return ops.activation(input, "tanh", 0.0, False, backend)
+    return ops.act(input, "tanh", 0.0, False, backend)

@@ -204,8 +204,8 @@ def test_bad_input():
         F.relu([1.0, 2.0])
     with pytest.raises(TypeError, match="input must be float32"):
         F.relu(torch.arange(5))
-    with pytest.raises(ValueError, match="act must be one of"):
-        pydl.ops.activation(torch.randn(3), "gelu")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        pydl.ops.act(torch.randn(3), "gelu")
     with pytest.raises(ValueError, match="backend must be one of"):
         F.relu(torch.randn(3), backend="cudnn")
     # the C++ op checks its arguments too, for direct torch.ops calls

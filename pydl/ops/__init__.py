@@ -5,4 +5,4 @@ functions that ``pydl.functional``, ``pydl.nn`` and ``pydl.optim`` call.
 C++ ops (cpu + cuda) are ``torch.ops.pydl.*`` (schemas in csrc/pydl.cpp); Triton ops
 are ``torch.ops.pydl_triton.*`` (``torch.library.custom_op``, defined here).
 """
-from .activation import activation  # noqa: F401
+from .activation import act  # noqa: F401

@@ -14,6 +14,18 @@ def check_tensor(t, name: str, op: str) -> None:
                         f"got {t.dtype}")
 
 
+def check_like(a: torch.Tensor, an: str, b: torch.Tensor, bn: str, op: str) -> None:
+    """a and b: same shape, dtype and device (the checks of csrc/common.h, for the Triton ops,
+    whose kernels would otherwise read past the end of the smaller tensor)."""
+    if a.shape != b.shape:
+        raise RuntimeError(f"pydl.{op}: {an} and {bn} must have the same shape, got "
+                           f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dtype != b.dtype:
+        raise RuntimeError(f"pydl.{op}: {an} and {bn} must have the same dtype, got {a.dtype} and {b.dtype}")
+    if a.device != b.device:
+        raise RuntimeError(f"pydl.{op}: {an} and {bn} must be on the same device, got {a.device} and {b.device}")
+
+
 def is_non_overlapping_and_dense(t: torch.Tensor) -> bool:
     """Whether t's elements fill a gap-free block of storage (in some dimension order):
     torch's Tensor::is_non_overlapping_and_dense, which the C++ side uses."""

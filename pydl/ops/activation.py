@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _dispatch
-from ._util import check_tensor, dense, differentiable, empty_dense_like, like_layout
+from ._util import check_like, check_tensor, dense, differentiable, empty_dense_like, like_layout
 
 ACTS = ("relu", "leaky_relu", "elu", "sigmoid", "tanh")
 _SAVES_INPUT = ("leaky_relu", "elu")  # out of place; everything else saves the output
@@ -49,6 +49,7 @@ if _dispatch._kernels is not None:
     @torch.library.custom_op("pydl_triton::act_bwd", mutates_args=())
     def _triton_act_bwd(grad: torch.Tensor, saved: torch.Tensor, act: str, alpha: float,
                         is_result: bool) -> torch.Tensor:
+        check_like(grad, "grad_output", saved, "saved", "act_bwd")  # as the C++ op does
         saved = dense(saved)
         grad = like_layout(grad, saved)
         dx = torch.empty_like(saved)
@@ -126,28 +127,29 @@ def _torch_reference(x, act, alpha, inplace):
     return x.tanh_() if inplace else torch.tanh(x)
 
 
-def activation(x: torch.Tensor, act: str, alpha: float = 0.0, inplace: bool = False,
-               backend: Optional[str] = None) -> torch.Tensor:
-    """y = act(x) on the chosen backend; differentiable. With inplace=True, x is
-    overwritten and returned (as torch's inplace=True)."""
-    if act not in ACTS:
-        raise ValueError(f"pydl.activation: act must be one of {', '.join(ACTS)}; got {act!r}")
-    check_tensor(x, "input", act)
+def act(x: torch.Tensor, kind: str, alpha: float = 0.0, inplace: bool = False,
+        backend: Optional[str] = None) -> torch.Tensor:
+    """y = kind(x) (relu, leaky_relu, elu, sigmoid, tanh; alpha = negative_slope or elu's
+    alpha) on the chosen backend; differentiable. With inplace=True, x is overwritten and
+    returned (as torch's inplace=True)."""
+    if kind not in ACTS:
+        raise ValueError(f"pydl.ops.act: kind must be one of {', '.join(ACTS)}; got {kind!r}")
+    check_tensor(x, "input", kind)
     alpha = float(alpha)
-    name = _dispatch.resolve(act, x.device, backend)
+    name = _dispatch.resolve(kind, x.device, backend)
     if name == "torch":
-        return _torch_reference(x, act, alpha, inplace)
+        return _torch_reference(x, kind, alpha, inplace)
     if not inplace:
-        return _FWD[name](x, act, alpha)
+        return _FWD[name](x, kind, alpha)
     ops = _OPS[name]
     if torch.is_grad_enabled() and x.requires_grad:
         # torch rejects these too: the result cannot give the derivative back
-        if act == "leaky_relu" and alpha < 0:
+        if kind == "leaky_relu" and alpha < 0:
             raise RuntimeError("pydl.leaky_relu: in-place leaky_relu with a negative slope "
                                "cannot be differentiated; use inplace=False")
-        if act == "elu" and alpha < 0:
+        if kind == "elu" and alpha < 0:
             raise RuntimeError("pydl.elu: in-place elu with a negative alpha cannot be "
                                "differentiated; use inplace=False")
-        return _InplaceAct.apply(x, name, act, alpha)
-    ops.act_fwd_(x, act, alpha)
+        return _InplaceAct.apply(x, name, kind, alpha)
+    ops.act_fwd_(x, kind, alpha)
     return x
