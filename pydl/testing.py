@@ -63,12 +63,13 @@ def make_input(shape: Sequence[int], dtype=torch.float32, device="cpu", layout: 
     g = torch.Generator().manual_seed(seed)
     shape = tuple(shape)
     if layout == "noncontig":
+        # slice *after* moving to the target dtype/device: .to() of a strided view would
+        # hand back a contiguous copy
         wide = shape[:-1] + (2 * shape[-1],) if shape else (2,)
-        base = torch.randn(wide, generator=g, dtype=torch.float64) * scale
+        base = (torch.randn(wide, generator=g, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
         t = base[..., ::2] if shape else base[0]
     else:
-        t = torch.randn(shape, generator=g, dtype=torch.float64) * scale
-    t = t.to(device=device, dtype=dtype)
+        t = (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
     if layout == "channels_last":
         t = t.contiguous(memory_format=torch.channels_last)
     elif layout == "transposed":
