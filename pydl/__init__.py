@@ -12,6 +12,7 @@ import torch  # noqa: F401  (pydl._C needs torch's libraries loaded first)
 from ._dispatch import BUILD_INFO, BackendUnavailable, backend, backends  # noqa: F401
 from . import ops  # noqa: F401  (registers fake kernels and autograd)
 from . import functional, nn  # noqa: F401
+from . import optim  # noqa: F401  (fused optimizers)
 
 __version__ = "0.1.0"
 

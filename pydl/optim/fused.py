@@ -1,0 +1,314 @@
+"""Fused multi-tensor optimizers: SGD, Adam, AdamW, RMSprop, Adagrad.
+
+Each class subclasses its torch.optim namesake, so the constructor signature, defaults,
+hyperparameter validation (and its error messages), ``param_groups``, ``add_param_group``,
+``zero_grad``, ``state`` / ``state_dict`` / ``load_state_dict``, hooks and LR schedulers
+are torch's own code; only ``step()`` is pydl's. It gathers the parameters of each param
+group that have a gradient, buckets them by (device, dtype), and updates every bucket
+with ONE fused multi-tensor op (pydl.ops.optim: C++ on CPU, CUDA C++ or Triton on GPU)
+instead of a handful of kernels per tensor.
+
+State layout is torch's: the same keys (``step``, ``exp_avg``, ``exp_avg_sq``,
+``max_exp_avg_sq``, ``momentum_buffer``, ``square_avg``, ``grad_avg``, ``sum``), ``step``
+a float32 scalar tensor on the CPU (torch's default, non-fused layout), created at the
+same moment as torch creates it. So a torch.optim checkpoint loads into pydl and a pydl
+checkpoint into torch.optim, and training continues identically.
+
+One deliberate difference: for float16 / bfloat16 parameters the state tensors are
+float32 (torch keeps them in the parameter's dtype), so the moments do not lose their
+small increments to 16-bit rounding. Loading such a checkpoint into torch.optim casts
+the state to the parameter dtype (torch's load_state_dict does that); a torch checkpoint
+with 16-bit state is promoted to float32 on pydl's first step.
+
+Extra keyword-only arguments: ``backend=`` (None: follow ``pydl.backend(...)`` /
+PYDL_BACKEND / auto). ``foreach`` and ``fused`` are accepted (and stored in the groups,
+as torch does) but pydl always runs its fused kernels; ``capturable=True`` and
+``differentiable=True`` are not supported and raise ValueError.
+
+GradScaler: the optimizers set ``_step_supports_amp_scaling``, as torch's fused ones do,
+so ``scaler.step(opt)`` hands the scale to ``step`` (as ``opt.grad_scale``) and the
+kernels divide the gradients by it on the fly -- no separate unscale pass. ``found_inf``
+is read once per step (one host synchronization on GPU, the one torch's non-fused
+GradScaler path makes too) because the step counters live on the CPU; when it is set the
+whole step is skipped, step counters included, exactly like torch.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Optional
+
+import torch
+
+from ..ops import optim as _ops
+
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
+
+
+def _scalar(v) -> float:
+    """A hyperparameter as a Python float (lr and weight_decay may be tensors in torch)."""
+    return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def _step_tensor(state) -> torch.Tensor:
+    """state['step'] as torch's default layout keeps it: a float32 scalar tensor on the CPU
+    (a checkpoint from a fused/capturable torch optimizer may hold it on the GPU)."""
+    s = state["step"]
+    if not isinstance(s, torch.Tensor):
+        s = torch.tensor(float(s), dtype=torch.float32)
+    elif s.device.type != "cpu" or s.dtype != torch.float32:
+        s = s.detach().to("cpu", torch.float32)
+    state["step"] = s
+    return s
+
+
+class _FusedStep:
+    """The shared part of the five optimizers: construction-time checks and the bucketing."""
+
+    _pydl_name = ""
+
+    def _pydl_setup(self, backend: Optional[str], capturable: bool, differentiable: bool):
+        name = self._pydl_name
+        if capturable:
+            raise ValueError(f"pydl.optim.{name}: capturable=True is not supported (the step "
+                             "counters live on the CPU)")
+        if differentiable:
+            raise ValueError(f"pydl.optim.{name}: differentiable=True is not supported")
+        if backend is not None:
+            from .._dispatch import _check_name
+            _check_name(backend, f"pydl.optim.{name}: backend")
+        self.backend = backend
+        # GradScaler then passes its scale to step() instead of unscaling the grads itself
+        self._step_supports_amp_scaling = True
+
+    def _state_tensor(self, state, key, p, fill: float = 0.0) -> torch.Tensor:
+        """state[key], created (filled with `fill`) if missing, and brought to the kernels'
+        layout: float32 for 16-bit params, the param's device and strides."""
+        want = _ops.state_dtype(p.dtype)
+        t = state.get(key)
+        if t is None:
+            t = torch.full_like(p, fill, dtype=want, memory_format=torch.preserve_format)
+        elif t.dtype != want or t.device != p.device or (p.numel() > 1 and t.stride() != p.stride()):
+            s = torch.empty_like(p, dtype=want, memory_format=torch.preserve_format)
+            s.copy_(t)
+            t = s
+        state[key] = t
+        return t
+
+    def _with_grads(self, group):
+        """The group's params that have a gradient, with their gradients."""
+        params, grads = [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"pydl.optim.{self._pydl_name} does not support sparse "
+                                   "gradients")
+            if torch.is_complex(p):
+                raise TypeError(f"pydl.optim.{self._pydl_name}: complex parameters are not "
+                                "supported")
+            params.append(p)
+            grads.append(p.grad)
+        return params, grads
+
+    @staticmethod
+    def _buckets(params, key=lambda p: ()):
+        """Indices of params grouped by (device, dtype, extra key): one fused launch each."""
+        out = defaultdict(list)
+        for i, p in enumerate(params):
+            out[(p.device, p.dtype) + tuple(key(p))].append(i)
+        return out.values()
+
+    def _amp(self, device):
+        """(grad_scale on `device` or None, skip) from what GradScaler set on us."""
+        scale = getattr(self, "grad_scale", None)
+        if scale is not None:
+            scale = scale.to(device=device, dtype=torch.float32).reshape(1)
+        return scale
+
+    def _skip_step(self) -> bool:
+        found_inf = getattr(self, "found_inf", None)
+        return found_inf is not None and bool(found_inf.item())
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Performs a single optimization step (all groups, one fused launch per
+        (device, dtype) bucket of each group).
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and
+                returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self._skip_step():  # GradScaler found inf/NaN gradients: skip, like torch
+            return loss
+        for group in self.param_groups:
+            params, grads = self._with_grads(group)
+            if params:
+                self._group_step(group, params, grads)
+        return loss
+
+
+class SGD(_FusedStep, torch.optim.SGD):
+    __doc__ = "pydl's fused multi-tensor " + (torch.optim.SGD.__doc__ or "SGD")
+    _pydl_name = "SGD"
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
+                 nesterov=False, *, maximize=False, foreach=None, differentiable=False,
+                 fused=None, backend: Optional[str] = None):
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
+                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+                         foreach=foreach, differentiable=differentiable, fused=fused)
+        self._pydl_setup(backend, False, differentiable)
+
+    def _group_step(self, group, params, grads):
+        momentum = _scalar(group["momentum"])
+        # a parameter's first momentum step sets buf = g: those go to their own launch
+        first = [momentum != 0 and self.state[p].get("momentum_buffer") is None for p in params]
+        for idx in self._buckets(params, key=lambda p: ()):
+            for is_first in (False, True):
+                sel = [i for i in idx if first[i] == is_first]
+                if not sel:
+                    continue
+                ps = [params[i] for i in sel]
+                bufs = [self._state_tensor(self.state[p], "momentum_buffer", p) for p in ps] \
+                    if momentum != 0 else []
+                _ops.sgd_step(ps, [grads[i] for i in sel], bufs, lr=_scalar(group["lr"]),
+                              momentum=momentum, dampening=_scalar(group["dampening"]),
+                              weight_decay=_scalar(group["weight_decay"]),
+                              nesterov=bool(group["nesterov"]), maximize=bool(group["maximize"]),
+                              first=is_first, grad_scale=self._amp(ps[0].device),
+                              backend=self.backend)
+
+
+class Adam(_FusedStep, torch.optim.Adam):
+    __doc__ = "pydl's fused multi-tensor " + (torch.optim.Adam.__doc__ or "Adam")
+    _pydl_name = "Adam"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False, fused=None, decoupled_weight_decay=False,
+                 backend: Optional[str] = None):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=decoupled_weight_decay)
+        self._pydl_setup(backend, capturable, differentiable)
+
+    def _group_step(self, group, params, grads):
+        amsgrad = bool(group["amsgrad"])
+        beta1, beta2 = (_scalar(b) for b in group["betas"])
+        m, v, vmax, steps = [], [], [], []
+        for p in params:
+            st = self.state[p]
+            if len(st) == 0:  # lazy, like torch: created at the first step with a grad
+                st["step"] = torch.tensor(0.0, dtype=torch.float32)
+            step = _step_tensor(st)
+            step += 1
+            steps.append(float(step))
+            m.append(self._state_tensor(st, "exp_avg", p))
+            v.append(self._state_tensor(st, "exp_avg_sq", p))
+            if amsgrad:
+                vmax.append(self._state_tensor(st, "max_exp_avg_sq", p))
+        for idx in self._buckets(params):
+            ps = [params[i] for i in idx]
+            _ops.adam_step(ps, [grads[i] for i in idx], [m[i] for i in idx], [v[i] for i in idx],
+                           [vmax[i] for i in idx] if amsgrad else [], [steps[i] for i in idx],
+                           lr=_scalar(group["lr"]), beta1=beta1, beta2=beta2,
+                           eps=_scalar(group["eps"]), weight_decay=_scalar(group["weight_decay"]),
+                           amsgrad=amsgrad, maximize=bool(group["maximize"]),
+                           decoupled=bool(group.get("decoupled_weight_decay", False)),
+                           grad_scale=self._amp(ps[0].device), backend=self.backend)
+
+
+class AdamW(Adam, torch.optim.AdamW):
+    __doc__ = "pydl's fused multi-tensor " + (torch.optim.AdamW.__doc__ or "AdamW")
+    _pydl_name = "AdamW"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
+                 differentiable=False, fused=None, backend: Optional[str] = None):
+        torch.optim.AdamW.__init__(self, params, lr=lr, betas=betas, eps=eps,
+                                   weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                                   foreach=foreach, capturable=capturable,
+                                   differentiable=differentiable, fused=fused)
+        self._pydl_setup(backend, capturable, differentiable)
+
+
+class RMSprop(_FusedStep, torch.optim.RMSprop):
+    __doc__ = "pydl's fused multi-tensor " + (torch.optim.RMSprop.__doc__ or "RMSprop")
+    _pydl_name = "RMSprop"
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                 centered=False, capturable=False, foreach=None, maximize=False,
+                 differentiable=False, *, backend: Optional[str] = None):
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                         momentum=momentum, centered=centered, capturable=capturable,
+                         foreach=foreach, maximize=maximize, differentiable=differentiable)
+        self._pydl_setup(backend, capturable, differentiable)
+
+    def _group_step(self, group, params, grads):
+        momentum = _scalar(group["momentum"])
+        centered = bool(group["centered"])
+        sq, ga, bufs = [], [], []
+        for p in params:
+            st = self.state[p]
+            if len(st) == 0:
+                st["step"] = torch.tensor(0.0, dtype=torch.float32)
+            _step_tensor(st).add_(1)
+            sq.append(self._state_tensor(st, "square_avg", p))
+            if momentum > 0:
+                bufs.append(self._state_tensor(st, "momentum_buffer", p))
+            if centered:
+                ga.append(self._state_tensor(st, "grad_avg", p))
+        for idx in self._buckets(params):
+            ps = [params[i] for i in idx]
+            _ops.rmsprop_step(ps, [grads[i] for i in idx], [sq[i] for i in idx],
+                              [ga[i] for i in idx] if centered else [],
+                              [bufs[i] for i in idx] if momentum > 0 else [],
+                              lr=_scalar(group["lr"]), alpha=_scalar(group["alpha"]),
+                              eps=_scalar(group["eps"]),
+                              weight_decay=_scalar(group["weight_decay"]), momentum=momentum,
+                              centered=centered, maximize=bool(group["maximize"]),
+                              grad_scale=self._amp(ps[0].device), backend=self.backend)
+
+
+class Adagrad(_FusedStep, torch.optim.Adagrad):
+    __doc__ = "pydl's fused multi-tensor " + (torch.optim.Adagrad.__doc__ or "Adagrad")
+    _pydl_name = "Adagrad"
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
+                 eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None,
+                 backend: Optional[str] = None):
+        super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                         initial_accumulator_value=initial_accumulator_value, eps=eps,
+                         foreach=foreach, maximize=maximize, differentiable=differentiable,
+                         fused=fused)
+        self._pydl_setup(backend, False, differentiable)
+        # torch creates Adagrad's state eagerly, in the parameter's dtype; pydl keeps
+        # float32 sums for 16-bit parameters
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._state_tensor(self.state[p], "sum", p)
+
+    def _group_step(self, group, params, grads):
+        sums, steps = [], []
+        init = _scalar(group["initial_accumulator_value"])
+        for p in params:
+            st = self.state[p]
+            if "step" not in st:  # a param added by add_param_group after construction
+                st["step"] = torch.tensor(0.0, dtype=torch.float32)
+            step = _step_tensor(st)
+            step += 1
+            steps.append(float(step))
+            sums.append(self._state_tensor(st, "sum", p, fill=init))
+        for idx in self._buckets(params):
+            ps = [params[i] for i in idx]
+            _ops.adagrad_step(ps, [grads[i] for i in idx], [sums[i] for i in idx],
+                              [steps[i] for i in idx], lr=_scalar(group["lr"]),
+                              lr_decay=_scalar(group["lr_decay"]),
+                              weight_decay=_scalar(group["weight_decay"]),
+                              eps=_scalar(group["eps"]), maximize=bool(group["maximize"]),
+                              grad_scale=self._amp(ps[0].device), backend=self.backend)
