@@ -25,13 +25,16 @@ all in one int64 and one float64 tensor, copied to the device once. ONE launch t
 covers every tensor of the group: program c reads chunk c's (tensor, start), loads the
 tensor's pointers, and streams its chunk in BLOCK-wide vector steps. Offsets are int64.
 
-GradScaler: with HAS_SCALE the gradient is divided by *grad_scale; with HAS_INF a program
+GradScaler: with HAS_SCALE the gradient is divided by *grad_scale (and written back
+unscaled, as torch's fused optimizers do); with HAS_INF a program
 whose *found_inf != 0 makes its chunk empty -- the step is skipped on the device,
 without a host synchronization.
 """
 import torch
 import triton
 import triton.language as tl
+
+from . import INTERPRET
 
 CHUNK = 16384  # elements per program: enough work to hide the table lookups
 BLOCK = 1024   # elements per vector step
@@ -40,7 +43,26 @@ _TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.
        torch.float64: tl.float64}
 
 
+# The Triton interpreter (TRITON_INTERPRET=1) converts float32 -> bfloat16 by truncation
+# (triton/runtime/interpreter.py, cast_impl), a GPU rounds to nearest even. An optimizer
+# update is often far below a bfloat16 ulp, so truncation would move every parameter a
+# whole ulp towards zero per step; under the interpreter the stores round explicitly.
+_RNE_BF16 = tl.constexpr(INTERPRET)
+
+
 # ---------------------------------------------------------------------------- helpers
+@triton.jit
+def _to(x, DT: tl.constexpr):
+    """x (float32/float64) in storage dtype DT, rounded to nearest even."""
+    if _RNE_BF16 and DT == tl.bfloat16:
+        u = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        u = u + 0x7FFF + ((u >> 16) & 1)  # round half to even on the dropped 16 bits
+        r = (u >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        return tl.where(x != x, x.to(DT), r)  # NaN stays NaN
+    else:
+        return x.to(DT)
+
+
 @triton.jit
 def _chunk(meta, n_tensors, n_chunks, inf_ptr, N_LISTS: tl.constexpr, HAS_INF: tl.constexpr,
            CHUNK: tl.constexpr):
@@ -88,8 +110,9 @@ def sgd_kernel(meta, scal, n_tensors, n_chunks, scale_ptr, inf_ptr,
         mask = offs < end
         p = tl.load(p_ptr + offs, mask=mask).to(C_DT)
         g = tl.load(g_ptr + offs, mask=mask).to(C_DT)
-        if HAS_SCALE:
+        if HAS_SCALE:  # unscale, and write the unscaled gradient back like torch's fused ops
             g = g / tl.load(scale_ptr).to(C_DT)
+            tl.store(g_ptr + offs, _to(g, P_DT), mask=mask)
         if MAXIMIZE:
             g = -g
         if HAS_WD:
@@ -99,12 +122,12 @@ def sgd_kernel(meta, scal, n_tensors, n_chunks, scale_ptr, inf_ptr,
                 buf = g
             else:
                 buf = tl.load(b_ptr + offs, mask=mask).to(C_DT) * mom + damp_c * g
-            tl.store(b_ptr + offs, buf.to(S_DT), mask=mask)
+            tl.store(b_ptr + offs, _to(buf, S_DT), mask=mask)
             if NESTEROV:
                 g = g + mom * buf
             else:
                 g = buf
-        tl.store(p_ptr + offs, (p - lr * g).to(P_DT), mask=mask)
+        tl.store(p_ptr + offs, _to(p - lr * g, P_DT), mask=mask)
 
 
 @triton.jit
@@ -134,8 +157,9 @@ def adam_kernel(meta, scal, n_tensors, n_chunks, scale_ptr, inf_ptr,
         g = tl.load(g_ptr + offs, mask=mask).to(C_DT)
         m = tl.load(m_ptr + offs, mask=mask).to(C_DT)
         v = tl.load(v_ptr + offs, mask=mask).to(C_DT)
-        if HAS_SCALE:
+        if HAS_SCALE:  # unscale, and write the unscaled gradient back like torch's fused ops
             g = g / tl.load(scale_ptr).to(C_DT)
+            tl.store(g_ptr + offs, _to(g, P_DT), mask=mask)
         if MAXIMIZE:
             g = -g
         if HAS_WD:
@@ -149,12 +173,12 @@ def adam_kernel(meta, scal, n_tensors, n_chunks, scale_ptr, inf_ptr,
         if AMSGRAD:
             vm = tl.load(vmax_ptr + offs, mask=mask).to(C_DT)
             vm = tl.where((vm != vm) | (vm > v), vm, v)  # torch.maximum: NaN wins
-            tl.store(vmax_ptr + offs, vm.to(S_DT), mask=mask)
+            tl.store(vmax_ptr + offs, _to(vm, S_DT), mask=mask)
             s = vm
         denom = tl.sqrt(s) / bc2_sqrt + eps
-        tl.store(m_ptr + offs, m.to(S_DT), mask=mask)
-        tl.store(v_ptr + offs, v.to(S_DT), mask=mask)
-        tl.store(p_ptr + offs, (p - step_size * (m / denom)).to(P_DT), mask=mask)
+        tl.store(m_ptr + offs, _to(m, S_DT), mask=mask)
+        tl.store(v_ptr + offs, _to(v, S_DT), mask=mask)
+        tl.store(p_ptr + offs, _to(p - step_size * (m / denom), P_DT), mask=mask)
 
 
 @triton.jit
@@ -181,28 +205,29 @@ def rmsprop_kernel(meta, scal, n_tensors, n_chunks, scale_ptr, inf_ptr,
         p = tl.load(p_ptr + offs, mask=mask).to(C_DT)
         g = tl.load(g_ptr + offs, mask=mask).to(C_DT)
         sq = tl.load(sq_ptr + offs, mask=mask).to(C_DT)
-        if HAS_SCALE:
+        if HAS_SCALE:  # unscale, and write the unscaled gradient back like torch's fused ops
             g = g / tl.load(scale_ptr).to(C_DT)
+            tl.store(g_ptr + offs, _to(g, P_DT), mask=mask)
         if MAXIMIZE:
             g = -g
         if HAS_WD:
             g = g + wd * p
         sq = sq * alpha + alpha_c * (g * g)
-        tl.store(sq_ptr + offs, sq.to(S_DT), mask=mask)
+        tl.store(sq_ptr + offs, _to(sq, S_DT), mask=mask)
         if CENTERED:
             ga = _lerp(tl.load(ga_ptr + offs, mask=mask).to(C_DT), g, alpha_c)
-            tl.store(ga_ptr + offs, ga.to(S_DT), mask=mask)
+            tl.store(ga_ptr + offs, _to(ga, S_DT), mask=mask)
             avg = tl.sqrt(sq - ga * ga)
         else:
             avg = tl.sqrt(sq)
         avg = avg + eps
         if USE_BUF:
             buf = tl.load(b_ptr + offs, mask=mask).to(C_DT) * mom + g / avg
-            tl.store(b_ptr + offs, buf.to(S_DT), mask=mask)
+            tl.store(b_ptr + offs, _to(buf, S_DT), mask=mask)
             p = p - lr * buf
         else:
             p = p - lr * (g / avg)
-        tl.store(p_ptr + offs, p.to(P_DT), mask=mask)
+        tl.store(p_ptr + offs, _to(p, P_DT), mask=mask)
 
 
 @triton.jit
@@ -223,15 +248,16 @@ def adagrad_kernel(meta, scal, n_tensors, n_chunks, scale_ptr, inf_ptr,
         p = tl.load(p_ptr + offs, mask=mask).to(C_DT)
         g = tl.load(g_ptr + offs, mask=mask).to(C_DT)
         s = tl.load(s_ptr + offs, mask=mask).to(C_DT)
-        if HAS_SCALE:
+        if HAS_SCALE:  # unscale, and write the unscaled gradient back like torch's fused ops
             g = g / tl.load(scale_ptr).to(C_DT)
+            tl.store(g_ptr + offs, _to(g, P_DT), mask=mask)
         if MAXIMIZE:
             g = -g
         if HAS_WD:
             g = g + wd * p
         s = s + g * g
-        tl.store(s_ptr + offs, s.to(S_DT), mask=mask)
-        tl.store(p_ptr + offs, (p - clr * (g / (tl.sqrt(s) + eps))).to(P_DT), mask=mask)
+        tl.store(s_ptr + offs, _to(s, S_DT), mask=mask)
+        tl.store(p_ptr + offs, _to(p - clr * (g / (tl.sqrt(s) + eps)), P_DT), mask=mask)
 
 
 # ----------------------------------------------------------------------- launch helpers

@@ -12,7 +12,8 @@
 //
 // Dtypes: parameters and gradients float32/float16/bfloat16/float64; the state is
 // float32 for 16-bit parameters (so the moments keep their precision), else the
-// parameter's dtype. GradScaler: grad_scale (if given) divides every gradient element,
+// parameter's dtype. GradScaler: grad_scale (if given) divides every gradient element
+// (and the unscaled gradient is written back, as torch's fused optimizers do),
 // found_inf != 0 skips the whole step (both float32 scalars on the parameters' device).
 #include "common.h"
 #include "optim_math.h"
@@ -82,8 +83,8 @@ void check_params(at::TensorList params, at::TensorList grads) {
   check_list(params, grads, "grads", at::ScalarType::Undefined, false);
 }
 
-// GradScaler: returns the scale's inverse (1 when none), or nullopt when found_inf says
-// this step is skipped.
+// GradScaler: returns the scale (1 when none), or nullopt when found_inf says this step
+// is skipped.
 std::optional<double> grad_unscale(at::TensorList params, const std::optional<at::Tensor>& scale,
                                    const std::optional<at::Tensor>& found_inf) {
   for (const auto* o : {&scale, &found_inf}) {
@@ -94,7 +95,7 @@ std::optional<double> grad_unscale(at::TensorList params, const std::optional<at
   }
   (void)params;
   if (found_inf.has_value() && found_inf->item<float>() != 0.f) return std::nullopt;
-  return scale.has_value() ? 1.0 / double(scale->item<float>()) : 1.0;
+  return scale.has_value() ? double(scale->item<float>()) : 1.0;
 }
 
 template <typename T>
@@ -112,10 +113,20 @@ void for_chunks(at::TensorList params, at::TensorList grads, at::TensorList s0,
     for (int64_t c = cb; c < ce; ++c) {
       const Chunk& ch = chunks[c];
       const size_t t = size_t(ch.tensor);
-      body(ch, static_cast<T*>(params[t].data_ptr()), static_cast<const T*>(grads[t].data_ptr()),
+      body(ch, static_cast<T*>(params[t].data_ptr()), static_cast<T*>(grads[t].data_ptr()),
            data_or_null<S>(s0, t), data_or_null<S>(s1, t), data_or_null<S>(s2, t));
     }
   });
+}
+
+// The gradient element divided by the GradScaler scale, written back unscaled like
+// torch's fused optimizers do.
+template <typename T, typename C>
+inline C unscale(T& g, C scale, bool scaled) {
+  if (!scaled) return C(g);
+  const C v = C(g) / scale;
+  g = T(v);
+  return v;
 }
 
 #define PYDL_OPTIM_DISPATCH(dtype, NAME, ...)                                               \
@@ -142,13 +153,14 @@ void sgd_step(at::TensorList params, at::TensorList grads, at::TensorList bufs, 
     const SgdHyper<C> h{C(lr), C(momentum), C(1.0 - dampening), C(weight_decay), nesterov,
                         maximize, first};
     const C gs = C(*inv);
+    const bool scaled = grad_scale.has_value();
     const bool use_buf = momentum != 0.0;
-    for_chunks<T, S>(params, grads, bufs, {}, {}, [&](const Chunk& ch, T* p, const T* g, S* b,
+    for_chunks<T, S>(params, grads, bufs, {}, {}, [&](const Chunk& ch, T* p, T* g, S* b,
                                                       S*, S*) {
       for (int64_t i = ch.begin; i < ch.end; ++i) {
         C pv = C(p[i]);
         C bv = use_buf ? C(b[i]) : C(0);
-        sgd_update<C>(pv, C(g[i]) * gs, bv, h);
+        sgd_update<C>(pv, unscale(g[i], gs, scaled), bv, h);
         p[i] = T(pv);
         if (use_buf) b[i] = S(bv);
       }
@@ -183,13 +195,14 @@ void adam_step(at::TensorList params, at::TensorList grads, at::TensorList exp_a
     const AdamHyper<C> h{C(1.0 - beta1), C(beta2), C(1.0 - beta2), C(eps), C(weight_decay),
                          C(1.0 - lr * weight_decay), amsgrad, maximize, decoupled};
     const C gs = C(*inv);
+    const bool scaled = grad_scale.has_value();
     for_chunks<T, S>(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                     [&](const Chunk& ch, T* p, const T* g, S* m, S* v, S* vmax) {
+                     [&](const Chunk& ch, T* p, T* g, S* m, S* v, S* vmax) {
       const C ss = C(step_size[ch.tensor]), bc = C(bc2_sqrt[ch.tensor]);
       for (int64_t i = ch.begin; i < ch.end; ++i) {
         C pv = C(p[i]), mv = C(m[i]), vv = C(v[i]);
         C vm = amsgrad ? C(vmax[i]) : C(0);
-        adam_update<C>(pv, C(g[i]) * gs, mv, vv, vm, h, ss, bc);
+        adam_update<C>(pv, unscale(g[i], gs, scaled), mv, vv, vm, h, ss, bc);
         p[i] = T(pv);
         m[i] = S(mv);
         v[i] = S(vv);
@@ -219,14 +232,15 @@ void rmsprop_step(at::TensorList params, at::TensorList grads, at::TensorList sq
     const RmspropHyper<C> h{C(lr), C(alpha), C(1.0 - alpha), C(eps), C(weight_decay),
                             C(momentum), centered, maximize};
     const C gs = C(*inv);
+    const bool scaled = grad_scale.has_value();
     const bool use_buf = momentum > 0.0;
     for_chunks<T, S>(params, grads, square_avgs, grad_avgs, bufs,
-                     [&](const Chunk& ch, T* p, const T* g, S* sq, S* ga, S* b) {
+                     [&](const Chunk& ch, T* p, T* g, S* sq, S* ga, S* b) {
       for (int64_t i = ch.begin; i < ch.end; ++i) {
         C pv = C(p[i]), sv = C(sq[i]);
         C gav = centered ? C(ga[i]) : C(0);
         C bv = use_buf ? C(b[i]) : C(0);
-        rmsprop_update<C>(pv, C(g[i]) * gs, sv, gav, bv, h);
+        rmsprop_update<C>(pv, unscale(g[i], gs, scaled), sv, gav, bv, h);
         p[i] = T(pv);
         sq[i] = S(sv);
         if (centered) ga[i] = S(gav);
@@ -253,12 +267,13 @@ void adagrad_step(at::TensorList params, at::TensorList grads, at::TensorList st
   PYDL_OPTIM_DISPATCH(params[0].scalar_type(), "pydl_adagrad_step", [&] {
     const AdagradHyper<C> h{C(eps), C(weight_decay), maximize};
     const C gs = C(*inv);
+    const bool scaled = grad_scale.has_value();
     for_chunks<T, S>(params, grads, state_sums, {}, {},
-                     [&](const Chunk& ch, T* p, const T* g, S* sum, S*, S*) {
+                     [&](const Chunk& ch, T* p, T* g, S* sum, S*, S*) {
       const C c = C(clr[ch.tensor]);
       for (int64_t i = ch.begin; i < ch.end; ++i) {
         C pv = C(p[i]), sv = C(sum[i]);
-        adagrad_update<C>(pv, C(g[i]) * gs, sv, h, c);
+        adagrad_update<C>(pv, unscale(g[i], gs, scaled), sv, h, c);
         p[i] = T(pv);
         sum[i] = S(sv);
       }

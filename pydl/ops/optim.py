@@ -3,13 +3,13 @@ argument checks, fake kernels.
 
 Ops per backend (same schemas, csrc/pydl.cpp); each call updates every parameter of one
 (device, dtype) group and its state IN PLACE, in one fused multi-tensor launch (or a few):
-  sgd_step(params!, grads, momentum_buffers!, lr, momentum, dampening, weight_decay,
+  sgd_step(params!, grads!, momentum_buffers!, lr, momentum, dampening, weight_decay,
            nesterov, maximize, first, grad_scale?, found_inf?)
-  adam_step(params!, grads, exp_avgs!, exp_avg_sqs!, max_exp_avg_sqs!, steps, lr, beta1,
+  adam_step(params!, grads!, exp_avgs!, exp_avg_sqs!, max_exp_avg_sqs!, steps, lr, beta1,
             beta2, eps, weight_decay, amsgrad, maximize, decoupled, grad_scale?, found_inf?)
-  rmsprop_step(params!, grads, square_avgs!, grad_avgs!, momentum_buffers!, lr, alpha, eps,
+  rmsprop_step(params!, grads!, square_avgs!, grad_avgs!, momentum_buffers!, lr, alpha, eps,
                weight_decay, momentum, centered, maximize, grad_scale?, found_inf?)
-  adagrad_step(params!, grads, state_sums!, steps, lr, lr_decay, weight_decay, eps,
+  adagrad_step(params!, grads!, state_sums!, steps, lr, lr_decay, weight_decay, eps,
                maximize, grad_scale?, found_inf?)
 cpu/cuda: torch.ops.pydl.* (csrc/cpu/optim.cpp, csrc/cuda/optim*.{cpp,cu});
 triton:   torch.ops.pydl_triton.* (defined below, kernels in kernels/optim.py).
@@ -18,7 +18,8 @@ State lists a configuration does not use are passed empty (momentum_buffers when
 momentum == 0, max_exp_avg_sqs without amsgrad, grad_avgs when not centered). State is
 float32 for float16/bfloat16 parameters, else the parameter's dtype. `steps[i]` is the
 step count of parameter i after this step (torch keeps one per parameter). `grad_scale`
-(GradScaler's scale) divides every gradient inside the kernel; `found_inf` != 0 turns the
+(GradScaler's scale) divides every gradient inside the kernel, and the unscaled gradient
+is written back (gradients are untouched without it); `found_inf` != 0 turns the
 step into a no-op inside the kernel (both one-element float32 tensors on the parameters'
 device), as torch's fused optimizers do. No autograd: optimizer steps run under no_grad.
 """
@@ -45,7 +46,7 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
 if _dispatch._kernels is not None:
     from ..kernels import optim as _tk
 
-    @torch.library.custom_op("pydl_triton::sgd_step", mutates_args=("params", "momentum_buffers"))
+    @torch.library.custom_op("pydl_triton::sgd_step", mutates_args=("params", "grads", "momentum_buffers"))
     def _triton_sgd_step(params: List[torch.Tensor], grads: List[torch.Tensor],
                          momentum_buffers: List[torch.Tensor], lr: float, momentum: float,
                          dampening: float, weight_decay: float, nesterov: bool, maximize: bool,
@@ -55,7 +56,7 @@ if _dispatch._kernels is not None:
                      nesterov, maximize, first, grad_scale, found_inf)
 
     @torch.library.custom_op("pydl_triton::adam_step",
-                             mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"))
+                             mutates_args=("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"))
     def _triton_adam_step(params: List[torch.Tensor], grads: List[torch.Tensor],
                           exp_avgs: List[torch.Tensor], exp_avg_sqs: List[torch.Tensor],
                           max_exp_avg_sqs: List[torch.Tensor], steps: List[float], lr: float,
@@ -68,7 +69,7 @@ if _dispatch._kernels is not None:
                       found_inf)
 
     @torch.library.custom_op("pydl_triton::rmsprop_step",
-                             mutates_args=("params", "square_avgs", "grad_avgs", "momentum_buffers"))
+                             mutates_args=("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers"))
     def _triton_rmsprop_step(params: List[torch.Tensor], grads: List[torch.Tensor],
                              square_avgs: List[torch.Tensor], grad_avgs: List[torch.Tensor],
                              momentum_buffers: List[torch.Tensor], lr: float, alpha: float,
@@ -78,7 +79,7 @@ if _dispatch._kernels is not None:
         _tk.rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, lr, alpha,
                          eps, weight_decay, momentum, centered, maximize, grad_scale, found_inf)
 
-    @torch.library.custom_op("pydl_triton::adagrad_step", mutates_args=("params", "state_sums"))
+    @torch.library.custom_op("pydl_triton::adagrad_step", mutates_args=("params", "grads", "state_sums"))
     def _triton_adagrad_step(params: List[torch.Tensor], grads: List[torch.Tensor],
                              state_sums: List[torch.Tensor], steps: List[float], lr: float,
                              lr_decay: float, weight_decay: float, eps: float, maximize: bool,
@@ -160,11 +161,12 @@ def _check(op: str, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
             raise ValueError(f"pydl.{op}: {name} must be a one-element float32 tensor on {dev}")
 
 
-def _dense_work(params: Tensors, grads: Tensors, states: List[Tensors]):
+def _dense_work(params: Tensors, grads: Tensors, states: List[Tensors], grads_written: bool):
     """The kernels walk a parameter, its gradient and its state with one linear index, so
     all must be dense with the same strides. Returns work lists where each offending
     parameter (and its state) is replaced by a dense copy, plus the (original, copy) pairs
-    to write back after the step; gradients are only read, so they are just re-laid out.
+    to write back after the step; gradients are re-laid out, and written back only when
+    the kernel writes them (grads_written: unscaling with grad_scale).
     The common case (everything already matching) copies nothing."""
     wp, wg, ws = list(params), list(grads), [list(s) for s in states]
     back = []
@@ -186,6 +188,8 @@ def _dense_work(params: Tensors, grads: Tensors, states: List[Tensors]):
             g = torch.empty_like(q)
             g.copy_(grads[i])
             wg[i] = g
+            if grads_written:
+                back.append((grads[i], g))
     return wp, wg, ws, back
 
 
@@ -195,7 +199,8 @@ def _run(op: str, backend: Optional[str], params, grads, states: dict, scalars: 
     if not params:
         return
     name = _dispatch.resolve(op, params[0].device, backend)
-    wp, wg, ws, back = _dense_work(list(params), list(grads), [list(v[0]) for v in states.values()])
+    wp, wg, ws, back = _dense_work(list(params), list(grads), [list(v[0]) for v in states.values()],
+                                 grad_scale is not None)
     call(_REFERENCE[op] if name == "torch" else getattr(_OPS[name], op), wp, wg, ws)
     for orig, work in back:
         orig.copy_(work)
@@ -273,10 +278,11 @@ def adagrad_step(params: Tensors, grads: Tensors, state_sums: Tensors, steps: Se
 # Same signatures as the ops. Per tensor, in the compute dtype (float32 for 16-bit
 # parameters), the formulas of csrc/optim_math.h written with torch ops, in torch.optim's
 # order. Only used when backend="torch" is named.
-def _grad(g, p, grad_scale, maximize):
-    g = g.to(state_dtype(p.dtype))
+def _grad(g_in, p, grad_scale, maximize):
+    g = g_in.to(state_dtype(p.dtype))
     if grad_scale is not None:
         g = g / grad_scale.to(g.dtype)
+        g_in.copy_(g)
     return -g if maximize else g
 
 
