@@ -16,6 +16,7 @@
 // (and the unscaled gradient is written back, as torch's fused optimizers do),
 // found_inf != 0 skips the whole step (both float32 scalars on the parameters' device).
 #include "common.h"
+#include "optim_common.h"
 #include "optim_math.h"
 
 #include <ATen/Parallel.h>
@@ -43,49 +44,9 @@ std::vector<Chunk> make_chunks(at::TensorList params) {
   return chunks;
 }
 
-// The state dtype for a parameter dtype: float32 for 16-bit parameters.
-at::ScalarType state_dtype(at::ScalarType p) {
-  return (p == at::kHalf || p == at::kBFloat16) ? at::kFloat : p;
-}
-
-// Every tensor of `list` must match params[i] in device, shape and strides, and be dense
-// (so one linear index addresses the same element of each), with dtype `dtype` (or the
-// parameter's dtype when dtype is Undefined). An empty list is allowed when `may_be_empty`.
-void check_list(at::TensorList params, at::TensorList list, const char* name,
-                at::ScalarType dtype, bool may_be_empty) {
-  if (may_be_empty && list.empty()) return;
-  PYDL_CHECK(list.size() == params.size(), name, " must have one tensor per parameter (",
-             params.size(), "), got ", list.size());
-  for (size_t i = 0; i < list.size(); ++i) {
-    const at::Tensor& p = params[i];
-    const at::Tensor& t = list[i];
-    const at::ScalarType want = dtype == at::ScalarType::Undefined ? p.scalar_type() : dtype;
-    PYDL_CHECK(t.device() == p.device(), name, "[", i, "] must be on ", p.device(), ", got ",
-               t.device());
-    PYDL_CHECK(t.scalar_type() == want, name, "[", i, "] must be ", want, ", got ",
-               t.scalar_type());
-    PYDL_CHECK(t.sizes() == p.sizes(), name, "[", i, "] must have the parameter's shape ",
-               p.sizes(), ", got ", t.sizes());
-    PYDL_CHECK(t.numel() <= 1 || (t.is_non_overlapping_and_dense() && t.strides() == p.strides()),
-               name, "[", i, "] must be dense with the parameter's strides");
-  }
-}
-
-void check_params(at::TensorList params, at::TensorList grads) {
-  at::ScalarType dt = params.empty() ? at::kFloat : params[0].scalar_type();
-  for (size_t i = 0; i < params.size(); ++i) {
-    check_floating(params[i], "params");
-    PYDL_CHECK(params[i].device() == params[0].device() && params[i].scalar_type() == dt,
-               "params must all have the same device and dtype (one group)");
-    PYDL_CHECK(params[i].numel() <= 1 || params[i].is_non_overlapping_and_dense(), "params[", i,
-               "] must be dense");
-  }
-  check_list(params, grads, "grads", at::ScalarType::Undefined, false);
-}
-
 // GradScaler: returns the scale (1 when none), or nullopt when found_inf says this step
-// is skipped.
-std::optional<double> grad_unscale(at::TensorList params, const std::optional<at::Tensor>& scale,
+// is skipped (on the CPU reading them costs nothing).
+std::optional<double> grad_unscale(const std::optional<at::Tensor>& scale,
                                    const std::optional<at::Tensor>& found_inf) {
   for (const auto* o : {&scale, &found_inf}) {
     if (!o->has_value()) continue;
@@ -93,7 +54,6 @@ std::optional<double> grad_unscale(at::TensorList params, const std::optional<at
     PYDL_CHECK(t.numel() == 1 && t.scalar_type() == at::kFloat && t.device().is_cpu(),
                "grad_scale and found_inf must be one-element float32 CPU tensors");
   }
-  (void)params;
   if (found_inf.has_value() && found_inf->item<float>() != 0.f) return std::nullopt;
   return scale.has_value() ? double(scale->item<float>()) : 1.0;
 }
@@ -147,7 +107,7 @@ void sgd_step(at::TensorList params, at::TensorList grads, at::TensorList bufs, 
   const at::ScalarType sdt = state_dtype(params[0].scalar_type());
   check_list(params, bufs, "momentum_buffers", sdt, momentum == 0.0);
   PYDL_CHECK(momentum == 0.0 || !bufs.empty(), "momentum_buffers are needed when momentum != 0");
-  const auto inv = grad_unscale(params, grad_scale, found_inf);
+  const auto inv = grad_unscale(grad_scale, found_inf);
   if (!inv) return;
   PYDL_OPTIM_DISPATCH(params[0].scalar_type(), "pydl_sgd_step", [&] {
     const SgdHyper<C> h{C(lr), C(momentum), C(1.0 - dampening), C(weight_decay), nesterov,
@@ -183,7 +143,7 @@ void adam_step(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   check_list(params, max_exp_avg_sqs, "max_exp_avg_sqs", sdt, !amsgrad);
   PYDL_CHECK(!amsgrad || !max_exp_avg_sqs.empty(), "max_exp_avg_sqs are needed with amsgrad");
   PYDL_CHECK(steps.size() == params.size(), "steps must have one value per parameter");
-  const auto inv = grad_unscale(params, grad_scale, found_inf);
+  const auto inv = grad_unscale(grad_scale, found_inf);
   if (!inv) return;
   // per-tensor bias corrections, in double as torch computes them in Python
   std::vector<double> step_size(steps.size()), bc2_sqrt(steps.size());
@@ -226,7 +186,7 @@ void rmsprop_step(at::TensorList params, at::TensorList grads, at::TensorList sq
   check_list(params, bufs, "momentum_buffers", sdt, !(momentum > 0.0));
   PYDL_CHECK(!centered || !grad_avgs.empty(), "grad_avgs are needed when centered");
   PYDL_CHECK(!(momentum > 0.0) || !bufs.empty(), "momentum_buffers are needed when momentum > 0");
-  const auto inv = grad_unscale(params, grad_scale, found_inf);
+  const auto inv = grad_unscale(grad_scale, found_inf);
   if (!inv) return;
   PYDL_OPTIM_DISPATCH(params[0].scalar_type(), "pydl_rmsprop_step", [&] {
     const RmspropHyper<C> h{C(lr), C(alpha), C(1.0 - alpha), C(eps), C(weight_decay),
@@ -260,7 +220,7 @@ void adagrad_step(at::TensorList params, at::TensorList grads, at::TensorList st
   const at::ScalarType sdt = state_dtype(params[0].scalar_type());
   check_list(params, state_sums, "state_sums", sdt, false);
   PYDL_CHECK(steps.size() == params.size(), "steps must have one value per parameter");
-  const auto inv = grad_unscale(params, grad_scale, found_inf);
+  const auto inv = grad_unscale(grad_scale, found_inf);
   if (!inv) return;
   std::vector<double> clr(steps.size());
   for (size_t i = 0; i < steps.size(); ++i) clr[i] = lr / (1.0 + (steps[i] - 1.0) * lr_decay);
