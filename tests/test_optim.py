@@ -227,9 +227,12 @@ def test_state_dict_round_trip(backend, device, cfg, direction):
 
 @pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("cfg", ONE_PER_OPT, ids=[c[0] for c in ONE_PER_OPT])
-def test_grad_scaler_with_skipped_step(backend, device, cfg):
+@pytest.mark.parametrize("unscale_first", [False, True], ids=["fused_unscale", "unscale_clip"])
+def test_grad_scaler_with_skipped_step(backend, device, cfg, unscale_first):
     # scaler.step hands the scale to the fused step (no separate unscale pass); an inf in
-    # step 1 must skip that step entirely (params, state, step counters) as torch does
+    # step 1 must skip that step entirely (params, state, step counters) as torch does.
+    # unscale_clip: the usual clipping recipe, scaler.unscale_ + clip_grad_norm_ first
+    # (then the scaler passes no scale to the step)
     name, kw = cfg
     base = [make_input(s, torch.float32, device, seed=i) for i, s in enumerate(SHAPES)]
     res = {}
@@ -245,6 +248,9 @@ def test_grad_scaler_with_skipped_step(backend, device, cfg):
             if s == 1:
                 ps[2].grad.view(-1)[3] = float("inf")
             before = [p.detach().clone() for p in ps]
+            if unscale_first:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(ps, 5.0)
             scaler.step(opt)
             scaler.update()
             skipped.append(all(torch.equal(a, b) for a, b in zip(before, ps)))
@@ -481,3 +487,72 @@ def test_backend_context_and_torch_reference(backend, device):
         out.append(ps)
     for a, b in zip(*out):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_one_fused_call_per_bucket(backend, device, monkeypatch):
+    # 3 float32 params + 2 bfloat16 params in one group: exactly 2 op calls per step (one
+    # per (device, dtype) bucket), not one per tensor
+    calls = []
+    real = ops._OPS[backend]
+
+    class Counting:
+        def __getattr__(self, name):
+            def f(*args):
+                calls.append((name, len(args[0])))
+                return getattr(real, name)(*args)
+            return f
+
+    monkeypatch.setitem(ops._OPS, backend, Counting())
+    ps = [make_input(s, torch.float32, device, seed=i, requires_grad=True)
+          for i, s in enumerate([(7, 13), (97,), (3, 5, 7, 2)])]
+    ps += [make_input(s, torch.bfloat16, device, seed=5 + i, requires_grad=True)
+           for i, s in enumerate([(11,), (2, 9)])]
+    opt = pydl.optim.AdamW(ps, backend=backend)
+    for p in ps:
+        p.grad = _grad_like(p, 1)
+    opt.step()
+    assert sorted(calls) == [("adam_step", 2), ("adam_step", 3)]
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_multi_chunk_and_empty_tensors(backend, device, name):
+    # a tensor spanning several chunks (CPU chunks 32768, Triton 16384 elements), an empty
+    # tensor, and a one-element tensor in one group
+    big = (20011,) if interpreted(backend, device) else (300, 251)
+    kw = {"momentum": 0.9} if name == "SGD" else {"amsgrad": True}
+    run = _run_three(name, dict(kw, lr=0.01), backend, device, steps=2, none_at=(-1, -1),
+                     shapes=[big, (0, 3), (1,)])
+    _assert_matches(run, f"{name}/{backend} multi-chunk")
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("direction", ["torch_to_pydl", "pydl_to_torch"])
+def test_state_dict_round_trip_bf16(backend, device, direction):
+    # torch keeps bfloat16 state for bfloat16 params, pydl float32: a torch checkpoint's
+    # state is promoted on load into pydl, a pydl checkpoint's cast down by torch's
+    # load_state_dict; training continues within bfloat16 rounding of the other
+    base = [make_input(s, torch.bfloat16, device, seed=i) for i, s in enumerate(SHAPES)]
+    libs = (torch.optim, pydl.optim) if direction == "torch_to_pydl" else (pydl.optim, torch.optim)
+    extra = [{"backend": backend} if lib is pydl.optim else {} for lib in libs]
+    pa = [b.clone().requires_grad_() for b in base]
+    oa = libs[0].Adam(pa, lr=0.01, **extra[0])
+    for s in range(4):
+        if s == 2:
+            pb = [p.detach().clone().requires_grad_() for p in pa]
+            ob = libs[1].Adam(pb, lr=0.01, **extra[1])
+            ob.load_state_dict(copy.deepcopy(oa.state_dict()))
+            want = torch.float32 if libs[1] is pydl.optim else torch.bfloat16
+        for i, p in enumerate(pa):
+            p.grad = _grad_like(p, 10 * s + i)
+        oa.step()
+        if s >= 2:
+            for i, p in enumerate(pb):
+                p.grad = _grad_like(p, 10 * s + i)
+            ob.step()
+    for p in pb:
+        assert ob.state[p]["exp_avg"].dtype == want and float(ob.state[p]["step"]) == 4
+    for a, b in zip(pa, pb):
+        # lr 0.01 over 2 steps moves params by ~0.02; the two differ by bf16 ulps of ~3
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
