@@ -50,4 +50,15 @@ inline void check_params(at::TensorList params, at::TensorList grads) {
   check_list(params, grads, "grads", at::ScalarType::Undefined, false);
 }
 
+// state_steps: one float32 scalar tensor per parameter, on the parameters' device.
+inline void check_steps(at::TensorList params, at::TensorList steps) {
+  PYDL_CHECK(steps.size() == params.size(), "state_steps must have one tensor per parameter (",
+             params.size(), "), got ", steps.size());
+  for (size_t i = 0; i < steps.size(); ++i)
+    PYDL_CHECK(steps[i].numel() == 1 && steps[i].scalar_type() == at::kFloat &&
+                   steps[i].device() == params[i].device(),
+               "state_steps[", i, "] must be a one-element float32 tensor on ",
+               params[i].device());
+}
+
 }  // namespace pydl

@@ -19,11 +19,16 @@ Multi-tensor decomposition (Apex's multi_tensor_apply, in Triton): the host buil
     every tensor, as int64 -- the kernel casts them back to typed pointers;
   * a numel table, and a chunk table: for every CHUNK elements of every tensor one
     (tensor index, start offset) entry;
-  * a float64 table of hyperparameters and of per-tensor scalars (bias corrections,
-    Adagrad's decayed lr), computed on the host in double as torch does;
+  * a float64 table of hyperparameters;
 all in one int64 and one float64 tensor, copied to the device once. ONE launch then
 covers every tensor of the group: program c reads chunk c's (tensor, start), loads the
 tensor's pointers, and streams its chunk in BLOCK-wide vector steps. Offsets are int64.
+
+Step counts stay on the device (float32 scalars, their pointers one more list of the
+table): each program reads its tensor's count t and computes the step-dependent scalars
+(Adam's bias corrections by binary exponentiation, Adagrad's decayed lr) from t + 1 in
+float64; a second small launch then adds 1 to every count (after the first: same
+stream) -- two launches per group, nothing read back to the host.
 
 GradScaler: with HAS_SCALE the gradient is divided by *grad_scale (and written back
 unscaled, as torch's fused optimizers do); with HAS_INF a program
@@ -85,6 +90,40 @@ def _ptr(meta, n_tensors, t, LIST: tl.constexpr, DT: tl.constexpr):
 
 
 @triton.jit
+def _powi(base, t):
+    """base ** t for a whole number 0 <= t < 2^32 (a step count), by binary exponentiation:
+    exact to a few ulps in float64, and needs no exp/log."""
+    n = t.to(tl.int64)
+    r = base * 0.0 + 1.0
+    b = base
+    for _ in tl.static_range(32):
+        r = tl.where((n & 1) == 1, r * b, r)
+        b = b * b
+        n = n >> 1
+    return r
+
+
+@triton.jit
+def _new_step(meta, n_tensors, t, LIST: tl.constexpr):
+    """The tensor's step count after this step (float64)."""
+    return tl.load(_ptr(meta, n_tensors, t, LIST, tl.float32)).to(tl.float64) + 1.0
+
+
+@triton.jit
+def bump_steps_kernel(meta, n_tensors, inf_ptr, LIST: tl.constexpr, HAS_INF: tl.constexpr,
+                      NB: tl.constexpr):
+    """Every step count (pointer list LIST of the table) += 1, unless found_inf is set."""
+    n = n_tensors
+    if HAS_INF:
+        n = tl.where(tl.load(inf_ptr) == 0, n_tensors, 0)  # skipped step: no count moves
+    offs = tl.program_id(0) * NB + tl.arange(0, NB)
+    mask = offs < n
+    ptrs = tl.load(meta + LIST * n_tensors + offs, mask=mask, other=0).to(
+        tl.pointer_type(tl.float32))
+    tl.store(ptrs, tl.load(ptrs, mask=mask) + 1.0, mask=mask)
+
+
+@triton.jit
 def _lerp(a, b, w):
     # torch's lerp: from the nearer end, so w = 1 gives b exactly
     return tl.where((w < 0.5) & (w > -0.5), a + w * (b - a), b - (b - a) * (1.0 - w))
@@ -136,7 +175,7 @@ def adam_kernel(meta, scal, n_tensors, n_chunks, scale_ptr, inf_ptr,
                 AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
                 DECOUPLED: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr,
                 BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    t, start, end = _chunk(meta, n_tensors, n_chunks, inf_ptr, 5, HAS_INF, CHUNK)
+    t, start, end = _chunk(meta, n_tensors, n_chunks, inf_ptr, 6, HAS_INF, CHUNK)
     p_ptr = _ptr(meta, n_tensors, t, 0, P_DT)
     g_ptr = _ptr(meta, n_tensors, t, 1, P_DT)
     m_ptr = _ptr(meta, n_tensors, t, 2, S_DT)
@@ -148,8 +187,10 @@ def adam_kernel(meta, scal, n_tensors, n_chunks, scale_ptr, inf_ptr,
     eps = tl.load(scal + 3).to(C_DT)
     wd = tl.load(scal + 4).to(C_DT)
     decay = tl.load(scal + 5).to(C_DT)
-    step_size = tl.load(scal + 6 + t).to(C_DT)
-    bc2_sqrt = tl.load(scal + 6 + n_tensors + t).to(C_DT)
+    # torch: step_size = lr / (1 - beta1^t), bias_correction2_sqrt = sqrt(1 - beta2^t)
+    step = _new_step(meta, n_tensors, t, 5)
+    step_size = (tl.load(scal + 6) / (1.0 - _powi(tl.load(scal + 7), step))).to(C_DT)
+    bc2_sqrt = tl.sqrt(1.0 - _powi(tl.load(scal + 8), step)).to(C_DT)
     for off in range(start, end, BLOCK):
         offs = off + tl.arange(0, BLOCK)
         mask = offs < end
@@ -187,7 +228,7 @@ def rmsprop_kernel(meta, scal, n_tensors, n_chunks, scale_ptr, inf_ptr,
                    CENTERED: tl.constexpr, USE_BUF: tl.constexpr, MAXIMIZE: tl.constexpr,
                    HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr,
                    BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    t, start, end = _chunk(meta, n_tensors, n_chunks, inf_ptr, 5, HAS_INF, CHUNK)
+    t, start, end = _chunk(meta, n_tensors, n_chunks, inf_ptr, 6, HAS_INF, CHUNK)
     p_ptr = _ptr(meta, n_tensors, t, 0, P_DT)
     g_ptr = _ptr(meta, n_tensors, t, 1, P_DT)
     sq_ptr = _ptr(meta, n_tensors, t, 2, S_DT)
@@ -235,13 +276,15 @@ def adagrad_kernel(meta, scal, n_tensors, n_chunks, scale_ptr, inf_ptr,
                    P_DT: tl.constexpr, S_DT: tl.constexpr, C_DT: tl.constexpr,
                    MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr,
                    HAS_INF: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    t, start, end = _chunk(meta, n_tensors, n_chunks, inf_ptr, 3, HAS_INF, CHUNK)
+    t, start, end = _chunk(meta, n_tensors, n_chunks, inf_ptr, 4, HAS_INF, CHUNK)
     p_ptr = _ptr(meta, n_tensors, t, 0, P_DT)
     g_ptr = _ptr(meta, n_tensors, t, 1, P_DT)
     s_ptr = _ptr(meta, n_tensors, t, 2, S_DT)
     eps = tl.load(scal + 0).to(C_DT)
     wd = tl.load(scal + 1).to(C_DT)
-    clr = tl.load(scal + 2 + t).to(C_DT)
+    # torch: clr = lr / (1 + (t - 1) * lr_decay)
+    step = _new_step(meta, n_tensors, t, 3)
+    clr = (tl.load(scal + 2) / (1.0 + (step - 1.0) * tl.load(scal + 3))).to(C_DT)
     for off in range(start, end, BLOCK):
         offs = off + tl.arange(0, BLOCK)
         mask = offs < end
@@ -284,6 +327,14 @@ def _tables(lists, scalars, device):
     return meta, scal, len(ctens)
 
 
+def _bump_steps(meta, n, steps_list, found_inf):
+    """The second launch: every step count += 1 unless found_inf (see the module doc)."""
+    nb = 128
+    bump_steps_kernel[(triton.cdiv(n, nb),)](
+        meta, n, found_inf if found_inf is not None else meta, LIST=steps_list,
+        HAS_INF=found_inf is not None, NB=nb)
+
+
 def _amp_args(meta, grad_scale, found_inf):
     return (grad_scale if grad_scale is not None else meta,
             found_inf if found_inf is not None else meta,
@@ -312,51 +363,52 @@ def sgd_step(params, grads, bufs, lr, momentum, dampening, weight_decay, nestero
                       HAS_WD=weight_decay != 0, HAS_SCALE=hs, HAS_INF=hi, BLOCK=BLOCK, CHUNK=CHUNK)
 
 
-def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2,
-              eps, weight_decay, amsgrad, maximize, decoupled, grad_scale, found_inf) -> None:
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1,
+              beta2, eps, weight_decay, amsgrad, maximize, decoupled, grad_scale,
+              found_inf) -> None:
     if not params:
         return
-    step_size = [lr / (1.0 - beta1 ** s) for s in steps]
-    bc2_sqrt = [(1.0 - beta2 ** s) ** 0.5 for s in steps]
-    sc = [1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, 1.0 - lr * weight_decay]
-    meta, scal, nc = _tables([params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs],
-                             sc + step_size + bc2_sqrt, params[0].device)
-    if nc == 0:
-        return
+    sc = [1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, 1.0 - lr * weight_decay, lr,
+          beta1, beta2]
+    meta, scal, nc = _tables([params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+                              state_steps], sc, params[0].device)
     sp, ip, hs, hi = _amp_args(meta, grad_scale, found_inf)
     pdt, sdt, cdt = _dtypes(params)
-    adam_kernel[(nc,)](meta, scal, len(params), nc, sp, ip, P_DT=pdt, S_DT=sdt, C_DT=cdt,
-                       AMSGRAD=amsgrad, MAXIMIZE=maximize, HAS_WD=weight_decay != 0,
-                       DECOUPLED=decoupled, HAS_SCALE=hs, HAS_INF=hi, BLOCK=BLOCK, CHUNK=CHUNK)
+    if nc:
+        adam_kernel[(nc,)](meta, scal, len(params), nc, sp, ip, P_DT=pdt, S_DT=sdt, C_DT=cdt,
+                           AMSGRAD=amsgrad, MAXIMIZE=maximize, HAS_WD=weight_decay != 0,
+                           DECOUPLED=decoupled, HAS_SCALE=hs, HAS_INF=hi, BLOCK=BLOCK,
+                           CHUNK=CHUNK)
+    _bump_steps(meta, len(params), 5, found_inf)
 
 
-def rmsprop_step(params, grads, square_avgs, grad_avgs, bufs, lr, alpha, eps, weight_decay,
-                 momentum, centered, maximize, grad_scale, found_inf) -> None:
+def rmsprop_step(params, grads, square_avgs, grad_avgs, bufs, state_steps, lr, alpha, eps,
+                 weight_decay, momentum, centered, maximize, grad_scale, found_inf) -> None:
     if not params:
         return
-    meta, scal, nc = _tables([params, grads, square_avgs, grad_avgs, bufs],
+    meta, scal, nc = _tables([params, grads, square_avgs, grad_avgs, bufs, state_steps],
                              [lr, alpha, 1.0 - alpha, eps, weight_decay, momentum],
                              params[0].device)
-    if nc == 0:
-        return
     sp, ip, hs, hi = _amp_args(meta, grad_scale, found_inf)
     pdt, sdt, cdt = _dtypes(params)
-    rmsprop_kernel[(nc,)](meta, scal, len(params), nc, sp, ip, P_DT=pdt, S_DT=sdt, C_DT=cdt,
-                          CENTERED=centered, USE_BUF=momentum > 0, MAXIMIZE=maximize,
-                          HAS_WD=weight_decay != 0, HAS_SCALE=hs, HAS_INF=hi, BLOCK=BLOCK, CHUNK=CHUNK)
+    if nc:
+        rmsprop_kernel[(nc,)](meta, scal, len(params), nc, sp, ip, P_DT=pdt, S_DT=sdt, C_DT=cdt,
+                              CENTERED=centered, USE_BUF=momentum > 0, MAXIMIZE=maximize,
+                              HAS_WD=weight_decay != 0, HAS_SCALE=hs, HAS_INF=hi, BLOCK=BLOCK,
+                              CHUNK=CHUNK)
+    _bump_steps(meta, len(params), 5, found_inf)
 
 
-def adagrad_step(params, grads, state_sums, steps, lr, lr_decay, weight_decay, eps, maximize,
-                 grad_scale, found_inf) -> None:
+def adagrad_step(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps,
+                 maximize, grad_scale, found_inf) -> None:
     if not params:
         return
-    clr = [lr / (1.0 + (s - 1.0) * lr_decay) for s in steps]
-    meta, scal, nc = _tables([params, grads, state_sums], [eps, weight_decay] + clr,
-                             params[0].device)
-    if nc == 0:
-        return
+    meta, scal, nc = _tables([params, grads, state_sums, state_steps],
+                             [eps, weight_decay, lr, lr_decay], params[0].device)
     sp, ip, hs, hi = _amp_args(meta, grad_scale, found_inf)
     pdt, sdt, cdt = _dtypes(params)
-    adagrad_kernel[(nc,)](meta, scal, len(params), nc, sp, ip, P_DT=pdt, S_DT=sdt, C_DT=cdt,
-                          MAXIMIZE=maximize, HAS_WD=weight_decay != 0, HAS_SCALE=hs, HAS_INF=hi,
-                          BLOCK=BLOCK, CHUNK=CHUNK)
+    if nc:
+        adagrad_kernel[(nc,)](meta, scal, len(params), nc, sp, ip, P_DT=pdt, S_DT=sdt, C_DT=cdt,
+                              MAXIMIZE=maximize, HAS_WD=weight_decay != 0, HAS_SCALE=hs,
+                              HAS_INF=hi, BLOCK=BLOCK, CHUNK=CHUNK)
+    _bump_steps(meta, len(params), 3, found_inf)

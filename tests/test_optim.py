@@ -386,8 +386,8 @@ def test_op_bad_input():
     with pytest.raises(ValueError, match="grads must have one tensor per parameter"):
         ops.sgd_step(p, g[:1], [], lr=0.1)
     with pytest.raises(ValueError, match=r"exp_avgs\[0\]"):
-        ops.adam_step(p[:1], g[:1], [torch.zeros(7, 12)], [torch.zeros(7, 13)], [], [1.0],
-                      lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8)
+        ops.adam_step(p[:1], g[:1], [torch.zeros(7, 12)], [torch.zeros(7, 13)], [],
+                      [torch.zeros(())], lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8)
     with pytest.raises(ValueError, match="momentum_buffers must have one tensor"):
         ops.sgd_step(p[:1], g[:1], [], lr=0.1, momentum=0.9)
     with pytest.raises(ValueError, match="params must share one device and dtype"):
@@ -396,9 +396,13 @@ def test_op_bad_input():
         ops.sgd_step(p[:1], [g[0].half()], [], lr=0.1)
     with pytest.raises(ValueError, match=r"exp_avgs\[0\] must be a torch.float32"):
         ops.adam_step([p[0].half()], [g[0].half()], [torch.zeros(7, 13).half()],
-                      [torch.zeros(7, 13)], [], [1.0], lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8)
-    with pytest.raises(ValueError, match="steps must have one value"):
+                      [torch.zeros(7, 13)], [], [torch.zeros(())], lr=0.1, beta1=0.9,
+                      beta2=0.99, eps=1e-8)
+    with pytest.raises(ValueError, match="state_steps must have one tensor per parameter"):
         ops.adagrad_step(p[:1], g[:1], [torch.zeros(7, 13)], [], lr=0.1)
+    with pytest.raises(ValueError, match=r"state_steps\[0\] must be a one-element float32"):
+        ops.adagrad_step(p[:1], g[:1], [torch.zeros(7, 13)], [torch.zeros((), dtype=torch.float64)],
+                         lr=0.1)
     with pytest.raises(TypeError, match="params"):
         ops.sgd_step([torch.ones(3, dtype=torch.int32)], [torch.ones(3, dtype=torch.int32)],
                      [], lr=0.1)
@@ -424,12 +428,14 @@ def _op_args(op, device, dtype=torch.float32, scaled=False, inf=0.0):
            torch.tensor([inf], device=device) if scaled else None)
     if op == "sgd_step":
         return (ps, gs, st(), 0.1, 0.9, 0.1, 0.01, True, False, False) + amp
+    steps = [torch.tensor(2.0, device=device), torch.tensor(1.0, device=device)]
     if op == "adam_step":
-        return (ps, gs, st(), st(), st(), [3.0, 2.0], 0.01, 0.9, 0.99, 1e-8, 0.1, True, True,
+        return (ps, gs, st(), st(), st(), steps, 0.01, 0.9, 0.99, 1e-8, 0.1, True, True,
                 True) + amp
     if op == "rmsprop_step":
-        return (ps, gs, st(1.0), st(), st(), 0.01, 0.9, 1e-8, 0.1, 0.5, True, False) + amp
-    return (ps, gs, st(), [3.0, 2.0], 0.1, 0.1, 0.1, 1e-10, True) + amp
+        return (ps, gs, st(1.0), st(), st(), steps, 0.01, 0.9, 1e-8, 0.1, 0.5, True,
+                False) + amp
+    return (ps, gs, st(), steps, 0.1, 0.1, 0.1, 1e-10, True) + amp
 
 
 OPS = ["sgd_step", "adam_step", "rmsprop_step", "adagrad_step"]
@@ -439,7 +445,7 @@ OPS = ["sgd_step", "adam_step", "rmsprop_step", "adagrad_step"]
 @pytest.mark.parametrize("op", OPS)
 def test_op_grad_scale_found_inf(backend, device, op):
     ns = getattr(torch.ops, "pydl_triton" if backend == "triton" else "pydl")
-    # found_inf != 0: nothing at all changes (decided on the device)
+    # found_inf != 0: nothing at all changes, step counts included (decided on the device)
     args = _op_args(op, device, scaled=True, inf=1.0)
     before = [[t.clone() for t in a] for a in args if isinstance(a, list) and a
               and isinstance(a[0], torch.Tensor)]
@@ -457,6 +463,9 @@ def test_op_grad_scale_found_inf(backend, device, op):
         if isinstance(x, list) and x and isinstance(x[0], torch.Tensor):
             for u, v in zip(x, y):
                 torch.testing.assert_close(u, v, rtol=1e-6, atol=1e-7)
+    if op != "sgd_step":  # the op incremented the step counts
+        steps = next(a for a in a1 if isinstance(a, list) and a and a[0].dim() == 0)
+        assert [float(t) for t in steps] == [3.0, 2.0]
 
 
 @pytest.mark.parametrize("backend,device", backend_params())

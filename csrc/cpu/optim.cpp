@@ -58,6 +58,17 @@ std::optional<double> grad_unscale(const std::optional<at::Tensor>& scale,
   return scale.has_value() ? double(scale->item<float>()) : 1.0;
 }
 
+// Increments every step count (CPU float32 scalars) and returns the new values.
+std::vector<double> bump_steps(at::TensorList state_steps) {
+  std::vector<double> out;
+  for (const at::Tensor& s : state_steps) {
+    float* v = static_cast<float*>(s.data_ptr());
+    *v += 1.f;
+    out.push_back(double(*v));
+  }
+  return out;
+}
+
 template <typename T>
 T* data_or_null(at::TensorList list, size_t i) {
   return list.empty() ? nullptr : static_cast<T*>(list[i].data_ptr());
@@ -131,7 +142,7 @@ void sgd_step(at::TensorList params, at::TensorList grads, at::TensorList bufs, 
 // ------------------------------------------------------------------------ Adam / AdamW
 void adam_step(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
-               c10::ArrayRef<double> steps, double lr, double beta1, double beta2, double eps,
+               at::TensorList state_steps, double lr, double beta1, double beta2, double eps,
                double weight_decay, bool amsgrad, bool maximize, bool decoupled,
                const std::optional<at::Tensor>& grad_scale,
                const std::optional<at::Tensor>& found_inf) {
@@ -142,10 +153,12 @@ void adam_step(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   check_list(params, exp_avg_sqs, "exp_avg_sqs", sdt, false);
   check_list(params, max_exp_avg_sqs, "max_exp_avg_sqs", sdt, !amsgrad);
   PYDL_CHECK(!amsgrad || !max_exp_avg_sqs.empty(), "max_exp_avg_sqs are needed with amsgrad");
-  PYDL_CHECK(steps.size() == params.size(), "steps must have one value per parameter");
+  check_steps(params, state_steps);
   const auto inv = grad_unscale(grad_scale, found_inf);
   if (!inv) return;
-  // per-tensor bias corrections, in double as torch computes them in Python
+  // per-tensor bias corrections from the new step counts, in double as torch computes
+  // them in Python
+  const std::vector<double> steps = bump_steps(state_steps);
   std::vector<double> step_size(steps.size()), bc2_sqrt(steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {
     step_size[i] = lr / (1.0 - std::pow(beta1, steps[i]));
@@ -174,7 +187,8 @@ void adam_step(at::TensorList params, at::TensorList grads, at::TensorList exp_a
 
 // ---------------------------------------------------------------------------- RMSprop
 void rmsprop_step(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
-                  at::TensorList grad_avgs, at::TensorList bufs, double lr, double alpha,
+                  at::TensorList grad_avgs, at::TensorList bufs, at::TensorList state_steps,
+                  double lr, double alpha,
                   double eps, double weight_decay, double momentum, bool centered,
                   bool maximize, const std::optional<at::Tensor>& grad_scale,
                   const std::optional<at::Tensor>& found_inf) {
@@ -186,8 +200,10 @@ void rmsprop_step(at::TensorList params, at::TensorList grads, at::TensorList sq
   check_list(params, bufs, "momentum_buffers", sdt, !(momentum > 0.0));
   PYDL_CHECK(!centered || !grad_avgs.empty(), "grad_avgs are needed when centered");
   PYDL_CHECK(!(momentum > 0.0) || !bufs.empty(), "momentum_buffers are needed when momentum > 0");
+  check_steps(params, state_steps);
   const auto inv = grad_unscale(grad_scale, found_inf);
   if (!inv) return;
+  bump_steps(state_steps);  // RMSprop's update does not depend on the step count
   PYDL_OPTIM_DISPATCH(params[0].scalar_type(), "pydl_rmsprop_step", [&] {
     const RmspropHyper<C> h{C(lr), C(alpha), C(1.0 - alpha), C(eps), C(weight_decay),
                             C(momentum), centered, maximize};
@@ -212,16 +228,17 @@ void rmsprop_step(at::TensorList params, at::TensorList grads, at::TensorList sq
 
 // ---------------------------------------------------------------------------- Adagrad
 void adagrad_step(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
-                  c10::ArrayRef<double> steps, double lr, double lr_decay, double weight_decay,
+                  at::TensorList state_steps, double lr, double lr_decay, double weight_decay,
                   double eps, bool maximize, const std::optional<at::Tensor>& grad_scale,
                   const std::optional<at::Tensor>& found_inf) {
   if (params.empty()) return;
   check_params(params, grads);
   const at::ScalarType sdt = state_dtype(params[0].scalar_type());
   check_list(params, state_sums, "state_sums", sdt, false);
-  PYDL_CHECK(steps.size() == params.size(), "steps must have one value per parameter");
+  check_steps(params, state_steps);
   const auto inv = grad_unscale(grad_scale, found_inf);
   if (!inv) return;
+  const std::vector<double> steps = bump_steps(state_steps);
   std::vector<double> clr(steps.size());
   for (size_t i = 0; i < steps.size(); ++i) clr[i] = lr / (1.0 + (steps[i] - 1.0) * lr_decay);
   PYDL_OPTIM_DISPATCH(params[0].scalar_type(), "pydl_adagrad_step", [&] {

@@ -1,7 +1,8 @@
 // CUDA glue for the fused multi-tensor optimizer steps: argument checks, gathering the
-// tensors' data pointers and the per-tensor scalars (bias corrections, decayed lr,
-// computed here in double as torch does), the launch on the current stream (kernels in
-// optim_kernel.cu), and the TORCH_LIBRARY_IMPL(pydl, CUDA) registration.
+// tensors' data pointers (and the device pointers of the step counts, which the kernels
+// read and increment themselves: nothing is read back to the host), the launch on the
+// current stream (kernels in optim_kernel.cu), and the TORCH_LIBRARY_IMPL(pydl, CUDA)
+// registration.
 #include "common.h"
 #include "cuda/optim_kernel.h"
 #include "optim_common.h"
@@ -10,7 +11,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <optional>
 #include <vector>
 
@@ -25,10 +25,13 @@ void check_launch(int err, const char* what) {
 struct Gathered {
   std::vector<void*> ptrs[5];
   std::vector<int64_t> numels;
+  std::vector<float*> steps;
   OptimLists lists;
 
   Gathered(at::TensorList params, at::TensorList grads, at::TensorList s0, at::TensorList s1,
-           at::TensorList s2) {
+           at::TensorList s2, at::TensorList state_steps = {}) {
+    for (const at::Tensor& t : state_steps) steps.push_back(static_cast<float*>(t.data_ptr()));
+    if (!steps.empty()) lists.steps = steps.data();
     const at::TensorList all[5] = {params, grads, s0, s1, s2};
     for (int k = 0; k < 5; ++k) {
       if (all[k].empty()) continue;
@@ -75,7 +78,7 @@ void sgd_step(at::TensorList params, at::TensorList grads, at::TensorList bufs, 
 
 void adam_step(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
-               c10::ArrayRef<double> steps, double lr, double beta1, double beta2, double eps,
+               at::TensorList state_steps, double lr, double beta1, double beta2, double eps,
                double weight_decay, bool amsgrad, bool maximize, bool decoupled,
                const std::optional<at::Tensor>& grad_scale,
                const std::optional<at::Tensor>& found_inf) {
@@ -87,27 +90,22 @@ void adam_step(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   check_list(params, exp_avg_sqs, "exp_avg_sqs", sdt, false);
   check_list(params, max_exp_avg_sqs, "max_exp_avg_sqs", sdt, !amsgrad);
   PYDL_CHECK(!amsgrad || !max_exp_avg_sqs.empty(), "max_exp_avg_sqs are needed with amsgrad");
-  PYDL_CHECK(steps.size() == params.size(), "steps must have one value per parameter");
+  check_steps(params, state_steps);
   c10::cuda::CUDAGuard guard(params[0].device());
   const float* gs = amp_ptr(grad_scale, params[0], "grad_scale");
   const float* fi = amp_ptr(found_inf, params[0], "found_inf");
-  std::vector<double> step_size(steps.size()), bc2_sqrt(steps.size());
-  for (size_t i = 0; i < steps.size(); ++i) {
-    step_size[i] = lr / (1.0 - std::pow(beta1, steps[i]));
-    bc2_sqrt[i] = std::sqrt(1.0 - std::pow(beta2, steps[i]));
-  }
-  Gathered g(params, grads, exp_avgs, exp_avg_sqs, amsgrad ? max_exp_avg_sqs : at::TensorList());
-  g.lists.scalar0 = step_size.data();
-  g.lists.scalar1 = bc2_sqrt.data();
+  Gathered g(params, grads, exp_avgs, exp_avg_sqs, amsgrad ? max_exp_avg_sqs : at::TensorList(),
+             state_steps);
   const AdamHyper<double> h{1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay,
                             1.0 - lr * weight_decay, amsgrad, maximize, decoupled};
-  check_launch(launch_adam_step(to_dtype(params[0].scalar_type()), g.lists, h, gs, fi,
-                                c10::cuda::getCurrentCUDAStream()),
+  check_launch(launch_adam_step(to_dtype(params[0].scalar_type()), g.lists, h, lr, beta1, beta2,
+                                gs, fi, c10::cuda::getCurrentCUDAStream()),
                "pydl adam_step");
 }
 
 void rmsprop_step(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
-                  at::TensorList grad_avgs, at::TensorList bufs, double lr, double alpha,
+                  at::TensorList grad_avgs, at::TensorList bufs, at::TensorList state_steps,
+                  double lr, double alpha,
                   double eps, double weight_decay, double momentum, bool centered,
                   bool maximize, const std::optional<at::Tensor>& grad_scale,
                   const std::optional<at::Tensor>& found_inf) {
@@ -120,11 +118,12 @@ void rmsprop_step(at::TensorList params, at::TensorList grads, at::TensorList sq
   check_list(params, bufs, "momentum_buffers", sdt, !(momentum > 0.0));
   PYDL_CHECK(!centered || !grad_avgs.empty(), "grad_avgs are needed when centered");
   PYDL_CHECK(!(momentum > 0.0) || !bufs.empty(), "momentum_buffers are needed when momentum > 0");
+  check_steps(params, state_steps);
   c10::cuda::CUDAGuard guard(params[0].device());
   const float* gs = amp_ptr(grad_scale, params[0], "grad_scale");
   const float* fi = amp_ptr(found_inf, params[0], "found_inf");
   Gathered g(params, grads, square_avgs, centered ? grad_avgs : at::TensorList(),
-             momentum > 0.0 ? bufs : at::TensorList());
+             momentum > 0.0 ? bufs : at::TensorList(), state_steps);
   const RmspropHyper<double> h{lr, alpha, 1.0 - alpha, eps, weight_decay, momentum, centered,
                                maximize};
   check_launch(launch_rmsprop_step(to_dtype(params[0].scalar_type()), g.lists, h, gs, fi,
@@ -133,7 +132,7 @@ void rmsprop_step(at::TensorList params, at::TensorList grads, at::TensorList sq
 }
 
 void adagrad_step(at::TensorList params, at::TensorList grads, at::TensorList state_sums,
-                  c10::ArrayRef<double> steps, double lr, double lr_decay, double weight_decay,
+                  at::TensorList state_steps, double lr, double lr_decay, double weight_decay,
                   double eps, bool maximize, const std::optional<at::Tensor>& grad_scale,
                   const std::optional<at::Tensor>& found_inf) {
   if (params.empty()) return;
@@ -141,17 +140,14 @@ void adagrad_step(at::TensorList params, at::TensorList grads, at::TensorList st
   check_params(params, grads);
   const at::ScalarType sdt = state_dtype(params[0].scalar_type());
   check_list(params, state_sums, "state_sums", sdt, false);
-  PYDL_CHECK(steps.size() == params.size(), "steps must have one value per parameter");
+  check_steps(params, state_steps);
   c10::cuda::CUDAGuard guard(params[0].device());
   const float* gs = amp_ptr(grad_scale, params[0], "grad_scale");
   const float* fi = amp_ptr(found_inf, params[0], "found_inf");
-  std::vector<double> clr(steps.size());
-  for (size_t i = 0; i < steps.size(); ++i) clr[i] = lr / (1.0 + (steps[i] - 1.0) * lr_decay);
-  Gathered g(params, grads, state_sums, {}, {});
-  g.lists.scalar0 = clr.data();
+  Gathered g(params, grads, state_sums, {}, {}, state_steps);
   const AdagradHyper<double> h{eps, weight_decay, maximize};
-  check_launch(launch_adagrad_step(to_dtype(params[0].scalar_type()), g.lists, h, gs, fi,
-                                   c10::cuda::getCurrentCUDAStream()),
+  check_launch(launch_adagrad_step(to_dtype(params[0].scalar_type()), g.lists, h, lr, lr_decay,
+                                   gs, fi, c10::cuda::getCurrentCUDAStream()),
                "pydl adagrad_step");
 }
 

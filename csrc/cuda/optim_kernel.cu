@@ -9,7 +9,7 @@
 // chunks and packs, into one by-value kernel argument block (TensorListMeta, < 4 KiB,
 // so no device-side table and no host->device copy is needed):
 //   * the data pointers of up to kMaxTensors tensors for each of the DEPTH lists
-//     (params, grads, up to three state lists), their sizes and two per-tensor scalars;
+//     (params, grads, up to three state lists), their sizes and step-count pointers;
 //   * a chunk table of up to kMaxChunks (tensor slot, chunk index) entries.
 // One thread block per chunk-table entry walks its chunk; when either table fills, the
 // launcher launches and starts a new block (a tensor cut across launches continues in
@@ -22,9 +22,13 @@
 // aligns to 512 bytes, so this is the normal case); otherwise element by element.
 // Offsets are 64-bit; chunk starts are int64(chunk index) * CHUNK.
 //
-// GradScaler: found_inf != 0 makes every block return before touching memory (the step
-// is skipped without a host sync); grad_scale divides the gradient, which is written back
-// unscaled, as torch's fused optimizers do.
+// Step counts stay on the device: each block reads its tensor's count t, computes the
+// step-dependent scalars (Adam's bias corrections, Adagrad's decayed lr) from t + 1 in
+// double, and after the update launches a last tiny kernel adds 1 to every count (it
+// runs after all blocks have read them: same stream). GradScaler: found_inf != 0 makes
+// every block, and the count update, return before touching memory -- the step is
+// skipped without a host synchronization; grad_scale divides the gradient, which is
+// written back unscaled, as torch's fused optimizers do.
 #include "optim_kernel.h"
 #include "elementwise.cuh"
 
@@ -36,24 +40,25 @@ constexpr int kBlock = 512;
 constexpr int kMaxTensors = 36;
 constexpr int kMaxChunks = 256;
 
-// The kernel-argument metadata block. sizeof(TensorListMeta<5>) = 3584 bytes, below the
+// The kernel-argument metadata block. sizeof(TensorListMeta<5>) = 3296 bytes, below the
 // 4 KiB argument limit of every CUDA version together with the hyperparameters.
 template <int DEPTH>
 struct TensorListMeta {
   void* ptr[DEPTH][kMaxTensors];
   int64_t numel[kMaxTensors];
-  double scalar0[kMaxTensors];
-  double scalar1[kMaxTensors];
+  float* step[kMaxTensors];  // null when the optimizer keeps no step count (SGD)
   unsigned char chunk_tensor[kMaxChunks];
   int32_t chunk_index[kMaxChunks];
 };
-static_assert(sizeof(TensorListMeta<5>) + 128 <= 4096, "kernel argument block too large");
+static_assert(sizeof(TensorListMeta<5>) + 256 <= 4096, "kernel argument block too large");
 
-// The per-optimizer functors: one element update in compute type C, with the state
-// elements s0..s2 (lists 2..4; unused ones are dummies) and the tensor's two scalars.
+// The per-optimizer functors: scalars(t) gives the two step-dependent scalars for the new
+// step count t (once per block, in double), and operator() one element update in compute
+// type C, with the state elements s0..s2 (lists 2..4; unused ones are dummies).
 template <typename C>
 struct SgdOp {
   SgdHyper<C> h;
+  __device__ __forceinline__ void scalars(double, C& a, C& b) const { a = b = C(0); }
   __device__ __forceinline__ void operator()(C& p, C g, C& s0, C&, C&, C, C) const {
     sgd_update<C>(p, g, s0, h);
   }
@@ -61,6 +66,12 @@ struct SgdOp {
 template <typename C>
 struct AdamOp {
   AdamHyper<C> h;
+  double lr, beta1, beta2;
+  // torch: step_size = lr / (1 - beta1^t), bias_correction2_sqrt = sqrt(1 - beta2^t)
+  __device__ __forceinline__ void scalars(double t, C& step_size, C& bc2_sqrt) const {
+    step_size = C(lr / (1.0 - pow(beta1, t)));
+    bc2_sqrt = C(sqrt(1.0 - pow(beta2, t)));
+  }
   __device__ __forceinline__ void operator()(C& p, C g, C& m, C& v, C& vmax, C step_size,
                                              C bc2_sqrt) const {
     adam_update<C>(p, g, m, v, vmax, h, step_size, bc2_sqrt);
@@ -69,6 +80,7 @@ struct AdamOp {
 template <typename C>
 struct RmspropOp {
   RmspropHyper<C> h;
+  __device__ __forceinline__ void scalars(double, C& a, C& b) const { a = b = C(0); }
   __device__ __forceinline__ void operator()(C& p, C g, C& sq, C& ga, C& buf, C, C) const {
     rmsprop_update<C>(p, g, sq, ga, buf, h);
   }
@@ -76,10 +88,29 @@ struct RmspropOp {
 template <typename C>
 struct AdagradOp {
   AdagradHyper<C> h;
+  double lr, lr_decay;
+  // torch: clr = lr / (1 + (t - 1) * lr_decay)
+  __device__ __forceinline__ void scalars(double t, C& clr, C& b) const {
+    clr = C(lr / (1.0 + (t - 1.0) * lr_decay));
+    b = C(0);
+  }
   __device__ __forceinline__ void operator()(C& p, C g, C& sum, C&, C&, C clr, C) const {
     adagrad_update<C>(p, g, sum, h, clr);
   }
 };
+
+// The last launch of a step: every step count += 1, unless found_inf says the step was
+// skipped. One thread per count; kMaxSteps counts per launch (the pointer list is a
+// by-value argument too).
+constexpr int kMaxSteps = 448;
+struct StepList {
+  float* p[kMaxSteps];
+  int n;
+};
+__global__ void bump_steps_kernel(StepList l, const float* __restrict__ found_inf) {
+  if (found_inf != nullptr && *found_inf != 0.f) return;
+  if (int(threadIdx.x) < l.n) *l.p[threadIdx.x] += 1.f;
+}
 
 template <typename P>
 __device__ __forceinline__ bool aligned_to(const void* ptr) {
@@ -107,7 +138,8 @@ __global__ void __launch_bounds__(kBlock)
 #pragma unroll
   for (int k = 2; k < DEPTH; ++k)
     if (used & (1u << k)) s[k - 2] = static_cast<S*>(meta.ptr[k][slot]);
-  const C a = C(meta.scalar0[slot]), b = C(meta.scalar1[slot]);
+  C a, b;  // the tensor's step-dependent scalars, from its new step count
+  op.scalars(meta.step[slot] != nullptr ? double(*meta.step[slot]) + 1.0 : 0.0, a, b);
   const bool scaled = grad_scale != nullptr;
   const C scale = scaled ? C(*grad_scale) : C(1);
 
@@ -190,8 +222,7 @@ int multi_tensor_apply(const OptimLists& l, const Op& op, const float* grad_scal
     if (n == 0) continue;
     for (int k = 0; k < DEPTH; ++k) meta.ptr[k][nt] = l.ptrs[k] != nullptr ? l.ptrs[k][t] : nullptr;
     meta.numel[nt] = n;
-    meta.scalar0[nt] = l.scalar0 != nullptr ? l.scalar0[t] : 0.0;
-    meta.scalar1[nt] = l.scalar1 != nullptr ? l.scalar1[t] : 0.0;
+    meta.step[nt] = l.steps != nullptr ? l.steps[t] : nullptr;
     ++nt;
     const int64_t chunks = (n + kChunk - 1) / kChunk;
     for (int64_t c = 0; c < chunks; ++c) {
@@ -209,15 +240,25 @@ int multi_tensor_apply(const OptimLists& l, const Op& op, const float* grad_scal
         } else {  // this tensor goes on in the next launch, from slot 0
           for (int k = 0; k < DEPTH; ++k) meta.ptr[k][0] = meta.ptr[k][nt - 1];
           meta.numel[0] = meta.numel[nt - 1];
-          meta.scalar0[0] = meta.scalar0[nt - 1];
-          meta.scalar1[0] = meta.scalar1[nt - 1];
+          meta.step[0] = meta.step[nt - 1];
           nt = 1;
         }
       }
     }
   }
   if (nc > 0) launch(nc);
-  return int(cudaGetLastError());
+  int err = int(cudaGetLastError());
+  // then the step counts (of every tensor, empty ones included, like torch)
+  if (l.steps != nullptr) {
+    StepList sl;
+    for (int64_t t0 = 0; t0 < l.n && err == 0; t0 += kMaxSteps) {
+      sl.n = int(l.n - t0 < kMaxSteps ? l.n - t0 : kMaxSteps);
+      for (int i = 0; i < sl.n; ++i) sl.p[i] = l.steps[t0 + i];
+      bump_steps_kernel<<<1, kMaxSteps, 0, stream>>>(sl, found_inf);
+      err = int(cudaGetLastError());
+    }
+  }
+  return err;
 }
 
 }  // namespace
@@ -235,14 +276,16 @@ int launch_sgd_step(DType dtype, const OptimLists& l, const SgdHyper<double>& h,
   return err;
 }
 
-int launch_adam_step(DType dtype, const OptimLists& l, const AdamHyper<double>& h,
-                     const float* grad_scale, const float* found_inf, cudaStream_t stream) {
+int launch_adam_step(DType dtype, const OptimLists& l, const AdamHyper<double>& h, double lr,
+                     double beta1, double beta2, const float* grad_scale,
+                     const float* found_inf, cudaStream_t stream) {
   int err = 0;
   with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using C = typename OpMath<T>::type;
     const AdamOp<C> op{{C(h.beta1_c), C(h.beta2), C(h.beta2_c), C(h.eps), C(h.weight_decay),
-                        C(h.decay), h.amsgrad, h.maximize, h.decoupled}};
+                        C(h.decay), h.amsgrad, h.maximize, h.decoupled},
+                       lr, beta1, beta2};
     err = multi_tensor_apply<T, C, 5>(l, op, grad_scale, found_inf, stream);
   });
   return err;
@@ -262,12 +305,13 @@ int launch_rmsprop_step(DType dtype, const OptimLists& l, const RmspropHyper<dou
 }
 
 int launch_adagrad_step(DType dtype, const OptimLists& l, const AdagradHyper<double>& h,
-                        const float* grad_scale, const float* found_inf, cudaStream_t stream) {
+                        double lr, double lr_decay, const float* grad_scale,
+                        const float* found_inf, cudaStream_t stream) {
   int err = 0;
   with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using C = typename OpMath<T>::type;
-    const AdagradOp<C> op{{C(h.eps), C(h.weight_decay), h.maximize}};
+    const AdagradOp<C> op{{C(h.eps), C(h.weight_decay), h.maximize}, lr, lr_decay};
     err = multi_tensor_apply<T, C, 3>(l, op, grad_scale, found_inf, stream);
   });
   return err;

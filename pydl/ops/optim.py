@@ -5,28 +5,33 @@ Ops per backend (same schemas, csrc/pydl.cpp); each call updates every parameter
 (device, dtype) group and its state IN PLACE, in one fused multi-tensor launch (or a few):
   sgd_step(params!, grads!, momentum_buffers!, lr, momentum, dampening, weight_decay,
            nesterov, maximize, first, grad_scale?, found_inf?)
-  adam_step(params!, grads!, exp_avgs!, exp_avg_sqs!, max_exp_avg_sqs!, steps, lr, beta1,
-            beta2, eps, weight_decay, amsgrad, maximize, decoupled, grad_scale?, found_inf?)
-  rmsprop_step(params!, grads!, square_avgs!, grad_avgs!, momentum_buffers!, lr, alpha, eps,
-               weight_decay, momentum, centered, maximize, grad_scale?, found_inf?)
-  adagrad_step(params!, grads!, state_sums!, steps, lr, lr_decay, weight_decay, eps,
+  adam_step(params!, grads!, exp_avgs!, exp_avg_sqs!, max_exp_avg_sqs!, state_steps!, lr,
+            beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, grad_scale?,
+            found_inf?)
+  rmsprop_step(params!, grads!, square_avgs!, grad_avgs!, momentum_buffers!, state_steps!,
+               lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale?,
+               found_inf?)
+  adagrad_step(params!, grads!, state_sums!, state_steps!, lr, lr_decay, weight_decay, eps,
                maximize, grad_scale?, found_inf?)
 cpu/cuda: torch.ops.pydl.* (csrc/cpu/optim.cpp, csrc/cuda/optim*.{cpp,cu});
 triton:   torch.ops.pydl_triton.* (defined below, kernels in kernels/optim.py).
 
 State lists a configuration does not use are passed empty (momentum_buffers when
 momentum == 0, max_exp_avg_sqs without amsgrad, grad_avgs when not centered). State is
-float32 for float16/bfloat16 parameters, else the parameter's dtype. `steps[i]` is the
-step count of parameter i after this step (torch keeps one per parameter). `grad_scale`
+float32 for float16/bfloat16 parameters, else the parameter's dtype. `state_steps[i]` is
+parameter i's step count (torch keeps one per parameter: a float32 scalar tensor, here on
+the parameters' device); the kernels read it, use count + 1 for the bias corrections and
+increment it -- on a GPU nothing is read back to the host. `grad_scale`
 (GradScaler's scale) divides every gradient inside the kernel, and the unscaled gradient
 is written back (gradients are untouched without it); `found_inf` != 0 turns the
-step into a no-op inside the kernel (both one-element float32 tensors on the parameters'
-device), as torch's fused optimizers do. No autograd: optimizer steps run under no_grad.
+step into a no-op inside the kernel, step counts included (both one-element float32
+tensors on the parameters' device), as torch's fused optimizers do. No autograd:
+optimizer steps run under no_grad.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import torch
 
@@ -56,36 +61,43 @@ if _dispatch._kernels is not None:
                      nesterov, maximize, first, grad_scale, found_inf)
 
     @torch.library.custom_op("pydl_triton::adam_step",
-                             mutates_args=("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"))
+                             mutates_args=("params", "grads", "exp_avgs", "exp_avg_sqs",
+                                           "max_exp_avg_sqs", "state_steps"))
     def _triton_adam_step(params: List[torch.Tensor], grads: List[torch.Tensor],
                           exp_avgs: List[torch.Tensor], exp_avg_sqs: List[torch.Tensor],
-                          max_exp_avg_sqs: List[torch.Tensor], steps: List[float], lr: float,
+                          max_exp_avg_sqs: List[torch.Tensor], state_steps: List[torch.Tensor],
+                          lr: float,
                           beta1: float, beta2: float, eps: float, weight_decay: float,
                           amsgrad: bool, maximize: bool, decoupled: bool,
                           grad_scale: Optional[torch.Tensor],
                           found_inf: Optional[torch.Tensor]) -> None:
-        _tk.adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
+        _tk.adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1,
                       beta2, eps, weight_decay, amsgrad, maximize, decoupled, grad_scale,
                       found_inf)
 
     @torch.library.custom_op("pydl_triton::rmsprop_step",
-                             mutates_args=("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers"))
+                             mutates_args=("params", "grads", "square_avgs", "grad_avgs",
+                                           "momentum_buffers", "state_steps"))
     def _triton_rmsprop_step(params: List[torch.Tensor], grads: List[torch.Tensor],
                              square_avgs: List[torch.Tensor], grad_avgs: List[torch.Tensor],
-                             momentum_buffers: List[torch.Tensor], lr: float, alpha: float,
+                             momentum_buffers: List[torch.Tensor],
+                             state_steps: List[torch.Tensor], lr: float, alpha: float,
                              eps: float, weight_decay: float, momentum: float, centered: bool,
                              maximize: bool, grad_scale: Optional[torch.Tensor],
                              found_inf: Optional[torch.Tensor]) -> None:
-        _tk.rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, lr, alpha,
+        _tk.rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps,
+                         lr, alpha,
                          eps, weight_decay, momentum, centered, maximize, grad_scale, found_inf)
 
-    @torch.library.custom_op("pydl_triton::adagrad_step", mutates_args=("params", "grads", "state_sums"))
+    @torch.library.custom_op("pydl_triton::adagrad_step",
+                             mutates_args=("params", "grads", "state_sums", "state_steps"))
     def _triton_adagrad_step(params: List[torch.Tensor], grads: List[torch.Tensor],
-                             state_sums: List[torch.Tensor], steps: List[float], lr: float,
+                             state_sums: List[torch.Tensor], state_steps: List[torch.Tensor],
+                             lr: float,
                              lr_decay: float, weight_decay: float, eps: float, maximize: bool,
                              grad_scale: Optional[torch.Tensor],
                              found_inf: Optional[torch.Tensor]) -> None:
-        _tk.adagrad_step(params, grads, state_sums, steps, lr, lr_decay, weight_decay, eps,
+        _tk.adagrad_step(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps,
                          maximize, grad_scale, found_inf)
 
 
@@ -161,6 +173,18 @@ def _check(op: str, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
             raise ValueError(f"pydl.{op}: {name} must be a one-element float32 tensor on {dev}")
 
 
+def _check_steps(op: str, params, state_steps) -> None:
+    if not isinstance(state_steps, (list, tuple)) or len(state_steps) != len(params):
+        n = len(state_steps) if isinstance(state_steps, (list, tuple)) else type(state_steps).__name__
+        raise ValueError(f"pydl.{op}: state_steps must have one tensor per parameter "
+                         f"({len(params)}), got {n}")
+    for i, (p, s) in enumerate(zip(params, state_steps)):
+        if not isinstance(s, torch.Tensor) or s.numel() != 1 or s.dtype != torch.float32 \
+                or s.device != p.device:
+            raise ValueError(f"pydl.{op}: state_steps[{i}] must be a one-element float32 "
+                             f"tensor on {p.device}")
+
+
 def _dense_work(params: Tensors, grads: Tensors, states: List[Tensors], grads_written: bool):
     """The kernels walk a parameter, its gradient and its state with one linear index, so
     all must be dense with the same strides. Returns work lists where each offending
@@ -194,8 +218,10 @@ def _dense_work(params: Tensors, grads: Tensors, states: List[Tensors], grads_wr
 
 
 def _run(op: str, backend: Optional[str], params, grads, states: dict, scalars: dict,
-         grad_scale, found_inf, call) -> None:
+         grad_scale, found_inf, call, state_steps=None) -> None:
     _check(op, params, grads, states, scalars, grad_scale, found_inf)
+    if state_steps is not None:
+        _check_steps(op, params, state_steps)
     if not params:
         return
     name = _dispatch.resolve(op, params[0].device, backend)
@@ -223,55 +249,53 @@ def sgd_step(params: Tensors, grads: Tensors, momentum_buffers: Tensors, *, lr: 
 
 
 def adam_step(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensors,
-              max_exp_avg_sqs: Tensors, steps: Sequence[float], *, lr: float, beta1: float,
+              max_exp_avg_sqs: Tensors, state_steps: Tensors, *, lr: float, beta1: float,
               beta2: float, eps: float, weight_decay: float = 0.0, amsgrad: bool = False,
               maximize: bool = False, decoupled: bool = False,
               grad_scale: Optional[torch.Tensor] = None, found_inf: Optional[torch.Tensor] = None,
               backend: Optional[str] = None) -> None:
-    """One Adam (decoupled=False) or AdamW (decoupled=True) step over a group, in place."""
-    steps = [float(s) for s in steps]
-    if len(steps) != len(params):
-        raise ValueError(f"pydl.adam_step: steps must have one value per parameter "
-                         f"({len(params)}), got {len(steps)}")
+    """One Adam (decoupled=False) or AdamW (decoupled=True) step over a group, in place;
+    increments state_steps (unless found_inf)."""
     sc = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
     _run("adam_step", backend, params, grads,
          {"exp_avgs": (exp_avgs, True), "exp_avg_sqs": (exp_avg_sqs, True),
           "max_exp_avg_sqs": (max_exp_avg_sqs, amsgrad)}, sc, grad_scale, found_inf,
-         lambda f, p, g, s: f(p, g, s[0], s[1], s[2], steps, float(lr), float(beta1),
+         lambda f, p, g, s: f(p, g, s[0], s[1], s[2], state_steps, float(lr), float(beta1),
                               float(beta2), float(eps), float(weight_decay), bool(amsgrad),
-                              bool(maximize), bool(decoupled), grad_scale, found_inf))
+                              bool(maximize), bool(decoupled), grad_scale, found_inf),
+         state_steps)
 
 
 def rmsprop_step(params: Tensors, grads: Tensors, square_avgs: Tensors, grad_avgs: Tensors,
-                 momentum_buffers: Tensors, *, lr: float, alpha: float, eps: float,
+                 momentum_buffers: Tensors, state_steps: Tensors, *, lr: float, alpha: float,
+                 eps: float,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
                  maximize: bool = False, grad_scale: Optional[torch.Tensor] = None,
                  found_inf: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> None:
-    """One RMSprop step over a group, in place."""
+    """One RMSprop step over a group, in place; increments state_steps (unless found_inf)."""
     sc = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
     _run("rmsprop_step", backend, params, grads,
          {"square_avgs": (square_avgs, True), "grad_avgs": (grad_avgs, centered),
           "momentum_buffers": (momentum_buffers, momentum > 0)}, sc, grad_scale, found_inf,
-         lambda f, p, g, s: f(p, g, s[0], s[1], s[2], float(lr), float(alpha), float(eps),
+         lambda f, p, g, s: f(p, g, s[0], s[1], s[2], state_steps, float(lr), float(alpha),
+                              float(eps),
                               float(weight_decay), float(momentum), bool(centered),
-                              bool(maximize), grad_scale, found_inf))
+                              bool(maximize), grad_scale, found_inf),
+         state_steps)
 
 
-def adagrad_step(params: Tensors, grads: Tensors, state_sums: Tensors, steps: Sequence[float], *,
+def adagrad_step(params: Tensors, grads: Tensors, state_sums: Tensors, state_steps: Tensors, *,
                  lr: float, lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10,
                  maximize: bool = False, grad_scale: Optional[torch.Tensor] = None,
                  found_inf: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> None:
-    """One Adagrad step over a group, in place."""
-    steps = [float(s) for s in steps]
-    if len(steps) != len(params):
-        raise ValueError(f"pydl.adagrad_step: steps must have one value per parameter "
-                         f"({len(params)}), got {len(steps)}")
+    """One Adagrad step over a group, in place; increments state_steps (unless found_inf)."""
     sc = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps)
     _run("adagrad_step", backend, params, grads, {"state_sums": (state_sums, True)}, sc,
          grad_scale, found_inf,
-         lambda f, p, g, s: f(p, g, s[0], steps, float(lr), float(lr_decay),
+         lambda f, p, g, s: f(p, g, s[0], state_steps, float(lr), float(lr_decay),
                               float(weight_decay), float(eps), bool(maximize), grad_scale,
-                              found_inf))
+                              found_inf),
+         state_steps)
 
 
 # ---------------------------------------- the "torch" backend: the reference, torch ops only
@@ -290,6 +314,12 @@ def _skip(found_inf) -> bool:
     return found_inf is not None and bool(found_inf.item())
 
 
+def _bump(state_steps):
+    for s in state_steps:
+        s.add_(1)
+    return [float(s) for s in state_steps]
+
+
 def _ref_sgd(params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, maximize,
              first, grad_scale, found_inf):
     if _skip(found_inf):
@@ -306,10 +336,11 @@ def _ref_sgd(params, grads, bufs, lr, momentum, dampening, weight_decay, nestero
         p.copy_(pc - lr * g)
 
 
-def _ref_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2,
-              eps, weight_decay, amsgrad, maximize, decoupled, grad_scale, found_inf):
+def _ref_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1,
+              beta2, eps, weight_decay, amsgrad, maximize, decoupled, grad_scale, found_inf):
     if _skip(found_inf):
         return
+    steps = _bump(state_steps)
     for i, (p, g) in enumerate(zip(params, grads)):
         pc = p.to(state_dtype(p.dtype))
         g = _grad(g, p, grad_scale, maximize)
@@ -329,10 +360,11 @@ def _ref_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, 
         p.copy_(pc - step_size * (exp_avgs[i] / denom))
 
 
-def _ref_rmsprop(params, grads, square_avgs, grad_avgs, bufs, lr, alpha, eps, weight_decay,
-                 momentum, centered, maximize, grad_scale, found_inf):
+def _ref_rmsprop(params, grads, square_avgs, grad_avgs, bufs, state_steps, lr, alpha, eps,
+                 weight_decay, momentum, centered, maximize, grad_scale, found_inf):
     if _skip(found_inf):
         return
+    _bump(state_steps)
     for i, (p, g) in enumerate(zip(params, grads)):
         pc = p.to(state_dtype(p.dtype))
         g = _grad(g, p, grad_scale, maximize)
@@ -353,10 +385,11 @@ def _ref_rmsprop(params, grads, square_avgs, grad_avgs, bufs, lr, alpha, eps, we
             p.copy_(pc - lr * (g / avg))
 
 
-def _ref_adagrad(params, grads, state_sums, steps, lr, lr_decay, weight_decay, eps, maximize,
-                 grad_scale, found_inf):
+def _ref_adagrad(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps,
+                 maximize, grad_scale, found_inf):
     if _skip(found_inf):
         return
+    steps = _bump(state_steps)
     for i, (p, g) in enumerate(zip(params, grads)):
         pc = p.to(state_dtype(p.dtype))
         g = _grad(g, p, grad_scale, maximize)

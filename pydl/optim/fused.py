@@ -9,9 +9,12 @@ with ONE fused multi-tensor op (pydl.ops.optim: C++ on CPU, CUDA C++ or Triton o
 instead of a handful of kernels per tensor.
 
 State layout is torch's: the same keys (``step``, ``exp_avg``, ``exp_avg_sq``,
-``max_exp_avg_sq``, ``momentum_buffer``, ``square_avg``, ``grad_avg``, ``sum``), ``step``
-a float32 scalar tensor on the CPU (torch's default, non-fused layout), created at the
-same moment as torch creates it. So a torch.optim checkpoint loads into pydl and a pydl
+``max_exp_avg_sq``, ``momentum_buffer``, ``square_avg``, ``grad_avg``, ``sum``), created
+at the same moment as torch creates them, ``step`` a float32 scalar tensor on the
+parameter's device -- on the CPU for CPU parameters (torch's default layout), on the GPU
+for GPU parameters (torch's fused/capturable layout, which torch's other
+implementations read too), so that the kernels read and increment it themselves and a
+step never waits for the GPU. A torch.optim checkpoint loads into pydl and a pydl
 checkpoint into torch.optim, and training continues identically.
 
 One deliberate difference: for float16 / bfloat16 parameters the state tensors are
@@ -26,11 +29,15 @@ as torch does) but pydl always runs its fused kernels; ``capturable=True`` and
 ``differentiable=True`` are not supported and raise ValueError.
 
 GradScaler: the optimizers set ``_step_supports_amp_scaling``, as torch's fused ones do,
-so ``scaler.step(opt)`` hands the scale to ``step`` (as ``opt.grad_scale``) and the
-kernels divide the gradients by it on the fly -- no separate unscale pass. ``found_inf``
-is read once per step (one host synchronization on GPU, the one torch's non-fused
-GradScaler path makes too) because the step counters live on the CPU; when it is set the
-whole step is skipped, step counters included, exactly like torch.
+so ``scaler.step(opt)`` hands the scale and ``found_inf`` to ``step`` (as
+``opt.grad_scale`` / ``opt.found_inf``): the kernels divide the gradients by the scale on
+the fly (no separate unscale pass; the gradients are left unscaled, as torch's fused
+optimizers leave them) and, when ``found_inf`` is set, skip the whole step, step counts
+included -- decided on the device, with no host synchronization. Two corner cases differ
+from torch without changing any result: if a parameter's very first step is skipped,
+pydl has already created its (zero) state with step 0 where torch has none yet; and SGD
+reads ``found_inf`` on the host in the one step that creates momentum buffers (a new
+buffer is set to the gradient, which must not happen in a skipped step).
 """
 from __future__ import annotations
 
@@ -49,14 +56,17 @@ def _scalar(v) -> float:
     return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
 
 
-def _step_tensor(state) -> torch.Tensor:
-    """state['step'] as torch's default layout keeps it: a float32 scalar tensor on the CPU
-    (a checkpoint from a fused/capturable torch optimizer may hold it on the GPU)."""
-    s = state["step"]
-    if not isinstance(s, torch.Tensor):
-        s = torch.tensor(float(s), dtype=torch.float32)
-    elif s.device.type != "cpu" or s.dtype != torch.float32:
-        s = s.detach().to("cpu", torch.float32)
+def _step_tensor(state, p) -> torch.Tensor:
+    """state['step'], created (0) if missing, as the kernels read it: a float32 scalar
+    tensor on the parameter's device (a torch checkpoint may hold it on the CPU, or as a
+    number in very old ones)."""
+    s = state.get("step")
+    if s is None:
+        s = torch.zeros((), dtype=torch.float32, device=p.device)
+    elif not isinstance(s, torch.Tensor):
+        s = torch.tensor(float(s), dtype=torch.float32, device=p.device)
+    elif s.device != p.device or s.dtype != torch.float32:
+        s = s.detach().to(p.device, torch.float32)
     state["step"] = s
     return s
 
@@ -119,15 +129,12 @@ class _FusedStep:
         return out.values()
 
     def _amp(self, device):
-        """(grad_scale on `device` or None, skip) from what GradScaler set on us."""
-        scale = getattr(self, "grad_scale", None)
-        if scale is not None:
-            scale = scale.to(device=device, dtype=torch.float32).reshape(1)
-        return scale
-
-    def _skip_step(self) -> bool:
-        found_inf = getattr(self, "found_inf", None)
-        return found_inf is not None and bool(found_inf.item())
+        """What GradScaler set on us, on `device`: dict(grad_scale=..., found_inf=...)."""
+        out = {}
+        for name in ("grad_scale", "found_inf"):
+            t = getattr(self, name, None)
+            out[name] = None if t is None else t.to(device=device, dtype=torch.float32).reshape(1)
+        return out
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -142,8 +149,6 @@ class _FusedStep:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._skip_step():  # GradScaler found inf/NaN gradients: skip, like torch
-            return loss
         for group in self.param_groups:
             params, grads = self._with_grads(group)
             if params:
@@ -167,6 +172,9 @@ class SGD(_FusedStep, torch.optim.SGD):
         momentum = _scalar(group["momentum"])
         # a parameter's first momentum step sets buf = g: those go to their own launch
         first = [momentum != 0 and self.state[p].get("momentum_buffer") is None for p in params]
+        found_inf = getattr(self, "found_inf", None)
+        if any(first) and found_inf is not None and bool(found_inf.item()):
+            return  # a skipped step must not create buffers (see the module doc)
         for idx in self._buckets(params, key=lambda p: ()):
             for is_first in (False, True):
                 sel = [i for i in idx if first[i] == is_first]
@@ -179,8 +187,7 @@ class SGD(_FusedStep, torch.optim.SGD):
                               momentum=momentum, dampening=_scalar(group["dampening"]),
                               weight_decay=_scalar(group["weight_decay"]),
                               nesterov=bool(group["nesterov"]), maximize=bool(group["maximize"]),
-                              first=is_first, grad_scale=self._amp(ps[0].device),
-                              backend=self.backend)
+                              first=is_first, backend=self.backend, **self._amp(ps[0].device))
 
 
 class Adam(_FusedStep, torch.optim.Adam):
@@ -202,12 +209,8 @@ class Adam(_FusedStep, torch.optim.Adam):
         beta1, beta2 = (_scalar(b) for b in group["betas"])
         m, v, vmax, steps = [], [], [], []
         for p in params:
-            st = self.state[p]
-            if len(st) == 0:  # lazy, like torch: created at the first step with a grad
-                st["step"] = torch.tensor(0.0, dtype=torch.float32)
-            step = _step_tensor(st)
-            step += 1
-            steps.append(float(step))
+            st = self.state[p]  # created lazily, like torch: at the first step with a grad
+            steps.append(_step_tensor(st, p))
             m.append(self._state_tensor(st, "exp_avg", p))
             v.append(self._state_tensor(st, "exp_avg_sq", p))
             if amsgrad:
@@ -220,7 +223,7 @@ class Adam(_FusedStep, torch.optim.Adam):
                            eps=_scalar(group["eps"]), weight_decay=_scalar(group["weight_decay"]),
                            amsgrad=amsgrad, maximize=bool(group["maximize"]),
                            decoupled=bool(group.get("decoupled_weight_decay", False)),
-                           grad_scale=self._amp(ps[0].device), backend=self.backend)
+                           backend=self.backend, **self._amp(ps[0].device))
 
 
 class AdamW(Adam, torch.optim.AdamW):
@@ -252,12 +255,10 @@ class RMSprop(_FusedStep, torch.optim.RMSprop):
     def _group_step(self, group, params, grads):
         momentum = _scalar(group["momentum"])
         centered = bool(group["centered"])
-        sq, ga, bufs = [], [], []
+        sq, ga, bufs, steps = [], [], [], []
         for p in params:
             st = self.state[p]
-            if len(st) == 0:
-                st["step"] = torch.tensor(0.0, dtype=torch.float32)
-            _step_tensor(st).add_(1)
+            steps.append(_step_tensor(st, p))
             sq.append(self._state_tensor(st, "square_avg", p))
             if momentum > 0:
                 bufs.append(self._state_tensor(st, "momentum_buffer", p))
@@ -268,11 +269,12 @@ class RMSprop(_FusedStep, torch.optim.RMSprop):
             _ops.rmsprop_step(ps, [grads[i] for i in idx], [sq[i] for i in idx],
                               [ga[i] for i in idx] if centered else [],
                               [bufs[i] for i in idx] if momentum > 0 else [],
+                              [steps[i] for i in idx],
                               lr=_scalar(group["lr"]), alpha=_scalar(group["alpha"]),
                               eps=_scalar(group["eps"]),
                               weight_decay=_scalar(group["weight_decay"]), momentum=momentum,
                               centered=centered, maximize=bool(group["maximize"]),
-                              grad_scale=self._amp(ps[0].device), backend=self.backend)
+                              backend=self.backend, **self._amp(ps[0].device))
 
 
 class Adagrad(_FusedStep, torch.optim.Adagrad):
@@ -297,12 +299,8 @@ class Adagrad(_FusedStep, torch.optim.Adagrad):
         sums, steps = [], []
         init = _scalar(group["initial_accumulator_value"])
         for p in params:
-            st = self.state[p]
-            if "step" not in st:  # a param added by add_param_group after construction
-                st["step"] = torch.tensor(0.0, dtype=torch.float32)
-            step = _step_tensor(st)
-            step += 1
-            steps.append(float(step))
+            st = self.state[p]  # (a param added by add_param_group has no state yet)
+            steps.append(_step_tensor(st, p))
             sums.append(self._state_tensor(st, "sum", p, fill=init))
         for idx in self._buckets(params):
             ps = [params[i] for i in idx]
@@ -311,4 +309,4 @@ class Adagrad(_FusedStep, torch.optim.Adagrad):
                               lr_decay=_scalar(group["lr_decay"]),
                               weight_decay=_scalar(group["weight_decay"]),
                               eps=_scalar(group["eps"]), maximize=bool(group["maximize"]),
-                              grad_scale=self._amp(ps[0].device), backend=self.backend)
+                              backend=self.backend, **self._amp(ps[0].device))
