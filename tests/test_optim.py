@@ -565,3 +565,52 @@ def test_state_dict_round_trip_bf16(backend, device, direction):
     for a, b in zip(pa, pb):
         # lr 0.01 over 2 steps moves params by ~0.02; the two differ by bf16 ulps of ~3
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("cfg", ONE_PER_OPT, ids=[c[0] for c in ONE_PER_OPT])
+def test_master_weights(backend, device, cfg):
+    # bfloat16 params with float32 masters follow torch.optim run in float32 on the same
+    # values (masters to float32 rounding), and each param is its master rounded
+    name, kw = cfg
+    base = [make_input(s, torch.bfloat16, device, seed=i) for i, s in enumerate(SHAPES)]
+    pp = [b.clone().requires_grad_() for b in base]
+    pt = [b.float().requires_grad_() for b in base]
+    op = getattr(pydl.optim, name)(pp, backend=backend, master_weights=True, **kw)
+    ot = getattr(torch.optim, name)(pt, **kw)
+    for s in range(3):
+        for i, (a, b) in enumerate(zip(pp, pt)):
+            g = _grad_like(a, 100 * s + i)
+            a.grad, b.grad = g.clone(), g.float()
+        op.step()
+        ot.step()
+    for a, b in zip(pp, pt):
+        m = op.state[a]["master_param"]
+        assert m.dtype == torch.float32
+        torch.testing.assert_close(m, b.detach(), rtol=1e-5, atol=1e-6)
+        assert torch.equal(a.detach(), m.to(torch.bfloat16))
+    # and the masters survive a checkpoint round trip into a fresh pydl optimizer
+    sd = copy.deepcopy(op.state_dict())
+    op2 = getattr(pydl.optim, name)(pp, backend=backend, master_weights=True, **kw)
+    op2.load_state_dict(sd)
+    for a in pp:
+        for k, v in op.state[a].items():
+            assert op2.state[a][k].dtype == v.dtype and torch.equal(op2.state[a][k], v)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_state_dict_pydl_to_pydl_keeps_float32_state(backend, device):
+    # torch's load_state_dict casts state to the param dtype; pydl restores its float32
+    ps = [make_input(s, torch.float16, device, seed=i, requires_grad=True)
+          for i, s in enumerate(SHAPES)]
+    opt = pydl.optim.RMSprop(ps, lr=0.01, momentum=0.5, centered=True, backend=backend)
+    for p in ps:
+        p.grad = _grad_like(p, 3)
+    opt.step()
+    opt2 = pydl.optim.RMSprop(ps, lr=0.01, momentum=0.5, centered=True, backend=backend)
+    opt2.load_state_dict(opt.state_dict())
+    for p in ps:
+        for k, v in opt.state[p].items():
+            assert opt2.state[p][k].dtype == v.dtype and torch.equal(opt2.state[p][k], v)
+            # (step is shared, as torch's load_state_dict shares it)
+            assert k == "step" or opt2.state[p][k] is not v

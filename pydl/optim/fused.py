@@ -24,7 +24,11 @@ the state to the parameter dtype (torch's load_state_dict does that); a torch ch
 with 16-bit state is promoted to float32 on pydl's first step.
 
 Extra keyword-only arguments: ``backend=`` (None: follow ``pydl.backend(...)`` /
-PYDL_BACKEND / auto). ``foreach`` and ``fused`` are accepted (and stored in the groups,
+PYDL_BACKEND / auto); ``master_weights=False``: when True, every float16/bfloat16
+parameter gets a float32 master copy (``state["master_param"]``, saved in the
+state_dict; torch.optim ignores the extra key) that the kernels update, the 16-bit
+parameter being its rounding -- so updates smaller than a 16-bit ulp accumulate instead
+of being lost. ``foreach`` and ``fused`` are accepted (and stored in the groups,
 as torch does) but pydl always runs its fused kernels; ``capturable=True`` and
 ``differentiable=True`` are not supported and raise ValueError.
 
@@ -42,6 +46,7 @@ buffer is set to the gradient, which must not happen in a skipped step).
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import chain
 from typing import Optional
 
 import torch
@@ -76,7 +81,8 @@ class _FusedStep:
 
     _pydl_name = ""
 
-    def _pydl_setup(self, backend: Optional[str], capturable: bool, differentiable: bool):
+    def _pydl_setup(self, backend: Optional[str], capturable: bool, differentiable: bool,
+                    master_weights: bool = False):
         name = self._pydl_name
         if capturable:
             raise ValueError(f"pydl.optim.{name}: capturable=True is not supported (the step "
@@ -87,6 +93,7 @@ class _FusedStep:
             from .._dispatch import _check_name
             _check_name(backend, f"pydl.optim.{name}: backend")
         self.backend = backend
+        self.master_weights = bool(master_weights)
         # GradScaler then passes its scale to step() instead of unscaling the grads itself
         self._step_supports_amp_scaling = True
 
@@ -152,8 +159,61 @@ class _FusedStep:
         for group in self.param_groups:
             params, grads = self._with_grads(group)
             if params:
-                self._group_step(group, params, grads)
+                work_p, work_g, masters = self._masters(params, grads)
+                self._group_step(group, params, work_p, work_g)
+                for p, m, g, g32 in masters:  # the 16-bit params from their float32 masters
+                    p.copy_(m)
+                    if getattr(self, "grad_scale", None) is not None:
+                        g.copy_(g32)  # unscaled, as without master weights
         return loss
+
+    def load_state_dict(self, state_dict) -> None:
+        """torch's load_state_dict, then the float32 state of 16-bit parameters restored:
+        torch casts every floating-point state tensor to its parameter's dtype, which would
+        round pydl's float32 moments (and master weights) to 16 bits."""
+        super().load_state_dict(state_dict)
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        for sid, p in zip(saved_ids, params):
+            if p.dtype not in (torch.float16, torch.bfloat16) or sid not in state_dict["state"]:
+                continue
+            for key, val in state_dict["state"][sid].items():
+                if key != "step" and isinstance(val, torch.Tensor) and \
+                        val.dtype == torch.float32 and val.shape == p.shape:
+                    t = torch.empty_like(p, dtype=torch.float32,
+                                         memory_format=torch.preserve_format)
+                    t.copy_(val)
+                    self.state[p][key] = t
+
+    def _masters(self, params, grads):
+        """With master_weights, each float16/bfloat16 parameter is stood in for by a float32
+        master copy (state["master_param"], made from the parameter at its first step), and
+        its gradient by a float32 copy: the kernels update the masters, and the 16-bit
+        parameters are rounded from them afterwards, so updates far below a 16-bit ulp are
+        not lost. Returns (params to update, their grads, [(param, master, grad, grad32)])."""
+        if not self.master_weights:
+            return params, grads, []
+        work_p, work_g, masters = [], [], []
+        for p, g in zip(params, grads):
+            if p.dtype not in (torch.float16, torch.bfloat16):
+                work_p.append(p)
+                work_g.append(g)
+                continue
+            st = self.state[p]
+            m = st.get("master_param")
+            if not isinstance(m, torch.Tensor) or m.shape != p.shape:
+                m = p  # first step (or a checkpoint without masters): start from the param
+            if m is p or m.device != p.device or m.dtype != torch.float32 or \
+                    (p.numel() > 1 and m.stride() != p.stride()):
+                new = torch.empty_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+                new.copy_(m)
+                m = st["master_param"] = new
+            g32 = torch.empty_like(m)
+            g32.copy_(g)
+            work_p.append(m)
+            work_g.append(g32)
+            masters.append((p, m, g, g32))
+        return work_p, work_g, masters
 
 
 class SGD(_FusedStep, torch.optim.SGD):
@@ -162,16 +222,16 @@ class SGD(_FusedStep, torch.optim.SGD):
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
                  nesterov=False, *, maximize=False, foreach=None, differentiable=False,
-                 fused=None, backend: Optional[str] = None):
+                 fused=None, backend: Optional[str] = None, master_weights: bool = False):
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                          foreach=foreach, differentiable=differentiable, fused=fused)
-        self._pydl_setup(backend, False, differentiable)
+        self._pydl_setup(backend, False, differentiable, master_weights)
 
-    def _group_step(self, group, params, grads):
+    def _group_step(self, group, keys, params, grads):
         momentum = _scalar(group["momentum"])
         # a parameter's first momentum step sets buf = g: those go to their own launch
-        first = [momentum != 0 and self.state[p].get("momentum_buffer") is None for p in params]
+        first = [momentum != 0 and self.state[k].get("momentum_buffer") is None for k in keys]
         found_inf = getattr(self, "found_inf", None)
         if any(first) and found_inf is not None and bool(found_inf.item()):
             return  # a skipped step must not create buffers (see the module doc)
@@ -181,8 +241,8 @@ class SGD(_FusedStep, torch.optim.SGD):
                 if not sel:
                     continue
                 ps = [params[i] for i in sel]
-                bufs = [self._state_tensor(self.state[p], "momentum_buffer", p) for p in ps] \
-                    if momentum != 0 else []
+                bufs = [self._state_tensor(self.state[keys[i]], "momentum_buffer", params[i])
+                        for i in sel] if momentum != 0 else []
                 _ops.sgd_step(ps, [grads[i] for i in sel], bufs, lr=_scalar(group["lr"]),
                               momentum=momentum, dampening=_scalar(group["dampening"]),
                               weight_decay=_scalar(group["weight_decay"]),
@@ -197,19 +257,19 @@ class Adam(_FusedStep, torch.optim.Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False,
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, master_weights: bool = False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=decoupled_weight_decay)
-        self._pydl_setup(backend, capturable, differentiable)
+        self._pydl_setup(backend, capturable, differentiable, master_weights)
 
-    def _group_step(self, group, params, grads):
+    def _group_step(self, group, keys, params, grads):
         amsgrad = bool(group["amsgrad"])
         beta1, beta2 = (_scalar(b) for b in group["betas"])
         m, v, vmax, steps = [], [], [], []
-        for p in params:
-            st = self.state[p]  # created lazily, like torch: at the first step with a grad
+        for k, p in zip(keys, params):
+            st = self.state[k]  # created lazily, like torch: at the first step with a grad
             steps.append(_step_tensor(st, p))
             m.append(self._state_tensor(st, "exp_avg", p))
             v.append(self._state_tensor(st, "exp_avg_sq", p))
@@ -232,12 +292,13 @@ class AdamW(Adam, torch.optim.AdamW):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None, backend: Optional[str] = None):
+                 differentiable=False, fused=None, backend: Optional[str] = None,
+                 master_weights: bool = False):
         torch.optim.AdamW.__init__(self, params, lr=lr, betas=betas, eps=eps,
                                    weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                                    foreach=foreach, capturable=capturable,
                                    differentiable=differentiable, fused=fused)
-        self._pydl_setup(backend, capturable, differentiable)
+        self._pydl_setup(backend, capturable, differentiable, master_weights)
 
 
 class RMSprop(_FusedStep, torch.optim.RMSprop):
@@ -246,18 +307,19 @@ class RMSprop(_FusedStep, torch.optim.RMSprop):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, capturable=False, foreach=None, maximize=False,
-                 differentiable=False, *, backend: Optional[str] = None):
+                 differentiable=False, *, backend: Optional[str] = None,
+                 master_weights: bool = False):
         super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                          momentum=momentum, centered=centered, capturable=capturable,
                          foreach=foreach, maximize=maximize, differentiable=differentiable)
-        self._pydl_setup(backend, capturable, differentiable)
+        self._pydl_setup(backend, capturable, differentiable, master_weights)
 
-    def _group_step(self, group, params, grads):
+    def _group_step(self, group, keys, params, grads):
         momentum = _scalar(group["momentum"])
         centered = bool(group["centered"])
         sq, ga, bufs, steps = [], [], [], []
-        for p in params:
-            st = self.state[p]
+        for k, p in zip(keys, params):
+            st = self.state[k]
             steps.append(_step_tensor(st, p))
             sq.append(self._state_tensor(st, "square_avg", p))
             if momentum > 0:
@@ -283,23 +345,27 @@ class Adagrad(_FusedStep, torch.optim.Adagrad):
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
                  eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None,
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, master_weights: bool = False):
         super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                          initial_accumulator_value=initial_accumulator_value, eps=eps,
                          foreach=foreach, maximize=maximize, differentiable=differentiable,
                          fused=fused)
-        self._pydl_setup(backend, False, differentiable)
+        self._pydl_setup(backend, False, differentiable, master_weights)
         # torch creates Adagrad's state eagerly, in the parameter's dtype; pydl keeps
-        # float32 sums for 16-bit parameters
+        # float32 sums for 16-bit parameters, filled anew (not converted from torch's
+        # 16-bit fill, which would carry initial_accumulator_value rounded to 16 bits)
         for group in self.param_groups:
             for p in group["params"]:
-                self._state_tensor(self.state[p], "sum", p)
+                if p.dtype in (torch.float16, torch.bfloat16):
+                    self.state[p].pop("sum", None)
+                self._state_tensor(self.state[p], "sum", p,
+                                   fill=_scalar(group["initial_accumulator_value"]))
 
-    def _group_step(self, group, params, grads):
+    def _group_step(self, group, keys, params, grads):
         sums, steps = [], []
         init = _scalar(group["initial_accumulator_value"])
-        for p in params:
-            st = self.state[p]  # (a param added by add_param_group has no state yet)
+        for k, p in zip(keys, params):
+            st = self.state[k]  # (a param added by add_param_group has no state yet)
             steps.append(_step_tensor(st, p))
             sums.append(self._state_tensor(st, "sum", p, fill=init))
         for idx in self._buckets(params):
