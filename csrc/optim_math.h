@@ -8,8 +8,9 @@
 // the results agree with torch to the last few bits. g is the gradient element, already
 // divided by the GradScaler scale where there is one (torch's fused optimizers do the
 // same). The scalars that depend only on the step count (bias corrections, Adagrad's
-// decayed lr) are computed once per tensor on the host, in double, like torch does in
-// Python, and passed in.
+// decayed lr) are computed once per tensor in double, as torch does in Python (on the
+// host by the CPU kernels, once per block on the device by the CUDA kernels, which read
+// the step counts from device memory), and passed in.
 //
 //   SGD      g = -g if maximize;  g += wd * p
 //            buf = g (first step) | buf = momentum * buf + (1 - dampening) * g

@@ -135,7 +135,8 @@ def sgd_kernel(meta, scal, n_tensors, n_chunks, scale_ptr, inf_ptr,
                P_DT: tl.constexpr, S_DT: tl.constexpr, C_DT: tl.constexpr,
                USE_BUF: tl.constexpr, FIRST: tl.constexpr, NESTEROV: tl.constexpr,
                MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
-               HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+               HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr,
+               CHUNK: tl.constexpr):
     t, start, end = _chunk(meta, n_tensors, n_chunks, inf_ptr, 3, HAS_INF, CHUNK)
     p_ptr = _ptr(meta, n_tensors, t, 0, P_DT)
     g_ptr = _ptr(meta, n_tensors, t, 1, P_DT)

@@ -15,6 +15,8 @@
 // parameter's dtype. GradScaler: grad_scale (if given) divides every gradient element
 // (and the unscaled gradient is written back, as torch's fused optimizers do),
 // found_inf != 0 skips the whole step (both float32 scalars on the parameters' device).
+// Step counts (state_steps: float32 scalars, here on the CPU) are incremented first and
+// the step-dependent scalars computed from the new counts, per tensor, in double.
 #include "common.h"
 #include "optim_common.h"
 #include "optim_math.h"

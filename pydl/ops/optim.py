@@ -31,7 +31,7 @@ optimizer steps run under no_grad.
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -51,7 +51,8 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
 if _dispatch._kernels is not None:
     from ..kernels import optim as _tk
 
-    @torch.library.custom_op("pydl_triton::sgd_step", mutates_args=("params", "grads", "momentum_buffers"))
+    @torch.library.custom_op("pydl_triton::sgd_step",
+                             mutates_args=("params", "grads", "momentum_buffers"))
     def _triton_sgd_step(params: List[torch.Tensor], grads: List[torch.Tensor],
                          momentum_buffers: List[torch.Tensor], lr: float, momentum: float,
                          dampening: float, weight_decay: float, nesterov: bool, maximize: bool,
@@ -175,7 +176,8 @@ def _check(op: str, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
 
 def _check_steps(op: str, params, state_steps) -> None:
     if not isinstance(state_steps, (list, tuple)) or len(state_steps) != len(params):
-        n = len(state_steps) if isinstance(state_steps, (list, tuple)) else type(state_steps).__name__
+        n = len(state_steps) if isinstance(state_steps, (list, tuple)) \
+            else type(state_steps).__name__
         raise ValueError(f"pydl.{op}: state_steps must have one tensor per parameter "
                          f"({len(params)}), got {n}")
     for i, (p, s) in enumerate(zip(params, state_steps)):
@@ -241,8 +243,8 @@ def sgd_step(params: Tensors, grads: Tensors, momentum_buffers: Tensors, *, lr: 
     """One SGD step over a (device, dtype) group, in place. `first`: the momentum buffers
     are new and are set to the gradient (torch's first step), not accumulated into."""
     sc = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
-    _run("sgd_step", backend, params, grads, {"momentum_buffers": (momentum_buffers, momentum != 0)},
-         sc, grad_scale, found_inf,
+    _run("sgd_step", backend, params, grads,
+         {"momentum_buffers": (momentum_buffers, momentum != 0)}, sc, grad_scale, found_inf,
          lambda f, p, g, s: f(p, g, s[0], float(lr), float(momentum), float(dampening),
                               float(weight_decay), bool(nesterov), bool(maximize), bool(first),
                               grad_scale, found_inf))

@@ -104,7 +104,8 @@ class _FusedStep:
         t = state.get(key)
         if t is None:
             t = torch.full_like(p, fill, dtype=want, memory_format=torch.preserve_format)
-        elif t.dtype != want or t.device != p.device or (p.numel() > 1 and t.stride() != p.stride()):
+        elif t.dtype != want or t.device != p.device or \
+                (p.numel() > 1 and t.stride() != p.stride()):
             s = torch.empty_like(p, dtype=want, memory_format=torch.preserve_format)
             s.copy_(t)
             t = s
