@@ -319,8 +319,15 @@ def test_param_groups(backend, device, cfg):
 
 
 def test_class_surface():
+    import inspect
     p = [torch.randn(3, requires_grad=True)]
     for name in ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad"):
+        # torch's constructor signature (names, order, kinds, defaults) + pydl's keywords
+        sig = inspect.signature(getattr(pydl.optim, name).__init__).parameters
+        tsig = inspect.signature(getattr(torch.optim, name).__init__).parameters
+        assert [(k, v.kind, v.default) for k, v in sig.items()
+                if k not in ("backend", "master_weights")] == \
+            [(k, v.kind, v.default) for k, v in tsig.items()]
         ours, theirs = getattr(pydl.optim, name)(p), getattr(torch.optim, name)(p)
         assert isinstance(ours, getattr(torch.optim, name))
         assert ours.defaults == theirs.defaults
