@@ -22,6 +22,29 @@ TORCH_LIBRARY(pydl, m) {
   m.def("act_fwd(Tensor x, str act, float alpha) -> Tensor");
   m.def("act_fwd_(Tensor(a!) x, str act, float alpha) -> ()");
   m.def("act_bwd(Tensor grad, Tensor saved, str act, float alpha, bool is_result) -> Tensor");
+
+  m.set_python_module("pydl.ops.optim");
+  // Fused multi-tensor optimizer steps: each call updates every parameter of one
+  // (device, dtype) group and its state in place. State lists that a configuration does
+  // not use are empty. state_steps[i] is parameter i's step count (a float32 scalar
+  // tensor on the parameters' device), read by the kernels and incremented by the op.
+  // grad_scale divides the gradients (which are written back unscaled, as torch's fused
+  // optimizers do; untouched without grad_scale); found_inf != 0 skips the whole step,
+  // step counts included, decided on the device (no host synchronization).
+  m.def("sgd_step(Tensor(a!)[] params, Tensor(g!)[] grads, Tensor(b!)[] momentum_buffers, "
+        "float lr, float momentum, float dampening, float weight_decay, bool nesterov, "
+        "bool maximize, bool first, Tensor? grad_scale, Tensor? found_inf) -> ()");
+  m.def("adam_step(Tensor(a!)[] params, Tensor(g!)[] grads, Tensor(b!)[] exp_avgs, "
+        "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, "
+        "float lr, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, "
+        "bool maximize, bool decoupled, Tensor? grad_scale, Tensor? found_inf) -> ()");
+  m.def("rmsprop_step(Tensor(a!)[] params, Tensor(g!)[] grads, Tensor(b!)[] square_avgs, "
+        "Tensor(c!)[] grad_avgs, Tensor(d!)[] momentum_buffers, Tensor(e!)[] state_steps, "
+        "float lr, float alpha, float eps, float weight_decay, float momentum, bool centered, "
+        "bool maximize, Tensor? grad_scale, Tensor? found_inf) -> ()");
+  m.def("adagrad_step(Tensor(a!)[] params, Tensor(g!)[] grads, Tensor(b!)[] state_sums, "
+        "Tensor(e!)[] state_steps, float lr, float lr_decay, float weight_decay, float eps, "
+        "bool maximize, Tensor? grad_scale, Tensor? found_inf) -> ()");
 }
 
 namespace {

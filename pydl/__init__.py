@@ -14,8 +14,9 @@ from ._dispatch import BUILD_INFO, BackendUnavailable, backend, backends  # noqa
 from . import ops  # noqa: F401  (registers fake kernels and autograd)
 from . import functional, nn  # noqa: F401
 from .convert import ConvertReport, convert, revert  # noqa: F401
+from . import optim  # noqa: F401  (fused optimizers)
 
 __version__ = "0.1.0"
 
-__all__ = ["backend", "backends", "BackendUnavailable", "BUILD_INFO", "convert", "revert", "ConvertReport",
+__all__ = ["backend", "backends", "BackendUnavailable", "BUILD_INFO", "convert", "revert", "ConvertReport", "optim",
            "functional", "nn", "ops"]

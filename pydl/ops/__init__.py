@@ -6,3 +6,4 @@ C++ ops (cpu + cuda) are ``torch.ops.pydl.*`` (schemas in csrc/pydl.cpp); Triton
 are ``torch.ops.pydl_triton.*`` (``torch.library.custom_op``, defined here).
 """
 from .activation import act  # noqa: F401
+from . import optim  # noqa: F401  (fused optimizer steps)

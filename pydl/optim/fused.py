@@ -1,0 +1,379 @@
+"""Fused multi-tensor optimizers: SGD, Adam, AdamW, RMSprop, Adagrad.
+
+Each class subclasses its torch.optim namesake, so the constructor signature, defaults,
+hyperparameter validation (and its error messages), ``param_groups``, ``add_param_group``,
+``zero_grad``, ``state`` / ``state_dict`` / ``load_state_dict``, hooks and LR schedulers
+are torch's own code; only ``step()`` is pydl's. It gathers the parameters of each param
+group that have a gradient, buckets them by (device, dtype), and updates every bucket
+with ONE fused multi-tensor op (pydl.ops.optim: C++ on CPU, CUDA C++ or Triton on GPU)
+instead of a handful of kernels per tensor.
+
+State layout is torch's: the same keys (``step``, ``exp_avg``, ``exp_avg_sq``,
+``max_exp_avg_sq``, ``momentum_buffer``, ``square_avg``, ``grad_avg``, ``sum``), created
+at the same moment as torch creates them, ``step`` a float32 scalar tensor on the
+parameter's device -- on the CPU for CPU parameters (torch's default layout), on the GPU
+for GPU parameters (torch's fused/capturable layout, which torch's other
+implementations read too), so that the kernels read and increment it themselves and a
+step never waits for the GPU. A torch.optim checkpoint loads into pydl and a pydl
+checkpoint into torch.optim, and training continues identically.
+
+One deliberate difference: for float16 / bfloat16 parameters the state tensors are
+float32 (torch keeps them in the parameter's dtype), so the moments do not lose their
+small increments to 16-bit rounding. Loading such a checkpoint into torch.optim casts
+the state to the parameter dtype (torch's load_state_dict does that); a torch checkpoint
+with 16-bit state is promoted to float32 on pydl's first step.
+
+Extra keyword-only arguments: ``backend=`` (None: follow ``pydl.backend(...)`` /
+PYDL_BACKEND / auto); ``master_weights=False``: when True, every float16/bfloat16
+parameter gets a float32 master copy (``state["master_param"]``, saved in the
+state_dict; torch.optim ignores the extra key) that the kernels update, the 16-bit
+parameter being its rounding -- so updates smaller than a 16-bit ulp accumulate instead
+of being lost. ``foreach`` and ``fused`` are accepted (and stored in the groups,
+as torch does) but pydl always runs its fused kernels; ``capturable=True`` and
+``differentiable=True`` are not supported and raise ValueError.
+
+GradScaler: the optimizers set ``_step_supports_amp_scaling``, as torch's fused ones do,
+so ``scaler.step(opt)`` hands the scale and ``found_inf`` to ``step`` (as
+``opt.grad_scale`` / ``opt.found_inf``): the kernels divide the gradients by the scale on
+the fly (no separate unscale pass; the gradients are left unscaled, as torch's fused
+optimizers leave them) and, when ``found_inf`` is set, skip the whole step, step counts
+included -- decided on the device, with no host synchronization. Two corner cases differ
+from torch without changing any result: if a parameter's very first step is skipped,
+pydl has already created its (zero) state with step 0 where torch has none yet; and SGD
+reads ``found_inf`` on the host in the one step that creates momentum buffers (a new
+buffer is set to the gradient, which must not happen in a skipped step).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from itertools import chain
+from typing import Optional
+
+import torch
+
+from ..ops import optim as _ops
+
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
+
+
+def _scalar(v) -> float:
+    """A hyperparameter as a Python float (lr and weight_decay may be tensors in torch)."""
+    return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def _step_tensor(state, p) -> torch.Tensor:
+    """state['step'], created (0) if missing, as the kernels read it: a float32 scalar
+    tensor on the parameter's device (a torch checkpoint may hold it on the CPU, or as a
+    number in very old ones)."""
+    s = state.get("step")
+    if s is None:
+        s = torch.zeros((), dtype=torch.float32, device=p.device)
+    elif not isinstance(s, torch.Tensor):
+        s = torch.tensor(float(s), dtype=torch.float32, device=p.device)
+    elif s.device != p.device or s.dtype != torch.float32:
+        s = s.detach().to(p.device, torch.float32)
+    state["step"] = s
+    return s
+
+
+class _FusedStep:
+    """The shared part of the five optimizers: construction-time checks and the bucketing."""
+
+    _pydl_name = ""
+
+    def _pydl_setup(self, backend: Optional[str], capturable: bool, differentiable: bool,
+                    master_weights: bool = False):
+        name = self._pydl_name
+        if capturable:
+            raise ValueError(f"pydl.optim.{name}: capturable=True is not supported (the step "
+                             "counters live on the CPU)")
+        if differentiable:
+            raise ValueError(f"pydl.optim.{name}: differentiable=True is not supported")
+        if backend is not None:
+            from .._dispatch import _check_name
+            _check_name(backend, f"pydl.optim.{name}: backend")
+        self.backend = backend
+        self.master_weights = bool(master_weights)
+        # GradScaler then passes its scale to step() instead of unscaling the grads itself
+        self._step_supports_amp_scaling = True
+
+    def _state_tensor(self, state, key, p, fill: float = 0.0) -> torch.Tensor:
+        """state[key], created (filled with `fill`) if missing, and brought to the kernels'
+        layout: float32 for 16-bit params, the param's device and strides."""
+        want = _ops.state_dtype(p.dtype)
+        t = state.get(key)
+        if t is None:
+            t = torch.full_like(p, fill, dtype=want, memory_format=torch.preserve_format)
+        elif t.dtype != want or t.device != p.device or \
+                (p.numel() > 1 and t.stride() != p.stride()):
+            s = torch.empty_like(p, dtype=want, memory_format=torch.preserve_format)
+            s.copy_(t)
+            t = s
+        state[key] = t
+        return t
+
+    def _with_grads(self, group):
+        """The group's params that have a gradient, with their gradients."""
+        params, grads = [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"pydl.optim.{self._pydl_name} does not support sparse "
+                                   "gradients")
+            if torch.is_complex(p):
+                raise TypeError(f"pydl.optim.{self._pydl_name}: complex parameters are not "
+                                "supported")
+            params.append(p)
+            grads.append(p.grad)
+        return params, grads
+
+    @staticmethod
+    def _buckets(params, key=lambda p: ()):
+        """Indices of params grouped by (device, dtype, extra key): one fused launch each."""
+        out = defaultdict(list)
+        for i, p in enumerate(params):
+            out[(p.device, p.dtype) + tuple(key(p))].append(i)
+        return out.values()
+
+    def _amp(self, device):
+        """What GradScaler set on us, on `device`: dict(grad_scale=..., found_inf=...)."""
+        out = {}
+        for name in ("grad_scale", "found_inf"):
+            t = getattr(self, name, None)
+            out[name] = None if t is None else t.to(device=device, dtype=torch.float32).reshape(1)
+        return out
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Performs a single optimization step (all groups, one fused launch per
+        (device, dtype) bucket of each group).
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and
+                returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = self._with_grads(group)
+            if params:
+                work_p, work_g, masters = self._masters(params, grads)
+                self._group_step(group, params, work_p, work_g)
+                for p, m, g, g32 in masters:  # the 16-bit params from their float32 masters
+                    p.copy_(m)
+                    if getattr(self, "grad_scale", None) is not None:
+                        g.copy_(g32)  # unscaled, as without master weights
+        return loss
+
+    def load_state_dict(self, state_dict) -> None:
+        """torch's load_state_dict, then the float32 state of 16-bit parameters restored:
+        torch casts every floating-point state tensor to its parameter's dtype, which would
+        round pydl's float32 moments (and master weights) to 16 bits."""
+        super().load_state_dict(state_dict)
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        for sid, p in zip(saved_ids, params):
+            if p.dtype not in (torch.float16, torch.bfloat16) or sid not in state_dict["state"]:
+                continue
+            for key, val in state_dict["state"][sid].items():
+                if key != "step" and isinstance(val, torch.Tensor) and \
+                        val.dtype == torch.float32 and val.shape == p.shape:
+                    t = torch.empty_like(p, dtype=torch.float32,
+                                         memory_format=torch.preserve_format)
+                    t.copy_(val)
+                    self.state[p][key] = t
+
+    def _masters(self, params, grads):
+        """With master_weights, each float16/bfloat16 parameter is stood in for by a float32
+        master copy (state["master_param"], made from the parameter at its first step), and
+        its gradient by a float32 copy: the kernels update the masters, and the 16-bit
+        parameters are rounded from them afterwards, so updates far below a 16-bit ulp are
+        not lost. Returns (params to update, their grads, [(param, master, grad, grad32)])."""
+        if not self.master_weights:
+            return params, grads, []
+        work_p, work_g, masters = [], [], []
+        for p, g in zip(params, grads):
+            if p.dtype not in (torch.float16, torch.bfloat16):
+                work_p.append(p)
+                work_g.append(g)
+                continue
+            st = self.state[p]
+            m = st.get("master_param")
+            if not isinstance(m, torch.Tensor) or m.shape != p.shape:
+                m = p  # first step (or a checkpoint without masters): start from the param
+            if m is p or m.device != p.device or m.dtype != torch.float32 or \
+                    (p.numel() > 1 and m.stride() != p.stride()):
+                new = torch.empty_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+                new.copy_(m)
+                m = st["master_param"] = new
+            g32 = torch.empty_like(m)
+            g32.copy_(g)
+            work_p.append(m)
+            work_g.append(g32)
+            masters.append((p, m, g, g32))
+        return work_p, work_g, masters
+
+
+class SGD(_FusedStep, torch.optim.SGD):
+    __doc__ = "pydl's fused multi-tensor " + (torch.optim.SGD.__doc__ or "SGD")
+    _pydl_name = "SGD"
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
+                 nesterov=False, *, maximize=False, foreach=None, differentiable=False,
+                 fused=None, backend: Optional[str] = None, master_weights: bool = False):
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
+                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+                         foreach=foreach, differentiable=differentiable, fused=fused)
+        self._pydl_setup(backend, False, differentiable, master_weights)
+
+    def _group_step(self, group, keys, params, grads):
+        momentum = _scalar(group["momentum"])
+        # a parameter's first momentum step sets buf = g: those go to their own launch
+        first = [momentum != 0 and self.state[k].get("momentum_buffer") is None for k in keys]
+        found_inf = getattr(self, "found_inf", None)
+        if any(first) and found_inf is not None and bool(found_inf.item()):
+            return  # a skipped step must not create buffers (see the module doc)
+        for idx in self._buckets(params, key=lambda p: ()):
+            for is_first in (False, True):
+                sel = [i for i in idx if first[i] == is_first]
+                if not sel:
+                    continue
+                ps = [params[i] for i in sel]
+                bufs = [self._state_tensor(self.state[keys[i]], "momentum_buffer", params[i])
+                        for i in sel] if momentum != 0 else []
+                _ops.sgd_step(ps, [grads[i] for i in sel], bufs, lr=_scalar(group["lr"]),
+                              momentum=momentum, dampening=_scalar(group["dampening"]),
+                              weight_decay=_scalar(group["weight_decay"]),
+                              nesterov=bool(group["nesterov"]), maximize=bool(group["maximize"]),
+                              first=is_first, backend=self.backend, **self._amp(ps[0].device))
+
+
+class Adam(_FusedStep, torch.optim.Adam):
+    __doc__ = "pydl's fused multi-tensor " + (torch.optim.Adam.__doc__ or "Adam")
+    _pydl_name = "Adam"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False, fused=None, decoupled_weight_decay=False,
+                 backend: Optional[str] = None, master_weights: bool = False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=decoupled_weight_decay)
+        self._pydl_setup(backend, capturable, differentiable, master_weights)
+
+    def _group_step(self, group, keys, params, grads):
+        amsgrad = bool(group["amsgrad"])
+        beta1, beta2 = (_scalar(b) for b in group["betas"])
+        m, v, vmax, steps = [], [], [], []
+        for k, p in zip(keys, params):
+            st = self.state[k]  # created lazily, like torch: at the first step with a grad
+            steps.append(_step_tensor(st, p))
+            m.append(self._state_tensor(st, "exp_avg", p))
+            v.append(self._state_tensor(st, "exp_avg_sq", p))
+            if amsgrad:
+                vmax.append(self._state_tensor(st, "max_exp_avg_sq", p))
+        for idx in self._buckets(params):
+            ps = [params[i] for i in idx]
+            _ops.adam_step(ps, [grads[i] for i in idx], [m[i] for i in idx], [v[i] for i in idx],
+                           [vmax[i] for i in idx] if amsgrad else [], [steps[i] for i in idx],
+                           lr=_scalar(group["lr"]), beta1=beta1, beta2=beta2,
+                           eps=_scalar(group["eps"]), weight_decay=_scalar(group["weight_decay"]),
+                           amsgrad=amsgrad, maximize=bool(group["maximize"]),
+                           decoupled=bool(group.get("decoupled_weight_decay", False)),
+                           backend=self.backend, **self._amp(ps[0].device))
+
+
+class AdamW(Adam, torch.optim.AdamW):
+    __doc__ = "pydl's fused multi-tensor " + (torch.optim.AdamW.__doc__ or "AdamW")
+    _pydl_name = "AdamW"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
+                 differentiable=False, fused=None, backend: Optional[str] = None,
+                 master_weights: bool = False):
+        torch.optim.AdamW.__init__(self, params, lr=lr, betas=betas, eps=eps,
+                                   weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                                   foreach=foreach, capturable=capturable,
+                                   differentiable=differentiable, fused=fused)
+        self._pydl_setup(backend, capturable, differentiable, master_weights)
+
+
+class RMSprop(_FusedStep, torch.optim.RMSprop):
+    __doc__ = "pydl's fused multi-tensor " + (torch.optim.RMSprop.__doc__ or "RMSprop")
+    _pydl_name = "RMSprop"
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                 centered=False, capturable=False, foreach=None, maximize=False,
+                 differentiable=False, *, backend: Optional[str] = None,
+                 master_weights: bool = False):
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                         momentum=momentum, centered=centered, capturable=capturable,
+                         foreach=foreach, maximize=maximize, differentiable=differentiable)
+        self._pydl_setup(backend, capturable, differentiable, master_weights)
+
+    def _group_step(self, group, keys, params, grads):
+        momentum = _scalar(group["momentum"])
+        centered = bool(group["centered"])
+        sq, ga, bufs, steps = [], [], [], []
+        for k, p in zip(keys, params):
+            st = self.state[k]
+            steps.append(_step_tensor(st, p))
+            sq.append(self._state_tensor(st, "square_avg", p))
+            if momentum > 0:
+                bufs.append(self._state_tensor(st, "momentum_buffer", p))
+            if centered:
+                ga.append(self._state_tensor(st, "grad_avg", p))
+        for idx in self._buckets(params):
+            ps = [params[i] for i in idx]
+            _ops.rmsprop_step(ps, [grads[i] for i in idx], [sq[i] for i in idx],
+                              [ga[i] for i in idx] if centered else [],
+                              [bufs[i] for i in idx] if momentum > 0 else [],
+                              [steps[i] for i in idx],
+                              lr=_scalar(group["lr"]), alpha=_scalar(group["alpha"]),
+                              eps=_scalar(group["eps"]),
+                              weight_decay=_scalar(group["weight_decay"]), momentum=momentum,
+                              centered=centered, maximize=bool(group["maximize"]),
+                              backend=self.backend, **self._amp(ps[0].device))
+
+
+class Adagrad(_FusedStep, torch.optim.Adagrad):
+    __doc__ = "pydl's fused multi-tensor " + (torch.optim.Adagrad.__doc__ or "Adagrad")
+    _pydl_name = "Adagrad"
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
+                 eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None,
+                 backend: Optional[str] = None, master_weights: bool = False):
+        super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                         initial_accumulator_value=initial_accumulator_value, eps=eps,
+                         foreach=foreach, maximize=maximize, differentiable=differentiable,
+                         fused=fused)
+        self._pydl_setup(backend, False, differentiable, master_weights)
+        # torch creates Adagrad's state eagerly, in the parameter's dtype; pydl keeps
+        # float32 sums for 16-bit parameters, filled anew (not converted from torch's
+        # 16-bit fill, which would carry initial_accumulator_value rounded to 16 bits)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dtype in (torch.float16, torch.bfloat16):
+                    self.state[p].pop("sum", None)
+                self._state_tensor(self.state[p], "sum", p,
+                                   fill=_scalar(group["initial_accumulator_value"]))
+
+    def _group_step(self, group, keys, params, grads):
+        sums, steps = [], []
+        init = _scalar(group["initial_accumulator_value"])
+        for k, p in zip(keys, params):
+            st = self.state[k]  # (a param added by add_param_group has no state yet)
+            steps.append(_step_tensor(st, p))
+            sums.append(self._state_tensor(st, "sum", p, fill=init))
+        for idx in self._buckets(params):
+            ps = [params[i] for i in idx]
+            _ops.adagrad_step(ps, [grads[i] for i in idx], [sums[i] for i in idx],
+                              [steps[i] for i in idx], lr=_scalar(group["lr"]),
+                              lr_decay=_scalar(group["lr_decay"]),
+                              weight_decay=_scalar(group["weight_decay"]),
+                              eps=_scalar(group["eps"]), maximize=bool(group["maximize"]),
+                              backend=self.backend, **self._amp(ps[0].device))
