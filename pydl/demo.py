@@ -37,6 +37,8 @@ def digits(device):
 
 
 def bar(i, n, text, width=24):
+    if not sys.stderr.isatty():  # a log file gets the per-epoch table only
+        return
     done = int(width * i / max(n, 1))
     sys.stderr.write(f"\r  {text} [{'#' * done}{'.' * (width - done)}] {i}/{n}")
     sys.stderr.flush()
@@ -66,7 +68,8 @@ def run(name, model, opt, train, test, epochs, batch):
         with torch.no_grad():
             acc = (model(xv).argmax(1) == yv).float().mean().item()
         hist.append((total / len(xt), acc, dt))
-    sys.stderr.write("\r" + " " * 60 + "\r")
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + " " * 60 + "\r")
     return hist
 
 
