@@ -86,6 +86,8 @@ def plot(h_torch, h_pydl, path):
     for h, lab, st in ((h_torch, "torch.nn + torch.optim", "-"), (h_pydl, "pydl (converted) + pydl.optim", "--")):
         ax[0].plot(ep, [r[0] for r in h], st, marker="o", label=lab)
         ax[1].plot(ep, [100 * r[1] for r in h], st, marker="o", label=lab)
+    for a in ax:
+        a.set_xticks(list(ep))
     ax[0].set(xlabel="epoch", ylabel="training loss", yscale="log")
     ax[1].set(xlabel="epoch", ylabel="test accuracy (%)")
     ax[0].legend()

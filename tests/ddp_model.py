@@ -13,7 +13,7 @@ def build(sync_bn: bool) -> nn.Module:
 
 
 def optimizer(params):
-    return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    return pydl.optim.SGD(params, lr=0.1, momentum=0.9)
 
 
 def data():
