@@ -18,7 +18,8 @@ channels and the pb-th slice of their M values, walked as [BLOCK_J, BLOCK_C] til
 the contiguous axis, so it is the tile's fast dimension). Each lane keeps a Welford
 state (count, mean, M2); at the end the lanes are merged in closed form --
 mean = sum(n_l mean_l)/n, M2 = sum(M2_l + n_l (mean_l - mean)^2) -- and the program
-writes one partial per channel. A second tiny kernel merges the B partials of each
+writes one partial per channel. Values are shifted by the channel's first value
+before accumulating, so a channel with mean 1e4 and std 1e-2 keeps its precision. A second tiny kernel merges the B partials of each
 channel the same way, always in the same order: no atomics, so the result is the same
 bits every run. Elementwise passes are flat: program i owns BLOCK elements of storage
 and gathers the per-channel coefficients of c = (offset // inner) % C.
@@ -72,13 +73,17 @@ def stats_partial_kernel(x_ptr, pmean_ptr, pm2_ptr, pcnt_ptr, C, inner, M, J_PER
     cmask = c < C
     j_begin = pb.to(tl.int64) * J_PER
     j_end = tl.minimum(j_begin + J_PER, M)
+    # Shift by the channel's first value K (the same for every program): Welford then
+    # runs on x - K, small numbers whose running mean float32 holds to full precision
+    # even when |mean| >> std. The combine kernel adds K back once.
+    k = tl.load(x_ptr + c.to(tl.int64) * inner, mask=cmask & (M > 0), other=0.0).to(acc_ty)
     mean = tl.zeros((BLOCK_J, BLOCK_C), dtype=acc_ty)
     m2 = tl.zeros((BLOCK_J, BLOCK_C), dtype=acc_ty)
     cnt = tl.zeros((BLOCK_J, BLOCK_C), dtype=acc_ty)
     for j0 in range(j_begin, j_end, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)[:, None].to(tl.int64)
         mask = (j < j_end) & cmask
-        x = tl.load(x_ptr + _tile_offsets(j, c, C, inner), mask=mask, other=0.0).to(acc_ty)
+        x = tl.load(x_ptr + _tile_offsets(j, c, C, inner), mask=mask, other=0.0).to(acc_ty) - k
         # Welford per lane; masked lanes keep their state
         new_cnt = cnt + mask.to(acc_ty)
         d = x - mean
@@ -98,7 +103,7 @@ def stats_partial_kernel(x_ptr, pmean_ptr, pm2_ptr, pcnt_ptr, C, inner, M, J_PER
 
 
 @triton.jit
-def stats_combine_kernel(pmean_ptr, pm2_ptr, pcnt_ptr, mean_ptr, var_ptr, C, B,
+def stats_combine_kernel(x_ptr, pmean_ptr, pm2_ptr, pcnt_ptr, mean_ptr, var_ptr, C, inner, M, B,
                          BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
     # one program per BLOCK_C channels, partials merged in the fixed order of the tile
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -123,7 +128,8 @@ def stats_combine_kernel(pmean_ptr, pm2_ptr, pcnt_ptr, mean_ptr, var_ptr, C, B,
         cn = tl.load(pcnt_ptr + off, mask=m, other=0.0)
         d = tl.load(pmean_ptr + off, mask=m, other=0.0) - mean[None, :]
         m2 += tl.sum(tl.load(pm2_ptr + off, mask=m, other=0.0) + cn * d * d, axis=0)
-    tl.store(mean_ptr + c, mean, mask=cmask)
+    k = tl.load(x_ptr + c.to(tl.int64) * inner, mask=cmask & (M > 0), other=0.0).to(acc_ty)
+    tl.store(mean_ptr + c, k + mean, mask=cmask)
     tl.store(var_ptr + c, m2 / n, mask=cmask)
 
 
@@ -267,7 +273,8 @@ def bn_stats(x, mean, var):
     stats_partial_kernel[(n_ctiles, B)](x, part[0], part[1], part[2], C, inner, M, j_per, B,
                                         BLOCK_J=block_j, BLOCK_C=block_c)
     cb = min(triton.next_power_of_2(C), 64)
-    stats_combine_kernel[(triton.cdiv(C, cb),)](part[0], part[1], part[2], mean, var, C, B,
+    stats_combine_kernel[(triton.cdiv(C, cb),)](x, part[0], part[1], part[2], mean, var, C, inner,
+                                                M, B,
                                                 BLOCK_B=min(triton.next_power_of_2(B), 64),
                                                 BLOCK_C=cb)
 

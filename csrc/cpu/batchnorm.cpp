@@ -15,8 +15,12 @@
 //    Statistics use Welford's update + Chan's merge (stable for mean >> std).
 //  * Elementwise passes (normalize, input gradient) precompute the per-channel
 //    coefficients once, then stream: over planes (NCHW) or rows (channels-last).
-// float16 / bfloat16 are computed in float (statistics in float32, like torch under
-// autocast) and rounded once on store; float64 in double.
+// The reductions accumulate in double, as torch's own CPU kernels do (at::acc_type on
+// CPU): cheap on a CPU, and it keeps a channel with mean 1e4 / std 1e-2 or a nearly
+// cancelling gradient as accurate as torch. Their results -- mean, var, the two sums --
+// are stored in float32 (float64 for float64 input), like torch under autocast.
+// Elementwise math is float for float32/float16/bfloat16 (rounded once on store) and
+// double for float64.
 #include "batchnorm.h"
 
 #include <ATen/Parallel.h>
@@ -38,9 +42,8 @@ int64_t rows_per_chunk(const BnShape& s) {
   return std::max<int64_t>(1, CHUNK / std::max<int64_t>(1, s.inner));
 }
 
-// Runs body(o, c, i_begin, i_end_index_base) over reduction tasks and returns nothing;
-// the caller's partial array has P * C entries, partial p*C + c for chunk p, channel c.
-// body(p, c, o_begin, o_end) reduces rows [o_begin, o_end) of channel c into partial p.
+// Runs the reduction tasks: body(p, c, o_begin, o_end) reduces rows [o_begin, o_end) of
+// channel c into partial p*C + c; c = -1 means every channel (channels-last rows).
 template <typename Body>
 void for_each_partial(const BnShape& s, int64_t P, int64_t R, Body&& body) {
   if (s.inner == 1) {
@@ -64,29 +67,30 @@ template <typename T, typename C>
 void stats_kernel(const T* x, const BnShape& s, C* mean, C* var) {
   const int64_t R = rows_per_chunk(s);
   const int64_t P = std::max<int64_t>(1, (s.outer + R - 1) / R);
-  std::vector<Welford<C>> part(P * s.C, Welford<C>{C(0), C(0), 0});
+  using A = double;  // CPU accumulation type (see the file comment)
+  std::vector<Welford<A>> part(P * s.C, Welford<A>{A(0), A(0), 0});
   for_each_partial(s, P, R, [&](int64_t p, int64_t c, int64_t ob, int64_t oe) {
     if (c < 0) {
-      Welford<C>* w = &part[p * s.C];
+      Welford<A>* w = &part[p * s.C];
       for (int64_t o = ob; o < oe; ++o) {
         const T* row = x + o * s.C;
-        for (int64_t k = 0; k < s.C; ++k) welford_add(w[k], static_cast<C>(row[k]));
+        for (int64_t k = 0; k < s.C; ++k) welford_add(w[k], static_cast<A>(row[k]));
       }
     } else {
-      Welford<C> w{C(0), C(0), 0};
+      Welford<A> w{A(0), A(0), 0};
       for (int64_t o = ob; o < oe; ++o) {
         const T* plane = x + (o * s.C + c) * s.inner;
-        for (int64_t i = 0; i < s.inner; ++i) welford_add(w, static_cast<C>(plane[i]));
+        for (int64_t i = 0; i < s.inner; ++i) welford_add(w, static_cast<A>(plane[i]));
       }
       part[p * s.C + c] = w;
     }
   });
   at::parallel_for(0, s.C, 64, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c) {
-      Welford<C> w = part[c];
+      Welford<A> w = part[c];
       for (int64_t p = 1; p < P; ++p) w = welford_merge(w, part[p * s.C + c]);
-      mean[c] = w.n > 0 ? w.mean : C(NAN);  // no values: NaN, as torch's 0/0
-      var[c] = w.n > 0 ? w.m2 / C(w.n) : C(NAN);
+      mean[c] = w.n > 0 ? C(w.mean) : C(NAN);  // no values: NaN, as torch's 0/0
+      var[c] = w.n > 0 ? C(w.m2 / A(w.n)) : C(NAN);
     }
   });
 }
@@ -123,31 +127,33 @@ void normalize_kernel(const T* x, const T* r, T* y, const BnShape& s, const C* m
 template <BnAct A, typename T, typename C>
 void bwd_reduce_kernel(const T* g, const T* x, const T* y, const BnShape& s, const C* mean,
                        const C* invstd, C alpha, C* sum_dz, C* sum_dzxh) {
+  using D = double;  // CPU accumulation type (see the file comment)
   const int64_t R = rows_per_chunk(s);
   const int64_t P = std::max<int64_t>(1, (s.outer + R - 1) / R);
-  std::vector<C> pd(P * s.C, C(0)), px(P * s.C, C(0));
+  std::vector<D> pd(P * s.C, D(0)), px(P * s.C, D(0));
   auto dz_at = [&](int64_t idx) {
     return bn_act_grad<A, C>(static_cast<C>(g[idx]), y ? static_cast<C>(y[idx]) : C(0), alpha);
   };
   for_each_partial(s, P, R, [&](int64_t p, int64_t c, int64_t ob, int64_t oe) {
     if (c < 0) {
-      C* d = &pd[p * s.C];
-      C* dx = &px[p * s.C];
+      D* d = &pd[p * s.C];
+      D* dx = &px[p * s.C];
       for (int64_t o = ob; o < oe; ++o)
         for (int64_t k = 0; k < s.C; ++k) {
           const int64_t idx = o * s.C + k;
-          const C dz = dz_at(idx);
+          const D dz = dz_at(idx);
           d[k] += dz;
-          dx[k] += dz * (static_cast<C>(x[idx]) - mean[k]);
+          dx[k] += dz * (D(x[idx]) - D(mean[k]));
         }
     } else {
-      C d = 0, dx = 0;
+      D d = 0, dx = 0;
+      const D m = mean[c];
       for (int64_t o = ob; o < oe; ++o) {
         const int64_t base = (o * s.C + c) * s.inner;
         for (int64_t i = 0; i < s.inner; ++i) {
-          const C dz = dz_at(base + i);
+          const D dz = dz_at(base + i);
           d += dz;
-          dx += dz * (static_cast<C>(x[base + i]) - mean[c]);
+          dx += dz * (D(x[base + i]) - m);
         }
       }
       pd[p * s.C + c] = d;
@@ -155,13 +161,13 @@ void bwd_reduce_kernel(const T* g, const T* x, const T* y, const BnShape& s, con
     }
   });
   for (int64_t c = 0; c < s.C; ++c) {
-    C d = 0, dx = 0;
+    D d = 0, dx = 0;
     for (int64_t p = 0; p < P; ++p) {
       d += pd[p * s.C + c];
       dx += px[p * s.C + c];
     }
-    sum_dz[c] = d;
-    sum_dzxh[c] = dx * invstd[c];
+    sum_dz[c] = C(d);
+    sum_dzxh[c] = C(dx * D(invstd[c]));
   }
 }
 

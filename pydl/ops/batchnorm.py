@@ -169,7 +169,9 @@ def _register(ns: str) -> None:
         act, alpha, eps = ctx.act, ctx.alpha, ctx.eps
         fused = act != "none"
         sum_dz = sum_dzxh = None
-        if train or need_w or need_b:
+        if _count(x) == 0:  # empty batch: zero parameter gradients, as torch (stats are NaN)
+            sum_dz, sum_dzxh = torch.zeros_like(mean), torch.zeros_like(mean)
+        elif train or need_w or need_b:
             sum_dz, sum_dzxh = ops.bn_bwd_reduce(gy, x, mean, var, y, eps, act, alpha)
         dx = dr = None
         want_dz = need_r and fused
