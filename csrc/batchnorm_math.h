@@ -99,7 +99,8 @@ PYDL_BN_HD Welford<C> welford_merge(const Welford<C>& a, const Welford<C>& b) {
 
 template <typename C>
 PYDL_BN_HD C bn_invstd(C var, C eps) {
-  return C(1) / std::sqrt(var + eps);
+  using std::sqrt;  // std:: for the host; nvcc provides the float overloads on the device
+  return C(1) / sqrt(var + eps);
 }
 
 // act(z) for the fused forward.

@@ -28,7 +28,7 @@ def shapes_for(backend, device):
     """(N, C, H, W) cases: C = 1, 3, 64, 513, odd spatial sizes, N = 1 with H*W > 1.
     Tiny under the Triton interpreter."""
     if interpreted(backend, device):
-        return [(3, 1, 3, 5), (2, 3, 5, 3), (1, 3, 3, 5), (2, 64, 1, 3), (2, 513, 1, 1)]
+        return [(3, 1, 3, 5), (1, 3, 3, 5), (2, 64, 1, 3), (2, 513, 1, 1)]
     return [(5, 1, 7, 9), (4, 3, 13, 7), (1, 3, 11, 9), (3, 64, 5, 7), (2, 513, 3, 5)]
 
 
@@ -55,6 +55,9 @@ def _ref_stats(t, x):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_batch_norm_2d(backend, device, dtype, layout, training):
+    if interpreted(backend, device) and layout == "noncontig" and dtype != torch.float32:
+        pytest.skip("interpreted Triton: a strided input is copied to contiguous first, "
+                    "so float32 covers that path")
     for k, shape in enumerate(shapes_for(backend, device)):
         C = shape[1]
         x = make_input(shape, dtype, device, layout, requires_grad=True, seed=k, scale=2.0) + 0.5
