@@ -25,8 +25,10 @@
 // precision in float32; Chan's merge for the partials; K is added back at the end.
 //
 // Elementwise passes (normalize, input gradient):
-//   planes: grid (chunks of a plane, planes); a block loads its channel's coefficients
-//           once per plane and streams the plane.
+//   planes: grid (chunks of a plane, groups of planes); a block is bx x by threads,
+//           bx along the plane (a power of two >= the plane size, <= 256: a 7x7 plane
+//           does not leave 4/5 of the threads idle), by planes; a thread loads its
+//           channel's coefficients once per plane and streams along it.
 //   CL:     the same TX x TY blocks as the reductions; each thread keeps its channel's
 //           coefficients in registers and walks rows.
 // Indices are 64-bit throughout. float16/bfloat16 are computed in float.
@@ -274,7 +276,8 @@ __global__ void normalize_kernel(const T* __restrict__ x, const T* __restrict__ 
          o += int64_t(gridDim.y) * blockDim.y)
       one(o * C + c, k);
   } else {
-    for (int64_t p = blockIdx.y; p < outer * C; p += gridDim.y) {
+    for (int64_t p = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; p < outer * C;
+         p += int64_t(gridDim.y) * blockDim.y) {
       const FwdCoef<Cc> k(mean, var, w, b, eps, p % C);
       for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < inner;
            i += int64_t(gridDim.x) * blockDim.x)
@@ -321,7 +324,8 @@ __global__ void bwd_elemt_kernel(const T* __restrict__ g, const T* __restrict__ 
          o += int64_t(gridDim.y) * blockDim.y)
       one(o * C + c, q);
   } else {
-    for (int64_t p = blockIdx.y; p < outer * C; p += gridDim.y) {
+    for (int64_t p = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; p < outer * C;
+         p += int64_t(gridDim.y) * blockDim.y) {
       const BwdCoef<Cc> q(mean, var, w, sdz, sdzxh, eps, k, p % C);
       for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < inner;
            i += int64_t(gridDim.x) * blockDim.x)
@@ -346,10 +350,15 @@ ElemGrid elem_grid(int64_t outer, int64_t C, int64_t inner) {
     e.block = dim3(tx, ty);
     e.grid = dim3(unsigned(tiles), unsigned(gy));
   } else {
-    const int64_t gx = std::min<int64_t>((inner + kBnThreads - 1) / kBnThreads, cap);
-    int64_t gy = std::min<int64_t>(outer * C, std::max<int64_t>(1, cap / gx));
+    // a block is bx threads along a plane (the smallest power of two >= inner, <= 256)
+    // times by planes, so small planes (7x7) still keep most threads busy
+    int bx = 1;
+    while (bx < inner && bx < kBnThreads) bx <<= 1;
+    const int by = kBnThreads / bx;
+    const int64_t gx = std::min<int64_t>((inner + bx - 1) / bx, cap);
+    int64_t gy = std::min<int64_t>((outer * C + by - 1) / by, std::max<int64_t>(1, cap / gx));
     gy = std::max<int64_t>(1, std::min<int64_t>(gy, 65535));
-    e.block = dim3(kBnThreads);
+    e.block = dim3(bx, by);
     e.grid = dim3(unsigned(gx), unsigned(gy));
   }
   return e;
