@@ -317,6 +317,56 @@ def test_deterministic(backend, device):
         assert all(torch.equal(runs[0], r) for r in runs[1:])
 
 
+# ---------------------------------------------------------------- GPU-sized shapes
+GPU_PARAMS = [p for p in backend_params() if p.values[1] == "cuda"]
+
+
+@pytest.mark.parametrize("backend,device", GPU_PARAMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(32, 3, 64, 64), (8, 64, 56, 56), (64, 2048, 7, 7), (4096, 513)],
+                         ids=["C3", "C64", "C2048", "NC"])
+def test_gpu_shapes(backend, device, dtype, layout, shape):
+    """Real network sizes on the GPU: each channel split across many blocks / programs."""
+    if layout == "channels_last" and len(shape) != 4:
+        pytest.skip("channels_last is 4-D")
+    C = shape[1]
+    for training in (True, False):
+        x = make_input(shape, dtype, device, layout, requires_grad=True, seed=41) * 2 + 3
+        x = x.detach().requires_grad_()
+        w = make_input((C,), torch.float32, device, requires_grad=True, seed=42)
+        b = make_input((C,), torch.float32, device, requires_grad=True, seed=43)
+        r = make_input(shape, dtype, device, layout, requires_grad=True, seed=44)
+        rm, rv = _running(C, dtype, device)
+        check_against_torch(
+            lambda x, w, b, r: F.batch_norm_act(x, rm.clone(), rv.clone(), w, b, training,
+                                                residual=r, act="relu", backend=backend),
+            lambda x, w, b, r: _unfused(x, _ref_stats(rm, x), _ref_stats(rv, x), w, b, r,
+                                        training, "relu", 0.0),
+            [x, w, b, r], seed=45, what=f"{shape}/{layout}/train={training}")
+
+
+@pytest.mark.parametrize("backend,device", GPU_PARAMS)
+def test_gpu_more_than_2_31_elements(backend, device):
+    """64-bit indexing: a float16 input of 2^31 + 2^27 elements (4.3 GB)."""
+    free, _ = torch.cuda.mem_get_info()
+    if free < 24 * 2**30:
+        pytest.skip("needs ~24 GB of free GPU memory")
+    shape = (68, 4, 2**13, 2**10)  # 2.28e9 elements; channel 3 ends past 2^31
+    x = torch.empty(shape, dtype=torch.float16, device=device)
+    x.normal_(0, 1, generator=torch.Generator(device).manual_seed(0))
+    x[:, 3].add_(5.0)
+    mean, var = _ops(backend).bn_stats(x)
+    ref_mean = torch.stack([x[:, c].float().mean(dtype=torch.float64).float() for c in range(4)])
+    assert torch.allclose(mean, ref_mean, atol=2e-3)
+    assert torch.allclose(var, torch.ones_like(var), atol=1e-2)
+    y = F.batch_norm(x, None, None, training=True, backend=backend)
+    tail = y[-1, 3, -1]  # the last row of the last channel, past 2^31
+    ref_tail = ((x[-1, 3, -1].float() - mean[3]) / torch.sqrt(var[3] + 1e-5)).half()
+    assert torch.allclose(tail, ref_tail, atol=1e-2)
+    del y
+
+
 # ---------------------------------------------------------- gradcheck / opcheck / compile
 GRADCHECK = [(t, a, l) for t in (True, False) for a in ("none", "relu")
              for l in ("contiguous", "channels_last")]
