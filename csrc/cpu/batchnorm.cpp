@@ -12,7 +12,8 @@
 //    order -- and every task writes its own partial (a Welford state, or two sums). The
 //    partials are then merged per channel in chunk order. The chunking depends only on
 //    the shape, never on the thread count, so results are bitwise reproducible.
-//    Statistics use Welford's update + Chan's merge (stable for mean >> std).
+//    Statistics: shifted sums per chunk (vectorizable), Chan's merge across chunks
+//    (stable for mean >> std, see stats_kernel).
 //  * Elementwise passes (normalize, input gradient) precompute the per-channel
 //    coefficients once, then stream: over planes (NCHW) or rows (channels-last).
 // The reductions accumulate in double, as torch's own CPU kernels do (at::acc_type on
@@ -35,6 +36,13 @@ namespace {
 
 constexpr int64_t GRAIN = 32768;  // elements below which a thread's work does not pay off
 constexpr int64_t CHUNK = 16384;  // values of one channel per reduction partial
+
+constexpr int L = 4;  // independent accumulators in the per-plane reduction loops
+
+template <typename A>
+A lane_sum(const A (&a)[L]) {
+  return (a[0] + a[1]) + (a[2] + a[3]);
+}
 
 // Rows per reduction chunk: planes hold `inner` values of a channel per row,
 // channels-last rows hold one.
@@ -63,26 +71,58 @@ void for_each_partial(const BnShape& s, int64_t P, int64_t R, Body&& body) {
 }
 
 // ------------------------------------------------------------------------ statistics
+// Each chunk accumulates s1 = sum (x - K) and s2 = sum (x - K)^2 in double, K = the
+// channel's first value: a straight loop of adds the compiler vectorizes (a per-value
+// Welford update would chain a division per value). Shifting by K keeps s2 - s1^2/n
+// from cancelling when |mean| >> std. Each chunk then becomes a Welford state
+// (n, mean, M2) and the chunks are merged with Chan's formula in chunk order.
 template <typename T, typename C>
 void stats_kernel(const T* x, const BnShape& s, C* mean, C* var) {
+  using A = double;  // CPU accumulation type (see the file comment)
   const int64_t R = rows_per_chunk(s);
   const int64_t P = std::max<int64_t>(1, (s.outer + R - 1) / R);
-  using A = double;  // CPU accumulation type (see the file comment)
   std::vector<Welford<A>> part(P * s.C, Welford<A>{A(0), A(0), 0});
+  std::vector<A> K(s.C, A(0));
+  if (s.count() > 0)
+    for (int64_t c = 0; c < s.C; ++c) K[c] = static_cast<A>(x[c * s.inner]);
+  auto finish = [](A k, A s1, A s2, int64_t n) {
+    if (n == 0) return Welford<A>{A(0), A(0), 0};
+    const A d = s1 / A(n);
+    return Welford<A>{k + d, std::max(A(0), s2 - s1 * d), n};
+  };
   for_each_partial(s, P, R, [&](int64_t p, int64_t c, int64_t ob, int64_t oe) {
     if (c < 0) {
-      Welford<A>* w = &part[p * s.C];
+      std::vector<A> s1(s.C, A(0)), s2(s.C, A(0));
       for (int64_t o = ob; o < oe; ++o) {
         const T* row = x + o * s.C;
-        for (int64_t k = 0; k < s.C; ++k) welford_add(w[k], static_cast<A>(row[k]));
+        for (int64_t k = 0; k < s.C; ++k) {
+          const A v = static_cast<A>(row[k]) - K[k];
+          s1[k] += v;
+          s2[k] += v * v;
+        }
       }
+      for (int64_t k = 0; k < s.C; ++k) part[p * s.C + k] = finish(K[k], s1[k], s2[k], oe - ob);
     } else {
-      Welford<A> w{A(0), A(0), 0};
+      // L independent accumulators (a fixed split, so still deterministic): the adds
+      // no longer wait on each other and the compiler can use SIMD lanes
+      A s1[L] = {}, s2[L] = {};
+      const A kc = K[c];
       for (int64_t o = ob; o < oe; ++o) {
         const T* plane = x + (o * s.C + c) * s.inner;
-        for (int64_t i = 0; i < s.inner; ++i) welford_add(w, static_cast<A>(plane[i]));
+        int64_t i = 0;
+        for (; i + L <= s.inner; i += L)
+          for (int l = 0; l < L; ++l) {
+            const A v = static_cast<A>(plane[i + l]) - kc;
+            s1[l] += v;
+            s2[l] += v * v;
+          }
+        for (; i < s.inner; ++i) {
+          const A v = static_cast<A>(plane[i]) - kc;
+          s1[0] += v;
+          s2[0] += v * v;
+        }
       }
-      part[p * s.C + c] = w;
+      part[p * s.C + c] = finish(kc, lane_sum(s1), lane_sum(s2), (oe - ob) * s.inner);
     }
   });
   at::parallel_for(0, s.C, 64, [&](int64_t b, int64_t e) {
@@ -132,7 +172,9 @@ void bwd_reduce_kernel(const T* g, const T* x, const T* y, const BnShape& s, con
   const int64_t P = std::max<int64_t>(1, (s.outer + R - 1) / R);
   std::vector<D> pd(P * s.C, D(0)), px(P * s.C, D(0));
   auto dz_at = [&](int64_t idx) {
-    return bn_act_grad<A, C>(static_cast<C>(g[idx]), y ? static_cast<C>(y[idx]) : C(0), alpha);
+    // y is read only when the activation needs it (A is a compile-time constant)
+    return bn_act_grad<A, C>(static_cast<C>(g[idx]),
+                             A == BnAct::None ? C(0) : static_cast<C>(y[idx]), alpha);
   };
   for_each_partial(s, P, R, [&](int64_t p, int64_t c, int64_t ob, int64_t oe) {
     if (c < 0) {
@@ -146,18 +188,25 @@ void bwd_reduce_kernel(const T* g, const T* x, const T* y, const BnShape& s, con
           dx[k] += dz * (D(x[idx]) - D(mean[k]));
         }
     } else {
-      D d = 0, dx = 0;
+      D d[L] = {}, dx[L] = {};  // L accumulators, as in stats_kernel
       const D m = mean[c];
       for (int64_t o = ob; o < oe; ++o) {
         const int64_t base = (o * s.C + c) * s.inner;
-        for (int64_t i = 0; i < s.inner; ++i) {
+        int64_t i = 0;
+        for (; i + L <= s.inner; i += L)
+          for (int l = 0; l < L; ++l) {
+            const D dz = dz_at(base + i + l);
+            d[l] += dz;
+            dx[l] += dz * (D(x[base + i + l]) - m);
+          }
+        for (; i < s.inner; ++i) {
           const D dz = dz_at(base + i);
-          d += dz;
-          dx += dz * (D(x[base + i]) - m);
+          d[0] += dz;
+          dx[0] += dz * (D(x[base + i]) - m);
         }
       }
-      pd[p * s.C + c] = d;
-      px[p * s.C + c] = dx;
+      pd[p * s.C + c] = lane_sum(d);
+      px[p * s.C + c] = lane_sum(dx);
     }
   });
   for (int64_t c = 0; c < s.C; ++c) {
@@ -178,8 +227,8 @@ template <BnAct A, typename T, typename C>
 void bwd_elemt_kernel(const T* g, const T* x, const T* y, T* dx, T* dzo, const BnShape& s,
                       const C* mean, const C* scale, const C* a, const C* b, C alpha) {
   auto one = [&](int64_t idx, int64_t c) {
-    const C dz = bn_act_grad<A, C>(static_cast<C>(g[idx]), y ? static_cast<C>(y[idx]) : C(0),
-                                   alpha);
+    const C dz = bn_act_grad<A, C>(static_cast<C>(g[idx]),
+                                   A == BnAct::None ? C(0) : static_cast<C>(y[idx]), alpha);
     if (dzo) dzo[idx] = static_cast<T>(dz);
     dx[idx] = static_cast<T>((dz - a[c] - (static_cast<C>(x[idx]) - mean[c]) * b[c]) * scale[c]);
   };
