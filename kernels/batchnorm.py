@@ -21,8 +21,9 @@ mean = sum(n_l mean_l)/n, M2 = sum(M2_l + n_l (mean_l - mean)^2) -- and the prog
 writes one partial per channel. Values are shifted by the channel's first value
 before accumulating, so a channel with mean 1e4 and std 1e-2 keeps its precision. A second tiny kernel merges the B partials of each
 channel the same way, always in the same order: no atomics, so the result is the same
-bits every run. Elementwise passes are flat: program i owns BLOCK elements of storage
-and gathers the per-channel coefficients of c = (offset // inner) % C.
+bits every run. Elementwise passes walk 2-D tiles: (planes, plane positions) for NCHW,
+(rows, channels) for channels-last, so the channel of an element costs no division
+and its coefficients are loaded once per tile row / column.
 Offsets are int64 so tensors past 2^31 elements index correctly.
 """
 import torch
@@ -186,23 +187,41 @@ def bwd_reduce_combine_kernel(pdz_ptr, pdzx_ptr, var_ptr, sdz_ptr, sdzxh_ptr, ep
 
 
 # ------------------------------------------------------------------ elementwise passes
+# The storage is walked as a 2-D grid of tiles [BLOCK_R, BLOCK_K] over (rows, cols):
+#   planes (NCHW):        rows = the outer*C planes, cols = inner; channel = row % C
+#   channels-last (CL):   rows = outer,              cols = C;     channel = col
+# so the channel index costs one modulo per row (or none), not a division per element,
+# and the per-channel coefficients are loaded once per row / column of the tile.
 @triton.jit
-def normalize_kernel(x_ptr, r_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, eps, alpha, C, inner,
-                     n, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
-                     ACT: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    c = (offs // inner) % C
+def _tile(nrows, ncols, C, CL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    k = tl.program_id(1).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
+    mask = (r[:, None] < nrows) & (k[None, :] < ncols)
+    offs = r[:, None] * ncols + k[None, :]
+    if CL:
+        c = k[None, :]
+        cmask = c < ncols
+    else:
+        c = (r % C)[:, None]
+        cmask = r[:, None] < nrows
+    return offs, mask, c, cmask
+
+
+@triton.jit
+def normalize_kernel(x_ptr, r_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, eps, alpha, C, nrows,
+                     ncols, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
+                     ACT: tl.constexpr, CL: tl.constexpr, BLOCK_R: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+    offs, mask, c, cmask = _tile(nrows, ncols, C, CL, BLOCK_R, BLOCK_K)
     acc_ty = mean_ptr.dtype.element_ty
-    mean = tl.load(mean_ptr + c, mask=mask, other=0.0)
-    var = tl.load(var_ptr + c, mask=mask, other=1.0)
-    scale = 1.0 / tl.sqrt(var + eps)
+    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0)
+    scale = 1.0 / tl.sqrt(tl.load(var_ptr + c, mask=cmask, other=1.0) + eps)
     if HAS_W:
-        scale = scale * tl.load(w_ptr + c, mask=mask, other=1.0)
+        scale = scale * tl.load(w_ptr + c, mask=cmask, other=1.0)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
     z = (x - mean) * scale
     if HAS_B:
-        z = z + tl.load(b_ptr + c, mask=mask, other=0.0)
+        z = z + tl.load(b_ptr + c, mask=cmask, other=0.0)
     if HAS_R:
         z = z + tl.load(r_ptr + offs, mask=mask, other=0.0).to(acc_ty)
     z = _act(z, alpha, ACT)
@@ -211,12 +230,10 @@ def normalize_kernel(x_ptr, r_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, eps, 
 
 @triton.jit
 def bwd_elemt_kernel(g_ptr, x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, sdz_ptr, sdzxh_ptr, dx_ptr,
-                     dz_ptr, eps, inv_count, alpha, C, inner, n, HAS_W: tl.constexpr,
+                     dz_ptr, eps, inv_count, alpha, C, nrows, ncols, HAS_W: tl.constexpr,
                      TRAIN: tl.constexpr, WANT_DZ: tl.constexpr, ACT: tl.constexpr,
-                     BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    c = (offs // inner) % C
+                     CL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs, mask, c, cmask = _tile(nrows, ncols, C, CL, BLOCK_R, BLOCK_K)
     acc_ty = mean_ptr.dtype.element_ty
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(acc_ty)
     if ACT != 0:
@@ -224,15 +241,15 @@ def bwd_elemt_kernel(g_ptr, x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, sdz_ptr, sdz
         g = _act_grad(g, y, alpha, ACT)
     if WANT_DZ:
         tl.store(dz_ptr + offs, g.to(dz_ptr.dtype.element_ty), mask=mask)
-    invstd = 1.0 / tl.sqrt(tl.load(var_ptr + c, mask=mask, other=1.0) + eps)
+    invstd = 1.0 / tl.sqrt(tl.load(var_ptr + c, mask=cmask, other=1.0) + eps)
     scale = invstd
     if HAS_W:
-        scale = scale * tl.load(w_ptr + c, mask=mask, other=1.0)
+        scale = scale * tl.load(w_ptr + c, mask=cmask, other=1.0)
     if TRAIN:
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-        mean = tl.load(mean_ptr + c, mask=mask, other=0.0)
-        a = tl.load(sdz_ptr + c, mask=mask, other=0.0) * inv_count
-        b = tl.load(sdzxh_ptr + c, mask=mask, other=0.0) * inv_count * invstd
+        mean = tl.load(mean_ptr + c, mask=cmask, other=0.0)
+        a = tl.load(sdz_ptr + c, mask=cmask, other=0.0) * inv_count
+        b = tl.load(sdzxh_ptr + c, mask=cmask, other=0.0) * inv_count * invstd
         g = g - a - (x - mean) * b
     tl.store(dx_ptr + offs, (g * scale).to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -279,16 +296,26 @@ def bn_stats(x, mean, var):
                                                 BLOCK_C=cb)
 
 
+def _elem_grid(outer, C, inner):
+    """(nrows, ncols, CL, BLOCK_R, BLOCK_K, grid) of the elementwise tiles."""
+    cl = inner == 1
+    nrows, ncols = (outer, C) if cl else (outer * C, inner)
+    block_k = min(triton.next_power_of_2(max(ncols, 1)), 128 if cl else BLOCK)
+    block_r = max(1, BLOCK // block_k)
+    return nrows, ncols, cl, block_r, block_k, (triton.cdiv(nrows, block_r), triton.cdiv(ncols, block_k))
+
+
 def bn_normalize(x, mean, var, w, b, r, y, eps, act, alpha):
     """y = act((x - mean) * invstd * w + b [+ r]); x, r, y dense with the same strides."""
     outer, C, inner = _shape(x)
-    n = x.numel()
-    if n == 0:
+    if x.numel() == 0:
         return
-    normalize_kernel[(triton.cdiv(n, BLOCK),)](
+    nrows, ncols, cl, block_r, block_k, grid = _elem_grid(outer, C, inner)
+    normalize_kernel[grid](
         x, r if r is not None else x, y, mean, var, w if w is not None else mean,
-        b if b is not None else mean, eps, alpha, C, inner, n, HAS_W=w is not None,
-        HAS_B=b is not None, HAS_R=r is not None, ACT=ACT_IDS[act], BLOCK=BLOCK)
+        b if b is not None else mean, eps, alpha, C, nrows, ncols, HAS_W=w is not None,
+        HAS_B=b is not None, HAS_R=r is not None, ACT=ACT_IDS[act], CL=cl, BLOCK_R=block_r,
+        BLOCK_K=block_k)
 
 
 def bn_bwd_reduce(g, x, y, mean, var, eps, act, alpha, sum_dz, sum_dzxh):
@@ -308,13 +335,13 @@ def bn_bwd_reduce(g, x, y, mean, var, eps, act, alpha, sum_dz, sum_dzxh):
 
 def bn_bwd_elemt(g, x, y, mean, var, w, sum_dz, sum_dzxh, eps, inv_count, act, alpha, dx, dz):
     outer, C, inner = _shape(x)
-    n = x.numel()
-    if n == 0:
+    if x.numel() == 0:
         return
+    nrows, ncols, cl, block_r, block_k, grid = _elem_grid(outer, C, inner)
     train = sum_dz is not None
-    bwd_elemt_kernel[(triton.cdiv(n, BLOCK),)](
+    bwd_elemt_kernel[grid](
         g, x, y if y is not None else g, mean, var, w if w is not None else mean,
         sum_dz if train else mean, sum_dzxh if train else mean, dx,
-        dz if dz is not None else dx, eps, inv_count, alpha, C, inner, n,
-        HAS_W=w is not None, TRAIN=train, WANT_DZ=dz is not None, ACT=ACT_IDS[act],
-        BLOCK=BLOCK)
+        dz if dz is not None else dx, eps, inv_count, alpha, C, nrows, ncols,
+        HAS_W=w is not None, TRAIN=train, WANT_DZ=dz is not None, ACT=ACT_IDS[act], CL=cl,
+        BLOCK_R=block_r, BLOCK_K=block_k)
