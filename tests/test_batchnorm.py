@@ -251,6 +251,28 @@ def test_batch_norm_act(backend, device, dtype, layout, act, alpha, with_residua
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
+def test_unaligned_operands(backend, device):
+    """Operands that start one element into their storage (not 16-byte aligned): the
+    CUDA kernels must leave their vector path for these."""
+    shape = (2, 3, 4, 4) if interpreted(backend, device) else (4, 6, 8, 8)
+    n = 1
+    for s_ in shape:
+        n *= s_
+
+    def shifted(seed):
+        base = make_input((n + 1,), torch.float32, device, seed=seed)
+        return base[1:].view(shape).detach().requires_grad_()
+
+    x, r = shifted(51), shifted(52)
+    w = make_input((shape[1],), torch.float32, device, requires_grad=True, seed=53)
+    check_against_torch(
+        lambda x, w, r: F.batch_norm_act(x, None, None, w, None, True, residual=r, act="relu",
+                                         backend=backend),
+        lambda x, w, r: _unfused(x, None, None, w, None, r, True, "relu", 0.0),
+        [x, w, r], seed=54)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
 def test_batch_norm_act_module(backend, device):
     """BatchNormAct2d(x, residual) == relu(BatchNorm2d(x) + residual): outputs, every
     gradient, running statistics, over two steps."""

@@ -25,7 +25,8 @@
 // precision in float32; Chan's merge for the partials; K is added back at the end.
 //
 // Elementwise passes (normalize, input gradient):
-//   planes: grid (chunks of a plane, groups of planes); a block is bx x by threads,
+//   planes: 16-byte vector loads/stores (Pack) when the plane size allows;
+//           grid (chunks of a plane, groups of planes); a block is bx x by threads,
 //           bx along the plane (a power of two >= the plane size, <= 256: a 7x7 plane
 //           does not leave 4/5 of the threads idle), by planes; a thread loads its
 //           channel's coefficients once per plane and streams along it.
@@ -37,6 +38,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 
 namespace pydl {
 namespace {
@@ -254,7 +256,9 @@ struct FwdCoef {
   }
 };
 
-template <BnAct A, typename T, bool CL>
+// VEC > 1 (planes only): VEC consecutive values of a plane move as one 16-byte Pack;
+// the launcher checks that VEC divides the plane size and every pointer is aligned.
+template <BnAct A, typename T, bool CL, int VEC>
 __global__ void normalize_kernel(const T* __restrict__ x, const T* __restrict__ r,
                                  T* __restrict__ y, const typename OpMath<T>::type* mean,
                                  const typename OpMath<T>::type* var,
@@ -276,12 +280,29 @@ __global__ void normalize_kernel(const T* __restrict__ x, const T* __restrict__ 
          o += int64_t(gridDim.y) * blockDim.y)
       one(o * C + c, k);
   } else {
+    const int64_t nv = inner / VEC;
     for (int64_t p = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; p < outer * C;
          p += int64_t(gridDim.y) * blockDim.y) {
       const FwdCoef<Cc> k(mean, var, w, b, eps, p % C);
-      for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < inner;
-           i += int64_t(gridDim.x) * blockDim.x)
-        one(p * inner + i, k);
+      for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v < nv;
+           v += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t base = p * inner + v * VEC;
+        if constexpr (VEC == 1) {
+          one(base, k);
+        } else {
+          const Pack<T, VEC> xp = *reinterpret_cast<const Pack<T, VEC>*>(x + base);
+          Pack<T, VEC> rp = xp;
+          if (r) rp = *reinterpret_cast<const Pack<T, VEC>*>(r + base);
+          Pack<T, VEC> yp;
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) {
+            Cc z = (to_c(xp.v[e]) - k.mean) * k.scale + k.shift;
+            if (r) z += to_c(rp.v[e]);
+            yp.v[e] = from_c<T>(bn_act<A, Cc>(z, alpha));
+          }
+          *reinterpret_cast<Pack<T, VEC>*>(y + base) = yp;
+        }
+      }
     }
   }
 }
@@ -300,7 +321,7 @@ struct BwdCoef {
   }
 };
 
-template <BnAct A, typename T, bool CL>
+template <BnAct A, typename T, bool CL, int VEC>
 __global__ void bwd_elemt_kernel(const T* __restrict__ g, const T* __restrict__ x,
                                  const T* __restrict__ y, const typename OpMath<T>::type* mean,
                                  const typename OpMath<T>::type* var,
@@ -324,12 +345,31 @@ __global__ void bwd_elemt_kernel(const T* __restrict__ g, const T* __restrict__ 
          o += int64_t(gridDim.y) * blockDim.y)
       one(o * C + c, q);
   } else {
+    const int64_t nv = inner / VEC;
     for (int64_t p = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; p < outer * C;
          p += int64_t(gridDim.y) * blockDim.y) {
       const BwdCoef<Cc> q(mean, var, w, sdz, sdzxh, eps, k, p % C);
-      for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < inner;
-           i += int64_t(gridDim.x) * blockDim.x)
-        one(p * inner + i, q);
+      for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v < nv;
+           v += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t base = p * inner + v * VEC;
+        if constexpr (VEC == 1) {
+          one(base, q);
+        } else {
+          const Pack<T, VEC> gp = *reinterpret_cast<const Pack<T, VEC>*>(g + base);
+          const Pack<T, VEC> xp = *reinterpret_cast<const Pack<T, VEC>*>(x + base);
+          Pack<T, VEC> yp = gp;
+          if constexpr (A != BnAct::None) yp = *reinterpret_cast<const Pack<T, VEC>*>(y + base);
+          Pack<T, VEC> dzp, dxp;
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) {
+            const Cc dz = bn_act_grad<A, Cc>(to_c(gp.v[e]), to_c(yp.v[e]), alpha);
+            dzp.v[e] = from_c<T>(dz);
+            dxp.v[e] = from_c<T>((dz - q.a - (to_c(xp.v[e]) - q.mean) * q.bb) * q.scale);
+          }
+          if (dzo) *reinterpret_cast<Pack<T, VEC>*>(dzo + base) = dzp;
+          *reinterpret_cast<Pack<T, VEC>*>(dx + base) = dxp;
+        }
+      }
     }
   }
 }
@@ -362,6 +402,16 @@ ElemGrid elem_grid(int64_t outer, int64_t C, int64_t inner) {
     e.grid = dim3(unsigned(gx), unsigned(gy));
   }
   return e;
+}
+
+// The 16-byte Pack path of the planes walk: VEC divides the plane size (so every plane
+// starts aligned) and every given pointer is 16-byte aligned (null pointers are unused).
+template <typename T>
+bool vec_ok(int64_t inner, std::initializer_list<const void*> ptrs) {
+  if (inner == 1 || inner % vec_width<T>() != 0) return false;
+  for (const void* p : ptrs)
+    if (p && !aligned16(p)) return false;
+  return true;
 }
 
 unsigned warp_blocks(int64_t C) {  // one warp per channel, 8 warps per block
@@ -406,10 +456,11 @@ int launch_bn_normalize(BnAct act, DType dtype, const void* x, const void* r, vo
                         double eps, double alpha, int64_t outer, int64_t C, int64_t inner,
                         cudaStream_t stream) {
   if (outer * C * inner == 0) return 0;
-  const ElemGrid eg = elem_grid(outer, C, inner);
   with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using Cc = typename OpMath<T>::type;
+    const bool vec = vec_ok<T>(inner, {x, r, y});
+    const ElemGrid eg = elem_grid(outer, C, vec ? inner / vec_width<T>() : inner);
     with_bn_act(act, [&](auto a) {
       constexpr BnAct A = decltype(a)::value;
       auto args = [&](auto kernel) {
@@ -419,8 +470,9 @@ int launch_bn_normalize(BnAct act, DType dtype, const void* x, const void* r, vo
             static_cast<const Cc*>(w), static_cast<const Cc*>(b), Cc(eps), Cc(alpha), outer, C,
             inner);
       };
-      if (inner == 1) args(normalize_kernel<A, T, true>);
-      else args(normalize_kernel<A, T, false>);
+      if (inner == 1) args(normalize_kernel<A, T, true, 1>);
+      else if (vec) args(normalize_kernel<A, T, false, vec_width<T>()>);
+      else args(normalize_kernel<A, T, false, 1>);
     });
   });
   return int(cudaGetLastError());
@@ -463,10 +515,11 @@ int launch_bn_bwd_elemt(BnAct act, DType dtype, const void* g, const void* x, co
                         void* dx, void* dz, int64_t outer, int64_t C, int64_t inner,
                         cudaStream_t stream) {
   if (outer * C * inner == 0) return 0;
-  const ElemGrid eg = elem_grid(outer, C, inner);
   with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using Cc = typename OpMath<T>::type;
+    const bool vec = vec_ok<T>(inner, {g, x, y, dx, dz});
+    const ElemGrid eg = elem_grid(outer, C, vec ? inner / vec_width<T>() : inner);
     with_bn_act(act, [&](auto a) {
       constexpr BnAct A = decltype(a)::value;
       auto args = [&](auto kernel) {
@@ -477,8 +530,9 @@ int launch_bn_bwd_elemt(BnAct act, DType dtype, const void* g, const void* x, co
             static_cast<const Cc*>(sum_dzxh), Cc(eps), Cc(inv_count), Cc(alpha),
             static_cast<T*>(dx), static_cast<T*>(dz), outer, C, inner);
       };
-      if (inner == 1) args(bwd_elemt_kernel<A, T, true>);
-      else args(bwd_elemt_kernel<A, T, false>);
+      if (inner == 1) args(bwd_elemt_kernel<A, T, true, 1>);
+      else if (vec) args(bwd_elemt_kernel<A, T, false, vec_width<T>()>);
+      else args(bwd_elemt_kernel<A, T, false, 1>);
     });
   });
   return int(cudaGetLastError());
