@@ -140,6 +140,32 @@ def test_batch_norm_1d_3d(backend, device, dtype, shape):
             [x, w, b], what=f"{shape}/train={training}")
 
 
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_channels_last_3d(backend, device):
+    """5-D channels_last_3d input: walked channel-fastest, output in the same format."""
+    x = make_input((2, 5, 3, 2, 3), torch.float32, device, seed=61)
+    x = x.contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    w = make_input((5,), torch.float32, device, requires_grad=True, seed=62)
+    out = check_against_torch(lambda x, w: F.batch_norm(x, None, None, w, None, True, backend=backend),
+                              lambda x, w: TF.batch_norm(x, None, None, w, None, True), [x, w])
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_nan_propagates(backend, device):
+    """A NaN poisons its own channel's statistics (and so that channel), as in torch."""
+    x = make_input((3, 4, 3, 5), torch.float32, device, seed=63)
+    x[1, 2, 1, 1] = float("nan")
+    x.requires_grad_()
+    rm, rv = _running(4, torch.float32, device)
+    for training in (True, False):
+        out = check_against_torch(
+            lambda x: F.batch_norm(x, rm.clone(), rv.clone(), None, None, training, backend=backend),
+            lambda x: TF.batch_norm(x, _ref_stats(rm, x), _ref_stats(rv, x), None, None, training),
+            [x], backward=False)
+        assert out[:, 2].isnan().all() == training and out[:, (0, 1, 3)].isfinite().all()
+
+
 # ------------------------------------------------------------------------- modules
 @pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("momentum", [0.1, 0.3, None], ids=["m0.1", "m0.3", "cma"])
