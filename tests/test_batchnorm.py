@@ -18,7 +18,7 @@ from torch import nn
 
 import pydl
 import pydl.functional as F
-from pydl.testing import assert_close, check_against_torch, make_input, to_ref
+from pydl.testing import check_against_torch, make_input
 from conftest import DTYPE_IDS, DTYPES, backend_params, interpreted
 
 LAYOUTS = ["contiguous", "channels_last", "noncontig"]
@@ -558,7 +558,6 @@ def test_sync_batchnorm_two_processes(backend, device, tmp_path):
     for p, log in zip(procs, logs):
         assert p.returncode == 0, f"worker failed:\n{log[-3000:]}"
     res = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    dw = db = 0
     for step in range(2):
         x = xs[step].clone().requires_grad_()
         y = ref(x)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _dispatch
-from ._util import check_tensor, dense, like_layout  # noqa: F401
+from ._util import check_tensor, like_layout
 
 ACTS = ("none", "relu", "leaky_relu")
 
