@@ -45,6 +45,24 @@ TORCH_LIBRARY(pydl, m) {
   m.def("adagrad_step(Tensor(a!)[] params, Tensor(g!)[] grads, Tensor(b!)[] state_sums, "
         "Tensor(e!)[] state_steps, float lr, float lr_decay, float weight_decay, float eps, "
         "bool maximize, Tensor? grad_scale, Tensor? found_inf) -> ()");
+
+  m.set_python_module("pydl.ops.batchnorm");
+  // x is (N, C, *); per-channel tensors are (C,); statistics and sums come out in float32
+  // (float64 for float64 x). act is none | relu | leaky_relu (alpha = negative_slope),
+  // applied after the optional residual add. y is the saved output (needed unless
+  // act == none). sum_dz/sum_dz_xhat None = eval backward; inv_count = 1 / values per
+  // channel. The second output of bn_bwd_elemt is dz (for the residual) when want_dz,
+  // else empty.
+  m.def("bn_stats(Tensor x) -> (Tensor, Tensor)");
+  m.def("bn_fwd_train(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, float eps, "
+        "str act, float alpha) -> (Tensor, Tensor, Tensor)");
+  m.def("bn_fwd_eval(Tensor x, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, "
+        "Tensor? residual, float eps, str act, float alpha) -> Tensor");
+  m.def("bn_bwd_reduce(Tensor grad, Tensor x, Tensor mean, Tensor var, Tensor? y, float eps, "
+        "str act, float alpha) -> (Tensor, Tensor)");
+  m.def("bn_bwd_elemt(Tensor grad, Tensor x, Tensor mean, Tensor var, Tensor? weight, "
+        "Tensor? y, Tensor? sum_dz, Tensor? sum_dz_xhat, float eps, float inv_count, str act, "
+        "float alpha, bool want_dz) -> (Tensor, Tensor)");
 }
 
 namespace {

@@ -48,3 +48,32 @@ def sigmoid(input: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tens
 
 def tanh(input: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
     return ops.act(input, "tanh", 0.0, False, backend)
+
+
+# ----------------------------------------------------------------------- batch norm
+__all__ += ["batch_norm", "batch_norm_act"]
+
+
+def batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
+               running_var: Optional[torch.Tensor], weight: Optional[torch.Tensor] = None,
+               bias: Optional[torch.Tensor] = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5, *,
+               backend: Optional[str] = None) -> torch.Tensor:
+    return ops.batch_norm(input, running_mean, running_var, weight, bias, training, momentum,
+                          eps, backend=backend)
+
+
+def batch_norm_act(input: torch.Tensor, running_mean: Optional[torch.Tensor],
+                   running_var: Optional[torch.Tensor], weight: Optional[torch.Tensor] = None,
+                   bias: Optional[torch.Tensor] = None, training: bool = False,
+                   momentum: float = 0.1, eps: float = 1e-5,
+                   residual: Optional[torch.Tensor] = None, act: Optional[str] = "relu",
+                   negative_slope: float = 0.01, *,
+                   backend: Optional[str] = None) -> torch.Tensor:
+    """act(batch_norm(input, ...) [+ residual]) as one fused op; act is "relu",
+    "leaky_relu" (with negative_slope >= 0) or "none" / None."""
+    act = "none" if act is None else act
+    return ops.batch_norm(input, running_mean, running_var, weight, bias, training, momentum,
+                          eps, residual=residual, act=act,
+                          alpha=negative_slope if act == "leaky_relu" else 0.0,
+                          backend=backend)

@@ -8,3 +8,6 @@ kernels. Each also accepts a keyword-only ``backend=`` (None: follow
 from .activation import ELU, LeakyReLU, ReLU, Sigmoid, Tanh  # noqa: F401
 
 __all__ = ["ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh"]
+
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNormAct2d, SyncBatchNorm  # noqa: E402,F401
+__all__ += ["BatchNorm1d", "BatchNorm2d", "BatchNormAct2d", "SyncBatchNorm"]

@@ -1,0 +1,422 @@
+"""Batch normalization (+ fused activation and residual add): backend choice, fake
+kernels, autograd, running statistics, and the cross-process SyncBatchNorm function.
+
+Ops per backend (same schemas; x is (N, C, *), per-channel tensors (C,), statistics in
+float32 -- float64 for float64 x):
+  bn_stats(x) -> (mean, var)                                   per-channel, var biased
+  bn_fwd_train(x, weight?, bias?, residual?, eps, act, alpha) -> (y, mean, var)
+        statistics pass + normalize pass: y = act((x - mean) / sqrt(var + eps) * w + b [+ r])
+  bn_fwd_eval(x, mean, var, weight?, bias?, residual?, eps, act, alpha) -> y   one pass
+  bn_bwd_reduce(grad, x, mean, var, y?, eps, act, alpha) -> (sum_dz, sum_dz_xhat)
+  bn_bwd_elemt(grad, x, mean, var, weight?, y?, sum_dz?, sum_dz_xhat?, eps, inv_count,
+               act, alpha, want_dz) -> (dx, dz | empty)
+act is "none" | "relu" | "leaky_relu" (alpha = negative_slope >= 0), dz = grad * act'(y).
+cpu/cuda: torch.ops.pydl.* (csrc/cpu/batchnorm.cpp, csrc/cuda/batchnorm*.{cpp,cu});
+triton:   torch.ops.pydl_triton.* (defined below, kernels in kernels/batchnorm.py).
+
+Running statistics are updated here, in Python, from the batch statistics the op
+returns, with in-place torch arithmetic on the small (C,) buffers (as torch's own
+formula: running = (1 - momentum) * running + momentum * stat, the variance unbiased by
+n / (n - 1)); the kernels stay pure functions, which keeps opcheck and torch.compile
+simple. The per-element work -- statistics, normalization, gradients -- is all in the
+kernels. SyncBatchNorm likewise combines the per-process (count, mean, M2) triples
+gathered by torch.distributed in Python on (world_size, C) tensors, in rank order
+(deterministic), with Chan's formula.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import _dispatch
+from ._util import check_tensor, like_layout
+
+ACTS = ("none", "relu", "leaky_relu")
+
+
+def _stat_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)) or \
+        (x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d))
+
+
+def bn_dense(x: torch.Tensor) -> torch.Tensor:
+    """The two layouts the kernels walk: contiguous (channel planes) or channels-last
+    (channel fastest); anything else is made contiguous. Mirrors pydl::bn_dense."""
+    return x if x.is_contiguous() or _channels_last(x) else x.contiguous()
+
+
+def _empty_like_x(x: torch.Tensor) -> torch.Tensor:
+    """What the kernels allocate for an output shaped like x (fake kernels use it)."""
+    return torch.empty_like(x) if x.is_contiguous() or _channels_last(x) else \
+        torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+# ------------------------------------------------------------------ Triton custom ops
+if _dispatch._kernels is not None:
+    from ..kernels import batchnorm as _tk
+
+    def _t_channel(t, x):
+        return None if t is None else t.to(_stat_dtype(x)).contiguous()
+
+    @torch.library.custom_op("pydl_triton::bn_stats", mutates_args=())
+    def _triton_bn_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = bn_dense(x)
+        mean = x.new_empty((x.size(1),), dtype=_stat_dtype(x))
+        var = torch.empty_like(mean)
+        _tk.bn_stats(x, mean, var)
+        return mean, var
+
+    @torch.library.custom_op("pydl_triton::bn_fwd_train", mutates_args=())
+    def _triton_bn_fwd_train(x: torch.Tensor, weight: Optional[torch.Tensor],
+                             bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+                             eps: float, act: str, alpha: float
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = bn_dense(x)
+        mean = x.new_empty((x.size(1),), dtype=_stat_dtype(x))
+        var = torch.empty_like(mean)
+        _tk.bn_stats(x, mean, var)
+        y = torch.empty_like(x)
+        r = None if residual is None else like_layout(residual, x)
+        _tk.bn_normalize(x, mean, var, _t_channel(weight, x), _t_channel(bias, x), r, y, eps,
+                         act, alpha)
+        return y, mean, var
+
+    @torch.library.custom_op("pydl_triton::bn_fwd_eval", mutates_args=())
+    def _triton_bn_fwd_eval(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+                            weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                            residual: Optional[torch.Tensor], eps: float, act: str,
+                            alpha: float) -> torch.Tensor:
+        x = bn_dense(x)
+        y = torch.empty_like(x)
+        r = None if residual is None else like_layout(residual, x)
+        _tk.bn_normalize(x, _t_channel(mean, x), _t_channel(var, x), _t_channel(weight, x),
+                         _t_channel(bias, x), r, y, eps, act, alpha)
+        return y
+
+    @torch.library.custom_op("pydl_triton::bn_bwd_reduce", mutates_args=())
+    def _triton_bn_bwd_reduce(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
+                              var: torch.Tensor, y: Optional[torch.Tensor], eps: float, act: str,
+                              alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+        x = bn_dense(x)
+        grad = like_layout(grad, x)
+        y = None if y is None else like_layout(y, x)
+        sum_dz = x.new_empty((x.size(1),), dtype=_stat_dtype(x))
+        sum_dzxh = torch.empty_like(sum_dz)
+        _tk.bn_bwd_reduce(grad, x, y, _t_channel(mean, x), _t_channel(var, x), eps, act, alpha,
+                          sum_dz, sum_dzxh)
+        return sum_dz, sum_dzxh
+
+    @torch.library.custom_op("pydl_triton::bn_bwd_elemt", mutates_args=())
+    def _triton_bn_bwd_elemt(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
+                             var: torch.Tensor, weight: Optional[torch.Tensor],
+                             y: Optional[torch.Tensor], sum_dz: Optional[torch.Tensor],
+                             sum_dz_xhat: Optional[torch.Tensor], eps: float, inv_count: float,
+                             act: str, alpha: float, want_dz: bool
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = bn_dense(x)
+        grad = like_layout(grad, x)
+        y = None if y is None else like_layout(y, x)
+        dx = torch.empty_like(x)
+        dz = torch.empty_like(x) if want_dz else x.new_empty((0,))
+        _tk.bn_bwd_elemt(grad, x, y, _t_channel(mean, x), _t_channel(var, x),
+                         _t_channel(weight, x), _t_channel(sum_dz, x), _t_channel(sum_dz_xhat, x),
+                         eps, inv_count, act, alpha, dx, dz if want_dz else None)
+        return dx, dz
+
+
+# ------------------------------------------------- fake kernels and autograd, both families
+def _count(x: torch.Tensor) -> int:
+    """Values per channel: N * prod(spatial)."""
+    return x.numel() // x.size(1) if x.size(1) else 0
+
+
+def _register(ns: str) -> None:
+    def stats_like(x):
+        return x.new_empty((x.size(1),), dtype=_stat_dtype(x))
+
+    @torch.library.register_fake(f"{ns}::bn_stats")
+    def _(x):
+        return stats_like(x), stats_like(x)
+
+    @torch.library.register_fake(f"{ns}::bn_fwd_train")
+    def _(x, weight, bias, residual, eps, act, alpha):
+        return _empty_like_x(x), stats_like(x), stats_like(x)
+
+    @torch.library.register_fake(f"{ns}::bn_fwd_eval")
+    def _(x, mean, var, weight, bias, residual, eps, act, alpha):
+        return _empty_like_x(x)
+
+    @torch.library.register_fake(f"{ns}::bn_bwd_reduce")
+    def _(grad, x, mean, var, y, eps, act, alpha):
+        return stats_like(x), stats_like(x)
+
+    @torch.library.register_fake(f"{ns}::bn_bwd_elemt")
+    def _(grad, x, mean, var, weight, y, sum_dz, sum_dz_xhat, eps, inv_count, act, alpha,
+          want_dz):
+        return _empty_like_x(x), (_empty_like_x(x) if want_dz else x.new_empty((0,)))
+
+    ops = getattr(torch.ops, ns)
+
+    def _grads(ctx, gy, x, w, mean, var, y, train):
+        """(dx, dweight, dbias, dresidual) for the saved forward; None where not needed."""
+        need_x, need_w, need_b, need_r = ctx.needs_input_grad_4
+        act, alpha, eps = ctx.act, ctx.alpha, ctx.eps
+        fused = act != "none"
+        sum_dz = sum_dzxh = None
+        if _count(x) == 0:  # empty batch: zero parameter gradients, as torch (stats are NaN)
+            sum_dz, sum_dzxh = torch.zeros_like(mean), torch.zeros_like(mean)
+        elif train or need_w or need_b:
+            sum_dz, sum_dzxh = ops.bn_bwd_reduce(gy, x, mean, var, y, eps, act, alpha)
+        dx = dr = None
+        want_dz = need_r and fused
+        if need_x or want_dz:
+            n = _count(x)
+            dx, dz = ops.bn_bwd_elemt(gy, x, mean, var, w, y, sum_dz if train else None,
+                                      sum_dzxh if train else None, eps,
+                                      1.0 / n if n else 0.0, act, alpha, want_dz)
+            if want_dz:
+                dr = dz
+        if need_r and not fused:
+            dr = gy
+        dw = sum_dzxh.to(w.dtype) if need_w else None
+        db = sum_dz.to(ctx.bias_dtype) if need_b else None
+        return (dx if need_x else None), dw, db, dr
+
+    # training: inputs (x, weight, bias, residual, eps, act, alpha), outputs (y, mean, var)
+    def train_setup(ctx, inputs, output):
+        x, w, b, r, eps, act, alpha = inputs
+        y, mean, var = output
+        ctx.eps, ctx.act, ctx.alpha = eps, act, alpha
+        ctx.bias_dtype = b.dtype if b is not None else None
+        ctx.needs_input_grad_4 = ctx.needs_input_grad[:4]
+        ctx.save_for_backward(x, w, mean, var, y if act != "none" else None)
+
+    def train_backward(ctx, gy, gmean, gvar):
+        x, w, mean, var, y = ctx.saved_tensors
+        dx, dw, db, dr = _grads(ctx, gy, x, w, mean, var, y, True)
+        return dx, dw, db, dr, None, None, None
+
+    torch.library.register_autograd(f"{ns}::bn_fwd_train", train_backward,
+                                    setup_context=train_setup)
+
+    # eval: inputs (x, mean, var, weight, bias, residual, eps, act, alpha)
+    def eval_setup(ctx, inputs, output):
+        x, mean, var, w, b, r, eps, act, alpha = inputs
+        ctx.eps, ctx.act, ctx.alpha = eps, act, alpha
+        ctx.bias_dtype = b.dtype if b is not None else None
+        ng = ctx.needs_input_grad
+        ctx.needs_input_grad_4 = (ng[0], ng[3], ng[4], ng[5])
+        ctx.save_for_backward(x, w, mean, var, output if act != "none" else None)
+
+    def eval_backward(ctx, gy):
+        x, w, mean, var, y = ctx.saved_tensors
+        dx, dw, db, dr = _grads(ctx, gy, x, w, mean, var, y, False)
+        return dx, None, None, dw, db, dr, None, None, None
+
+    torch.library.register_autograd(f"{ns}::bn_fwd_eval", eval_backward,
+                                    setup_context=eval_setup)
+
+
+_OPS = {}  # backend -> the op namespace holding the bn_* ops
+if _dispatch._C is not None:
+    _register("pydl")
+    _OPS["cpu"] = _OPS["cuda"] = torch.ops.pydl
+if _dispatch._kernels is not None:
+    _register("pydl_triton")
+    _OPS["triton"] = torch.ops.pydl_triton
+
+
+# ----------------------------------------------------------------------- argument checks
+def _check_channel(t, name: str, C: int, x: torch.Tensor, op: str) -> None:
+    if t is None:
+        return
+    check_tensor(t, name, op)
+    if t.dim() != 1 or t.numel() != C:
+        # RuntimeError, as torch raises for this
+        raise RuntimeError(f"pydl.{op}: {name} should contain {C} elements (one per channel of "
+                           f"input of shape {tuple(x.shape)}), got shape {tuple(t.shape)}")
+    if t.device != x.device:
+        raise RuntimeError(f"pydl.{op}: {name} is on {t.device} but input is on {x.device}")
+
+
+def _check_args(op, input, running_mean, running_var, weight, bias, residual, act, alpha):
+    check_tensor(input, "input", op)
+    if input.dim() < 2:
+        raise ValueError(f"pydl.{op}: input must have at least 2 dimensions (N, C, ...), got "
+                         f"shape {tuple(input.shape)}")
+    C = input.size(1)
+    for t, name in ((running_mean, "running_mean"), (running_var, "running_var"),
+                    (weight, "weight"), (bias, "bias")):
+        _check_channel(t, name, C, input, op)
+    if residual is not None:
+        check_tensor(residual, "residual", op)
+        if residual.shape != input.shape or residual.dtype != input.dtype or \
+                residual.device != input.device:
+            raise ValueError(f"pydl.{op}: residual must match input's shape, dtype and device "
+                             f"({tuple(input.shape)}, {input.dtype}, {input.device}); got "
+                             f"({tuple(residual.shape)}, {residual.dtype}, {residual.device})")
+    if act not in ACTS:
+        raise ValueError(f"pydl.{op}: act must be one of {', '.join(map(repr, ACTS))}; got {act!r}")
+    if act == "leaky_relu" and alpha < 0:
+        # the fused backward reads the derivative from the output's sign (like torch's
+        # in-place leaky_relu, which refuses a negative slope for the same reason)
+        raise ValueError(f"pydl.{op}: negative_slope must be >= 0 for the fused leaky_relu, "
+                         f"got {alpha}")
+
+
+def verify_batch_size(input: torch.Tensor) -> None:
+    """torch's check: training needs more than one value per channel."""
+    size = input.size()
+    n = size[0]
+    for s in size[2:]:
+        n *= s
+    if n == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input "
+                         f"size {size}")
+
+
+@torch.no_grad()
+def update_running_stats(running_mean, running_var, mean, var, count: int,
+                         momentum: float) -> None:
+    """running = (1 - momentum) * running + momentum * batch, the batch variance made
+    unbiased (n / (n - 1)), in place on the (C,) buffers (torch's formula)."""
+    if running_mean is not None:
+        running_mean.mul_(1.0 - momentum).add_(mean, alpha=momentum)
+    if running_var is not None:
+        unbias = count / (count - 1) if count > 1 else float("inf")
+        running_var.mul_(1.0 - momentum).add_(var * unbias, alpha=momentum)
+
+
+def _torch_reference(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                     residual, act, alpha):
+    y = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    if residual is not None:
+        y = y + residual
+    if act == "relu":
+        y = F.relu(y)
+    elif act == "leaky_relu":
+        y = F.leaky_relu(y, alpha)
+    return y
+
+
+def batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
+               running_var: Optional[torch.Tensor], weight: Optional[torch.Tensor] = None,
+               bias: Optional[torch.Tensor] = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5, residual: Optional[torch.Tensor] = None,
+               act: str = "none", alpha: float = 0.0,
+               backend: Optional[str] = None) -> torch.Tensor:
+    """torch.nn.functional.batch_norm, optionally followed by `+ residual` and an
+    activation, on the chosen backend; differentiable in input, weight, bias, residual.
+    In training the running statistics (when given) are updated in place."""
+    op = "batch_norm"
+    alpha = float(alpha)
+    _check_args(op, input, running_mean, running_var, weight, bias, residual, act, alpha)
+    if training:
+        verify_batch_size(input)
+    elif running_mean is None or running_var is None:
+        raise RuntimeError(f"pydl.{op}: running_mean and running_var must be defined in "
+                           "evaluation mode (training=False)")
+    name = _dispatch.resolve(op, input.device, backend)
+    if name == "torch":
+        return _torch_reference(input, running_mean, running_var, weight, bias, training,
+                                momentum, eps, residual, act, alpha)
+    ops = _OPS[name]
+    eps = float(eps)
+    if not training:
+        return ops.bn_fwd_eval(input, running_mean, running_var, weight, bias, residual, eps,
+                               act, alpha)
+    y, mean, var = ops.bn_fwd_train(input, weight, bias, residual, eps, act, alpha)
+    n = _count(input)
+    if n > 0 and (running_mean is not None or running_var is not None):
+        # an empty batch leaves the running statistics alone, as torch does
+        update_running_stats(running_mean, running_var, mean, var, n, float(momentum))
+    return y
+
+
+# ------------------------------------------------------------------------ SyncBatchNorm
+class SyncBatchNormFunction(torch.autograd.Function):
+    """Batch norm whose statistics span every process of `process_group`.
+
+    forward:  local bn_stats -> (count, mean, M2) per process, all_gather'ed; combined
+              in rank order (Chan) into the global mean / biased var; running stats
+              updated with the global unbiased var; bn_fwd_eval normalizes the local
+              slice with the global statistics.
+    backward: local bn_bwd_reduce -> (sum_dz, sum_dz_xhat), all_reduce'd (SUM);
+              bn_bwd_elemt with 1 / global count. weight/bias gradients are the local
+              sums, as torch's SyncBatchNorm gives (DDP averages them across processes).
+    Works with unequal (even empty) per-process batches: every process contributes its
+    own count."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, running_mean, running_var, eps, momentum,
+                process_group, world_size, backend):
+        import torch.distributed as dist
+        ops = _OPS[backend]
+        x = input
+        C = x.size(1)
+        n_local = _count(x)
+        if n_local > 0:
+            mean, var = ops.bn_stats(x)
+        else:  # no local values: contribute nothing (NaN-free)
+            mean = x.new_zeros((C,), dtype=_stat_dtype(x))
+            var = torch.zeros_like(mean)
+        packed = torch.cat([mean, var * n_local,
+                            torch.full((1,), float(n_local), dtype=mean.dtype, device=x.device)])
+        gathered = [torch.empty_like(packed) for _ in range(world_size)]
+        dist.all_gather(gathered, packed, group=process_group)
+        allst = torch.stack(gathered)                 # (world, 2C + 1), rank order
+        means, m2s, counts = allst[:, :C], allst[:, C:2 * C], allst[:, 2 * C:]
+        n = counts.sum()
+        n_total = int(n.item())
+        if n_total == 0:
+            raise ValueError("SyncBatchNorm: every process has an empty batch")
+        if n_total == 1:
+            raise ValueError("Expected more than 1 value per channel when training, got 1 "
+                             "value in total across processes")
+        g_mean = (counts * means).sum(0) / n
+        g_var = (m2s + counts * (means - g_mean) ** 2).sum(0) / n
+        if running_mean is not None or running_var is not None:
+            update_running_stats(running_mean, running_var, g_mean, g_var, n_total, momentum)
+        y = ops.bn_fwd_eval(x, g_mean, g_var, weight, bias, None, eps, "none", 0.0)
+        ctx.save_for_backward(x, weight, g_mean, g_var)
+        ctx.eps, ctx.n_total, ctx.pg, ctx.backend = eps, n_total, process_group, backend
+        ctx.has_bias = bias is not None
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        import torch.distributed as dist
+        x, w, mean, var = ctx.saved_tensors
+        ops = _OPS[ctx.backend]
+        sum_dz, sum_dzxh = ops.bn_bwd_reduce(gy, x, mean, var, None, ctx.eps, "none", 0.0)
+        dw = sum_dzxh.to(w.dtype) if w is not None and ctx.needs_input_grad[1] else None
+        db = sum_dz.to(ctx.bias_dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        both = torch.cat([sum_dz, sum_dzxh])
+        dist.all_reduce(both, dist.ReduceOp.SUM, group=ctx.pg)
+        C = x.size(1)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx, _ = ops.bn_bwd_elemt(gy, x, mean, var, w, None, both[:C], both[C:], ctx.eps,
+                                     1.0 / ctx.n_total, "none", 0.0, False)
+        return dx, dw, db, None, None, None, None, None, None, None
+
+
+def sync_batch_norm(input, running_mean, running_var, weight, bias, eps, momentum,
+                    process_group, world_size, backend: Optional[str] = None) -> torch.Tensor:
+    """Training-mode batch norm with statistics over all processes of the group."""
+    op = "sync_batch_norm"
+    _check_args(op, input, running_mean, running_var, weight, bias, None, "none", 0.0)
+    name = _dispatch.resolve(op, input.device, backend)
+    if name == "torch":
+        raise _dispatch.BackendUnavailable("pydl.sync_batch_norm: the torch reference is "
+                                           "torch.nn.SyncBatchNorm itself; use it directly")
+    return SyncBatchNormFunction.apply(input, weight, bias, running_mean, running_var,
+                                       float(eps), float(momentum), process_group, world_size,
+                                       name)

@@ -1,0 +1,640 @@
+"""Batch normalization: F.batch_norm / BatchNorm1d / BatchNorm2d / BatchNormAct2d /
+SyncBatchNorm on every backend x dtype x layout x config against the float64 oracle,
+running statistics over several steps, gradcheck, opcheck, torch.compile, the fused op
+vs the unfused torch sequence, a 2-process gloo SyncBatchNorm run, numerics (mean 1e4,
+std 1e-2), determinism, bad input.
+
+Run as a script (``python tests/test_batchnorm.py --sync-worker ...``) this file is
+also the worker of the 2-process SyncBatchNorm test.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as TF
+from torch import nn
+
+import pydl
+import pydl.functional as F
+from pydl.testing import check_against_torch, make_input
+from conftest import DTYPE_IDS, DTYPES, backend_params, interpreted
+
+LAYOUTS = ["contiguous", "channels_last", "noncontig"]
+
+
+def shapes_for(backend, device):
+    """(N, C, H, W) cases: C = 1, 3, 64, 513, odd spatial sizes, N = 1 with H*W > 1.
+    Tiny under the Triton interpreter."""
+    if interpreted(backend, device):
+        return [(3, 1, 3, 5), (1, 3, 3, 5), (2, 64, 1, 3), (2, 513, 1, 1)]
+    return [(5, 1, 7, 9), (4, 3, 13, 7), (1, 3, 11, 9), (3, 64, 5, 7), (2, 513, 3, 5)]
+
+
+def _param_dtype(dtype):
+    # float32 parameters and statistics for 16-bit input (what torch keeps under autocast)
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _running(C, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rm = (torch.randn(C, generator=g, dtype=torch.float64) * 0.5).to(device, _param_dtype(dtype))
+    rv = (torch.rand(C, generator=g, dtype=torch.float64) + 0.5).to(device, _param_dtype(dtype))
+    return rm, rv
+
+
+def _ref_stats(t, x):
+    """A running-stat tensor in the dtype torch wants next to x (float64 for the oracle)."""
+    return None if t is None else t.to(torch.float64 if x.dtype == torch.float64 else t.dtype).clone()
+
+
+# ------------------------------------------------------------------- functional matrix
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batch_norm_2d(backend, device, dtype, layout, training):
+    if interpreted(backend, device) and layout == "noncontig" and dtype != torch.float32:
+        pytest.skip("interpreted Triton: a strided input is copied to contiguous first, "
+                    "so float32 covers that path")
+    for k, shape in enumerate(shapes_for(backend, device)):
+        C = shape[1]
+        x = make_input(shape, dtype, device, layout, requires_grad=True, seed=k, scale=2.0) + 0.5
+        x = x.detach().requires_grad_()
+        w = make_input((C,), _param_dtype(dtype), device, requires_grad=True, seed=100 + k)
+        b = make_input((C,), _param_dtype(dtype), device, requires_grad=True, seed=200 + k)
+        rm, rv = _running(C, dtype, device, k)
+        ours_rm, ours_rv = rm.clone(), rv.clone()
+        out = check_against_torch(
+            lambda x, w, b: F.batch_norm(x, ours_rm, ours_rv, w, b, training, 0.1, 1e-5,
+                                         backend=backend),
+            lambda x, w, b: TF.batch_norm(x, _ref_stats(rm, x), _ref_stats(rv, x), w, b,
+                                          training, 0.1, 1e-5),
+            [x, w, b], seed=1000 + k, what=f"{shape}/{backend}/{layout}/train={training}")
+        if layout == "channels_last" and C > 1:
+            assert out.is_contiguous(memory_format=torch.channels_last)
+        # running statistics: updated in training (unbiased var), untouched in eval
+        ref_rm, ref_rv = rm.clone(), rv.clone()
+        TF.batch_norm(x.detach(), ref_rm, ref_rv, None, None, training, 0.1, 1e-5)
+        assert torch.allclose(ours_rm, ref_rm, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(ours_rv, ref_rv, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("flags", ["no_affine", "weight_only", "no_running_stats", "f16_params"])
+def test_flags(backend, device, dtype, flags):
+    """affine=False (no weight/bias), weight without bias, track_running_stats=False
+    (training without running stats), parameters in the input's own 16-bit dtype."""
+    shape = (3, 5, 3, 5) if interpreted(backend, device) else (4, 7, 9, 11)
+    C = shape[1]
+    x = make_input(shape, dtype, device, requires_grad=True, seed=3)
+    pd = dtype if flags == "f16_params" else _param_dtype(dtype)
+    w = make_input((C,), pd, device, requires_grad=True, seed=4)
+    b = make_input((C,), pd, device, requires_grad=True, seed=5)
+    rm, rv = _running(C, dtype, device)
+    rm, rv = rm.to(pd), rv.to(pd)
+    for training in (True, False):
+        if flags == "no_affine":
+            inputs, fw = [x], lambda x, w=None, b=None: (x, None, None)
+        elif flags == "weight_only":
+            inputs, fw = [x, w], lambda x, w, b=None: (x, w, None)
+        else:
+            inputs, fw = [x, w, b], lambda x, w, b: (x, w, b)
+        if flags == "no_running_stats":
+            if not training:
+                continue
+            rms = (None, None)
+        else:
+            rms = (rm, rv)
+
+        def ours(*a):
+            xx, ww, bb = fw(*a)
+            return F.batch_norm(xx, *[None if t is None else t.clone() for t in rms], ww, bb,
+                                training, backend=backend)
+
+        def theirs(*a):
+            xx, ww, bb = fw(*a)
+            return TF.batch_norm(xx, *[_ref_stats(t, xx) for t in rms], ww, bb, training)
+
+        check_against_torch(ours, theirs, inputs, what=f"{flags}/train={training}")
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("shape", [(7, 13), (5, 6, 11), (4, 3, 2, 3, 5)], ids=["NC", "NCL", "NCDHW"])
+def test_batch_norm_1d_3d(backend, device, dtype, shape):
+    """(N, C), (N, C, L) -- BatchNorm1d's inputs -- and 5-D input through the functional."""
+    C = shape[1]
+    for training in (True, False):
+        x = make_input(shape, dtype, device, requires_grad=True, seed=7)
+        w = make_input((C,), _param_dtype(dtype), device, requires_grad=True, seed=8)
+        b = make_input((C,), _param_dtype(dtype), device, requires_grad=True, seed=9)
+        rm, rv = _running(C, dtype, device)
+        check_against_torch(
+            lambda x, w, b: F.batch_norm(x, rm.clone(), rv.clone(), w, b, training,
+                                         backend=backend),
+            lambda x, w, b: TF.batch_norm(x, _ref_stats(rm, x), _ref_stats(rv, x), w, b,
+                                          training),
+            [x, w, b], what=f"{shape}/train={training}")
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_channels_last_3d(backend, device):
+    """5-D channels_last_3d input: walked channel-fastest, output in the same format."""
+    x = make_input((2, 5, 3, 2, 3), torch.float32, device, seed=61)
+    x = x.contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    w = make_input((5,), torch.float32, device, requires_grad=True, seed=62)
+    out = check_against_torch(lambda x, w: F.batch_norm(x, None, None, w, None, True, backend=backend),
+                              lambda x, w: TF.batch_norm(x, None, None, w, None, True), [x, w])
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_nan_propagates(backend, device):
+    """A NaN poisons its own channel's statistics (and so that channel), as in torch."""
+    x = make_input((3, 4, 3, 5), torch.float32, device, seed=63)
+    x[1, 2, 1, 1] = float("nan")
+    x.requires_grad_()
+    rm, rv = _running(4, torch.float32, device)
+    for training in (True, False):
+        out = check_against_torch(
+            lambda x: F.batch_norm(x, rm.clone(), rv.clone(), None, None, training, backend=backend),
+            lambda x: TF.batch_norm(x, _ref_stats(rm, x), _ref_stats(rv, x), None, None, training),
+            [x], backward=False)
+        assert out[:, 2].isnan().all() == training and out[:, (0, 1, 3)].isfinite().all()
+
+
+# ------------------------------------------------------------------------- modules
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("momentum", [0.1, 0.3, None], ids=["m0.1", "m0.3", "cma"])
+def test_running_stats_over_steps(backend, device, momentum):
+    """Several training steps (different batch sizes) then eval: running_mean,
+    running_var, num_batches_tracked and the eval output as torch's."""
+    C = 5
+    ours = pydl.nn.BatchNorm2d(C, momentum=momentum, backend=backend).to(device)
+    ref = nn.BatchNorm2d(C, momentum=momentum).to(device)
+    sizes = [(3, C, 3, 5), (2, C, 5, 3), (4, C, 3, 3), (2, C, 1, 3)]
+    for step, shape in enumerate(sizes):
+        x = make_input(shape, torch.float32, device, seed=step, scale=1.0 + step) + step
+        assert torch.allclose(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(ours.num_batches_tracked, ref.num_batches_tracked)
+    assert torch.allclose(ours.running_mean, ref.running_mean, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(ours.running_var, ref.running_var, rtol=1e-5, atol=1e-6)
+    ours.eval(), ref.eval()
+    x = make_input((2, C, 3, 3), torch.float32, device, seed=9)
+    assert torch.allclose(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_modules_are_drop_ins():
+    for ours_cls, ref_cls, shape in [(pydl.nn.BatchNorm1d, nn.BatchNorm1d, (6, 4, 5)),
+                                     (pydl.nn.BatchNorm2d, nn.BatchNorm2d, (3, 4, 5, 3))]:
+        for kw in [{}, {"affine": False}, {"track_running_stats": False}, {"momentum": None},
+                   {"bias": False}, {"eps": 1e-3, "momentum": 0.2}]:
+            a, b = ours_cls(4, **kw), ref_cls(4, **kw)
+            assert isinstance(a, ref_cls)
+            assert repr(a) == repr(b)
+            assert a.state_dict().keys() == b.state_dict().keys()
+            assert [n for n, _ in a.named_buffers()] == [n for n, _ in b.named_buffers()]
+            b.load_state_dict(a.state_dict())  # and back
+            a.load_state_dict(b.state_dict())
+            x = make_input(shape, torch.float32, seed=1)
+            for mode in (True, False):
+                a.train(mode), b.train(mode)
+                assert torch.allclose(a(x), b(x), rtol=1e-5, atol=1e-5), (kw, mode)
+    # a BatchNorm2d checkpoint loads into the fused module (same keys)
+    bn = nn.BatchNorm2d(6)
+    bn.running_mean.uniform_(-1, 1)
+    fused = pydl.nn.BatchNormAct2d(6, act="relu")
+    fused.load_state_dict(bn.state_dict())
+    assert fused.state_dict().keys() == bn.state_dict().keys()
+    assert torch.equal(fused.running_mean, bn.running_mean)
+    assert "act=relu" in repr(fused)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_track_running_stats_false_eval_uses_batch_stats(backend, device):
+    ours = pydl.nn.BatchNorm2d(3, track_running_stats=False, backend=backend).to(device).eval()
+    ref = nn.BatchNorm2d(3, track_running_stats=False).to(device).eval()
+    x = make_input((4, 3, 3, 5), torch.float32, device) * 3 + 1
+    assert torch.allclose(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_empty_batch(backend, device):
+    """Empty batch as torch: empty output, running stats untouched (the step still
+    counts), zero parameter gradients."""
+    for training in (True, False):
+        ours = pydl.nn.BatchNorm2d(3, backend=backend).to(device).train(training)
+        ref = nn.BatchNorm2d(3).to(device).train(training)
+        x = torch.zeros((0, 3, 4, 5), device=device, requires_grad=True)
+        y = ours(x)
+        y_ref = ref(x)
+        assert y.shape == y_ref.shape
+        y.sum().backward()
+        assert x.grad.shape == x.shape
+        assert torch.equal(ours.weight.grad, torch.zeros(3, device=device))
+        assert torch.equal(ours.bias.grad, torch.zeros(3, device=device))
+        assert torch.equal(ours.running_mean, ref.running_mean)
+        assert torch.equal(ours.running_var, ref.running_var)
+        assert torch.equal(ours.num_batches_tracked, ref.num_batches_tracked)
+
+
+# ------------------------------------------------------------------- fused BN + act
+FUSED = [("relu", 0.0), ("leaky_relu", 0.1), ("none", 0.0)]
+
+
+def _unfused(x, rm, rv, w, b, r, training, act, alpha):
+    y = TF.batch_norm(x, rm, rv, w, b, training)
+    if r is not None:
+        y = y + r
+    return TF.relu(y) if act == "relu" else TF.leaky_relu(y, alpha) if act == "leaky_relu" else y
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["f32", "bf16", "f64"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("act,alpha", FUSED, ids=[a for a, _ in FUSED])
+@pytest.mark.parametrize("with_residual", [True, False], ids=["res", "nores"])
+def test_batch_norm_act(backend, device, dtype, layout, act, alpha, with_residual):
+    shape = (2, 3, 3, 5) if interpreted(backend, device) else (4, 6, 7, 9)
+    C = shape[1]
+    for training in (True, False):
+        x = make_input(shape, dtype, device, layout, requires_grad=True, seed=11)
+        w = make_input((C,), _param_dtype(dtype), device, requires_grad=True, seed=12)
+        b = make_input((C,), _param_dtype(dtype), device, requires_grad=True, seed=13)
+        r = make_input(shape, dtype, device, layout, requires_grad=True, seed=14)
+        rm, rv = _running(C, dtype, device)
+        inputs = [x, w, b] + ([r] if with_residual else [])
+        check_against_torch(
+            lambda x, w, b, r=None: F.batch_norm_act(x, rm.clone(), rv.clone(), w, b, training,
+                                                     residual=r, act=act, negative_slope=alpha,
+                                                     backend=backend),
+            lambda x, w, b, r=None: _unfused(x, _ref_stats(rm, x), _ref_stats(rv, x), w, b, r,
+                                             training, act, alpha),
+            inputs, what=f"{act}/res={with_residual}/train={training}")
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_unaligned_operands(backend, device):
+    """Operands that start one element into their storage (not 16-byte aligned): the
+    CUDA kernels must leave their vector path for these."""
+    shape = (2, 3, 4, 4) if interpreted(backend, device) else (4, 6, 8, 8)
+    n = 1
+    for s_ in shape:
+        n *= s_
+
+    def shifted(seed):
+        base = make_input((n + 1,), torch.float32, device, seed=seed)
+        return base[1:].view(shape).detach().requires_grad_()
+
+    x, r = shifted(51), shifted(52)
+    w = make_input((shape[1],), torch.float32, device, requires_grad=True, seed=53)
+    check_against_torch(
+        lambda x, w, r: F.batch_norm_act(x, None, None, w, None, True, residual=r, act="relu",
+                                         backend=backend),
+        lambda x, w, r: _unfused(x, None, None, w, None, r, True, "relu", 0.0),
+        [x, w, r], seed=54)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_batch_norm_act_module(backend, device):
+    """BatchNormAct2d(x, residual) == relu(BatchNorm2d(x) + residual): outputs, every
+    gradient, running statistics, over two steps."""
+    torch.manual_seed(0)
+    ours = pydl.nn.BatchNormAct2d(4, act="relu", backend=backend).to(device)
+    ref = nn.BatchNorm2d(4).to(device)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5), ref.bias.uniform_(-0.5, 0.5)
+    ours.load_state_dict(ref.state_dict())
+    for step in range(2):
+        x = make_input((3, 4, 3, 5), torch.float32, device, seed=step, requires_grad=True)
+        r = make_input((3, 4, 3, 5), torch.float32, device, seed=10 + step, requires_grad=True)
+        x2, r2 = x.detach().clone().requires_grad_(), r.detach().clone().requires_grad_()
+        y, y_ref = ours(x, r), TF.relu(ref(x2) + r2)
+        assert torch.allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+        g = make_input(y.shape, torch.float32, device, seed=20)
+        y.backward(g), y_ref.backward(g)
+        for a, c in [(x.grad, x2.grad), (r.grad, r2.grad), (ours.weight.grad, ref.weight.grad),
+                     (ours.bias.grad, ref.bias.grad)]:
+            assert torch.allclose(a, c, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(ours.running_mean, ref.running_mean, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(ours.running_var, ref.running_var, rtol=1e-5, atol=1e-6)
+    # act=None is plain batch norm (+ residual)
+    plain = pydl.nn.BatchNormAct2d(4, act=None, backend=backend).to(device).eval()
+    x = make_input((2, 4, 3, 3), torch.float32, device)
+    assert torch.allclose(plain(x), nn.BatchNorm2d(4).to(device).eval()(x), atol=1e-6)
+
+
+# ----------------------------------------------------------------------- numerics
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_large_mean_small_std(backend, device, layout):
+    """mean 1e4, std 1e-2 in float32: Welford / Chan keep the variance that
+    E[x^2] - E[x]^2 would cancel away; as accurate as torch (2x its error)."""
+    shape = (4, 3, 5, 7) if interpreted(backend, device) else (16, 3, 33, 31)
+    x = (make_input(shape, torch.float64, device, layout, seed=21) * 1e-2 + 1e4).float()
+    x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+    x.requires_grad_()
+    out = check_against_torch(lambda x: F.batch_norm(x, None, None, training=True, backend=backend),
+                              lambda x: TF.batch_norm(x, None, None, training=True), [x])
+    assert out.std() > 0.9  # actually normalized, not collapsed to 0
+    mean, var = _ops(backend).bn_stats(x.detach())
+    ref = x.detach().double().transpose(0, 1).reshape(3, -1)
+    assert torch.allclose(var.double(), ref.var(1, unbiased=False), rtol=1e-3)
+
+
+def _ops(backend):
+    return torch.ops.pydl_triton if backend == "triton" else torch.ops.pydl
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_deterministic(backend, device):
+    """Fixed-order reductions: the same bits on every run."""
+    shape = (3, 2, 5, 7) if interpreted(backend, device) else (64, 3, 31, 29)
+    ops = _ops(backend)
+    for layout in ("contiguous", "channels_last"):
+        x = make_input(shape, torch.float32, device, layout, seed=5) * 3 + 2
+        g = make_input(shape, torch.float32, device, layout, seed=6)
+        runs = []
+        for _ in range(3):
+            mean, var = ops.bn_stats(x)
+            s1, s2 = ops.bn_bwd_reduce(g, x, mean, var, None, 1e-5, "none", 0.0)
+            runs.append(torch.cat([mean, var, s1, s2]))
+        assert all(torch.equal(runs[0], r) for r in runs[1:])
+
+
+# ---------------------------------------------------------------- GPU-sized shapes
+GPU_PARAMS = [p for p in backend_params() if p.values[1] == "cuda"]
+
+
+@pytest.mark.parametrize("backend,device", GPU_PARAMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(32, 3, 64, 64), (8, 64, 56, 56), (64, 2048, 7, 7), (4096, 513)],
+                         ids=["C3", "C64", "C2048", "NC"])
+def test_gpu_shapes(backend, device, dtype, layout, shape):
+    """Real network sizes on the GPU: each channel split across many blocks / programs."""
+    if layout == "channels_last" and len(shape) != 4:
+        pytest.skip("channels_last is 4-D")
+    C = shape[1]
+    for training in (True, False):
+        x = make_input(shape, dtype, device, layout, requires_grad=True, seed=41) * 2 + 3
+        x = x.detach().requires_grad_()
+        w = make_input((C,), torch.float32, device, requires_grad=True, seed=42)
+        b = make_input((C,), torch.float32, device, requires_grad=True, seed=43)
+        r = make_input(shape, dtype, device, layout, requires_grad=True, seed=44)
+        rm, rv = _running(C, dtype, device)
+        check_against_torch(
+            lambda x, w, b, r: F.batch_norm_act(x, rm.clone(), rv.clone(), w, b, training,
+                                                residual=r, act="relu", backend=backend),
+            lambda x, w, b, r: _unfused(x, _ref_stats(rm, x), _ref_stats(rv, x), w, b, r,
+                                        training, "relu", 0.0),
+            [x, w, b, r], seed=45, what=f"{shape}/{layout}/train={training}")
+
+
+@pytest.mark.parametrize("backend,device", GPU_PARAMS)
+def test_gpu_more_than_2_31_elements(backend, device):
+    """64-bit indexing: a float16 input of 2^31 + 2^27 elements (4.3 GB)."""
+    free, _ = torch.cuda.mem_get_info()
+    if free < 24 * 2**30:
+        pytest.skip("needs ~24 GB of free GPU memory")
+    shape = (68, 4, 2**13, 2**10)  # 2.28e9 elements; channel 3 ends past 2^31
+    x = torch.empty(shape, dtype=torch.float16, device=device)
+    x.normal_(0, 1, generator=torch.Generator(device).manual_seed(0))
+    x[:, 3].add_(5.0)
+    mean, var = _ops(backend).bn_stats(x)
+    ref_mean = torch.stack([x[:, c].float().mean(dtype=torch.float64).float() for c in range(4)])
+    assert torch.allclose(mean, ref_mean, atol=2e-3)
+    assert torch.allclose(var, torch.ones_like(var), atol=1e-2)
+    y = F.batch_norm(x, None, None, training=True, backend=backend)
+    tail = y[-1, 3, -1]  # the last row of the last channel, past 2^31
+    ref_tail = ((x[-1, 3, -1].float() - mean[3]) / torch.sqrt(var[3] + 1e-5)).half()
+    assert torch.allclose(tail, ref_tail, atol=1e-2)
+    del y
+
+
+# ---------------------------------------------------------- gradcheck / opcheck / compile
+GRADCHECK = [(t, a, l) for t in (True, False) for a in ("none", "relu")
+             for l in ("contiguous", "channels_last")]
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[1] == "cpu"])
+@pytest.mark.parametrize("training,act,layout", GRADCHECK,
+                         ids=[f"{'train' if t else 'eval'}-{a}-{l}" for t, a, l in GRADCHECK])
+def test_gradcheck(backend, device, training, act, layout):
+    if interpreted(backend, device) and (act == "relu") == (layout == "contiguous"):
+        pytest.skip("interpreted Triton: half of the matrix keeps the run short")
+    shape = (3, 2, 2, 2) if interpreted(backend, device) else (3, 2, 3, 2)
+    x = make_input(shape, torch.float64, device, layout, requires_grad=True, seed=31)
+    w = make_input((2,), torch.float64, device, requires_grad=True, seed=32)
+    b = make_input((2,), torch.float64, device, requires_grad=True, seed=33)
+    r = make_input(shape, torch.float64, device, layout, requires_grad=True, seed=34)
+    rm, rv = _running(2, torch.float64, device)
+
+    def fn(x, w, b, r):
+        return F.batch_norm_act(x, rm.clone(), rv.clone(), w, b, training, residual=r, act=act,
+                                backend=backend)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b, r), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck(backend, device, layout):
+    ops = _ops(backend)
+    x = make_input((3, 4, 3, 2), torch.float32, device, layout, requires_grad=True)
+    w = make_input((4,), torch.float32, device, requires_grad=True, seed=1)
+    b = make_input((4,), torch.float32, device, requires_grad=True, seed=2)
+    r = make_input((3, 4, 3, 2), torch.float32, device, layout, requires_grad=True, seed=3)
+    g = make_input((3, 4, 3, 2), torch.float32, device, layout, seed=4)
+    mean, var = ops.bn_stats(x.detach())
+    y = ops.bn_fwd_eval(x.detach(), mean, var, w.detach(), b.detach(), None, 1e-5, "relu", 0.0)
+    torch.library.opcheck(ops.bn_stats.default, (x.detach(),))
+    torch.library.opcheck(ops.bn_fwd_train.default, (x, w, b, r, 1e-5, "relu", 0.0))
+    torch.library.opcheck(ops.bn_fwd_train.default, (x, None, None, None, 1e-3, "none", 0.0))
+    torch.library.opcheck(ops.bn_fwd_eval.default, (x, mean, var, w, b, r, 1e-5, "leaky_relu", 0.1))
+    torch.library.opcheck(ops.bn_bwd_reduce.default, (g, x.detach(), mean, var, y, 1e-5, "relu", 0.0))
+    s1, s2 = ops.bn_bwd_reduce(g, x.detach(), mean, var, y, 1e-5, "relu", 0.0)
+    torch.library.opcheck(ops.bn_bwd_elemt.default,
+                          (g, x.detach(), mean, var, w.detach(), y, s1, s2, 1e-5, 1 / 18, "relu",
+                           0.0, True))
+    torch.library.opcheck(ops.bn_bwd_elemt.default,
+                          (g, x.detach(), mean, var, None, None, None, None, 1e-5, 0.0, "none",
+                           0.0, False))
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_compile_fullgraph(backend, device):
+    torch.manual_seed(0)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn1 = pydl.nn.BatchNorm2d(4, backend=backend)
+            self.bn2 = pydl.nn.BatchNormAct2d(4, act="relu", backend=backend)
+
+        def forward(self, x):
+            return self.bn2(self.bn1(x) * 2.0, x)
+
+    eager = Block().to(device)
+    comp_mod = Block().to(device)
+    comp_mod.load_state_dict(eager.state_dict())
+    torch._dynamo.reset()
+    compiled = torch.compile(comp_mod, fullgraph=True,
+                             backend="aot_eager" if interpreted(backend, device) else "inductor")
+    x = make_input((3, 4, 3, 5), torch.float32, device, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    y, y2 = eager(x), compiled(x2)
+    assert torch.equal(y, y2)
+    g = make_input(y.shape, torch.float32, device, seed=9)
+    y.backward(g), y2.backward(g)
+    assert torch.equal(x.grad, x2.grad)
+    for (n, p), (_, p2) in zip(eager.named_parameters(), comp_mod.named_parameters()):
+        assert torch.equal(p.grad, p2.grad), n
+    for (n, t), (_, t2) in zip(eager.named_buffers(), comp_mod.named_buffers()):
+        assert torch.allclose(t.float(), t2.float(), rtol=1e-6, atol=1e-7), n
+
+
+# ------------------------------------------------------------------------ SyncBatchNorm
+def _sync_worker(rank, world, init_file, outdir, backend):
+    """One process of the SyncBatchNorm test: its slice of the batch through
+    SyncBatchNorm (forward + backward, two steps), results saved for the parent."""
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        full = torch.load(os.path.join(outdir, "inputs.pt"))
+        bn = pydl.nn.SyncBatchNorm(5, momentum=0.3, backend=backend)
+        bn.load_state_dict(full["state"])
+        out = {}
+        for step in range(2):
+            lo, hi = full["splits"][rank]
+            x = full["x"][step][lo:hi].clone().requires_grad_()
+            g = full["g"][step][lo:hi]
+            y = bn(x)
+            y.backward(g)
+            out[f"y{step}"], out[f"dx{step}"] = y.detach(), x.grad
+        out["dw"], out["db"] = bn.weight.grad, bn.bias.grad
+        out["running_mean"], out["running_var"] = bn.running_mean, bn.running_var
+        out["num_batches_tracked"] = bn.num_batches_tracked
+        torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[1] == "cpu"])
+def test_sync_batchnorm_two_processes(backend, device, tmp_path):
+    """2 gloo processes holding unequal parts of the batch (3 and 4 samples) ==
+    BatchNorm2d on the whole batch: output, input gradient, parameter gradients (summed
+    over processes: each holds its local part, as with torch's SyncBatchNorm), running
+    statistics."""
+    torch.manual_seed(0)
+    ref = nn.BatchNorm2d(5, momentum=0.3)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5), ref.bias.uniform_(-0.5, 0.5)
+    xs = [make_input((7, 5, 3, 4), torch.float32, seed=s) * 2 + 1 for s in (1, 2)]
+    gs = [make_input((7, 5, 3, 4), torch.float32, seed=s) for s in (3, 4)]
+    splits = [(0, 3), (3, 7)]
+    torch.save({"x": xs, "g": gs, "splits": splits, "state": ref.state_dict()},
+               tmp_path / "inputs.pt")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--sync-worker", str(r),
+                               "2", str(tmp_path / "store"), str(tmp_path), backend],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for r in range(2)]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=180)[0].decode(errors="replace"))
+    finally:
+        for p in procs:  # never leave a worker hanging
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, f"worker failed:\n{log[-3000:]}"
+    res = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for step in range(2):
+        x = xs[step].clone().requires_grad_()
+        y = ref(x)
+        y.backward(gs[step])
+        assert torch.allclose(torch.cat([r[f"y{step}"] for r in res]), y, rtol=1e-5, atol=1e-5)
+        assert torch.allclose(torch.cat([r[f"dx{step}"] for r in res]), x.grad, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(res[0]["dw"] + res[1]["dw"], ref.weight.grad, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(res[0]["db"] + res[1]["db"], ref.bias.grad, rtol=1e-4, atol=1e-4)
+    for r in res:
+        assert torch.allclose(r["running_mean"], ref.running_mean, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(r["running_var"], ref.running_var, rtol=1e-5, atol=1e-6)
+        assert torch.equal(r["num_batches_tracked"], ref.num_batches_tracked)
+
+
+def test_sync_batchnorm_single_process_and_convert():
+    """Without an initialized process group SyncBatchNorm is BatchNorm; convert_sync_batchnorm
+    swaps every BatchNorm*D (sharing parameters and buffers), like torch's."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Sequential(pydl.nn.BatchNorm2d(4)), pydl.nn.BatchNormAct2d(4))
+    w = model[1].weight
+    conv = pydl.nn.SyncBatchNorm.convert_sync_batchnorm(model, backend="cpu")
+    assert type(conv[1]) is pydl.nn.SyncBatchNorm and type(conv[3][0]) is pydl.nn.SyncBatchNorm
+    assert isinstance(conv[1], nn.SyncBatchNorm)
+    assert conv[1].weight is w
+    assert type(conv[4]) is pydl.nn.BatchNormAct2d  # its activation cannot move to SyncBatchNorm
+    ours, ref = pydl.nn.SyncBatchNorm(4), nn.BatchNorm2d(4)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    x = make_input((3, 4, 3, 5), torch.float32)
+    assert torch.allclose(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(ours.running_var, ref.running_var, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------- bad input
+def test_bad_input():
+    x = torch.randn(4, 3, 5, 5)
+    with pytest.raises(ValueError, match="expected 4D input"):
+        pydl.nn.BatchNorm2d(3)(torch.randn(4, 3, 5))
+    with pytest.raises(ValueError, match="expected 2D or 3D input"):
+        pydl.nn.BatchNorm1d(3)(x)
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        F.batch_norm(torch.randn(5), None, None, training=True)
+    # wrong channel count: the buffers/parameters do not match input.size(1)
+    with pytest.raises(RuntimeError, match="running_mean should contain 4 elements"):
+        pydl.nn.BatchNorm2d(3)(torch.randn(2, 4, 3, 3))
+    with pytest.raises(RuntimeError, match="weight should contain 3 elements"):
+        F.batch_norm(x, None, None, torch.ones(4), None, training=True)
+    with pytest.raises(RuntimeError, match="running_var should contain 3 elements"):
+        F.batch_norm(x, torch.zeros(3), torch.ones(3, 1), training=False)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        pydl.nn.BatchNorm2d(3)(torch.randn(1, 3, 1, 1))
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        pydl.nn.BatchNorm1d(3)(torch.randn(1, 3))
+    with pytest.raises(RuntimeError, match="must be defined in evaluation mode"):
+        F.batch_norm(x, None, None, training=False)
+    with pytest.raises(TypeError, match="input must be float32"):
+        F.batch_norm(torch.ones(4, 3, dtype=torch.int64), None, None, training=True)
+    with pytest.raises(ValueError, match="residual must match"):
+        F.batch_norm_act(x, None, None, training=True, residual=torch.randn(4, 3, 5, 4))
+    with pytest.raises(ValueError, match="act must be one of"):
+        F.batch_norm_act(x, None, None, training=True, act="gelu")
+    with pytest.raises(ValueError, match="negative_slope must be >= 0"):
+        F.batch_norm_act(x, None, None, training=True, act="leaky_relu", negative_slope=-0.1)
+    with pytest.raises(ValueError, match="act must be"):
+        pydl.nn.BatchNormAct2d(3, act="tanh")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        F.batch_norm(x, None, None, training=True, backend="cudnn")
+    # the C++ ops check their arguments too, for direct torch.ops calls
+    with pytest.raises(RuntimeError, match="running_mean must have shape"):
+        torch.ops.pydl.bn_fwd_eval(x, torch.zeros(4), torch.ones(3), None, None, None, 1e-5,
+                                   "none", 0.0)
+    with pytest.raises(RuntimeError, match="unknown activation"):
+        torch.ops.pydl.bn_fwd_train(x, None, None, None, 1e-5, "gelu", 0.0)
+    with pytest.raises(RuntimeError, match="at least 2 dimensions"):
+        torch.ops.pydl.bn_stats(torch.randn(5))
+    with pytest.raises(RuntimeError, match="residual and input must have the same shape"):
+        torch.ops.pydl.bn_fwd_train(x, None, None, torch.randn(4, 3, 5, 4), 1e-5, "none", 0.0)
+
+
+if __name__ == "__main__" and len(sys.argv) >= 2 and sys.argv[1] == "--sync-worker":
+    _sync_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])
