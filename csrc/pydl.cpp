@@ -22,6 +22,26 @@ TORCH_LIBRARY(pydl, m) {
   m.def("act_fwd(Tensor x, str act, float alpha) -> Tensor");
   m.def("act_fwd_(Tensor(a!) x, str act, float alpha) -> ()");
   m.def("act_bwd(Tensor grad, Tensor saved, str act, float alpha, bool is_result) -> Tensor");
+
+  m.set_python_module("pydl.ops.pool");
+  // 4-D input (N, C, H, W), NCHW or channels_last; outputs in the input's memory format
+  // (torch's suggest_memory_format), backward outputs in the format named by
+  // channels_last. Output sizes and argument validity are settled in pydl/ops/pool.py.
+  // indices: int64 flat h*W + w into the input plane (an empty tensor when
+  // with_indices is false); divisor_override 0 means none.
+  m.def("max_pool2d_fwd(Tensor x, int[2] kernel, int[2] stride, int[2] padding, int[2] dilation, "
+        "int[2] out_size, bool with_indices) -> (Tensor, Tensor)");
+  m.def("max_pool2d_bwd(Tensor grad, Tensor indices, int[2] input_size, int[2] kernel, "
+        "int[2] stride, int[2] padding, int[2] dilation, bool channels_last) -> Tensor");
+  m.def("avg_pool2d_fwd(Tensor x, int[2] kernel, int[2] stride, int[2] padding, int[2] out_size, "
+        "bool count_include_pad, int divisor_override) -> Tensor");
+  m.def("avg_pool2d_bwd(Tensor grad, int[2] input_size, int[2] kernel, int[2] stride, "
+        "int[2] padding, bool count_include_pad, int divisor_override, bool channels_last) -> Tensor");
+  m.def("adaptive_avg_pool2d_fwd(Tensor x, int[2] out_size) -> Tensor");
+  m.def("adaptive_avg_pool2d_bwd(Tensor grad, int[2] input_size, bool channels_last) -> Tensor");
+  m.def("adaptive_max_pool2d_fwd(Tensor x, int[2] out_size, bool with_indices) -> (Tensor, Tensor)");
+  m.def("adaptive_max_pool2d_bwd(Tensor grad, Tensor indices, int[2] input_size, "
+        "bool channels_last) -> Tensor");
 }
 
 namespace {

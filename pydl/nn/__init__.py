@@ -6,5 +6,7 @@ kernels. Each also accepts a keyword-only ``backend=`` (None: follow
 ``pydl.backend(...)`` / PYDL_BACKEND / auto).
 """
 from .activation import ELU, LeakyReLU, ReLU, Sigmoid, Tanh  # noqa: F401
+from .pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d  # noqa: F401
 
-__all__ = ["ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh"]
+__all__ = ["ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh",
+           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d"]
