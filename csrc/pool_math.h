@@ -37,6 +37,19 @@
 
 namespace pydl {
 
+// Which pooling a kernel computes (the CUDA launchers take it as a plain enum).
+enum class PoolMode : int { Max = 0, Avg = 1, AdaptiveAvg = 2, AdaptiveMax = 3 };
+
+// Everything a pooling kernel needs about its sizes and window, plain data (no torch
+// headers): the CUDA launchers take it by value. Sizes are N, C, input IH x IW,
+// output OH x OW; kernel/stride/padding/dilation per axis (unused for adaptive).
+struct PoolParams {
+  int64_t N, C, IH, IW, OH, OW;
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+  bool count_include_pad;
+  int64_t divisor_override;  // 0: none
+};
+
 PYDL_HD int64_t pool_min(int64_t a, int64_t b) { return a < b ? a : b; }
 PYDL_HD int64_t pool_max(int64_t a, int64_t b) { return a > b ? a : b; }
 
