@@ -118,6 +118,11 @@ struct AdaptiveDivisor {
   }
 };
 
+// Max pooling divides by nothing; the kernels take a divisor functor uniformly.
+struct NoDivisor {
+  PYDL_HD int64_t operator()(int64_t, int64_t) const { return 1; }
+};
+
 // The max-pool comparison, torch's: a later element replaces the running maximum when
 // it is larger or NaN (so NaN propagates, and its index is that of the last NaN in
 // window order); ties keep the first.

@@ -188,10 +188,6 @@ void pool_bwd(const T* g, const int64_t* ind, T* dx, const Dims& d, bool cl, con
   });
 }
 
-struct NoDiv {
-  int64_t operator()(int64_t, int64_t) const { return 1; }
-};
-
 // ------------------------------------------------------------------------ torch glue
 void check_pair(at::IntArrayRef v, const char* name, int64_t min_value) {
   PYDL_CHECK(v.size() == 2, name, " must have 2 elements, got ", v.size());
@@ -261,10 +257,10 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd(const at::Tensor& x_in, at::In
     using T = decltype(tag);
     if (with_indices)
       pool_fwd<T, true, true>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(),
-                              ind.mutable_data_ptr<int64_t>(), d, cl, ah, aw, NoDiv{});
+                              ind.mutable_data_ptr<int64_t>(), d, cl, ah, aw, NoDivisor{});
     else
       pool_fwd<T, true, false>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(), nullptr, d, cl,
-                               ah, aw, NoDiv{});
+                               ah, aw, NoDivisor{});
   });
   return {y, ind};
 }
@@ -281,7 +277,7 @@ at::Tensor max_bwd_common(const at::Tensor& grad_in, const at::Tensor& ind_in,
   dispatch_float(g.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     pool_bwd<T, true>(g.const_data_ptr<T>(), ind.const_data_ptr<int64_t>(),
-                      dx.mutable_data_ptr<T>(), d, cl, ah, aw, NoDiv{});
+                      dx.mutable_data_ptr<T>(), d, cl, ah, aw, NoDivisor{});
   });
   return dx;
 }
@@ -392,10 +388,10 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_fwd(const at::Tensor& x_i
     using T = decltype(tag);
     if (with_indices)
       pool_fwd<T, true, true>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(),
-                              ind.mutable_data_ptr<int64_t>(), d, cl, ah, aw, NoDiv{});
+                              ind.mutable_data_ptr<int64_t>(), d, cl, ah, aw, NoDivisor{});
     else
       pool_fwd<T, true, false>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(), nullptr, d, cl,
-                               ah, aw, NoDiv{});
+                               ah, aw, NoDivisor{});
   });
   return {y, ind};
 }
