@@ -93,6 +93,48 @@ def test_adaptive_max_pool2d(backend, device, dtype, layout, size):
                         lambda t: TF.adaptive_max_pool2d(t, size), [x], what=f"amax/{backend}")
 
 
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=["f32", "f16", "f64"])
+def test_channels_last_vector_path(backend, device, dtype):
+    """C a multiple of 16: the CUDA NHWC kernels move 16 bytes of channels per load (the
+    other tests use odd C, which takes the one-channel path); global average pooling too."""
+    C = 16 if interpreted(backend, device) else 128
+    x = make_input((2, C, 9, 7), dtype, device, "channels_last", requires_grad=True, seed=13)
+    for what, fn, tfn in [
+        ("max", lambda t: F.max_pool2d(t, 3, 2, 1, backend=backend), lambda t: TF.max_pool2d(t, 3, 2, 1)),
+        ("avg", lambda t: F.avg_pool2d(t, 3, 2, 1, True, False, backend=backend),
+         lambda t: TF.avg_pool2d(t, 3, 2, 1, True, False)),
+        ("aavg", lambda t: F.adaptive_avg_pool2d(t, (4, 3), backend=backend),
+         lambda t: TF.adaptive_avg_pool2d(t, (4, 3))),
+        ("global", lambda t: F.adaptive_avg_pool2d(t, 1, backend=backend),
+         lambda t: TF.adaptive_avg_pool2d(t, 1)),
+        ("amax", lambda t: F.adaptive_max_pool2d(t, (4, 3), backend=backend),
+         lambda t: TF.adaptive_max_pool2d(t, (4, 3))),
+    ]:
+        check_against_torch(fn, tfn, [x], what=f"{what}/{backend} channels_last C={C}")
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[1] == "cuda"])
+def test_more_than_2_31_elements(backend, device):
+    """64-bit indexing: an input of 2^31 + 2^21 float16 elements (4.3 GB)."""
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
+        pytest.skip("needs a GPU with >= 24 GiB")
+    x = torch.randn((1, 2, 32768, 32800), device=device, dtype=torch.float16)
+    assert x.numel() > 2**31
+    y, ind = F.max_pool2d(x, 2, return_indices=True, backend=backend)
+    yt, indt = TF.max_pool2d(x, 2, return_indices=True)
+    assert torch.equal(y, yt) and torch.equal(ind, indt)
+    del indt, yt
+    g = torch.ones_like(y)
+    x.requires_grad_()
+    (dx,) = torch.autograd.grad(F.max_pool2d(x, 2, backend=backend), x, g)
+    # k = s = 2: windows do not overlap, so each window's 1 lands on exactly one element
+    assert dx.dtype == x.dtype and int((dx == 1).sum()) == int((dx != 0).sum()) == y.numel()
+    del dx
+    ga = F.adaptive_avg_pool2d(x.detach(), 1, backend=backend)
+    assert torch.allclose(ga.float(), x.detach().float().mean((-1, -2), keepdim=True), atol=1e-3)
+
+
 # ----------------------------------------------------------------------------- indices
 @pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
