@@ -28,19 +28,20 @@ TORCH_LIBRARY(pydl, m) {
   // (torch's suggest_memory_format), backward outputs in the format named by
   // channels_last. Output sizes and argument validity are settled in pydl/ops/pool.py.
   // indices: int64 flat h*W + w into the input plane (an empty tensor when
-  // with_indices is false); divisor_override 0 means none.
+  // with_indices is false); divisor_override 0 means none. Sizes that follow the
+  // input's shape are SymInt, so torch.compile(dynamic=True) keeps H and W symbolic.
   m.def("max_pool2d_fwd(Tensor x, int[2] kernel, int[2] stride, int[2] padding, int[2] dilation, "
-        "int[2] out_size, bool with_indices) -> (Tensor, Tensor)");
-  m.def("max_pool2d_bwd(Tensor grad, Tensor indices, int[2] input_size, int[2] kernel, "
+        "SymInt[2] out_size, bool with_indices) -> (Tensor, Tensor)");
+  m.def("max_pool2d_bwd(Tensor grad, Tensor indices, SymInt[2] input_size, int[2] kernel, "
         "int[2] stride, int[2] padding, int[2] dilation, bool channels_last) -> Tensor");
-  m.def("avg_pool2d_fwd(Tensor x, int[2] kernel, int[2] stride, int[2] padding, int[2] out_size, "
+  m.def("avg_pool2d_fwd(Tensor x, int[2] kernel, int[2] stride, int[2] padding, SymInt[2] out_size, "
         "bool count_include_pad, int divisor_override) -> Tensor");
-  m.def("avg_pool2d_bwd(Tensor grad, int[2] input_size, int[2] kernel, int[2] stride, "
+  m.def("avg_pool2d_bwd(Tensor grad, SymInt[2] input_size, int[2] kernel, int[2] stride, "
         "int[2] padding, bool count_include_pad, int divisor_override, bool channels_last) -> Tensor");
-  m.def("adaptive_avg_pool2d_fwd(Tensor x, int[2] out_size) -> Tensor");
-  m.def("adaptive_avg_pool2d_bwd(Tensor grad, int[2] input_size, bool channels_last) -> Tensor");
-  m.def("adaptive_max_pool2d_fwd(Tensor x, int[2] out_size, bool with_indices) -> (Tensor, Tensor)");
-  m.def("adaptive_max_pool2d_bwd(Tensor grad, Tensor indices, int[2] input_size, "
+  m.def("adaptive_avg_pool2d_fwd(Tensor x, SymInt[2] out_size) -> Tensor");
+  m.def("adaptive_avg_pool2d_bwd(Tensor grad, SymInt[2] input_size, bool channels_last) -> Tensor");
+  m.def("adaptive_max_pool2d_fwd(Tensor x, SymInt[2] out_size, bool with_indices) -> (Tensor, Tensor)");
+  m.def("adaptive_max_pool2d_bwd(Tensor grad, Tensor indices, SymInt[2] input_size, "
         "bool channels_last) -> Tensor");
 }
 

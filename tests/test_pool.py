@@ -339,6 +339,31 @@ def test_compile_fullgraph(backend, device):
     assert torch.allclose(g1, g2, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_compile_dynamic_spatial_size(backend, device):
+    """Output and input sizes travel as SymInt: a new image size reuses the graph."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    def block(x):
+        a = F.max_pool2d(x, 3, 2, 1, ceil_mode=True, backend=backend)
+        b = F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, backend=backend)
+        return F.adaptive_avg_pool2d(a + b, 2, backend=backend), \
+            F.adaptive_max_pool2d(x, (None, 3), backend=backend)
+
+    cnt = CompileCounterWithBackend("aot_eager")
+    torch._dynamo.reset()
+    compiled = torch.compile(block, backend=cnt, dynamic=True, fullgraph=True)
+    for shape in [(2, 3, 9, 7), (2, 3, 11, 13)]:
+        x = make_input(shape, torch.float32, device, requires_grad=True, seed=shape[2])
+        outs, ref = compiled(x), block(x)
+        for a, b in zip(outs, ref):
+            assert torch.equal(a, b)
+        ga = torch.autograd.grad([o.sum() for o in outs], x)[0]
+        gb = torch.autograd.grad([o.sum() for o in ref], x)[0]
+        assert torch.allclose(ga, gb, rtol=1e-6, atol=1e-7)
+    assert cnt.frame_count == 1
+
+
 # ----------------------------------------------------------------------- nn modules
 MODULES = [
     (pydl.nn.MaxPool2d, nn.MaxPool2d, [dict(kernel_size=3, stride=2, padding=1),
