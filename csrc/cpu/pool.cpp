@@ -30,6 +30,7 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <vector>
 #include <tuple>
 
 namespace pydl {
@@ -48,6 +49,27 @@ struct Dims {
 };
 
 // ------------------------------------------------------------------- forward kernels
+// Sum of row[ww.b], row[ww.b + step], ... < row[ww.e]. Contiguous runs (step 1, as in
+// global average pooling) use 8 independent accumulators, which the compiler turns
+// into vector adds (one accumulator would be a serial dependency chain that it may not
+// reorder); the combination order is fixed, so results do not vary run to run.
+template <typename T>
+at::opmath_type<T> row_sum(const T* row, const AxisWin& ww) {
+  using C = at::opmath_type<T>;
+  if (ww.step != 1 || ww.e - ww.b < 16) {
+    C s = 0;
+    for (int64_t iw = ww.b; iw < ww.e; iw += ww.step) s += static_cast<C>(row[iw]);
+    return s;
+  }
+  C part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t iw = ww.b;
+  for (; iw + 8 <= ww.e; iw += 8)
+    for (int j = 0; j < 8; ++j) part[j] += static_cast<C>(row[iw + j]);
+  C s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  for (; iw < ww.e; ++iw) s += static_cast<C>(row[iw]);
+  return s;
+}
+
 // MAX: max with indices (WITH_IDX) or values only; else sum / div(oh, ow).
 template <typename T, bool MAX, bool WITH_IDX, class Axis, class Div>
 void pool_fwd(const T* x, T* y, int64_t* ind, const Dims& d, bool cl, const Axis& ah,
@@ -70,15 +92,21 @@ void pool_fwd(const T* x, T* y, int64_t* ind, const Dims& d, bool cl, const Axis
             for (int64_t ih = hw.b; ih < hw.e; ih += hw.step)
               for (int64_t iw = ww.b; iw < ww.e; iw += ww.step) {
                 const C v = static_cast<C>(xp[ih * d.IW + iw]);
-                if (max_takes(v, best)) { best = v; bi = ih * d.IW + iw; }
+                // selects, not a branch: on random data the running max changes
+                // unpredictably, and a mispredicted branch per tap costs more than the load
+                const bool take = max_takes(v, best);
+                best = take ? v : best;
+                bi = take ? ih * d.IW + iw : bi;
               }
             y[o] = static_cast<T>(best);
             if constexpr (WITH_IDX) ind[o] = bi;
           } else {
             C sum = 0;
-            for (int64_t ih = hw.b; ih < hw.e; ih += hw.step)
-              for (int64_t iw = ww.b; iw < ww.e; iw += ww.step)
-                sum += static_cast<C>(xp[ih * d.IW + iw]);
+            if (ww.b == 0 && ww.e == d.IW && hw.step == 1)  // whole rows: one contiguous run
+              sum = row_sum(xp, AxisWin{hw.b * d.IW, hw.e * d.IW, 1});
+            else
+              for (int64_t ih = hw.b; ih < hw.e; ih += hw.step)
+                sum += row_sum(xp + ih * d.IW, ww);
             y[o] = static_cast<T>(sum / static_cast<C>(div(oh, ow)));
           }
         }
@@ -107,7 +135,9 @@ void pool_fwd(const T* x, T* y, int64_t* ind, const Dims& d, bool cl, const Axis
               const int64_t flat = ih * d.IW + iw;
               for (int64_t j = 0; j < nc; ++j) {
                 const C v = static_cast<C>(xp[j]);
-                if (max_takes(v, acc[j])) { acc[j] = v; idx[j] = flat; }
+                const bool take = max_takes(v, acc[j]);
+                acc[j] = take ? v : acc[j];
+                idx[j] = take ? flat : idx[j];
               }
             } else {
               for (int64_t j = 0; j < nc; ++j) acc[j] += static_cast<C>(xp[j]);
@@ -135,21 +165,24 @@ void pool_bwd(const T* g, const int64_t* ind, T* dx, const Dims& d, bool cl, con
   using C = at::opmath_type<T>;
   if (!cl) {
     const int64_t rows = d.N * d.C * d.IH;
+    // the output ranges along w are the same for every row: computed once per thread
     at::parallel_for(0, rows, grain_for(d.IW * 4), [&](int64_t r0, int64_t r1) {
+      std::vector<AxisRange> wranges(d.IW);
+      for (int64_t iw = 0; iw < d.IW; ++iw) wranges[iw] = aw.outs(iw);
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t plane = r / d.IH, ih = r % d.IH;
         const T* gp = g + plane * d.OH * d.OW;
         const int64_t* ip = MAX ? ind + plane * d.OH * d.OW : nullptr;
         const AxisRange hr = ah.outs(ih);
         for (int64_t iw = 0; iw < d.IW; ++iw) {
-          const AxisRange wr = aw.outs(iw);
+          const AxisRange wr = wranges[iw];
           const int64_t flat = ih * d.IW + iw;
           C acc = 0;
           for (int64_t oh = hr.b; oh < hr.e; ++oh)
             for (int64_t ow = wr.b; ow < wr.e; ++ow) {
               const int64_t o = oh * d.OW + ow;
               if constexpr (MAX) {
-                if (ip[o] == flat) acc += static_cast<C>(gp[o]);
+                acc += ip[o] == flat ? static_cast<C>(gp[o]) : C(0);  // a select: g may be inf/NaN
               } else {
                 acc += static_cast<C>(gp[o]) / static_cast<C>(div(oh, ow));
               }
@@ -175,7 +208,7 @@ void pool_bwd(const T* g, const int64_t* ind, T* dx, const Dims& d, bool cl, con
             const int64_t o = ((n * d.OH + oh) * d.OW + ow) * d.C + c0;
             if constexpr (MAX) {
               for (int64_t j = 0; j < nc; ++j)
-                if (ind[o + j] == flat) acc[j] += static_cast<C>(g[o + j]);
+                acc[j] += ind[o + j] == flat ? static_cast<C>(g[o + j]) : C(0);
             } else {
               const C dv = static_cast<C>(div(oh, ow));
               for (int64_t j = 0; j < nc; ++j) acc[j] += static_cast<C>(g[o + j]) / dv;
