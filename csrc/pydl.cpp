@@ -43,6 +43,9 @@ TORCH_LIBRARY(pydl, m) {
   m.def("adaptive_max_pool2d_fwd(Tensor x, SymInt[2] out_size, bool with_indices) -> (Tensor, Tensor)");
   m.def("adaptive_max_pool2d_bwd(Tensor grad, Tensor indices, SymInt[2] input_size, "
         "bool channels_last) -> Tensor");
+  // out[n, c, o] = x[n, c, indices[n, c, o]] (x's plane flattened): the derivative of the
+  // max pools' backward with respect to its grad, i.e. their double backward.
+  m.def("pool_gather(Tensor x, Tensor indices, bool channels_last) -> Tensor");
 }
 
 namespace {

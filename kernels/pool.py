@@ -223,6 +223,22 @@ def pool_bwd_kernel(g_ptr, ind_ptr, dx_ptr, total, C, IH, IW, OH, OW,
     tl.store(dx_ptr + offs, acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def pool_gather_kernel(x_ptr, ind_ptr, out_ptr, n_out, C, HW, OHW, CL: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    # out[n, c, o] = x[n, c, ind[n, c, o]]; an index outside the plane gives 0
+    o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = o < n_out
+    k = tl.load(ind_ptr + o, mask=mask, other=0)
+    ok = mask & (k >= 0) & (k < HW)
+    if CL:
+        src = ((o // (C * OHW)) * HW + k) * C + o % C
+    else:
+        src = (o // OHW) * HW + k
+    v = tl.load(x_ptr + src, mask=ok, other=0.0)
+    tl.store(out_ptr + o, v, mask=mask)
+
+
 def _cdiv(a, b):
     return -(-a // b)
 
@@ -284,3 +300,13 @@ def pool_bwd(g, ind, dx, cl: bool, mode: str, kernel=None, stride=None, padding=
         k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], int(divisor_override),
         MODE=MODES[mode], CL=cl, COUNT_PAD=bool(count_include_pad), F64=f64, LH=lh, LW=lw,
         BLOCK=BLOCK)
+
+
+def pool_gather(x, ind, out, cl: bool) -> None:
+    """out[n, c, o] = x[n, c, ind[n, c, o]] (the max pools' double backward); all three in
+    the same format (cl: NHWC), out shaped like ind."""
+    n_out = out.numel()
+    if n_out:
+        pool_gather_kernel[(triton.cdiv(n_out, BLOCK),)](
+            x, ind, out, n_out, x.shape[1], x.shape[2] * x.shape[3], ind.shape[2] * ind.shape[3],
+            CL=cl, BLOCK=BLOCK)

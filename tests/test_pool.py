@@ -286,6 +286,27 @@ def test_gradcheck(backend, device, layout):
         assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-8, fast_mode=fast)
 
 
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[1] == "cpu"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gradgradcheck(backend, device, layout):
+    """Double backward: the backward ops have autograd formulas of their own (gather at
+    the indices for max, the forward pooling for avg), not torch's silent zero."""
+    x = make_input((1, 3, 7, 6), torch.float64, device, layout, requires_grad=True, seed=14)
+    fns = [lambda t: F.max_pool2d(t, 3, 2, 1, backend=backend),
+           lambda t: F.avg_pool2d(t, 3, 2, 1, True, False, backend=backend),
+           lambda t: F.adaptive_avg_pool2d(t, (4, 3), backend=backend),
+           lambda t: F.adaptive_max_pool2d(t, (4, 3), backend=backend)]
+    fast = interpreted(backend, device)
+    for fn in fns:
+        assert torch.autograd.gradgradcheck(fn, (x,), fast_mode=fast)
+    # third derivatives of max pooling: a clear error, never a silent zero
+    y = F.max_pool2d(x, 3, 2, 1, backend=backend)
+    (g,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.pow(2).sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="third and higher derivatives"):
+        torch.autograd.grad(gg.sum(), x)
+
+
 def _ops_for(backend):
     return torch.ops.pydl_triton if backend == "triton" else torch.ops.pydl
 
@@ -312,6 +333,7 @@ def test_opcheck(backend, device):
         torch.library.opcheck(ops.adaptive_max_pool2d_fwd.default, (x, [4, 3], True))
         _, ind = ops.adaptive_max_pool2d_fwd(x.detach(), [4, 3], True)
         torch.library.opcheck(ops.adaptive_max_pool2d_bwd.default, (g, ind, [7, 6], cl))
+        torch.library.opcheck(ops.pool_gather.default, (x.detach(), ind, cl))
 
 
 @pytest.mark.parametrize("backend,device", backend_params())

@@ -437,9 +437,44 @@ at::Tensor adaptive_max_pool2d_bwd(const at::Tensor& grad, const at::Tensor& ind
                         });
 }
 
+// out[n, c, o] = x[n, c, ind[n, c, o]]: one pass over the indices in memory order.
+at::Tensor pool_gather(const at::Tensor& x_in, const at::Tensor& ind_in, bool channels_last) {
+  check_floating(x_in, "input");
+  PYDL_CHECK(x_in.dim() == 4 && ind_in.dim() == 4, "input and indices must be 4-D");
+  PYDL_CHECK(ind_in.scalar_type() == at::kLong, "indices must be int64, got ", ind_in.scalar_type());
+  PYDL_CHECK(x_in.size(0) == ind_in.size(0) && x_in.size(1) == ind_in.size(1),
+             "input and indices must agree in N and C, got ", x_in.sizes(), " and ", ind_in.sizes());
+  const at::Tensor x = x_in.contiguous(format_of(channels_last));
+  const at::Tensor ind = ind_in.contiguous(format_of(channels_last));
+  at::Tensor out = at::empty(ind.sizes(), x.options().memory_format(format_of(channels_last)));
+  const int64_t C = x.size(1), HW = x.size(2) * x.size(3), OHW = ind.size(2) * ind.size(3);
+  const int64_t n_out = out.numel();
+  dispatch_float(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = x.const_data_ptr<T>();
+    const int64_t* ip = ind.const_data_ptr<int64_t>();
+    T* op = out.mutable_data_ptr<T>();
+    at::parallel_for(0, n_out, 32768, [&](int64_t b, int64_t e) {
+      for (int64_t o = b; o < e; ++o) {
+        const int64_t k = ip[o];
+        if (k < 0 || k >= HW) {  // a window with no tap inside the input: it depends on nothing
+          op[o] = T(0);
+        } else if (channels_last) {  // o = (n*OHW + site)*C + c
+          const int64_t c = o % C, n = o / (C * OHW);
+          op[o] = xp[(n * HW + k) * C + c];
+        } else {  // o = (n*C + c)*OHW + site
+          op[o] = xp[(o / OHW) * HW + k];
+        }
+      }
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pydl, CPU, m) {
+  m.impl("pool_gather", &pool_gather);
   m.impl("max_pool2d_fwd", &max_pool2d_fwd);
   m.impl("max_pool2d_bwd", &max_pool2d_bwd);
   m.impl("avg_pool2d_fwd", &avg_pool2d_fwd);

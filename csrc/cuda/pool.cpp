@@ -201,9 +201,30 @@ at::Tensor adaptive_max_pool2d_bwd(const at::Tensor& grad, const at::Tensor& ind
              "pydl adaptive_max_pool2d_bwd");
 }
 
+at::Tensor pool_gather(const at::Tensor& x_in, const at::Tensor& ind_in, bool channels_last) {
+  check_floating(x_in, "input");
+  PYDL_CHECK(x_in.is_cuda() && ind_in.device() == x_in.device(),
+             "input and indices must be on the same CUDA device");
+  PYDL_CHECK(x_in.dim() == 4 && ind_in.dim() == 4, "input and indices must be 4-D");
+  PYDL_CHECK(ind_in.scalar_type() == at::kLong, "indices must be int64, got ", ind_in.scalar_type());
+  PYDL_CHECK(x_in.size(0) == ind_in.size(0) && x_in.size(1) == ind_in.size(1),
+             "input and indices must agree in N and C, got ", x_in.sizes(), " and ", ind_in.sizes());
+  c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous(format_of(channels_last));
+  const at::Tensor ind = ind_in.contiguous(format_of(channels_last));
+  at::Tensor out = at::empty(ind.sizes(), x.options().memory_format(format_of(channels_last)));
+  check_launch(launch_pool_gather(to_dtype(x.scalar_type()), channels_last, x.const_data_ptr(),
+                                  ind.const_data_ptr<int64_t>(), out.mutable_data_ptr(),
+                                  x.size(0), x.size(1), x.size(2) * x.size(3),
+                                  ind.size(2) * ind.size(3), c10::cuda::getCurrentCUDAStream()),
+               "pydl pool_gather");
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pydl, CUDA, m) {
+  m.impl("pool_gather", &pool_gather);
   m.impl("max_pool2d_fwd", &max_pool2d_fwd);
   m.impl("max_pool2d_bwd", &max_pool2d_bwd);
   m.impl("avg_pool2d_fwd", &avg_pool2d_fwd);

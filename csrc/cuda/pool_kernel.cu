@@ -224,7 +224,38 @@ bool can_vectorize(DType dtype, bool cl, int64_t C, const void* a, const void* b
 FixedAxis fixed_h(const PoolParams& p) { return {p.IH, p.OH, p.kh, p.sh, p.ph, p.dh}; }
 FixedAxis fixed_w(const PoolParams& p) { return {p.IW, p.OW, p.kw, p.sw, p.pw, p.dw}; }
 
+// out[n, c, o] = x[n, c, ind[n, c, o]]; an index outside [0, HW) (a dilated window with
+// no tap inside the input, which depends on nothing) gives 0, never an out-of-bounds read.
+template <typename T, bool CL>
+__global__ void pool_gather_kernel(const T* __restrict__ x, const int64_t* __restrict__ ind,
+                                   T* __restrict__ out, int64_t n_out, int64_t C, int64_t HW,
+                                   int64_t OHW) {
+  const int64_t grid_stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; o < n_out; o += grid_stride) {
+    const int64_t k = ind[o];
+    const int64_t src = CL ? ((o / (C * OHW)) * HW + k) * C + o % C : (o / OHW) * HW + k;
+    out[o] = (k >= 0 && k < HW) ? x[src] : from_c<T>(typename OpMath<T>::type(0));
+  }
+}
+
 }  // namespace
+
+int launch_pool_gather(DType dtype, bool channels_last, const void* x, const int64_t* ind,
+                       void* out, int64_t N, int64_t C, int64_t HW, int64_t OHW,
+                       cudaStream_t stream) {
+  const int64_t n_out = N * C * OHW;
+  if (n_out == 0) return 0;
+  with_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if (channels_last)
+      pool_gather_kernel<T, true><<<grid_for(n_out), kThreads, 0, stream>>>(
+          static_cast<const T*>(x), ind, static_cast<T*>(out), n_out, C, HW, OHW);
+    else
+      pool_gather_kernel<T, false><<<grid_for(n_out), kThreads, 0, stream>>>(
+          static_cast<const T*>(x), ind, static_cast<T*>(out), n_out, C, HW, OHW);
+  });
+  return int(cudaGetLastError());
+}
 
 int launch_pool_fwd(PoolMode mode, DType dtype, bool channels_last, const void* x, void* y,
                     int64_t* ind, const PoolParams& p, cudaStream_t stream) {

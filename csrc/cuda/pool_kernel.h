@@ -18,4 +18,8 @@ int launch_pool_fwd(PoolMode mode, DType dtype, bool channels_last, const void* 
                     int64_t* ind, const PoolParams& p, cudaStream_t stream);
 int launch_pool_bwd(PoolMode mode, DType dtype, bool channels_last, const void* g,
                     const int64_t* ind, void* dx, const PoolParams& p, cudaStream_t stream);
+// out[n, c, o] = x[n, c, ind[n, c, o]] over N*C*OHW outputs; x planes of HW elements.
+int launch_pool_gather(DType dtype, bool channels_last, const void* x, const int64_t* ind,
+                       void* out, int64_t N, int64_t C, int64_t HW, int64_t OHW,
+                       cudaStream_t stream);
 }  // namespace pydl

@@ -11,6 +11,7 @@ Ops per backend (same schemas; 4-D input, NCHW or channels_last):
   adaptive_avg_pool2d_bwd(grad, input_size, channels_last) -> dx
   adaptive_max_pool2d_fwd(x, out_size, with_indices) -> (y, indices)
   adaptive_max_pool2d_bwd(grad, indices, input_size, channels_last) -> dx
+  pool_gather(x, indices, channels_last) -> x[n, c, indices[n, c, o]]  (max double backward)
 cpu/cuda: torch.ops.pydl.* (C++, csrc/cpu/pool.cpp, csrc/cuda/pool*.{cpp,cu});
 triton:   torch.ops.pydl_triton.* (defined below, kernels in kernels/pool.py).
 
@@ -138,6 +139,14 @@ if _dispatch._kernels is not None:
         _tk.pool_bwd(g, ind, dx, channels_last, "adaptive_max")
         return dx
 
+    @torch.library.custom_op("pydl_triton::pool_gather", mutates_args=())
+    def _t_gather(x: torch.Tensor, indices: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        x = x.contiguous(memory_format=_fmt(channels_last))
+        ind = indices.contiguous(memory_format=_fmt(channels_last))
+        out = _empty4(tuple(ind.shape), x, channels_last)
+        _tk.pool_gather(x, ind, out, channels_last)
+        return out
+
 
 # ------------------------------------------------- fake kernels and autograd, both families
 def _fake_out(x, out_size, dtype=None):
@@ -199,6 +208,11 @@ def _register(ns: str) -> None:
     def _(grad, indices, input_size, channels_last):
         return _fake_grad_in(grad, input_size, channels_last)
 
+    @torch.library.register_fake(f"{ns}::pool_gather")
+    def _(x, indices, channels_last):
+        return torch.empty(indices.shape, dtype=x.dtype, device=x.device,
+                           memory_format=_fmt(channels_last))
+
     # max_pool2d: saves the indices (not the input)
     def max_setup(ctx, inputs, output):
         x, kernel, stride, padding, dilation, out_size, with_indices = inputs
@@ -244,6 +258,54 @@ def _register(ns: str) -> None:
 
     torch.library.register_autograd(f"{ns}::adaptive_max_pool2d_fwd", amax_backward,
                                     setup_context=amax_setup)
+
+    # Double backward. Each backward is linear in grad, and its adjoint is:
+    #   max pools:  gg -> gg gathered at the saved indices (pool_gather)
+    #   avg pools:  gg -> the same average pooling of gg (the forward op)
+    # so second derivatives run on pydl kernels too (torch would otherwise silently
+    # treat the backward ops as constants).
+    def bwd_setup_max(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+        ctx.cl = inputs[-1]
+        ctx.n_args = len(inputs)
+
+    def max_bwd_backward(ctx, gg):
+        (ind,) = ctx.saved_tensors
+        return (lib.pool_gather(gg, ind, ctx.cl),) + (None,) * (ctx.n_args - 1)
+
+    torch.library.register_autograd(f"{ns}::max_pool2d_bwd", max_bwd_backward,
+                                    setup_context=bwd_setup_max)
+    torch.library.register_autograd(f"{ns}::adaptive_max_pool2d_bwd", max_bwd_backward,
+                                    setup_context=bwd_setup_max)
+
+    def avg_bwd_setup(ctx, inputs, output):
+        grad, input_size, kernel, stride, padding, cip, div, cl = inputs
+        ctx.args = (kernel, stride, padding, list(grad.shape[2:]), cip, div)
+
+    def avg_bwd_backward(ctx, gg):
+        return (lib.avg_pool2d_fwd(gg, *ctx.args),) + (None,) * 7
+
+    torch.library.register_autograd(f"{ns}::avg_pool2d_bwd", avg_bwd_backward,
+                                    setup_context=avg_bwd_setup)
+
+    def aavg_bwd_setup(ctx, inputs, output):
+        ctx.out_size = list(inputs[0].shape[2:])
+
+    def aavg_bwd_backward(ctx, gg):
+        return lib.adaptive_avg_pool2d_fwd(gg, ctx.out_size), None, None
+
+    torch.library.register_autograd(f"{ns}::adaptive_avg_pool2d_bwd", aavg_bwd_backward,
+                                    setup_context=aavg_bwd_setup)
+
+    def gather_setup(ctx, inputs, output):
+        pass
+
+    def gather_backward(ctx, g):
+        raise NotImplementedError("pydl: third and higher derivatives of max pooling are not "
+                                  "implemented (the double backward is)")
+
+    torch.library.register_autograd(f"{ns}::pool_gather", gather_backward,
+                                    setup_context=gather_setup)
 
 
 _OPS = {}  # backend -> the op namespace holding the pool ops
