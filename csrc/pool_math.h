@@ -11,8 +11,10 @@
 //
 // The backward passes are gathers (one input element at a time, summing the gradients
 // of the outputs whose windows contain it), so they need the inverse maps:
-//   fixed:    the outputs that reach i are o = (i + p - t*d) / s for each tap t where
-//             that division is exact and 0 <= o < O (for d = 1 they form one range);
+//   fixed:    o*s - p <= i <= o*s - p + (k-1)*d, i.e. the range
+//             ceil((i + p - (k-1)*d) / s) <= o <= floor((i + p) / s), clamped to [0, O).
+//             With d > 1 some o in it straddle i between two taps; only max pooling
+//             has d > 1, and there the saved index (== i or not) decides anyway;
 //   adaptive: start(o) <= i < end(o)  <=>  floor(i*O/I) <= o < ceil((i+1)*O/I),
 //             the same formula with I and O swapped.
 // Walking those outputs in a fixed order is what makes the gradients bit-identical
