@@ -20,7 +20,8 @@ BLOCK consecutive *input* elements and gathers, in increasing (oh, ow) order, fr
 outputs that may see them -- no atomics, so the gradient is bit-identical run to run.
 Global average pooling (adaptive output 1x1) has its own reduction kernel: a tile of
 [BLOCK_E spatial positions, BLOCK_Q planes] summed along the spatial axis.
-Accumulation in float32 (float64 for float64); offsets are int64.
+pool_gather (out[n, c, o] = x[n, c, ind[n, c, o]], the max pools' double backward) is
+one load per output. Accumulation in float32 (float64 for float64); offsets are int64.
 """
 import triton
 import triton.language as tl

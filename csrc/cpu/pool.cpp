@@ -20,8 +20,9 @@
 //         running results in a small stack array.
 // The backward visits the candidate outputs in increasing (oh, ow) order for every
 // element, so the gradient is the same bits on every run (no atomics, no races: each
-// thread writes only its own input elements). float16/bfloat16 are computed in float32
-// and rounded once on store; float64 in double.
+// thread writes only its own input elements). pool_gather (out[n,c,o] = x[n,c,ind[n,c,o]],
+// the max pools' double backward) is one parallel pass over the indices.
+// float16/bfloat16 are computed in float32 and rounded once on store; float64 in double.
 #include "common.h"
 #include "pool_math.h"
 

@@ -23,7 +23,10 @@
 // Global average pooling (adaptive, output 1x1) has its own reduction: NCHW, one warp
 // per plane with a fixed-order shuffle tree; NHWC, one thread per channel vector,
 // looping over the plane (coalesced across channels).
-// Arithmetic in float (double for float64); all indexing is 64-bit.
+// pool_gather (out[n,c,o] = x[n,c,ind[n,c,o]], the max pools' double backward) is one
+// thread per output. Arithmetic in float (double for float64); all indexing is 64-bit
+// (a 32-bit variant for tensors under 2^31 elements would save the 64-bit divisions
+// of the index decode; not done, as it could not be measured here).
 #include "pool_kernel.h"
 #include "elementwise.cuh"
 
