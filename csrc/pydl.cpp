@@ -63,6 +63,30 @@ TORCH_LIBRARY(pydl, m) {
   m.def("bn_bwd_elemt(Tensor grad, Tensor x, Tensor mean, Tensor var, Tensor? weight, "
         "Tensor? y, Tensor? sum_dz, Tensor? sum_dz_xhat, float eps, float inv_count, str act, "
         "float alpha, bool want_dz) -> (Tensor, Tensor)");
+
+  m.set_python_module("pydl.ops.pool");
+  // 4-D input (N, C, H, W), NCHW or channels_last; outputs in the input's memory format
+  // (torch's suggest_memory_format), backward outputs in the format named by
+  // channels_last. Output sizes and argument validity are settled in pydl/ops/pool.py.
+  // indices: int64 flat h*W + w into the input plane (an empty tensor when
+  // with_indices is false); divisor_override 0 means none. Sizes that follow the
+  // input's shape are SymInt, so torch.compile(dynamic=True) keeps H and W symbolic.
+  m.def("max_pool2d_fwd(Tensor x, int[2] kernel, int[2] stride, int[2] padding, int[2] dilation, "
+        "SymInt[2] out_size, bool with_indices) -> (Tensor, Tensor)");
+  m.def("max_pool2d_bwd(Tensor grad, Tensor indices, SymInt[2] input_size, int[2] kernel, "
+        "int[2] stride, int[2] padding, int[2] dilation, bool channels_last) -> Tensor");
+  m.def("avg_pool2d_fwd(Tensor x, int[2] kernel, int[2] stride, int[2] padding, SymInt[2] out_size, "
+        "bool count_include_pad, int divisor_override) -> Tensor");
+  m.def("avg_pool2d_bwd(Tensor grad, SymInt[2] input_size, int[2] kernel, int[2] stride, "
+        "int[2] padding, bool count_include_pad, int divisor_override, bool channels_last) -> Tensor");
+  m.def("adaptive_avg_pool2d_fwd(Tensor x, SymInt[2] out_size) -> Tensor");
+  m.def("adaptive_avg_pool2d_bwd(Tensor grad, SymInt[2] input_size, bool channels_last) -> Tensor");
+  m.def("adaptive_max_pool2d_fwd(Tensor x, SymInt[2] out_size, bool with_indices) -> (Tensor, Tensor)");
+  m.def("adaptive_max_pool2d_bwd(Tensor grad, Tensor indices, SymInt[2] input_size, "
+        "bool channels_last) -> Tensor");
+  // out[n, c, o] = x[n, c, indices[n, c, o]] (x's plane flattened): the derivative of the
+  // max pools' backward with respect to its grad, i.e. their double backward.
+  m.def("pool_gather(Tensor x, Tensor indices, bool channels_last) -> Tensor");
 }
 
 namespace {

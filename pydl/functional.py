@@ -11,7 +11,8 @@ import torch
 
 from . import ops
 
-__all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "elu", "elu_", "sigmoid", "tanh"]
+__all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "elu", "elu_", "sigmoid", "tanh",
+           "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"]
 
 
 # ------------------------------------------------------------------------ activations
@@ -77,3 +78,31 @@ def batch_norm_act(input: torch.Tensor, running_mean: Optional[torch.Tensor],
                           eps, residual=residual, act=act,
                           alpha=negative_slope if act == "leaky_relu" else 0.0,
                           backend=backend)
+    return ops.act(input, "tanh", 0.0, False, backend)
+
+
+# ---------------------------------------------------------------------------- pooling
+def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode: bool = False, return_indices: bool = False, *,
+               backend: Optional[str] = None):
+    """torch.nn.functional.max_pool2d; returns (output, indices) with return_indices=True."""
+    return ops.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode,
+                          return_indices, backend)
+
+
+def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: Optional[int] = None, *,
+               backend: Optional[str] = None) -> torch.Tensor:
+    return ops.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                          divisor_override, backend)
+
+
+def adaptive_avg_pool2d(input: torch.Tensor, output_size, *,
+                        backend: Optional[str] = None) -> torch.Tensor:
+    return ops.adaptive_avg_pool2d(input, output_size, backend)
+
+
+def adaptive_max_pool2d(input: torch.Tensor, output_size, return_indices: bool = False, *,
+                        backend: Optional[str] = None):
+    """torch.nn.functional.adaptive_max_pool2d; (output, indices) with return_indices=True."""
+    return ops.adaptive_max_pool2d(input, output_size, return_indices, backend)

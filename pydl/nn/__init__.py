@@ -6,8 +6,9 @@ kernels. Each also accepts a keyword-only ``backend=`` (None: follow
 ``pydl.backend(...)`` / PYDL_BACKEND / auto).
 """
 from .activation import ELU, LeakyReLU, ReLU, Sigmoid, Tanh  # noqa: F401
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNormAct2d, SyncBatchNorm  # noqa: F401
+from .pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d  # noqa: F401
 
-__all__ = ["ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh"]
-
-from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNormAct2d, SyncBatchNorm  # noqa: E402,F401
-__all__ += ["BatchNorm1d", "BatchNorm2d", "BatchNormAct2d", "SyncBatchNorm"]
+__all__ = ["ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh",
+           "BatchNorm1d", "BatchNorm2d", "BatchNormAct2d", "SyncBatchNorm",
+           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d"]

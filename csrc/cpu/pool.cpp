@@ -1,0 +1,489 @@
+// Pooling on the CPU: max_pool2d, avg_pool2d, adaptive_avg_pool2d, adaptive_max_pool2d,
+// forward and backward (window arithmetic in csrc/pool_math.h, shared with CUDA).
+//
+//   max:  y[n,c,oh,ow] = max over the window's taps of x[n,c,ih,iw]   (NaN wins, torch's
+//         rule), ind = ih*IW + iw of the chosen tap (flat index into the input plane)
+//   avg:  y[n,c,oh,ow] = sum over the window of x / divisor(oh, ow)
+//   backward (a gather, one input element at a time):
+//         max: dx[n,c,ih,iw] = sum of g[n,c,oh,ow] over the outputs whose window may
+//              contain (ih,iw) and whose saved index is ih*IW + iw
+//         avg: dx[n,c,ih,iw] = sum of g[n,c,oh,ow] / divisor(oh, ow) over those outputs
+//
+// Algorithm and decomposition. The tensors are NCHW-contiguous or channels_last (NHWC)
+// -- the glue makes them so, and allocates outputs in the same memory format, which is
+// the one torch gives.
+//   NCHW: at::parallel_for over output (or, backward, input) rows (n, c, h); a thread
+//         walks a row's w and, for each element, its window -- reads stay in one plane.
+//   NHWC: at::parallel_for over spatial sites (n, h, w); a thread processes the channel
+//         vector of a site CHUNK channels at a time: for every tap of the window, one
+//         straight loop over the chunk's contiguous channels (which vectorizes), with the
+//         running results in a small stack array.
+// The backward visits the candidate outputs in increasing (oh, ow) order for every
+// element, so the gradient is the same bits on every run (no atomics, no races: each
+// thread writes only its own input elements). pool_gather (out[n,c,o] = x[n,c,ind[n,c,o]],
+// the max pools' double backward) is one parallel pass over the indices.
+// float16/bfloat16 are computed in float32 and rounded once on store; float64 in double.
+#include "common.h"
+#include "pool_math.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <vector>
+#include <tuple>
+
+namespace pydl {
+namespace {
+
+constexpr int64_t CHUNK = 64;  // channels per stack-array pass in the NHWC kernels
+constexpr int64_t GRAIN_WORK = 16384;  // inner-loop iterations that pay for a thread
+
+// grain (in rows/sites) so that each parallel chunk does at least GRAIN_WORK work
+int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, GRAIN_WORK / std::max<int64_t>(1, work_per_item));
+}
+
+struct Dims {
+  int64_t N, C, IH, IW, OH, OW;
+};
+
+// ------------------------------------------------------------------- forward kernels
+// Sum of row[ww.b], row[ww.b + step], ... < row[ww.e]. Contiguous runs (step 1, as in
+// global average pooling) use 8 independent accumulators, which the compiler turns
+// into vector adds (one accumulator would be a serial dependency chain that it may not
+// reorder); the combination order is fixed, so results do not vary run to run.
+template <typename T>
+at::opmath_type<T> row_sum(const T* row, const AxisWin& ww) {
+  using C = at::opmath_type<T>;
+  if (ww.step != 1 || ww.e - ww.b < 16) {
+    C s = 0;
+    for (int64_t iw = ww.b; iw < ww.e; iw += ww.step) s += static_cast<C>(row[iw]);
+    return s;
+  }
+  C part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t iw = ww.b;
+  for (; iw + 8 <= ww.e; iw += 8)
+    for (int j = 0; j < 8; ++j) part[j] += static_cast<C>(row[iw + j]);
+  C s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  for (; iw < ww.e; ++iw) s += static_cast<C>(row[iw]);
+  return s;
+}
+
+// MAX: max with indices (WITH_IDX) or values only; else sum / div(oh, ow).
+template <typename T, bool MAX, bool WITH_IDX, class Axis, class Div>
+void pool_fwd(const T* x, T* y, int64_t* ind, const Dims& d, bool cl, const Axis& ah,
+              const Axis& aw, const Div& div) {
+  using C = at::opmath_type<T>;
+  const C neg_inf = -std::numeric_limits<C>::infinity();
+  if (!cl) {
+    const int64_t rows = d.N * d.C * d.OH;
+    at::parallel_for(0, rows, grain_for(d.OW * 4), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t plane = r / d.OH, oh = r % d.OH;
+        const T* xp = x + plane * d.IH * d.IW;
+        const AxisWin hw = ah.win(oh);
+        for (int64_t ow = 0; ow < d.OW; ++ow) {
+          const AxisWin ww = aw.win(ow);
+          const int64_t o = r * d.OW + ow;
+          if constexpr (MAX) {
+            C best = neg_inf;
+            int64_t bi = hw.b * d.IW + ww.b;  // torch's index when no tap beats -inf
+            for (int64_t ih = hw.b; ih < hw.e; ih += hw.step)
+              for (int64_t iw = ww.b; iw < ww.e; iw += ww.step) {
+                const C v = static_cast<C>(xp[ih * d.IW + iw]);
+                // selects, not a branch: on random data the running max changes
+                // unpredictably, and a mispredicted branch per tap costs more than the load
+                const bool take = max_takes(v, best);
+                best = take ? v : best;
+                bi = take ? ih * d.IW + iw : bi;
+              }
+            y[o] = static_cast<T>(best);
+            if constexpr (WITH_IDX) ind[o] = bi;
+          } else {
+            C sum = 0;
+            if (ww.b == 0 && ww.e == d.IW && hw.step == 1)  // whole rows: one contiguous run
+              sum = row_sum(xp, AxisWin{hw.b * d.IW, hw.e * d.IW, 1});
+            else
+              for (int64_t ih = hw.b; ih < hw.e; ih += hw.step)
+                sum += row_sum(xp + ih * d.IW, ww);
+            y[o] = static_cast<T>(sum / static_cast<C>(div(oh, ow)));
+          }
+        }
+      }
+    });
+    return;
+  }
+  const int64_t sites = d.N * d.OH * d.OW;
+  at::parallel_for(0, sites, grain_for(d.C * 4), [&](int64_t s0, int64_t s1) {
+    C acc[CHUNK];
+    int64_t idx[CHUNK];
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t n = s / (d.OH * d.OW), oh = (s / d.OW) % d.OH, ow = s % d.OW;
+      const AxisWin hw = ah.win(oh), ww = aw.win(ow);
+      const T* xn = x + n * d.IH * d.IW * d.C;
+      for (int64_t c0 = 0; c0 < d.C; c0 += CHUNK) {
+        const int64_t nc = std::min(CHUNK, d.C - c0);
+        for (int64_t j = 0; j < nc; ++j) {
+          acc[j] = MAX ? neg_inf : C(0);
+          idx[j] = hw.b * d.IW + ww.b;
+        }
+        for (int64_t ih = hw.b; ih < hw.e; ih += hw.step)
+          for (int64_t iw = ww.b; iw < ww.e; iw += ww.step) {
+            const T* xp = xn + (ih * d.IW + iw) * d.C + c0;
+            if constexpr (MAX) {
+              const int64_t flat = ih * d.IW + iw;
+              for (int64_t j = 0; j < nc; ++j) {
+                const C v = static_cast<C>(xp[j]);
+                const bool take = max_takes(v, acc[j]);
+                acc[j] = take ? v : acc[j];
+                idx[j] = take ? flat : idx[j];
+              }
+            } else {
+              for (int64_t j = 0; j < nc; ++j) acc[j] += static_cast<C>(xp[j]);
+            }
+          }
+        T* yp = y + s * d.C + c0;
+        if constexpr (MAX) {
+          for (int64_t j = 0; j < nc; ++j) yp[j] = static_cast<T>(acc[j]);
+          if constexpr (WITH_IDX)
+            for (int64_t j = 0; j < nc; ++j) ind[s * d.C + c0 + j] = idx[j];
+        } else {
+          const C dv = static_cast<C>(div(oh, ow));
+          for (int64_t j = 0; j < nc; ++j) yp[j] = static_cast<T>(acc[j] / dv);
+        }
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------ backward kernels
+// A gather over the outputs that may see each input element; MAX tests the saved index.
+template <typename T, bool MAX, class Axis, class Div>
+void pool_bwd(const T* g, const int64_t* ind, T* dx, const Dims& d, bool cl, const Axis& ah,
+              const Axis& aw, const Div& div) {
+  using C = at::opmath_type<T>;
+  if (!cl) {
+    const int64_t rows = d.N * d.C * d.IH;
+    // the output ranges along w are the same for every row: computed once per thread
+    at::parallel_for(0, rows, grain_for(d.IW * 4), [&](int64_t r0, int64_t r1) {
+      std::vector<AxisRange> wranges(d.IW);
+      for (int64_t iw = 0; iw < d.IW; ++iw) wranges[iw] = aw.outs(iw);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t plane = r / d.IH, ih = r % d.IH;
+        const T* gp = g + plane * d.OH * d.OW;
+        const int64_t* ip = MAX ? ind + plane * d.OH * d.OW : nullptr;
+        const AxisRange hr = ah.outs(ih);
+        for (int64_t iw = 0; iw < d.IW; ++iw) {
+          const AxisRange wr = wranges[iw];
+          const int64_t flat = ih * d.IW + iw;
+          C acc = 0;
+          for (int64_t oh = hr.b; oh < hr.e; ++oh)
+            for (int64_t ow = wr.b; ow < wr.e; ++ow) {
+              const int64_t o = oh * d.OW + ow;
+              if constexpr (MAX) {
+                acc += ip[o] == flat ? static_cast<C>(gp[o]) : C(0);  // a select: g may be inf/NaN
+              } else {
+                acc += static_cast<C>(gp[o]) / static_cast<C>(div(oh, ow));
+              }
+            }
+          dx[r * d.IW + iw] = static_cast<T>(acc);
+        }
+      }
+    });
+    return;
+  }
+  const int64_t sites = d.N * d.IH * d.IW;
+  at::parallel_for(0, sites, grain_for(d.C * 4), [&](int64_t s0, int64_t s1) {
+    C acc[CHUNK];
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t n = s / (d.IH * d.IW), ih = (s / d.IW) % d.IH, iw = s % d.IW;
+      const int64_t flat = ih * d.IW + iw;
+      const AxisRange hr = ah.outs(ih), wr = aw.outs(iw);
+      for (int64_t c0 = 0; c0 < d.C; c0 += CHUNK) {
+        const int64_t nc = std::min(CHUNK, d.C - c0);
+        for (int64_t j = 0; j < nc; ++j) acc[j] = 0;
+        for (int64_t oh = hr.b; oh < hr.e; ++oh)
+          for (int64_t ow = wr.b; ow < wr.e; ++ow) {
+            const int64_t o = ((n * d.OH + oh) * d.OW + ow) * d.C + c0;
+            if constexpr (MAX) {
+              for (int64_t j = 0; j < nc; ++j)
+                acc[j] += ind[o + j] == flat ? static_cast<C>(g[o + j]) : C(0);
+            } else {
+              const C dv = static_cast<C>(div(oh, ow));
+              for (int64_t j = 0; j < nc; ++j) acc[j] += static_cast<C>(g[o + j]) / dv;
+            }
+          }
+        T* dp = dx + s * d.C + c0;
+        for (int64_t j = 0; j < nc; ++j) dp[j] = static_cast<T>(acc[j]);
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------ torch glue
+void check_pair(at::IntArrayRef v, const char* name, int64_t min_value) {
+  PYDL_CHECK(v.size() == 2, name, " must have 2 elements, got ", v.size());
+  PYDL_CHECK(v[0] >= min_value && v[1] >= min_value, name, " must be >= ", min_value,
+             ", got ", v);
+}
+
+at::MemoryFormat format_of(bool channels_last) {
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// The input made NCHW- or NHWC-contiguous in the memory format torch's pooling picks
+// (suggest_memory_format), which is also the output's.
+at::Tensor prepare_input(const at::Tensor& x, bool* cl) {
+  check_floating(x, "input");
+  PYDL_CHECK(x.dim() == 4, "input must be 4-D (N, C, H, W), got ", x.dim(), "-D");
+  PYDL_CHECK(x.size(1) > 0 && x.size(2) > 0 && x.size(3) > 0,
+             "input must have non-zero C, H and W, got ", x.sizes());
+  const at::MemoryFormat fmt = x.suggest_memory_format();
+  *cl = fmt == at::MemoryFormat::ChannelsLast;
+  return x.contiguous(fmt);
+}
+
+Dims dims_of(const at::Tensor& x, at::IntArrayRef out) {
+  return {x.size(0), x.size(1), x.size(2), x.size(3), out[0], out[1]};
+}
+
+// The gradient and indices for a backward, in the layout of the forward's input.
+Dims prepare_grad(const at::Tensor& grad, at::IntArrayRef input_size) {
+  check_floating(grad, "grad_output");
+  PYDL_CHECK(grad.dim() == 4, "grad_output must be 4-D, got ", grad.dim(), "-D");
+  check_pair(input_size, "input_size", 1);
+  return {grad.size(0), grad.size(1), input_size[0], input_size[1], grad.size(2), grad.size(3)};
+}
+
+// Calls fn(T{}) with T the element type of t (float, double, at::Half, at::BFloat16).
+template <class Fn>
+void dispatch_float(at::ScalarType t, Fn&& fn) {
+  switch (t) {
+    case at::kFloat: fn(float{}); break;
+    case at::kDouble: fn(double{}); break;
+    case at::kHalf: fn(at::Half{}); break;
+    case at::kBFloat16: fn(at::BFloat16{}); break;
+    default: PYDL_CHECK(false, "unsupported dtype ", t);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd(const at::Tensor& x_in, at::IntArrayRef kernel,
+                                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                                  at::IntArrayRef dilation, at::IntArrayRef out_size,
+                                                  bool with_indices) {
+  check_pair(kernel, "kernel_size", 1);
+  check_pair(stride, "stride", 1);
+  check_pair(padding, "padding", 0);
+  check_pair(dilation, "dilation", 1);
+  check_pair(out_size, "output_size", 1);
+  bool cl = false;
+  at::Tensor x = prepare_input(x_in, &cl);
+  const Dims d = dims_of(x, out_size);
+  const FixedAxis ah{d.IH, d.OH, kernel[0], stride[0], padding[0], dilation[0]};
+  const FixedAxis aw{d.IW, d.OW, kernel[1], stride[1], padding[1], dilation[1]};
+  at::Tensor y = at::empty({d.N, d.C, d.OH, d.OW}, x.options().memory_format(format_of(cl)));
+  at::Tensor ind = with_indices
+      ? at::empty({d.N, d.C, d.OH, d.OW}, x.options().dtype(at::kLong).memory_format(format_of(cl)))
+      : at::empty({0}, x.options().dtype(at::kLong));
+  dispatch_float(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    if (with_indices)
+      pool_fwd<T, true, true>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(),
+                              ind.mutable_data_ptr<int64_t>(), d, cl, ah, aw, NoDivisor{});
+    else
+      pool_fwd<T, true, false>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(), nullptr, d, cl,
+                               ah, aw, NoDivisor{});
+  });
+  return {y, ind};
+}
+
+at::Tensor max_bwd_common(const at::Tensor& grad_in, const at::Tensor& ind_in,
+                          at::IntArrayRef input_size, bool cl, const auto& make_axes) {
+  const Dims d = prepare_grad(grad_in, input_size);
+  PYDL_CHECK(ind_in.scalar_type() == at::kLong, "indices must be int64, got ", ind_in.scalar_type());
+  check_same_shape(grad_in, "grad_output", ind_in, "indices");
+  const auto [ah, aw] = make_axes(d);
+  const at::Tensor g = grad_in.contiguous(format_of(cl));
+  const at::Tensor ind = ind_in.contiguous(format_of(cl));
+  at::Tensor dx = at::empty({d.N, d.C, d.IH, d.IW}, g.options().memory_format(format_of(cl)));
+  dispatch_float(g.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    pool_bwd<T, true>(g.const_data_ptr<T>(), ind.const_data_ptr<int64_t>(),
+                      dx.mutable_data_ptr<T>(), d, cl, ah, aw, NoDivisor{});
+  });
+  return dx;
+}
+
+at::Tensor max_pool2d_bwd(const at::Tensor& grad, const at::Tensor& indices,
+                          at::IntArrayRef input_size, at::IntArrayRef kernel,
+                          at::IntArrayRef stride, at::IntArrayRef padding,
+                          at::IntArrayRef dilation, bool channels_last) {
+  check_pair(kernel, "kernel_size", 1);
+  check_pair(stride, "stride", 1);
+  check_pair(padding, "padding", 0);
+  check_pair(dilation, "dilation", 1);
+  return max_bwd_common(grad, indices, input_size, channels_last,
+                        [&](const Dims& d) {
+                          return std::pair{
+                              FixedAxis{d.IH, d.OH, kernel[0], stride[0], padding[0], dilation[0]},
+                              FixedAxis{d.IW, d.OW, kernel[1], stride[1], padding[1], dilation[1]}};
+                        });
+}
+
+at::Tensor avg_pool2d_fwd(const at::Tensor& x_in, at::IntArrayRef kernel, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef out_size,
+                          bool count_include_pad, int64_t divisor_override) {
+  check_pair(kernel, "kernel_size", 1);
+  check_pair(stride, "stride", 1);
+  check_pair(padding, "padding", 0);
+  check_pair(out_size, "output_size", 1);
+  bool cl = false;
+  at::Tensor x = prepare_input(x_in, &cl);
+  const Dims d = dims_of(x, out_size);
+  const FixedAxis ah{d.IH, d.OH, kernel[0], stride[0], padding[0], 1};
+  const FixedAxis aw{d.IW, d.OW, kernel[1], stride[1], padding[1], 1};
+  const AvgDivisor div{ah, aw, count_include_pad, divisor_override};
+  at::Tensor y = at::empty({d.N, d.C, d.OH, d.OW}, x.options().memory_format(format_of(cl)));
+  dispatch_float(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    pool_fwd<T, false, false>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(), nullptr, d, cl, ah,
+                              aw, div);
+  });
+  return y;
+}
+
+at::Tensor avg_pool2d_bwd(const at::Tensor& grad_in, at::IntArrayRef input_size,
+                          at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                          bool count_include_pad, int64_t divisor_override, bool channels_last) {
+  check_pair(kernel, "kernel_size", 1);
+  check_pair(stride, "stride", 1);
+  check_pair(padding, "padding", 0);
+  const Dims d = prepare_grad(grad_in, input_size);
+  const FixedAxis ah{d.IH, d.OH, kernel[0], stride[0], padding[0], 1};
+  const FixedAxis aw{d.IW, d.OW, kernel[1], stride[1], padding[1], 1};
+  const AvgDivisor div{ah, aw, count_include_pad, divisor_override};
+  const at::Tensor g = grad_in.contiguous(format_of(channels_last));
+  at::Tensor dx = at::empty({d.N, d.C, d.IH, d.IW}, g.options().memory_format(format_of(channels_last)));
+  dispatch_float(g.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    pool_bwd<T, false>(g.const_data_ptr<T>(), nullptr, dx.mutable_data_ptr<T>(), d,
+                       channels_last, ah, aw, div);
+  });
+  return dx;
+}
+
+at::Tensor adaptive_avg_pool2d_fwd(const at::Tensor& x_in, at::IntArrayRef out_size) {
+  check_pair(out_size, "output_size", 0);
+  bool cl = false;
+  at::Tensor x = prepare_input(x_in, &cl);
+  const Dims d = dims_of(x, out_size);
+  const AdaptiveAxis ah{d.IH, d.OH}, aw{d.IW, d.OW};
+  at::Tensor y = at::empty({d.N, d.C, d.OH, d.OW}, x.options().memory_format(format_of(cl)));
+  if (y.numel() == 0) return y;
+  dispatch_float(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    pool_fwd<T, false, false>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(), nullptr, d, cl, ah,
+                              aw, AdaptiveDivisor{ah, aw});
+  });
+  return y;
+}
+
+at::Tensor adaptive_avg_pool2d_bwd(const at::Tensor& grad_in, at::IntArrayRef input_size,
+                                   bool channels_last) {
+  const Dims d = prepare_grad(grad_in, input_size);
+  const AdaptiveAxis ah{d.IH, d.OH}, aw{d.IW, d.OW};
+  const at::Tensor g = grad_in.contiguous(format_of(channels_last));
+  at::Tensor dx = at::empty({d.N, d.C, d.IH, d.IW}, g.options().memory_format(format_of(channels_last)));
+  if (d.OH == 0 || d.OW == 0) return dx.zero_();
+  dispatch_float(g.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    pool_bwd<T, false>(g.const_data_ptr<T>(), nullptr, dx.mutable_data_ptr<T>(), d,
+                       channels_last, ah, aw, AdaptiveDivisor{ah, aw});
+  });
+  return dx;
+}
+
+std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_fwd(const at::Tensor& x_in,
+                                                           at::IntArrayRef out_size,
+                                                           bool with_indices) {
+  check_pair(out_size, "output_size", 0);
+  bool cl = false;
+  at::Tensor x = prepare_input(x_in, &cl);
+  const Dims d = dims_of(x, out_size);
+  const AdaptiveAxis ah{d.IH, d.OH}, aw{d.IW, d.OW};
+  at::Tensor y = at::empty({d.N, d.C, d.OH, d.OW}, x.options().memory_format(format_of(cl)));
+  at::Tensor ind = with_indices
+      ? at::empty({d.N, d.C, d.OH, d.OW}, x.options().dtype(at::kLong).memory_format(format_of(cl)))
+      : at::empty({0}, x.options().dtype(at::kLong));
+  if (y.numel() == 0) return {y, ind};
+  dispatch_float(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    if (with_indices)
+      pool_fwd<T, true, true>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(),
+                              ind.mutable_data_ptr<int64_t>(), d, cl, ah, aw, NoDivisor{});
+    else
+      pool_fwd<T, true, false>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(), nullptr, d, cl,
+                               ah, aw, NoDivisor{});
+  });
+  return {y, ind};
+}
+
+at::Tensor adaptive_max_pool2d_bwd(const at::Tensor& grad, const at::Tensor& indices,
+                                   at::IntArrayRef input_size, bool channels_last) {
+  return max_bwd_common(grad, indices, input_size, channels_last,
+                        [](const Dims& d) {
+                          return std::pair{AdaptiveAxis{d.IH, d.OH}, AdaptiveAxis{d.IW, d.OW}};
+                        });
+}
+
+// out[n, c, o] = x[n, c, ind[n, c, o]]: one pass over the indices in memory order.
+at::Tensor pool_gather(const at::Tensor& x_in, const at::Tensor& ind_in, bool channels_last) {
+  check_floating(x_in, "input");
+  PYDL_CHECK(x_in.dim() == 4 && ind_in.dim() == 4, "input and indices must be 4-D");
+  PYDL_CHECK(ind_in.scalar_type() == at::kLong, "indices must be int64, got ", ind_in.scalar_type());
+  PYDL_CHECK(x_in.size(0) == ind_in.size(0) && x_in.size(1) == ind_in.size(1),
+             "input and indices must agree in N and C, got ", x_in.sizes(), " and ", ind_in.sizes());
+  const at::Tensor x = x_in.contiguous(format_of(channels_last));
+  const at::Tensor ind = ind_in.contiguous(format_of(channels_last));
+  at::Tensor out = at::empty(ind.sizes(), x.options().memory_format(format_of(channels_last)));
+  const int64_t C = x.size(1), HW = x.size(2) * x.size(3), OHW = ind.size(2) * ind.size(3);
+  const int64_t n_out = out.numel();
+  dispatch_float(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = x.const_data_ptr<T>();
+    const int64_t* ip = ind.const_data_ptr<int64_t>();
+    T* op = out.mutable_data_ptr<T>();
+    at::parallel_for(0, n_out, 32768, [&](int64_t b, int64_t e) {
+      for (int64_t o = b; o < e; ++o) {
+        const int64_t k = ip[o];
+        if (k < 0 || k >= HW) {  // a window with no tap inside the input: it depends on nothing
+          op[o] = T(0);
+        } else if (channels_last) {  // o = (n*OHW + site)*C + c
+          const int64_t c = o % C, n = o / (C * OHW);
+          op[o] = xp[(n * HW + k) * C + c];
+        } else {  // o = (n*C + c)*OHW + site
+          op[o] = xp[(o / OHW) * HW + k];
+        }
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pydl, CPU, m) {
+  m.impl("pool_gather", &pool_gather);
+  m.impl("max_pool2d_fwd", &max_pool2d_fwd);
+  m.impl("max_pool2d_bwd", &max_pool2d_bwd);
+  m.impl("avg_pool2d_fwd", &avg_pool2d_fwd);
+  m.impl("avg_pool2d_bwd", &avg_pool2d_bwd);
+  m.impl("adaptive_avg_pool2d_fwd", &adaptive_avg_pool2d_fwd);
+  m.impl("adaptive_avg_pool2d_bwd", &adaptive_avg_pool2d_bwd);
+  m.impl("adaptive_max_pool2d_fwd", &adaptive_max_pool2d_fwd);
+  m.impl("adaptive_max_pool2d_bwd", &adaptive_max_pool2d_bwd);
+}
+
+}  // namespace pydl
