@@ -112,6 +112,25 @@ def test_gradcheck(backend, device, name, fn, torch_fn):
     assert torch.autograd.gradcheck(lambda t: fn(t, backend=backend), (x,), eps=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[1] == "cpu"])
+@pytest.mark.parametrize("name,fn,torch_fn", ACTS, ids=ACT_IDS)
+def test_gradgradcheck(backend, device, name, fn, torch_fn):
+    """second derivatives (double backward through act_bwd), out of place and in place"""
+    x = make_input((3, 4, 5), torch.float64, device, requires_grad=True, seed=12)
+    x = (x + 0.05 * torch.sign(x.detach())).detach().requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda t: fn(t, backend=backend), (x,), eps=1e-6, atol=1e-7)
+    if name.startswith(("relu", "leaky", "elu")):
+        assert torch.autograd.gradgradcheck(lambda t: fn(t * 1, inplace=True, backend=backend), (x,),
+                                            eps=1e-6, atol=1e-7)
+    # and against torch's own double backward
+    x2 = x.detach().clone().requires_grad_()
+    (g1,) = torch.autograd.grad(fn(x, backend=backend).square().sum(), x, create_graph=True)
+    (g2,) = torch.autograd.grad(torch_fn(x2).square().sum(), x2, create_graph=True)
+    (h1,) = torch.autograd.grad(g1.sin().sum(), x)
+    (h2,) = torch.autograd.grad(g2.sin().sum(), x2)
+    assert torch.allclose(h1, h2, atol=1e-10, rtol=1e-8)
+
+
 def _ops_for(backend):
     return torch.ops.pydl_triton if backend == "triton" else torch.ops.pydl
 

@@ -59,7 +59,8 @@ if _dispatch._kernels is not None:
 
 # ------------------------------------------------- fake kernels and autograd, both families
 def _register(ns: str):
-    """Fake kernels and autograd for one op namespace; returns the differentiable act_fwd."""
+    """Fake kernels and autograd for one op namespace; returns the differentiable act_fwd
+    and act_bwd."""
     @torch.library.register_fake(f"{ns}::act_fwd")
     def _(x, act, alpha):
         return empty_dense_like(x)
@@ -72,7 +73,23 @@ def _register(ns: str):
     def _(grad, saved, act, alpha, is_result):
         return empty_dense_like(saved)
 
-    bwd = getattr(torch.ops, ns).act_bwd
+    def bwd_setup(ctx, inputs, output):
+        grad, saved, act, alpha, is_result = inputs
+        ctx.act, ctx.alpha, ctx.is_result = act, alpha, is_result
+        ctx.save_for_backward(grad, saved)
+
+    def bwd_backward(ctx, gg):
+        # act_bwd(g, s) = g * f'(s): linear in g, and f'(s) differentiated for s
+        grad, saved = ctx.saved_tensors
+        d_grad = bwd(gg, saved, ctx.act, ctx.alpha, ctx.is_result) if ctx.needs_input_grad[0] else None
+        d_saved = None
+        if ctx.needs_input_grad[1]:
+            d_saved = _fprime_derivative(ctx.act, ctx.alpha, ctx.is_result, saved) * grad * gg
+        return d_grad, d_saved, None, None, None
+
+    # differentiable act_bwd: second derivatives (gradient penalties, gradgradcheck) are
+    # right instead of silently zero
+    bwd = differentiable(f"{ns}::act_bwd", bwd_setup, bwd_backward)
 
     def setup_context(ctx, inputs, output):
         x, act, alpha = inputs
@@ -84,17 +101,36 @@ def _register(ns: str):
         (saved,) = ctx.saved_tensors
         return bwd(grad, saved, ctx.act, ctx.alpha, ctx.is_result), None, None
 
-    return differentiable(f"{ns}::act_fwd", setup_context, backward)
+    return differentiable(f"{ns}::act_fwd", setup_context, backward), bwd
 
 
 _OPS = {}  # backend -> the op namespace holding act_fwd / act_fwd_ / act_bwd
 _FWD = {}  # backend -> differentiable act_fwd
+_BWD = {}  # backend -> differentiable act_bwd
 if _dispatch._C is not None:
-    _FWD["cpu"] = _FWD["cuda"] = _register("pydl")
+    _FWD["cpu"], _BWD["cpu"] = _register("pydl")
+    _FWD["cuda"], _BWD["cuda"] = _FWD["cpu"], _BWD["cpu"]
     _OPS["cpu"] = _OPS["cuda"] = torch.ops.pydl
 if _dispatch._kernels is not None:
-    _FWD["triton"] = _register("pydl_triton")
+    _FWD["triton"], _BWD["triton"] = _register("pydl_triton")
     _OPS["triton"] = torch.ops.pydl_triton
+
+
+def _fprime_derivative(act: str, alpha: float, is_result: bool, s: torch.Tensor) -> torch.Tensor:
+    """d f'(s) / ds, where f'(s) is the derivative act_bwd multiplies by, written from the
+    saved tensor s (the output y when is_result, else the input x). This is autograd's
+    formula for the second derivative (only double backward uses it), composed of torch's
+    elementwise ops the way torch's own derivatives.yaml formulas are."""
+    if act in ("relu", "leaky_relu"):  # piecewise constant slope
+        return torch.zeros_like(s)
+    if act == "elu":
+        neg = s <= 0
+        if is_result:  # f'(y) = y + alpha for y <= 0
+            return neg.to(s.dtype)
+        return torch.where(neg, alpha * torch.exp(s), torch.zeros_like(s))  # f'(x) = alpha e^x
+    if act == "sigmoid":  # f'(y) = y (1 - y)
+        return 1 - 2 * s
+    return -2 * s  # tanh: f'(y) = 1 - y^2
 
 
 class _InplaceAct(torch.autograd.Function):
@@ -111,7 +147,7 @@ class _InplaceAct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
-        dx = _OPS[ctx.backend].act_bwd(grad, y, ctx.act, ctx.alpha, True)
+        dx = _BWD[ctx.backend](grad, y, ctx.act, ctx.alpha, True)
         return dx, None, None, None
 
 
