@@ -1,6 +1,11 @@
-"""One rank of the data-parallel test (tests/test_ddp.py): trains a pydl model under
-DistributedDataParallel (gloo) on its shard of a fixed batch and saves the final
-parameters and buffers. Run with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set."""
+"""One rank of the data-parallel tests (tests/test_ddp.py). Trains on its shard of a fixed
+batch and saves the final state_dict. Run with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT.
+
+    ddp_worker.py ddp OUT      a pydl model under DistributedDataParallel (gloo)
+    ddp_worker.py syncbn OUT   a pydl model with pydl SyncBatchNorm; gradients averaged
+                               with an explicit all_reduce -- what DDP does, which torch's
+                               DDP refuses for SyncBatchNorm on CPU modules
+"""
 import os
 import sys
 
@@ -11,20 +16,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ddp_model import build, data, optimizer, train_steps  # noqa: E402
 
 
-def main(out):
+def average_grads(model):
+    world = dist.get_world_size()
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
+def main(kind, out):
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(0)
-    model = build(sync_bn=True)
-    ddp = torch.nn.parallel.DistributedDataParallel(model)
-    opt = optimizer(ddp.parameters())
+    model = build("plain" if kind == "ddp" else "syncbn")
     x, y = data()
-    # unequal shards: rank 0 takes the first 5 samples, rank 1 the other 7
-    cut = 5
+    cut = 5  # unequal shards: rank 0 takes 5 samples, rank 1 the other 7
     xs, ys = (x[:cut], y[:cut]) if rank == 0 else (x[cut:], y[cut:])
-    # DDP averages gradients over ranks; scale each rank's mean loss by its share of the
-    # batch so the sum over ranks equals the mean over the whole batch
-    train_steps(ddp, opt, xs, ys, scale=world * len(xs) / len(x))
+    # gradients are averaged over ranks: scale each rank's mean loss by its share of the
+    # batch so the average equals the gradient of the mean loss over the whole batch
+    scale = world * len(xs) / len(x)
+    if kind == "ddp":
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        train_steps(ddp, optimizer(ddp.parameters()), xs, ys, scale=scale)
+    else:
+        train_steps(model, optimizer(model.parameters()), xs, ys, scale=scale, allreduce=average_grads)
     if rank == 0:
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
     dist.barrier()
@@ -32,4 +46,4 @@ def main(out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

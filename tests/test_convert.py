@@ -86,25 +86,30 @@ def _train_step(model, x, seed):
     return out
 
 
+def rel_err(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
 @pytest.mark.parametrize("name", ["resnet18", "vgg11"])
 def test_torchvision_models_convert_and_match(name):
+    """float32 through a deep network: the two differ by summation order only, compared by
+    relative norm error (1e-3: float32 over ~20 layers with batch statistics)."""
     torch.manual_seed(0)
     ref = getattr(torchvision.models, name)(weights=None, num_classes=10)
     conv = pydl.convert(ref)
     assert pydl_layer_count(conv) > 0
-    size = 32 if name == "resnet18" else 32
-    x = torch.randn(2, 3, size, size)
+    x = torch.randn(4, 3, 64, 64) if name == "resnet18" else torch.randn(2, 3, 32, 32)
     if name == "vgg11":  # dropout: same mask needs the same RNG stream
         ref.eval(), conv.eval()
     for mode in ("train", "eval"):
         getattr(ref, mode)(), getattr(conv, mode)()
         y_ref, y = _train_step(ref, x, 1), _train_step(conv, x, 1)
-        assert torch.allclose(y, y_ref, atol=1e-4, rtol=1e-4), mode
+        assert rel_err(y, y_ref) < 1e-3, mode
         for (n, p), q in zip(ref.named_parameters(), conv.parameters()):
-            assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-3), (mode, n)
+            assert rel_err(q.grad, p.grad) < 1e-3, (mode, n, rel_err(q.grad, p.grad))
             p.grad = q.grad = None
         for (n, b), c in zip(ref.named_buffers(), conv.buffers()):
-            assert torch.equal(b, c) or torch.allclose(b.float(), c.float(), atol=1e-5), (mode, n)
+            assert torch.equal(b, c) or rel_err(c, b) < 1e-4, (mode, n)
     # checkpoints both ways
     conv.load_state_dict(ref.state_dict())
     ref.load_state_dict(pydl.revert(conv).state_dict())

@@ -1,6 +1,8 @@
-"""pydl models and optimizers under DistributedDataParallel: two gloo processes, each
-with part of the batch (unequal parts), end where one process training on the whole
-batch ends."""
+"""Data-parallel training with pydl layers and optimizers: two gloo processes, each with
+part of the batch (unequal parts), end where one process training on the whole batch
+ends -- under DistributedDataParallel, and with pydl's SyncBatchNorm (parameters and
+running statistics equal to BatchNorm on the whole batch)."""
+import pytest
 import os
 import socket
 import subprocess
@@ -19,11 +21,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_matches_single_process(tmp_path):
+@pytest.mark.parametrize("kind", ["ddp", "syncbn"])
+def test_two_processes_match_single_process(tmp_path, kind):
     out = tmp_path / "ddp.pt"
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2",
                OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "ddp_worker.py"), str(out)],
+    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "ddp_worker.py"), kind, str(out)],
                               env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for r in range(2)]
     logs = []
@@ -36,7 +39,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
             raise AssertionError("DDP workers hung")
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)
 
-    model = build(sync_bn=False)
+    model = build("plain" if kind == "ddp" else "bn")
     opt = optimizer(model.parameters())
     x, y = data()
     train_steps(model, opt, x, y)
