@@ -43,6 +43,58 @@ BAD_INPUT = {
         ("act-bwd-dtype", "importlib.import_module('pydl.ops.activation')._OPS[B].act_bwd(torch.randn(3, device=D), "
          "torch.randn(3, device=D, dtype=torch.float64), 'relu', 0.0, True)", "RuntimeError", "dtype"),
     ],
+    "pool": [
+        ("maxpool-kernel-0", "F.max_pool2d(torch.randn(2, 3, 7, 7, device=D), 0, backend=B)", "RuntimeError", "kernel_size"),
+        ("maxpool-stride-0", "F.max_pool2d(torch.randn(2, 3, 7, 7, device=D), 3, 0, backend=B)", "RuntimeError", "stride"),
+        ("maxpool-padding", "F.max_pool2d(torch.randn(2, 3, 7, 7, device=D), 3, 1, 2, backend=B)", "RuntimeError",
+         "at most half"),
+        ("maxpool-dilation-0", "F.max_pool2d(torch.randn(2, 3, 7, 7, device=D), 3, 1, 1, 0, backend=B)", "RuntimeError",
+         "dilation"),
+        ("maxpool-empty-output", "F.max_pool2d(torch.randn(1, 1, 2, 2, device=D), 3, backend=B)", "RuntimeError", "empty"),
+        ("maxpool-rank", "F.max_pool2d(torch.randn(7, 7, device=D), 2, backend=B)", "RuntimeError", "3-D"),
+        ("avgpool-kernel-negative", "F.avg_pool2d(torch.randn(2, 3, 7, 7, device=D), -1, backend=B)", "RuntimeError",
+         "kernel_size"),
+        ("avgpool-divisor-0", "F.avg_pool2d(torch.randn(2, 3, 7, 7, device=D), 2, divisor_override=0, backend=B)",
+         "RuntimeError", "divisor_override"),
+        ("adaptive-negative-size", "F.adaptive_avg_pool2d(torch.randn(2, 3, 7, 7, device=D), -1, backend=B)",
+         "RuntimeError", "output_size"),
+        ("adaptive-max-rank", "F.adaptive_max_pool2d(torch.randn(3, device=D), 2, backend=B)", "RuntimeError", "3-D"),
+        ("pool-int-dtype", "F.max_pool2d(torch.arange(49, device=D).view(1, 1, 7, 7), 2, backend=B)", "TypeError",
+         "float32"),
+        ("module-kernel-0", "pydl.nn.MaxPool2d(0, backend=B)(torch.randn(1, 2, 5, 5, device=D))", "RuntimeError",
+         "kernel_size"),
+    ],
+    "batchnorm": [
+        ("bn-running-stats-size", "F.batch_norm(torch.randn(2, 3, 5, 5, device=D), torch.zeros(4, device=D), "
+         "torch.ones(4, device=D), training=True, backend=B)", "RuntimeError", "running_mean"),
+        ("bn-weight-size", "F.batch_norm(torch.randn(2, 3, 5, 5, device=D), None, None, torch.ones(5, device=D), None, "
+         "True, backend=B)", "RuntimeError", "weight"),
+        ("bn2d-rank", "pydl.nn.BatchNorm2d(3, backend=B).to(D)(torch.randn(3, 7, device=D))", "ValueError", "4D input"),
+        ("bn1d-one-value-per-channel", "pydl.nn.BatchNorm1d(3, backend=B).to(D)(torch.randn(1, 3, device=D))",
+         "ValueError", "more than 1 value per channel"),
+        ("bn-wrong-channels", "pydl.nn.BatchNorm2d(4, backend=B).to(D)(torch.randn(2, 3, 5, 5, device=D))",
+         "RuntimeError", "running_mean"),
+        ("bn-int-dtype", "F.batch_norm(torch.ones(2, 3, 5, 5, device=D, dtype=torch.int32), None, None, training=True, "
+         "backend=B)", "TypeError", "float"),
+    ],
+    "optim": [
+        ("adam-lr", "pydl.optim.Adam([torch.zeros(3, device=D, requires_grad=True)], lr=-1, backend=B)", "ValueError",
+         "learning rate"),
+        ("adam-betas", "pydl.optim.Adam([torch.zeros(3, device=D, requires_grad=True)], betas=(1.0, 0.9), backend=B)",
+         "ValueError", "beta parameter at index 0"),
+        ("rmsprop-eps", "pydl.optim.RMSprop([torch.zeros(3, device=D, requires_grad=True)], eps=-1, backend=B)",
+         "ValueError", "epsilon"),
+        ("sgd-weight-decay", "pydl.optim.SGD([torch.zeros(3, device=D, requires_grad=True)], weight_decay=-1, backend=B)",
+         "ValueError", "weight_decay"),
+        ("sgd-nesterov", "pydl.optim.SGD([torch.zeros(3, device=D, requires_grad=True)], lr=0.1, nesterov=True, "
+         "backend=B)", "ValueError", "Nesterov"),
+        ("adagrad-lr-decay", "pydl.optim.Adagrad([torch.zeros(3, device=D, requires_grad=True)], lr_decay=-1, backend=B)",
+         "ValueError", "lr_decay"),
+        ("sparse-grad", "p = torch.zeros(3, device=D, requires_grad=True); o = pydl.optim.Adam([p], backend=B); "
+         "p.grad = torch.zeros(3, device=D).to_sparse(); o.step()", "RuntimeError", "sparse"),
+        ("optim-backend-name", "pydl.optim.Adam([torch.zeros(3, device=D, requires_grad=True)], backend='apex')",
+         "ValueError", "backend"),
+    ],
 }
 
 RUNNER = r"""
@@ -124,6 +176,68 @@ def test_fuzz_activation(backend, device, cfg, act):
     x = make_input(shape, dtype, device, layout, requires_grad=True, seed=seed, scale=3.0)
     check_against_torch(lambda t: pydl.ops.act(t, name, alpha, backend=backend),
                         _torch_act(name, alpha), [x], what=f"{name} {shape} {layout} {dtype}")
+
+
+@st.composite
+def pool_config(draw):
+    k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    p = (draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2)))
+    d = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    return k, s, p, d, draw(st.booleans())
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@given(shape=st.tuples(st.integers(1, 3), st.sampled_from([1, 2, 3, 5]), st.sampled_from([1, 2, 5, 7, 13]),
+                       st.sampled_from([1, 3, 5, 11])),
+       layout=st.sampled_from(["contiguous", "channels_last", "noncontig"]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]), cfg=pool_config(),
+       kind=st.sampled_from(["max", "avg"]), seed=st.integers(0, 2**16))
+def test_fuzz_pool(backend, device, shape, layout, dtype, cfg, kind, seed):
+    import torch.nn.functional as TF
+    from hypothesis import assume
+    k, s, p, d, ceil = cfg
+    x = make_input(shape, dtype, device, layout, requires_grad=True, seed=seed)
+    if kind == "max":
+        ours = lambda t: F.max_pool2d(t, k, s, p, d, ceil, backend=backend)  # noqa: E731
+        ref = lambda t: TF.max_pool2d(t, k, s, p, d, ceil)  # noqa: E731
+    else:
+        assume(d == (1, 1))
+        ours = lambda t: F.avg_pool2d(t, k, s, p, ceil, backend=backend)  # noqa: E731
+        ref = lambda t: TF.avg_pool2d(t, k, s, p, ceil)  # noqa: E731
+    try:
+        ref(x.detach())
+    except RuntimeError:
+        with pytest.raises(RuntimeError):  # what torch rejects, pydl rejects
+            ours(x)
+        return
+    check_against_torch(ours, ref, [x], what=f"{kind}pool {shape} {cfg} {layout} {dtype}")
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@given(shape=st.tuples(st.integers(2, 4), st.sampled_from([1, 3, 5]), st.sampled_from([1, 2, 7]),
+                       st.sampled_from([1, 3, 5])),
+       layout=st.sampled_from(["contiguous", "channels_last", "noncontig"]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]), training=st.booleans(),
+       affine=st.booleans(), seed=st.integers(0, 2**16))
+def test_fuzz_batch_norm(backend, device, shape, layout, dtype, training, affine, seed):
+    import torch.nn.functional as TF
+    c = shape[1]
+    x = make_input(shape, dtype, device, layout, requires_grad=True, seed=seed)
+    wdt = torch.float64 if dtype == torch.float64 else torch.float32
+    w = make_input((c,), wdt, device, requires_grad=True, seed=seed + 1) if affine else None
+    b = make_input((c,), wdt, device, requires_grad=True, seed=seed + 2) if affine else None
+    rm = make_input((c,), wdt, device, seed=seed + 3)
+    rv = make_input((c,), wdt, device, seed=seed + 4).abs() + 0.5
+    ins = [x] + ([w, b] if affine else [])
+
+    def ours(x, w=None, b=None):
+        return F.batch_norm(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-5, backend=backend)
+
+    def ref(x, w=None, b=None):
+        r = (lambda t: t.to(x.device, torch.float64 if x.dtype == torch.float64 else t.dtype))
+        return TF.batch_norm(x, r(rm).clone(), r(rv).clone(), w, b, training, 0.1, 1e-5)
+    check_against_torch(ours, ref, ins, what=f"batch_norm {shape} {layout} {dtype} train={training}")
 
 
 # ------------------------------------------------------------------------ determinism
