@@ -22,6 +22,18 @@ TORCH_LIBRARY(pydl, m) {
   m.def("act_fwd(Tensor x, str act, float alpha) -> Tensor");
   m.def("act_fwd_(Tensor(a!) x, str act, float alpha) -> ()");
   m.def("act_bwd(Tensor grad, Tensor saved, str act, float alpha, bool is_result) -> Tensor");
+
+  m.set_python_module("pydl.ops.conv");
+  // 2-D convolution. padding is [top, left, bottom, right] (bottom/right may exceed
+  // top/left: padding='same' with an even kernel); act is none | relu (fused epilogue);
+  // channels_last picks the memory format of the returned tensor.
+  m.def("conv2d_fwd(Tensor x, Tensor w, Tensor? b, int[] stride, int[] padding, int[] dilation, "
+        "int groups, str act, bool channels_last) -> Tensor");
+  m.def("conv2d_bwd_input(Tensor grad, Tensor w, int[] input_size, int[] stride, int[] padding, "
+        "int[] dilation, int groups, bool channels_last) -> Tensor");
+  m.def("conv2d_bwd_weight(Tensor grad, Tensor x, int[] weight_size, int[] stride, int[] padding, "
+        "int[] dilation, int groups, bool channels_last) -> Tensor");
+  m.def("conv2d_bwd_bias(Tensor grad) -> Tensor");
 }
 
 namespace {

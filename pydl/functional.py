@@ -12,6 +12,7 @@ import torch
 from . import ops
 
 __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "elu", "elu_", "sigmoid", "tanh"]
+__all__ += ["conv2d"]
 
 
 # ------------------------------------------------------------------------ activations
@@ -48,3 +49,11 @@ def sigmoid(input: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tens
 
 def tanh(input: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
     return ops.activation(input, "tanh", 0.0, False, backend)
+
+
+# ---------------------------------------------------------------------------- convolution
+def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           stride=1, padding=0, dilation=1, groups: int = 1, *, activation: Optional[str] = None,
+           backend: Optional[str] = None) -> torch.Tensor:
+    """F.conv2d. activation="relu" fuses bias + ReLU into the kernel's epilogue."""
+    return ops.conv2d(input, weight, bias, stride, padding, dilation, groups, activation, backend)

@@ -6,3 +6,4 @@ C++ ops (cpu + cuda) are ``torch.ops.pydl.*`` (schemas in csrc/pydl.cpp); Triton
 are ``torch.ops.pydl_triton.*`` (``torch.library.custom_op``, defined here).
 """
 from .activation import activation  # noqa: F401
+from .conv import conv2d  # noqa: F401
