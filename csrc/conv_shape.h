@@ -9,6 +9,7 @@
 //   even kernel pads one more on the bottom/right, as torch does).
 //
 // Strides are in elements, so one struct describes NCHW and channels_last tensors alike.
+// The members are constexpr so the CUDA kernels can call them (--expt-relaxed-constexpr).
 #pragma once
 
 #include <cstdint>
@@ -20,8 +21,8 @@ struct ConvShape {
   int64_t OC, KH, KW;       // weight [OC, C/groups, KH, KW]
   int64_t OH, OW;           // output
   int64_t sh, sw, ph, pw, dh, dw, groups;
-  int64_t Cg() const { return C / groups; }
-  int64_t OCg() const { return OC / groups; }
+  constexpr int64_t Cg() const { return C / groups; }
+  constexpr int64_t OCg() const { return OC / groups; }
 };
 
 // Element strides of a 4-D tensor (n, c, h, w order whatever the memory order is).

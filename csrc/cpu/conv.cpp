@@ -27,10 +27,9 @@
 // the output may be NCHW or channels_last as the caller asks (pydl/ops/conv.py decides,
 // following torch's rule).
 #include "common.h"
-#include "conv_shape.h"
+#include "conv_common.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -49,51 +48,6 @@ inline Range tap_range(int64_t L, int64_t O, int64_t s, int64_t p, int64_t off /
   const int64_t u = L - 1 + p - off;  // need o*s <= u
   const int64_t hi = u < 0 ? 0 : std::min(O, u / s + 1);
   return {lo, std::max(lo, hi)};
-}
-
-at::Tensor alloc4(at::IntArrayRef sizes, const at::TensorOptions& opt, bool channels_last) {
-  return at::empty(sizes, opt.memory_format(channels_last ? at::MemoryFormat::ChannelsLast
-                                                          : at::MemoryFormat::Contiguous));
-}
-
-Strides4 strides_of(const at::Tensor& t) {
-  return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
-}
-
-ConvShape make_shape(at::IntArrayRef xs, at::IntArrayRef ws, at::IntArrayRef ys,
-                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                     int64_t groups) {
-  ConvShape s;
-  s.N = xs[0]; s.C = xs[1]; s.H = xs[2]; s.W = xs[3];
-  s.OC = ws[0]; s.KH = ws[2]; s.KW = ws[3];
-  s.OH = ys[2]; s.OW = ys[3];
-  s.sh = stride[0]; s.sw = stride[1];
-  s.ph = padding[0]; s.pw = padding[1];
-  s.dh = dilation[0]; s.dw = dilation[1];
-  s.groups = groups;
-  return s;
-}
-
-// The checks every op shares; the Python layer raised friendlier errors before this.
-void check_geometry(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                    int64_t groups) {
-  PYDL_CHECK(stride.size() == 2 && stride[0] > 0 && stride[1] > 0,
-             "stride must be 2 positive integers, got ", stride);
-  PYDL_CHECK(padding.size() == 4 && padding[0] >= 0 && padding[1] >= 0 && padding[2] >= 0 &&
-                 padding[3] >= 0,
-             "padding must be 4 non-negative integers (top, left, bottom, right), got ", padding);
-  PYDL_CHECK(dilation.size() == 2 && dilation[0] > 0 && dilation[1] > 0,
-             "dilation must be 2 positive integers, got ", dilation);
-  PYDL_CHECK(groups > 0, "groups must be positive, got ", groups);
-}
-
-void check_weight(const at::Tensor& w, int64_t C, int64_t groups) {
-  PYDL_CHECK(w.dim() == 4, "weight must be 4-D [out_channels, in_channels/groups, kH, kW], got ",
-             w.dim(), "-D");
-  PYDL_CHECK(w.size(0) % groups == 0, "out_channels (", w.size(0), ") must be divisible by groups (",
-             groups, ")");
-  PYDL_CHECK(C % groups == 0 && w.size(1) * groups == C, "input has ", C,
-             " channels but weight expects in_channels/groups = ", w.size(1), " with groups = ", groups);
 }
 
 // ------------------------------------------------------------------------------ forward
@@ -138,29 +92,12 @@ void fwd_impl(const T* x, const T* w, const T* b, T* y, const ConvShape s, const
 at::Tensor conv2d_fwd(const at::Tensor& x_in, const at::Tensor& w_in, const std::optional<at::Tensor>& b_in,
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                       int64_t groups, c10::string_view act, bool channels_last) {
-  check_floating(x_in, "input");
-  check_same_device_dtype(x_in, "input", w_in, "weight");
-  PYDL_CHECK(x_in.dim() == 4, "input must be 4-D [N, C, H, W], got ", x_in.dim(), "-D");
-  check_geometry(stride, padding, dilation, groups);
-  check_weight(w_in, x_in.size(1), groups);
-  const bool relu = act == "relu";
-  PYDL_CHECK(relu || act == "none", "act must be 'none' or 'relu', got '", std::string(act), "'");
+  const bool relu = check_fwd_args(x_in, w_in, b_in, stride, padding, dilation, groups, act);
   const bool has_b = b_in.has_value() && b_in->defined();
-  if (has_b) {
-    check_same_device_dtype(x_in, "input", *b_in, "bias");
-    PYDL_CHECK(b_in->dim() == 1 && b_in->size(0) == w_in.size(0), "bias must have shape [",
-               w_in.size(0), "], got ", b_in->sizes());
-  }
-  const int64_t H = x_in.size(2), W = x_in.size(3), KH = w_in.size(2), KW = w_in.size(3);
-  const int64_t eh = dilation[0] * (KH - 1) + 1, ew = dilation[1] * (KW - 1) + 1;
-  const int64_t Hp = H + padding[0] + padding[2], Wp = W + padding[1] + padding[3];
-  PYDL_CHECK(eh <= Hp && ew <= Wp, "kernel size (", eh, " x ", ew,
-             " with dilation) can't be greater than the padded input size (", Hp, " x ", Wp, ")");
-  const int64_t OH = (Hp - eh) / stride[0] + 1, OW = (Wp - ew) / stride[1] + 1;
-
+  const auto [OH, OW] = conv_out_size(x_in.sizes(), w_in.sizes(), stride, padding, dilation);
   at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
   at::Tensor b = has_b ? b_in->contiguous() : at::Tensor();
-  at::Tensor y = alloc4({x.size(0), w.size(0), OH, OW}, x.options(), channels_last);
+  at::Tensor y = conv_alloc4({x.size(0), w.size(0), OH, OW}, x.options(), channels_last);
   if (y.numel() == 0) return y;
   const ConvShape s = make_shape(x.sizes(), w.sizes(), y.sizes(), stride, padding, dilation, groups);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pydl_conv2d_fwd", [&] {
@@ -209,16 +146,9 @@ void bwd_input_impl(const T* dy, const T* w, T* dx, const ConvShape s, const Str
 at::Tensor conv2d_bwd_input(const at::Tensor& grad_in, const at::Tensor& w_in, at::IntArrayRef input_size,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                             int64_t groups, bool channels_last) {
-  check_floating(grad_in, "grad_output");
-  check_same_device_dtype(grad_in, "grad_output", w_in, "weight");
-  PYDL_CHECK(grad_in.dim() == 4 && input_size.size() == 4, "grad_output and input_size must be 4-D");
-  check_geometry(stride, padding, dilation, groups);
-  check_weight(w_in, input_size[1], groups);
-  PYDL_CHECK(grad_in.size(0) == input_size[0] && grad_in.size(1) == w_in.size(0),
-             "grad_output shape ", grad_in.sizes(), " does not match input_size ", input_size,
-             " and weight ", w_in.sizes());
+  check_bwd_input_args(grad_in, w_in, input_size, stride, padding, dilation, groups);
   at::Tensor dy = grad_in.contiguous(), w = w_in.contiguous();
-  at::Tensor dx = alloc4(input_size, dy.options(), channels_last);
+  at::Tensor dx = conv_alloc4(input_size, dy.options(), channels_last);
   if (dx.numel() == 0) return dx;
   const ConvShape s = make_shape(input_size, w.sizes(), dy.sizes(), stride, padding, dilation, groups);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "pydl_conv2d_bwd_input", [&] {
@@ -261,19 +191,9 @@ void bwd_weight_impl(const T* dy, const T* x, T* dw, const ConvShape s, const St
 at::Tensor conv2d_bwd_weight(const at::Tensor& grad_in, const at::Tensor& x_in, at::IntArrayRef weight_size,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                              int64_t groups, bool channels_last) {
-  check_floating(grad_in, "grad_output");
-  check_same_device_dtype(grad_in, "grad_output", x_in, "input");
-  PYDL_CHECK(grad_in.dim() == 4 && x_in.dim() == 4 && weight_size.size() == 4,
-             "grad_output, input and weight_size must be 4-D");
-  check_geometry(stride, padding, dilation, groups);
-  PYDL_CHECK(weight_size[0] % groups == 0 && weight_size[1] * groups == x_in.size(1),
-             "weight_size ", weight_size, " does not match input channels ", x_in.size(1),
-             " with groups = ", groups);
-  PYDL_CHECK(grad_in.size(0) == x_in.size(0) && grad_in.size(1) == weight_size[0],
-             "grad_output shape ", grad_in.sizes(), " does not match input ", x_in.sizes(),
-             " and weight_size ", weight_size);
+  check_bwd_weight_args(grad_in, x_in, weight_size, stride, padding, dilation, groups);
   at::Tensor dy = grad_in.contiguous(), x = x_in.contiguous();
-  at::Tensor dw = alloc4(weight_size, dy.options(), channels_last);
+  at::Tensor dw = conv_alloc4(weight_size, dy.options(), channels_last);
   if (dw.numel() == 0) return dw;
   const ConvShape s = make_shape(x.sizes(), weight_size, dy.sizes(), stride, padding, dilation, groups);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "pydl_conv2d_bwd_weight", [&] {
