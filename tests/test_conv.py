@@ -222,6 +222,39 @@ def test_compile_fullgraph(backend, device):
         assert torch.equal(a.grad, b.grad)
 
 
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_autocast(backend, device):
+    """Under torch.autocast conv2d computes in the autocast dtype, as torch's does; the
+    gradients flow back to the float32 leaves."""
+    dt = torch.bfloat16
+    x = make_input((2, 4, 7, 6), torch.float32, device, requires_grad=True)
+    w = make_input((6, 2, 3, 3), torch.float32, device, requires_grad=True, seed=1)
+    b = make_input((6,), torch.float32, device, requires_grad=True, seed=2)
+    with torch.autocast(device, dtype=dt):
+        y = F.conv2d(x, w, b, padding=1, groups=2, backend=backend)
+        y_t = TF.conv2d(x, w, b, padding=1, groups=2)
+    assert y.dtype == y_t.dtype == dt
+    y_ref = TF.conv2d(*(t.detach().to(dt).double() for t in (x, w, b)), padding=1, groups=2)
+    # both round the same bf16 operands' exact products once: within 2 bf16 ulps of |y|max
+    scale = float(y_ref.abs().max())
+    assert float((y.double() - y_ref).abs().max()) <= 2 * 2 ** -8 * scale
+    y.float().sum().backward()
+    assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float32
+
+
+@pytest.mark.skipif(not GPU, reason="needs a GPU with > 8 GB free")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("groups", [1, 16], ids=["gemm", "depthwise"])
+def test_64bit_indexing(backend, groups):
+    """More than 2^31 elements in the input and the output: offsets must be 64-bit."""
+    x = torch.randn(2, 16, 8192, 8200, device="cuda", dtype=torch.bfloat16)   # 2.15e9 elements
+    w = torch.randn(16, 16 // groups, 3, 3, device="cuda", dtype=torch.bfloat16)
+    y = F.conv2d(x, w, padding=1, groups=groups, backend=backend)
+    # compare the last rows (the far end of the tensor) against torch on the same slice
+    y_t = TF.conv2d(x[:, :, -9:], w, padding=1, groups=groups)
+    assert torch.allclose(y[:, :, -8:].float(), y_t[:, :, -8:].float(), rtol=2e-2, atol=5e-2)
+
+
 @pytest.mark.skipif(not GPU, reason="TF32 exists only on the GPU")
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_tf32_mode(backend):

@@ -233,6 +233,19 @@ def _check(input, weight, bias, stride, padding, dilation, groups, activation):
     return stride, pad, dilation
 
 
+def _autocast(*ts):
+    """Inside torch.autocast, conv2d runs in the autocast dtype, as torch's conv2d does (it
+    is on autocast's lower-precision list): float32/16 operands are cast, float64 is not."""
+    x = ts[0]
+    if not isinstance(x, torch.Tensor) or x.device.type not in ("cpu", "cuda") \
+            or not torch.is_autocast_enabled(x.device.type):
+        return ts
+    dt = torch.get_autocast_dtype(x.device.type)
+    return tuple(t.to(dt) if isinstance(t, torch.Tensor) and t.dtype in (torch.float32, torch.float16,
+                                                                         torch.bfloat16) else t
+                 for t in ts)
+
+
 # -------------------------------------------------------------------------- entry point
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
            stride: Union[int, Sequence[int]] = 1, padding: Union[int, Sequence[int], str] = 0,
@@ -240,6 +253,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
            backend: Optional[str] = None) -> torch.Tensor:
     """F.conv2d on the chosen backend, differentiable in input, weight and bias.
     activation="relu" fuses bias + ReLU into the kernel's epilogue."""
+    input, weight, bias = _autocast(input, weight, bias)
     stride, pad, dilation = _check(input, weight, bias, stride, padding, dilation, groups, activation)
     name = _dispatch.resolve("conv2d", input.device, backend)
     if name == "torch":
