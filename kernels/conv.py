@@ -98,7 +98,7 @@ def conv2d_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     w_col = w_ptr + (g * OCg + rn) * swo              # [BLOCK_N] pointers
     acc = _acc_zeros(BLOCK_M, BLOCK_N, IS_F64)
     for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
+        rk = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
         if K_CL:   # k = (kh, kw, c): channels contiguous in NHWC memory
             c = rk % Cg
             kh = rk // (Cg * KW)
@@ -146,7 +146,7 @@ def conv2d_bwd_input_kernel(g_ptr, w_ptr, dx_ptr,
     w_col = w_ptr + g * OCg * swo + rn * swc
     acc = _acc_zeros(BLOCK_M, BLOCK_N, IS_F64)
     for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
+        rk = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
         if K_CL:   # k = (kh, kw, j): output channels contiguous in NHWC dy
             j = rk % OCg
             kh = rk // (OCg * KW)
@@ -197,7 +197,7 @@ def conv2d_bwd_weight_kernel(g_ptr, x_ptr, dw_ptr,
     x_col = x_ptr + (g * Cg + c) * sxc
     acc = _acc_zeros(BLOCK_M, BLOCK_N, IS_F64)
     for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)                      # (n, oh, ow)
+        rk = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)       # (n, oh, ow)
         n = rk // (OH * OW)
         ohw = rk % (OH * OW)
         oh = ohw // OW

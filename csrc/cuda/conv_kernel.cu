@@ -575,6 +575,7 @@ int launch_conv2d_bwd_weight(DType dtype, const void* grad, Strides4 gs, const v
     const T* xp = static_cast<const T*>(x);
     T* wp = static_cast<T*>(dw);
     if (s.Cg() == 1) {
+      if (total > 0x7fffffff) { err = int(cudaErrorInvalidConfiguration); return; }
       dw_wgrad_kernel<T><<<unsigned(total), kThreads, 0, stream>>>(gp, xp, wp, s, gs, xs, dws);
       err = int(cudaGetLastError());
       return;
