@@ -11,6 +11,10 @@ interpreter (no GPU) a reduced set of tiny rows runs.
 float32 on the GPU: these tests run with torch.backends.cudnn.allow_tf32 = False (full
 float32 in both torch and pydl), except test_tf32_mode which checks the TF32 mode.
 """
+import os
+import shutil
+import subprocess
+
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -269,6 +273,26 @@ def test_tf32_mode(backend):
     # TF32 rounds each operand to 11 significant bits: relative error ~2^-11 per product,
     # summed over K = 288 products of O(1) terms
     assert err < 288 * 2 ** -10, err
+
+
+# ------------------------------------------- CUDA kernels, emulated on the host (no GPU)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20) to build the emulation")
+def test_cuda_kernels_emulated_on_host(tmp_path):
+    """The CUDA kernels of csrc/cuda/conv_device.cuh, compiled for the host with C++
+    threads as CUDA threads (tests/conv_cuda_emulation.cpp): every engine (SIMT, WMMA with
+    a bfloat16 stand-in, depthwise, split-K weight grad, bias grad) against a float64
+    direct convolution. Checks their indexing where no GPU is available."""
+    exe = tmp_path / "conv_emu"
+    src = os.path.join(_ROOT, "tests", "conv_cuda_emulation.cpp")
+    build = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-I", os.path.join(_ROOT, "csrc"),
+                            "-I", os.path.join(_ROOT, "csrc", "cuda"), src, "-o", str(exe)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-4000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "0 failure(s)" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
 
 
 # ----------------------------------------------------------------------- nn.Conv2d
