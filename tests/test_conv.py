@@ -241,7 +241,7 @@ def test_autocast(backend, device):
     y_ref = TF.conv2d(*(t.detach().to(dt).double() for t in (x, w, b)), padding=1, groups=2)
     # both round the same bf16 operands' exact products once: within 2 bf16 ulps of |y|max
     scale = float(y_ref.abs().max())
-    assert float((y.double() - y_ref).abs().max()) <= 2 * 2 ** -8 * scale
+    assert float((y.detach().double() - y_ref).abs().max()) <= 2 * 2 ** -8 * scale
     y.float().sum().backward()
     assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float32
 
