@@ -59,6 +59,9 @@ inline float to_c(BF16 v) { return v.v; }
 template <typename T> inline T from_c(typename OpMath<T>::type v) { return T(v); }
 template <> inline BF16 from_c<BF16>(float v) { return to_bf16(v); }
 constexpr int kThreads = 256;
+// (no alignas: the host stand-in types are wider than the GPU's; alignment is the
+// launcher's check on the GPU)
+template <typename T, int N> struct Pack { T v[N]; };
 }  // namespace pydl
 
 namespace nvcuda {
@@ -67,6 +70,7 @@ struct matrix_a {};
 struct matrix_b {};
 struct accumulator {};
 struct row_major {};
+struct col_major {};
 enum layout_t { mem_row_major };
 template <typename Use, int M, int N, int K, typename T, typename Layout = void>
 struct fragment {
@@ -75,9 +79,16 @@ struct fragment {
 template <typename F> void fill_fragment(F& f, float v) {
   for (auto& e : f.x) e = v;
 }
-template <typename F, typename T> void load_matrix_sync(F& f, const T* p, unsigned ldm) {
+// f.x holds the fragment's matrix row-major whatever its memory layout
+template <typename Use, typename T> void load_matrix_sync(fragment<Use, 16, 16, 16, T, row_major>& f, const T* p,
+                                                          unsigned ldm) {
   for (int r = 0; r < 16; ++r)
     for (int c = 0; c < 16; ++c) f.x[r * 16 + c] = p[r * ldm + c];
+}
+template <typename Use, typename T> void load_matrix_sync(fragment<Use, 16, 16, 16, T, col_major>& f, const T* p,
+                                                          unsigned ldm) {
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) f.x[r * 16 + c] = p[c * ldm + r];
 }
 template <typename D, typename A, typename B> void mma_sync(D& d, const A& a, const B& b, const D& c) {
   float t[256];
@@ -163,7 +174,8 @@ T poison() {
 }
 
 // All kernels for one configuration and element type; returns the number of failures.
-template <typename T, bool WMMA>
+// VEC: channels_last weight and the 16-byte-load forward engine (needs C/groups % 8 == 0).
+template <typename T, bool WMMA, bool VEC = false>
 int run(const Cfg& c, double tol) {
   ConvShape s;
   s.N = c.N; s.C = c.C; s.H = c.H; s.W = c.W; s.OC = c.OC; s.KH = c.KH; s.KW = c.KW;
@@ -173,7 +185,7 @@ int run(const Cfg& c, double tol) {
   const int64_t Cg = s.Cg(), OCg = s.OCg();
   auto X = rnd<T>(c.N * c.C * c.H * c.W), Wt = rnd<T>(c.OC * Cg * c.KH * c.KW), B = rnd<T>(c.OC),
        G = rnd<T>(c.N * c.OC * s.OH * s.OW);
-  const Strides4 xs = strides(c.C, c.H, c.W, c.cl), ws = strides(Cg, c.KH, c.KW, false),
+  const Strides4 xs = strides(c.C, c.H, c.W, c.cl), ws = strides(Cg, c.KH, c.KW, VEC),
                  ys = strides(c.OC, s.OH, s.OW, c.cl);
   // float64 reference: y = relu(conv + b), dx, dw, db
   std::vector<double> Yr(G.size()), DXr(X.size(), 0), DWr(Wt.size(), 0), DBr(c.OC, 0);
@@ -208,7 +220,7 @@ int run(const Cfg& c, double tol) {
     launch({3, 1, 1}, 32, [&] { dw_dgrad_kernel<T>(G.data(), Wt.data(), DX.data(), s, ys, ws, xs, c.cl, tx); });
     launch({unsigned(Wt.size()), 1, 1}, kThreads, [&] { dw_wgrad_kernel<T>(G.data(), X.data(), DW.data(), s, ys, xs, ws); });
   } else {
-    path = WMMA ? "gemm-wmma" : "gemm-simt";
+    path = VEC ? "gemm-vec" : WMMA ? "gemm-wmma" : "gemm-simt";
     auto gemm = [&](const auto& p, int64_t M, int64_t N, int64_t z) {
       using P = std::decay_t<decltype(p)>;
       const Dim3 grid{unsigned((M + kTile - 1) / kTile), unsigned((N + kTile - 1) / kTile), unsigned(z)};
@@ -217,7 +229,13 @@ int run(const Cfg& c, double tol) {
     };
     FwdProblem<T> f{X.data(), Wt.data(), B.data(), Y.data(), s, xs, ws, ys, true, s.N * s.OH * s.OW, OCg,
                     Cg * s.KH * s.KW};
-    gemm(f, f.M, f.N, s.groups);
+    if constexpr (VEC) {
+      const FwdVecProblem<T> fv{f};
+      launch({unsigned((f.M + kTile - 1) / kTile), unsigned((f.N + kTile - 1) / kTile), unsigned(s.groups)}, 128,
+             [&] { gemm_wmma_vec_kernel<FwdVecProblem<T>, T>(fv); });
+    } else {
+      gemm(f, f.M, f.N, s.groups);
+    }
     DgradProblem<T> d{G.data(), Wt.data(), DX.data(), s, ys, ws, xs, s.N * s.H * s.W, Cg, OCg * s.KH * s.KW};
     gemm(d, d.M, d.N, s.groups);
     const int64_t K = s.N * s.OH * s.OW, splits = 3, per = ((K + splits - 1) / splits + 31) / 32 * 32;
@@ -251,12 +269,19 @@ int main() {
       {2, 6, 9, 7, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 6, false},    // depthwise
       {2, 4, 8, 9, 8, 3, 3, 2, 1, 1, 1, 1, 1, 2, 1, 4, true},     // depthwise, multiplier 2
   };
+  // channels_last, C/groups a multiple of 8: the 16-byte-load forward
+  const std::vector<Cfg> vec_cfgs = {
+      {2, 16, 9, 7, 70, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, true},   // K = 144: 5 K steps, 2 column tiles
+      {2, 16, 9, 11, 12, 3, 2, 2, 1, 1, 0, 1, 1, 1, 2, 2, true},  // grouped, Cg = 8
+      {3, 24, 5, 5, 20, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, true},   // 1x1
+  };
   int fails = 0;
   for (const auto& c : cfgs) {
     fails += run<double, false>(c, 1e-12);
     fails += run<float, false>(c, 1e-5);
     fails += run<BF16, true>(c, 1e-2);  // rounded once to 8 bits on store: 2^-8 relative
   }
+  for (const auto& c : vec_cfgs) fails += run<BF16, true, true>(c, 1e-2);
   std::printf("%d failure(s)\n", fails);
   return fails ? 1 : 0;
 }

@@ -202,6 +202,36 @@ struct WgradProblem {
   }
 };
 
+// Forward for channels_last input and weight with Cg % 8 == 0 (the launcher checks this
+// and 16-byte alignment): K is ordered (kh, kw, c) with the channel fastest, so 8
+// consecutive k are 8 consecutive channels of one tap -- one 16-byte load (a8 / b8) instead
+// of 8 scalar ones. The epilogue is the generic forward's.
+template <typename T>
+struct FwdVecProblem : FwdProblem<T> {
+  using V = Pack<T, 8>;
+
+  __device__ V zeros() const {
+    V z;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) z.v[i] = zero<T>();
+    return z;
+  }
+  __device__ V a8(const typename FwdProblem<T>::Row& r, int64_t k) const {
+    const ConvShape& s = this->s;
+    const int64_t tap = k / s.Cg(), c = k - tap * s.Cg(), kh = tap / s.KW, kw = tap - kh * s.KW;
+    const int64_t ih = r.ih0 + kh * s.dh, iw = r.iw0 + kw * s.dw;
+    if (!r.ok || ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) return zeros();
+    return *reinterpret_cast<const V*>(r.base + c + ih * this->xs.h + iw * this->xs.w);
+  }
+  __device__ V b8(int64_t k, int64_t n, int64_t g) const {
+    const ConvShape& s = this->s;
+    if (n >= this->N) return zeros();
+    const int64_t tap = k / s.Cg(), c = k - tap * s.Cg(), kh = tap / s.KW, kw = tap - kh * s.KW;
+    return *reinterpret_cast<const V*>(this->w + (g * this->N + n) * this->ws.n + c + kh * this->ws.h +
+                                       kw * this->ws.w);
+  }
+};
+
 // ---------------------------------------------------------------------- GEMM engines
 constexpr int kTile = 64;  // BM = BN = 64 in both engines
 
@@ -322,6 +352,82 @@ __global__ void __launch_bounds__(128) gemm_wmma_kernel(const P p) {
                               wmma::mem_row_major);
   __syncthreads();
   for (int e = tid; e < kTile * kTile; e += 128) {  // consecutive threads -> consecutive n
+    const int ml = e / kTile, nl = e % kTile;
+    p.store(m0 + ml, n0 + nl, part, Cs[ml * LDC + nl]);
+  }
+#endif
+}
+
+// WMMA engine with 16-byte operand loads, for problems with a8/b8 (FwdVecProblem): each
+// thread moves 2 A and 2 B vectors of 8 elements per K step. B is staged column-major
+// ([n][k], a WMMA col_major matrix_b) so that a vector of 8 consecutive k is one 16-byte
+// shared-memory store. The next K step's vectors are fetched into registers before the
+// tensor cores work on the current one, so global-memory latency overlaps the MMAs.
+template <typename P, typename T>
+__global__ void __launch_bounds__(128) gemm_wmma_vec_kernel(const P p) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  using namespace nvcuda;
+  using V = Pack<T, 8>;
+  constexpr int BK = 32, LDA = BK + 8, LDB = BK + 8, LDC = kTile + 4;
+  __shared__ __align__(32) T As[kTile * LDA];   // A tile, row-major [m][k]
+  __shared__ __align__(32) T Bs[kTile * LDB];   // B tile, column-major [n][k]
+  __shared__ __align__(32) float Cs[kTile * LDC];
+  const int tid = threadIdx.x, warp = tid / 32, wm = warp / 2, wn = warp % 2;
+  const Part part = p.part(blockIdx.z);
+  const int64_t m0 = int64_t(blockIdx.x) * kTile, n0 = int64_t(blockIdx.y) * kTile;
+  // this thread's vectors: rows/columns r0 and r0 + 32, k offset 8 * kq within the step
+  const int kq = tid % 4, r0 = tid / 4;
+  const auto row0 = p.row(m0 + r0, part.g);
+  const auto row1 = p.row(m0 + r0 + 32, part.g);
+  const V zv = p.zeros();
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(c[i][j], 0.0f);
+
+  // K is a multiple of 8 here, so a vector is wholly inside or outside [k_lo, k_hi)
+  V a0 = zv, a1 = zv, b0 = zv, b1 = zv;
+  auto fetch = [&](int64_t k0) {
+    const int64_t k = k0 + 8 * kq;
+    const bool in = k < part.k_hi;
+    a0 = in ? p.a8(row0, k) : zv;
+    a1 = in ? p.a8(row1, k) : zv;
+    b0 = in ? p.b8(k, n0 + r0, part.g) : zv;
+    b1 = in ? p.b8(k, n0 + r0 + 32, part.g) : zv;
+  };
+  if (part.k_lo < part.k_hi) fetch(part.k_lo);
+  for (int64_t k0 = part.k_lo; k0 < part.k_hi; k0 += BK) {
+    *reinterpret_cast<V*>(As + r0 * LDA + 8 * kq) = a0;
+    *reinterpret_cast<V*>(As + (r0 + 32) * LDA + 8 * kq) = a1;
+    *reinterpret_cast<V*>(Bs + r0 * LDB + 8 * kq) = b0;
+    *reinterpret_cast<V*>(Bs + (r0 + 32) * LDB + 8 * kq) = b1;
+    __syncthreads();
+    if (k0 + BK < part.k_hi) fetch(k0 + BK);  // in flight during the MMAs below
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * LDA + kk, LDA);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], Bs + (wn * 32 + j * 16) * LDB + kk, LDB);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(c[i][j], fa[i], fb[j], c[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, c[i][j], LDC,
+                              wmma::mem_row_major);
+  __syncthreads();
+  for (int e = tid; e < kTile * kTile; e += 128) {
     const int ml = e / kTile, nl = e % kTile;
     p.store(m0 + ml, n0 + nl, part, Cs[ml * LDC + nl]);
   }

@@ -56,6 +56,25 @@ int run_gemm(const P& p, int64_t M, int64_t N, int64_t z, cudaStream_t stream) {
 
 bool channels_last(const Strides4& t) { return t.c == 1 && t.w != 1; }
 
+// The 16-byte-load forward needs channels contiguous in x and w (channels_last), whole
+// vectors of 8 channels per group, and every vector start 16-byte aligned.
+bool fwd_vec_ok(const void* x, const void* w, const Strides4& xs, const Strides4& ws, const ConvShape& s) {
+  auto m8 = [](int64_t v) { return v % 8 == 0; };
+  return s.Cg() % 8 == 0 && xs.c == 1 && ws.c == 1 && m8(xs.n) && m8(xs.h) && m8(xs.w) && m8(ws.n) &&
+         (m8(ws.h) || s.KH == 1) && (m8(ws.w) || s.KW == 1) && aligned16(x) && aligned16(w);
+}
+
+template <typename T, typename P>
+int run_gemm_vec(const P& p, int64_t M, int64_t N, int64_t z, cudaStream_t stream) {
+  const int64_t gx = (M + kTile - 1) / kTile, gy = (N + kTile - 1) / kTile;
+  if (gx == 0 || gy == 0 || z == 0) return 0;
+  if (gx > 0x7fffffff || gy > 65535 || z > 65535) return int(cudaErrorInvalidConfiguration);
+  if (device_major() < 8) return int(cudaErrorNotSupported);
+  const dim3 grid{unsigned(gx), unsigned(gy), unsigned(z)};
+  gemm_wmma_vec_kernel<P, T><<<grid, 128, 0, stream>>>(p);
+  return int(cudaGetLastError());
+}
+
 constexpr int64_t kWgradBK = 32;  // split-K slices are whole multiples of both engines' BK
 
 }  // namespace
@@ -81,6 +100,12 @@ int launch_conv2d_fwd(DType dtype, const void* x, Strides4 xs, const void* w, St
     }
     FwdProblem<T> p{xp, wp, bp, yp, s, xs, ws, ys, relu, s.N * s.OH * s.OW, s.OCg(),
                     s.Cg() * s.KH * s.KW};
+    if constexpr (is_16bit<T>()) {
+      if (fwd_vec_ok(x, w, xs, ws, s)) {
+        err = run_gemm_vec<T>(FwdVecProblem<T>{p}, p.M, p.N, s.groups, stream);
+        return;
+      }
+    }
     err = run_gemm<T>(p, p.M, p.N, s.groups, stream);
   });
   return err;
