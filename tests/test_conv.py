@@ -181,6 +181,34 @@ def test_gradcheck(backend, device, kw, activation):
         eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] == "cpu"])
+def test_gradgradcheck(backend, device):
+    """Double backward (the backward ops have autograd formulas of their own)."""
+    x = make_input((1, 4, 5, 4), torch.float64, device, requires_grad=True, seed=6)
+    w = make_input((4, 2, 2, 3), torch.float64, device, requires_grad=True, seed=7)
+    b = make_input((4,), torch.float64, device, requires_grad=True, seed=8)
+    assert torch.autograd.gradgradcheck(
+        lambda x, w, b: F.conv2d(x, w, b, stride=(2, 1), padding=(1, 0), groups=2, backend=backend),
+        (x, w, b), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_double_backward_matches_torch(backend, device):
+    """A gradient penalty: d/d(x, w, b) of |d(y . g)/d(x, w)|^2, against torch (float64)."""
+    def penalty(conv, x, w, b):
+        y = conv(x, w, b, stride=2, padding=1, groups=2)
+        gx, gw = torch.autograd.grad((y * g).sum(), [x, w], create_graph=True)
+        return (gx * gx).sum() + (gw * gw).sum() + y.sum()
+
+    ins = [make_input(sh, torch.float64, device, requires_grad=True, seed=i + 10)
+           for i, sh in enumerate([(2, 4, 6, 5), (4, 2, 3, 3), (4,)])]
+    g = make_input((2, 4, 3, 3), torch.float64, device, seed=20)
+    ours = torch.autograd.grad(penalty(lambda *a, **k: F.conv2d(*a, **k, backend=backend), *ins), ins)
+    ref = torch.autograd.grad(penalty(TF.conv2d, *ins), ins)
+    for a, r in zip(ours, ref):
+        assert torch.allclose(a, r, rtol=1e-10, atol=1e-10)
+
+
 def _ops_for(backend):
     return torch.ops.pydl_triton if backend == "triton" else torch.ops.pydl
 
@@ -197,9 +225,10 @@ def test_opcheck(backend, device, layout):
     torch.library.opcheck(ops.conv2d_fwd.default, (x, w, b) + geom + ("relu", cl))
     torch.library.opcheck(ops.conv2d_fwd.default, (x, w, None) + geom + ("none", cl))
     y = ops.conv2d_fwd(x.detach(), w.detach(), b.detach(), *geom, "none", cl)
-    g = make_input(y.shape, torch.float32, device, layout, seed=3)
-    torch.library.opcheck(ops.conv2d_bwd_input.default, (g, w.detach(), list(x.shape)) + geom + (cl,))
-    torch.library.opcheck(ops.conv2d_bwd_weight.default, (g, x.detach(), list(w.shape)) + geom + (False,))
+    # the backward ops are differentiable too (double backward)
+    g = make_input(y.shape, torch.float32, device, layout, requires_grad=True, seed=3)
+    torch.library.opcheck(ops.conv2d_bwd_input.default, (g, w, list(x.shape)) + geom + (cl,))
+    torch.library.opcheck(ops.conv2d_bwd_weight.default, (g, x, list(w.shape)) + geom + (False,))
     torch.library.opcheck(ops.conv2d_bwd_bias.default, (g,))
 
 

@@ -131,6 +131,48 @@ def _register(ns: str) -> None:
 
     torch.library.register_autograd(f"{ns}::conv2d_fwd", backward, setup_context=setup_context)
 
+    # The backward ops are bilinear in their tensor inputs, so their own derivatives are
+    # again convolutions: this makes double backward (e.g. gradient penalties) work.
+    def bi_setup(ctx, inputs, output):
+        grad, w, input_size, stride, padding, dilation, groups, channels_last = inputs
+        ctx.geom = (stride, padding, dilation, groups)
+        ctx.w_size, ctx.g_cl, ctx.w_cl = list(w.shape), _is_cl(grad), _weight_cl(w)
+        ctx.save_for_backward(grad, w)
+
+    def bi_backward(ctx, gdx):  # dx = conv_transpose(grad, w)
+        grad, w = ctx.saved_tensors
+        ggrad = gw = None
+        if ctx.needs_input_grad[0]:
+            ggrad = ops.conv2d_fwd(gdx, w, None, *ctx.geom, "none", ctx.g_cl)
+        if ctx.needs_input_grad[1]:
+            gw = ops.conv2d_bwd_weight(grad, gdx, ctx.w_size, *ctx.geom, ctx.w_cl)
+        return ggrad, gw, None, None, None, None, None, None
+
+    def bw_setup(ctx, inputs, output):
+        grad, x, weight_size, stride, padding, dilation, groups, channels_last = inputs
+        ctx.geom = (stride, padding, dilation, groups)
+        ctx.x_size, ctx.g_cl, ctx.x_cl = list(x.shape), _is_cl(grad), _is_cl(x)
+        ctx.save_for_backward(grad, x)
+
+    def bw_backward(ctx, gdw):  # dw = sum over n, oh, ow of grad x patches of x
+        grad, x = ctx.saved_tensors
+        ggrad = gx = None
+        if ctx.needs_input_grad[0]:
+            ggrad = ops.conv2d_fwd(x, gdw, None, *ctx.geom, "none", ctx.g_cl)
+        if ctx.needs_input_grad[1]:
+            gx = ops.conv2d_bwd_input(grad, gdw, ctx.x_size, *ctx.geom, ctx.x_cl)
+        return ggrad, gx, None, None, None, None, None, None
+
+    def bb_setup(ctx, inputs, output):
+        ctx.shape = inputs[0].shape
+
+    def bb_backward(ctx, gdb):  # db = grad summed over n, oh, ow: its derivative broadcasts
+        return gdb[None, :, None, None].expand(ctx.shape)
+
+    torch.library.register_autograd(f"{ns}::conv2d_bwd_input", bi_backward, setup_context=bi_setup)
+    torch.library.register_autograd(f"{ns}::conv2d_bwd_weight", bw_backward, setup_context=bw_setup)
+    torch.library.register_autograd(f"{ns}::conv2d_bwd_bias", bb_backward, setup_context=bb_setup)
+
 
 def _is_cl(t: torch.Tensor) -> bool:
     return suggest_memory_format(t) == torch.channels_last
