@@ -20,6 +20,7 @@
 #include <cstring>
 #include <random>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #define __device__
@@ -71,31 +72,36 @@ struct matrix_b {};
 struct accumulator {};
 struct row_major {};
 struct col_major {};
+namespace precision {
+struct tf32 {};
+}
 enum layout_t { mem_row_major };
+// x holds the fragment's whole matrix, row-major, whatever its layout in memory:
+// matrix_a is M x K, matrix_b K x N, the accumulator M x N. A TF32 fragment holds floats.
 template <typename Use, int M, int N, int K, typename T, typename Layout = void>
 struct fragment {
-  T x[M * N];
+  using elem = std::conditional_t<std::is_same_v<T, precision::tf32>, float, T>;
+  static constexpr int rows = std::is_same_v<Use, matrix_b> ? K : M;
+  static constexpr int cols = std::is_same_v<Use, matrix_a> ? K : N;
+  static constexpr int num_elements = rows * cols;
+  elem x[rows * cols];
 };
+template <typename Use, int M, int N, int K, typename T, typename L>
+L layout_of(const fragment<Use, M, N, K, T, L>&);
 template <typename F> void fill_fragment(F& f, float v) {
   for (auto& e : f.x) e = v;
 }
-// f.x holds the fragment's matrix row-major whatever its memory layout
-template <typename Use, typename T> void load_matrix_sync(fragment<Use, 16, 16, 16, T, row_major>& f, const T* p,
-                                                          unsigned ldm) {
-  for (int r = 0; r < 16; ++r)
-    for (int c = 0; c < 16; ++c) f.x[r * 16 + c] = p[r * ldm + c];
-}
-template <typename Use, typename T> void load_matrix_sync(fragment<Use, 16, 16, 16, T, col_major>& f, const T* p,
-                                                          unsigned ldm) {
-  for (int r = 0; r < 16; ++r)
-    for (int c = 0; c < 16; ++c) f.x[r * 16 + c] = p[c * ldm + r];
+template <typename F, typename T> void load_matrix_sync(F& f, const T* p, unsigned ldm) {
+  constexpr bool col = std::is_same_v<decltype(layout_of(f)), col_major>;
+  for (int r = 0; r < F::rows; ++r)
+    for (int c = 0; c < F::cols; ++c) f.x[r * F::cols + c] = col ? p[c * ldm + r] : p[r * ldm + c];
 }
 template <typename D, typename A, typename B> void mma_sync(D& d, const A& a, const B& b, const D& c) {
   float t[256];
   for (int i = 0; i < 16; ++i)
     for (int j = 0; j < 16; ++j) {
       float s = c.x[i * 16 + j];
-      for (int k = 0; k < 16; ++k) s += pydl::to_c(a.x[i * 16 + k]) * pydl::to_c(b.x[k * 16 + j]);
+      for (int k = 0; k < A::cols; ++k) s += pydl::to_c(a.x[i * A::cols + k]) * pydl::to_c(b.x[k * 16 + j]);
       t[i * 16 + j] = s;
     }
   std::copy(t, t + 256, d.x);
@@ -104,6 +110,14 @@ template <typename F> void store_matrix_sync(float* p, const F& f, unsigned ldm,
   if (threadIdx.x % 32) return;  // one writer per warp
   for (int r = 0; r < 16; ++r)
     for (int c = 0; c < 16; ++c) p[r * ldm + c] = f.x[r * 16 + c];
+}
+// float -> TF32 (10 explicit mantissa bits), round to nearest (ties away), kept in a float
+inline float __float_to_tf32(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u = (u + 0x1000u) & 0xffffe000u;
+  std::memcpy(&f, &u, 4);
+  return f;
 }
 }  // namespace wmma
 }  // namespace nvcuda
@@ -251,7 +265,7 @@ int run(const Cfg& c, double tol) {
   const bool ok = e[0] <= tol && e[1] <= tol && e[2] <= tol && e[3] <= tol;
   std::printf("%-4s %-9s N%ld C%ld %ldx%ld OC%ld k%ldx%ld s%ld,%ld p%ld,%ld,%ld,%ld d%ld,%ld g%ld %s: "
               "y %.1e dx %.1e dw %.1e db %.1e %s\n",
-              sizeof(T) == 8 ? "f64" : (sizeof(T) == 4 && !std::is_same_v<T, BF16> ? "f32" : "bf16"), path,
+              sizeof(T) == 8 ? "f64" : std::is_same_v<T, BF16> ? "bf16" : WMMA ? "tf32" : "f32", path,
               long(c.N), long(c.C), long(c.H), long(c.W), long(c.OC), long(c.KH), long(c.KW), long(c.sh),
               long(c.sw), long(c.pt), long(c.pl), long(c.pb), long(c.pr), long(c.dh), long(c.dw), long(c.g),
               c.cl ? "NHWC" : "NCHW", e[0], e[1], e[2], e[3], ok ? "ok" : "FAIL");
@@ -279,7 +293,7 @@ int main() {
   for (const auto& c : cfgs) {
     fails += run<double, false>(c, 1e-12);
     fails += run<float, false>(c, 1e-5);
-    fails += run<BF16, true>(c, 1e-2);  // rounded once to 8 bits on store: 2^-8 relative
+    fails += run<float, true>(c, 2e-3);  // TF32 operands: 2^-11 relative each, K terms    fails += run<BF16, true>(c, 1e-2);  // rounded once to 8 bits on store: 2^-8 relative
   }
   for (const auto& c : vec_cfgs) fails += run<BF16, true, true>(c, 1e-2);
   std::printf("%d failure(s)\n", fails);

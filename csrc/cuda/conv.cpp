@@ -3,12 +3,14 @@
 // the current stream (kernels in conv_kernel.cu), and TORCH_LIBRARY_IMPL(pydl, CUDA).
 //
 // The kernels address every tensor through its strides, so no input is copied here.
-// float32 always runs in full float32: torch.backends.cudnn.allow_tf32 allows TF32, it
-// never requires it.
+// float32 may use TF32 tensor cores exactly when torch's own (cuDNN) convolution may:
+// at::globalContext().allowTF32CuDNN(CONV), i.e. torch.backends.cudnn.allow_tf32 /
+// torch.backends.cudnn.conv.fp32_precision.
 #include "common.h"
 #include "conv_common.h"
 #include "cuda/conv_kernel.h"
 
+#include <ATen/Context.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -18,6 +20,10 @@ namespace {
 
 void check_launch(int err, const char* what) {
   PYDL_CHECK(err == 0, what, " launch failed: ", cudaGetErrorString(cudaError_t(err)));
+}
+
+bool tf32_for(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat && at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
 }
 
 at::Tensor conv2d_fwd(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b_in,
@@ -32,7 +38,7 @@ at::Tensor conv2d_fwd(const at::Tensor& x, const at::Tensor& w, const std::optio
   const ConvShape s = make_shape(x.sizes(), w.sizes(), y.sizes(), stride, padding, dilation, groups);
   check_launch(launch_conv2d_fwd(to_dtype(x.scalar_type()), x.const_data_ptr(), strides_of(x),
                                  w.const_data_ptr(), strides_of(w), has_b ? b.const_data_ptr() : nullptr,
-                                 y.mutable_data_ptr(), strides_of(y), s, relu,
+                                 y.mutable_data_ptr(), strides_of(y), s, relu, tf32_for(x),
                                  c10::cuda::getCurrentCUDAStream()),
                "pydl conv2d_fwd");
   return y;
@@ -47,7 +53,7 @@ at::Tensor conv2d_bwd_input(const at::Tensor& grad, const at::Tensor& w, at::Int
   const ConvShape s = make_shape(input_size, w.sizes(), grad.sizes(), stride, padding, dilation, groups);
   check_launch(launch_conv2d_bwd_input(to_dtype(grad.scalar_type()), grad.const_data_ptr(), strides_of(grad),
                                        w.const_data_ptr(), strides_of(w), dx.mutable_data_ptr(),
-                                       strides_of(dx), s, c10::cuda::getCurrentCUDAStream()),
+                                       strides_of(dx), s, tf32_for(grad), c10::cuda::getCurrentCUDAStream()),
                "pydl conv2d_bwd_input");
   return dx;
 }
@@ -68,7 +74,7 @@ at::Tensor conv2d_bwd_weight(const at::Tensor& grad, const at::Tensor& x, at::In
                      grad.options().dtype(grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
   check_launch(launch_conv2d_bwd_weight(dt, grad.const_data_ptr(), strides_of(grad), x.const_data_ptr(),
                                         strides_of(x), dw.mutable_data_ptr(), strides_of(dw),
-                                        work.defined() ? work.mutable_data_ptr() : nullptr, s,
+                                        work.defined() ? work.mutable_data_ptr() : nullptr, s, tf32_for(grad),
                                         c10::cuda::getCurrentCUDAStream()),
                "pydl conv2d_bwd_weight");
   return dw;

@@ -24,8 +24,9 @@
 //   - per K step the block stages a 64 x BK tile of A and a BK x 64 tile of B in shared
 //     memory (each element fetched once from global memory, then reused 64 times);
 //   - float32 / float64 (SIMT engine): 256 threads, each accumulating a 4 x 4 sub-tile with
-//     FMAs in registers (float32 is always full precision here: TF32 is allowed by
-//     cudnn.allow_tf32, never required);
+//     FMAs in registers -- float32 when TF32 is not allowed (torch's cuDNN conv setting,
+//     torch.backends.cudnn.allow_tf32 / cudnn.conv.fp32_precision), and float64;
+//   - float32 with TF32 allowed: the WMMA engine below with TF32 fragments;
 //   - float16 / bfloat16 (WMMA engine): 4 warps, each owning a 32 x 32 sub-tile as 2 x 2
 //     16x16x16 tensor-core fragments (nvcuda::wmma) with float32 accumulators; the result
 //     goes through shared memory to the epilogue, which rounds once to the storage type.
@@ -290,14 +291,21 @@ __global__ void __launch_bounds__(256) gemm_simt_kernel(const P p) {
     for (int j = 0; j < 4; ++j) p.store(m0 + ty + 16 * i, n0 + tx + 16 * j, part, acc[i][j]);
 }
 
-// WMMA (tensor cores, float16 / bfloat16 in, float32 accumulate): 128 threads = 4 warps in
-// a 2 x 2 arrangement, each warp a 32 x 32 sub-tile = 2 x 2 fragments of 16 x 16; BK = 32.
-// Shared-memory rows are padded by 8 elements (16 bytes) to spread the fragment loads over
-// the banks while keeping every fragment pointer 32-byte aligned, as WMMA requires.
+// WMMA (tensor cores, float32 accumulate): 128 threads = 4 warps in a 2 x 2 arrangement,
+// each warp a 32 x 32 sub-tile = 2 x 2 fragments of 16 x 16; BK = 32. float16 / bfloat16
+// use 16x16x16 fragments; float32 (only when TF32 is allowed) uses 16x16x8 TF32 fragments
+// whose elements are rounded to TF32 after the load, as cuDNN's TF32 convolutions do.
+// Shared-memory rows are padded by 8 elements to spread the fragment loads over the banks
+// while keeping every fragment pointer 32-byte aligned, as WMMA requires.
+template <typename T> struct WmmaFrag { using type = T; static constexpr int K = 16; };
+template <> struct WmmaFrag<float> { using type = nvcuda::wmma::precision::tf32; static constexpr int K = 8; };
+
 template <typename P, typename T>
 __global__ void __launch_bounds__(128) gemm_wmma_kernel(const P p) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   using namespace nvcuda;
+  using FT = typename WmmaFrag<T>::type;
+  constexpr int FK = WmmaFrag<T>::K;
   constexpr int BK = 32, LDA = BK + 8, LDB = kTile + 8, LDC = kTile + 4;
   __shared__ __align__(32) T As[kTile * LDA];   // A tile, row-major [m][k]
   __shared__ __align__(32) T Bs[BK * LDB];      // B tile, row-major [k][n]
@@ -309,7 +317,7 @@ __global__ void __launch_bounds__(128) gemm_wmma_kernel(const P p) {
   const auto row = p.row(m0 + am, part.g);
   const T z = zero<T>();
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2][2];
+  wmma::fragment<wmma::accumulator, 16, 16, FK, float> c[2][2];
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -330,13 +338,21 @@ __global__ void __launch_bounds__(128) gemm_wmma_kernel(const P p) {
     }
     __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < BK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb[2];
+    for (int kk = 0; kk < BK; kk += FK) {
+      wmma::fragment<wmma::matrix_a, 16, 16, FK, FT, wmma::row_major> fa[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, FK, FT, wmma::row_major> fb[2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * LDA + kk, LDA);
 #pragma unroll
       for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], Bs + kk * LDB + wn * 32 + j * 16, LDB);
+      if constexpr (FK == 8) {  // TF32: round the float32 operands to 10-bit mantissas
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+          for (int t = 0; t < fa[i].num_elements; ++t) fa[i].x[t] = wmma::__float_to_tf32(fa[i].x[t]);
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+          for (int t = 0; t < fb[j].num_elements; ++t) fb[j].x[t] = wmma::__float_to_tf32(fb[j].x[t]);
+      }
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll

@@ -37,9 +37,10 @@ int num_sms() {
   return sms > 0 ? sms : 132;
 }
 
-// Runs problem p over an M x N result, `z` blocks deep (groups x splits).
+// Runs problem p over an M x N result, `z` blocks deep (groups x splits): on tensor cores
+// for 16-bit types and for float32 with TF32 allowed, else on the FMA units.
 template <typename T, typename P>
-int run_gemm(const P& p, int64_t M, int64_t N, int64_t z, cudaStream_t stream) {
+int run_gemm(const P& p, int64_t M, int64_t N, int64_t z, bool tf32, cudaStream_t stream) {
   const int64_t gx = (M + kTile - 1) / kTile, gy = (N + kTile - 1) / kTile;
   if (gx == 0 || gy == 0 || z == 0) return 0;
   if (gx > 0x7fffffff || gy > 65535 || z > 65535) return int(cudaErrorInvalidConfiguration);
@@ -48,6 +49,11 @@ int run_gemm(const P& p, int64_t M, int64_t N, int64_t z, cudaStream_t stream) {
     // WMMA with bfloat16 needs sm_80; float16 is compiled in the same kernel.
     if (device_major() < 8) return int(cudaErrorNotSupported);
     gemm_wmma_kernel<P, T><<<grid, 128, 0, stream>>>(p);
+  } else if constexpr (std::is_same<T, float>::value) {
+    if (tf32 && device_major() >= 8)
+      gemm_wmma_kernel<P, T><<<grid, 128, 0, stream>>>(p);
+    else
+      gemm_simt_kernel<P, T><<<grid, 256, 0, stream>>>(p);
   } else {
     gemm_simt_kernel<P, T><<<grid, 256, 0, stream>>>(p);
   }
@@ -82,7 +88,7 @@ constexpr int64_t kWgradBK = 32;  // split-K slices are whole multiples of both 
 // ---------------------------------------------------------------------------- launchers
 int launch_conv2d_fwd(DType dtype, const void* x, Strides4 xs, const void* w, Strides4 ws,
                       const void* b, void* y, Strides4 ys, const ConvShape& s, bool relu,
-                      cudaStream_t stream) {
+                      bool tf32, cudaStream_t stream) {
   const int64_t total = s.N * s.OC * s.OH * s.OW;
   if (total == 0) return 0;
   int err = 0;
@@ -106,13 +112,13 @@ int launch_conv2d_fwd(DType dtype, const void* x, Strides4 xs, const void* w, St
         return;
       }
     }
-    err = run_gemm<T>(p, p.M, p.N, s.groups, stream);
+    err = run_gemm<T>(p, p.M, p.N, s.groups, tf32, stream);
   });
   return err;
 }
 
 int launch_conv2d_bwd_input(DType dtype, const void* grad, Strides4 gs, const void* w, Strides4 ws,
-                            void* dx, Strides4 xs, const ConvShape& s, cudaStream_t stream) {
+                            void* dx, Strides4 xs, const ConvShape& s, bool tf32, cudaStream_t stream) {
   const int64_t total = s.N * s.C * s.H * s.W;
   if (total == 0) return 0;
   int err = 0;
@@ -128,7 +134,7 @@ int launch_conv2d_bwd_input(DType dtype, const void* grad, Strides4 gs, const vo
       return;
     }
     DgradProblem<T> p{gp, wp, xp, s, gs, ws, xs, s.N * s.H * s.W, s.Cg(), s.OCg() * s.KH * s.KW};
-    err = run_gemm<T>(p, p.M, p.N, s.groups, stream);
+    err = run_gemm<T>(p, p.M, p.N, s.groups, tf32, stream);
   });
   return err;
 }
@@ -150,7 +156,7 @@ int64_t conv2d_wgrad_splits(DType dtype, const ConvShape& s) {
 }
 
 int launch_conv2d_bwd_weight(DType dtype, const void* grad, Strides4 gs, const void* x, Strides4 xs,
-                             void* dw, Strides4 dws, void* workspace, const ConvShape& s,
+                             void* dw, Strides4 dws, void* workspace, const ConvShape& s, bool tf32,
                              cudaStream_t stream) {
   const int64_t total = s.OC * s.Cg() * s.KH * s.KW;
   if (total == 0) return 0;
@@ -172,7 +178,7 @@ int launch_conv2d_bwd_weight(DType dtype, const void* grad, Strides4 gs, const v
     const int64_t per = splits > 0 ? ((K + splits - 1) / splits + kWgradBK - 1) / kWgradBK * kWgradBK : 0;
     WgradProblem<T> p{gp, xp, static_cast<Acc*>(workspace), s, gs, xs, s.OCg(), s.Cg() * s.KH * s.KW,
                       K, splits, per};
-    err = run_gemm<T>(p, p.M, p.N, s.groups * splits, stream);
+    err = run_gemm<T>(p, p.M, p.N, s.groups * splits, tf32, stream);
     if (err) return;
     wgrad_reduce_kernel<T><<<grid_for(total), kThreads, 0, stream>>>(p.work, wp, splits, s, dws);
     err = int(cudaGetLastError());

@@ -13,14 +13,17 @@ typedef struct CUstream_st* cudaStream_t;
 
 namespace pydl {
 
+// tf32: float32 may run on TF32 tensor cores (torch's cuDNN conv setting); ignored for
+// the other dtypes and for depthwise.
+
 // y = act(conv(x, w) + b); b may be null. relu selects the fused ReLU epilogue.
 int launch_conv2d_fwd(DType dtype, const void* x, Strides4 xs, const void* w, Strides4 ws,
                       const void* b, void* y, Strides4 ys, const ConvShape& s, bool relu,
-                      cudaStream_t stream);
+                      bool tf32, cudaStream_t stream);
 
 // dx = the input gradient (a transposed convolution of grad with w).
 int launch_conv2d_bwd_input(DType dtype, const void* grad, Strides4 gs, const void* w, Strides4 ws,
-                            void* dx, Strides4 xs, const ConvShape& s, cudaStream_t stream);
+                            void* dx, Strides4 xs, const ConvShape& s, bool tf32, cudaStream_t stream);
 
 // The weight gradient is reduced over N*OH*OW, which is split across conv2d_wgrad_splits()
 // slices so that enough blocks run (split-K). The caller provides a workspace of
@@ -28,7 +31,7 @@ int launch_conv2d_bwd_input(DType dtype, const void* grad, Strides4 gs, const vo
 // conv2d_wgrad_splits() > 0; the slices are then summed in a fixed order (deterministic).
 int64_t conv2d_wgrad_splits(DType dtype, const ConvShape& s);
 int launch_conv2d_bwd_weight(DType dtype, const void* grad, Strides4 gs, const void* x, Strides4 xs,
-                             void* dw, Strides4 dws, void* workspace, const ConvShape& s,
+                             void* dw, Strides4 dws, void* workspace, const ConvShape& s, bool tf32,
                              cudaStream_t stream);
 
 // db[oc] = sum of grad over n, oh, ow.

@@ -45,9 +45,25 @@ def _empty4(shape, like: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
 
 
+def tf32_allowed() -> bool:
+    """Whether torch's conv may use TF32 for float32: cuDNN's conv setting, resolved as
+    torch resolves it (torch.backends.cudnn.conv.fp32_precision, inheriting from
+    cudnn.fp32_precision and then the global one when "none"; the legacy
+    torch.backends.cudnn.allow_tf32 writes the same setting). Reading allow_tf32 itself
+    can raise when the legacy and new APIs were mixed, hence this resolution."""
+    cudnn = torch.backends.cudnn
+    conv = getattr(cudnn, "conv", None)
+    if conv is None:  # torch without the fp32_precision API
+        return bool(cudnn.allow_tf32)
+    for p in (conv.fp32_precision, cudnn.fp32_precision, torch.backends.fp32_precision):
+        if p != "none":
+            return p == "tf32"
+    return False
+
+
 def _tf32(x: torch.Tensor) -> bool:
-    """float32 on the GPU may use TF32 tensor cores when torch's conv may (cuDNN's flag)."""
-    return x.dtype == torch.float32 and x.is_cuda and torch.backends.cudnn.allow_tf32
+    """float32 on the GPU may use TF32 tensor cores when torch's conv may."""
+    return x.dtype == torch.float32 and x.is_cuda and tf32_allowed()
 
 
 if _dispatch._kernels is not None:
