@@ -20,7 +20,9 @@ straight from the tensors -- each row/column index is decoded into (n, oh, ow) o
                    sh: the other terms are masked out)
     weight grad   oc in the group      c, kh, kw            n, oh, ow
 
-The grid's third axis is the group, so grouped and depthwise convolutions are one launch.
+The grid's third axis is the group, so grouped and depthwise convolutions are one launch
+(for the weight gradient: the group and a slice of its long N*OH*OW reduction, split-K,
+summed afterwards by a small reduction kernel in a fixed order).
 Loads use the element strides of every tensor, so NCHW and channels_last (NHWC) operands
 are read in place. The order in which a K index is decoded follows the layout: with
 channels_last the channel is the fastest-varying part of K, so a BLOCK_K slice is a
@@ -171,16 +173,24 @@ def conv2d_bwd_input_kernel(g_ptr, w_ptr, dx_ptr,
 
 
 # ----------------------------------------------------------------------------- weight grad
-@triton.autotune(configs=_configs(_WGRAD_SHAPES), key=["OCg", "NCOL", "K", "N_CL"])
+# The reduction runs over N*OH*OW -- huge -- while OCg x (Cg*KH*KW) gives few tiles, so K
+# is split into SPLITS slices (split-K): program (i, j, g*SPLITS + s) writes the partial
+# sums of its slice to a float32 (float64) workspace [SPLITS, OC, NCOL], and
+# conv2d_wgrad_reduce_kernel adds the slices in a fixed order (deterministic) into dw.
+@triton.autotune(configs=_configs(_WGRAD_SHAPES), key=["OCg", "NCOL", "K_PER", "N_CL"])
 @triton.jit
-def conv2d_bwd_weight_kernel(g_ptr, x_ptr, dw_ptr,
-                             H, W, OH, OW, Cg, OCg, NCOL, K, KH, KW,
-                             sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw, swo, swc, swh, sww,
+def conv2d_bwd_weight_kernel(g_ptr, x_ptr, work_ptr,
+                             H, W, OH, OW, Cg, OCg, OC, NCOL, K, K_PER, SPLITS, KH, KW,
+                             sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
                              str_h, str_w, pad_h, pad_w, dil_h, dil_w,
                              N_CL: tl.constexpr, IS_F64: tl.constexpr, PRECISION: tl.constexpr,
                              UPCAST: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_m, pid_n, g = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    pid_m, pid_n, z = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    g = z // SPLITS
+    split = z % SPLITS
+    k_lo = split * K_PER
+    k_hi = tl.minimum(k_lo + K_PER, K)
     rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)   # output channel in the group
     rn = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)   # weight tap (c, kh, kw)
     if N_CL:   # (kh, kw, c): channels contiguous in NHWC x
@@ -196,13 +206,13 @@ def conv2d_bwd_weight_kernel(g_ptr, x_ptr, dw_ptr,
     g_row = g_ptr + (g * OCg + rm) * sgc
     x_col = x_ptr + (g * Cg + c) * sxc
     acc = _acc_zeros(BLOCK_M, BLOCK_N, IS_F64)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         rk = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)       # (n, oh, ow)
         n = rk // (OH * OW)
         ohw = rk % (OH * OW)
         oh = ohw // OW
         ow = ohw % OW
-        k_ok = rk < K
+        k_ok = rk < k_hi
         a = tl.load(g_row[:, None] + (n * sgn + oh * sgh + ow * sgw)[None, :],
                     mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         ih = (oh * str_h - pad_h)[:, None] + (kh * dil_h)[None, :]
@@ -210,8 +220,29 @@ def conv2d_bwd_weight_kernel(g_ptr, x_ptr, dw_ptr,
         b_ok = k_ok[:, None] & n_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         b = tl.load(x_col[None, :] + (n * sxn)[:, None] + ih * sxh + iw * sxw, mask=b_ok, other=0.0)
         acc = _dot(a, b, acc, PRECISION, UPCAST)
-    dw = dw_ptr + ((g * OCg + rm) * swo)[:, None] + (c * swc + kh * swh + kw * sww)[None, :]
-    tl.store(dw, acc.to(dw_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    out = work_ptr + ((split * OC + g * OCg + rm) * NCOL)[:, None] + rn[None, :]
+    tl.store(out, acc, mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def conv2d_wgrad_reduce_kernel(work_ptr, dw_ptr, TOTAL, SPLITS, NCOL, Cg, KH, KW,
+                               swo, swc, swh, sww, N_CL: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)   # (oc, col)
+    ok = offs < TOTAL
+    acc = tl.load(work_ptr + offs, mask=ok, other=0.0)
+    for sp in range(1, SPLITS):
+        acc += tl.load(work_ptr + sp * TOTAL + offs, mask=ok, other=0.0)
+    oc = offs // NCOL
+    col = offs % NCOL
+    if N_CL:
+        c = col % Cg
+        kh = col // (Cg * KW)
+        kw = (col // Cg) % KW
+    else:
+        c = col // (KH * KW)
+        kh = (col // KW) % KH
+        kw = col % KW
+    tl.store(dw_ptr + oc * swo + c * swc + kh * swh + kw * sww, acc.to(dw_ptr.dtype.element_ty), mask=ok)
 
 
 # ------------------------------------------------------------------------------- bias grad
@@ -282,6 +313,22 @@ def conv2d_bwd_input(grad, w, dx, stride, padding, dilation, groups, tf32: bool)
         K_CL=_is_cl(grad), IS_F64=grad.dtype == torch.float64, PRECISION=_precision(tf32), UPCAST=_upcast(grad))
 
 
+_SMS = {}
+
+
+def _num_sms(device) -> int:
+    if device.index not in _SMS:
+        _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SMS[device.index]
+
+
+def _wgrad_splits(K: int, tiles: int, groups: int, device) -> int:
+    """How many K slices: enough programs for ~2 waves of the GPU, each slice >= 256 long.
+    Under the interpreter 2, so the tests run the split-K path."""
+    want = 2 if INTERPRET else triton.cdiv(2 * _num_sms(device), tiles)
+    return max(1, min(want, triton.cdiv(K, 256) if not INTERPRET else K, 65535 // groups))
+
+
 def conv2d_bwd_weight(grad, x, dw, stride, padding, dilation, groups, tf32: bool) -> None:
     """dw = sum over the batch and output pixels of grad x input patches."""
     N, C, H, W = x.shape
@@ -290,12 +337,23 @@ def conv2d_bwd_weight(grad, x, dw, stride, padding, dilation, groups, tf32: bool
     OCg, NCOL, K = OC // groups, Cg * KH * KW, N * OH * OW
     if dw.numel() == 0:
         return
-    grid = lambda META: (triton.cdiv(OCg, META["BLOCK_M"]), triton.cdiv(NCOL, META["BLOCK_N"]), groups)  # noqa: E731
+    splits = _wgrad_splits(K, triton.cdiv(OCg, 64) * triton.cdiv(NCOL, 64) * groups, groups, x.device)
+    k_per = triton.cdiv(K, splits)
+    splits = triton.cdiv(K, k_per) if K else 1
+    acc_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    work = torch.empty((splits, OC, NCOL), dtype=acc_dtype, device=grad.device)
+    n_cl = _is_cl(x)
+    grid = lambda META: (triton.cdiv(OCg, META["BLOCK_M"]), triton.cdiv(NCOL, META["BLOCK_N"]),  # noqa: E731
+                         groups * splits)
     conv2d_bwd_weight_kernel[grid](
-        grad, x, dw, H, W, OH, OW, Cg, OCg, NCOL, K, KH, KW,
-        *grad.stride(), *x.stride(), *dw.stride(),
+        grad, x, work, H, W, OH, OW, Cg, OCg, OC, NCOL, K, k_per, splits, KH, KW,
+        *grad.stride(), *x.stride(),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-        N_CL=_is_cl(x), IS_F64=grad.dtype == torch.float64, PRECISION=_precision(tf32), UPCAST=_upcast(x))
+        N_CL=n_cl, IS_F64=grad.dtype == torch.float64, PRECISION=_precision(tf32), UPCAST=_upcast(x))
+    total = OC * NCOL
+    block = 128 if INTERPRET else 1024
+    conv2d_wgrad_reduce_kernel[(triton.cdiv(total, block),)](
+        work, dw, total, splits, NCOL, Cg, KH, KW, *dw.stride(), N_CL=n_cl, BLOCK=block)
 
 
 def conv2d_bwd_bias(grad, db) -> None:
