@@ -288,6 +288,25 @@ def test_64bit_indexing(backend, groups):
     assert torch.allclose(y[:, :, -8:].float(), y_t[:, :, -8:].float(), rtol=2e-2, atol=5e-2)
 
 
+def test_tf32_flag_follows_torch():
+    """pydl reads torch's cuDNN conv TF32 setting, legacy and new API alike (the mode the
+    GPU kernels then use for float32); reading it never raises on mixed APIs."""
+    from pydl.ops.conv import tf32_allowed
+    cudnn = torch.backends.cudnn
+    old = cudnn.conv.fp32_precision
+    try:
+        cudnn.allow_tf32 = True
+        assert tf32_allowed()
+        cudnn.allow_tf32 = False
+        assert not tf32_allowed()
+        cudnn.conv.fp32_precision = "tf32"
+        assert tf32_allowed()
+        cudnn.conv.fp32_precision = "ieee"   # torch.backends.cudnn.allow_tf32 would raise now
+        assert not tf32_allowed()
+    finally:
+        cudnn.conv.fp32_precision = old
+
+
 @pytest.mark.skipif(not GPU, reason="TF32 exists only on the GPU")
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_tf32_mode(backend):
