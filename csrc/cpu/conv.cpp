@@ -70,9 +70,11 @@ void fwd_impl(const T* x, const T* w, const T* b, T* y, const ConvShape s, const
             const Range rw = tap_range(s.W, s.OW, s.sw, s.pw, kw * s.dw);
             const C wv = static_cast<C>(wp[kh * s.KW + kw]);
             for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
-              const T* row = xp + (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw;
+              // x index of (oh, ow) is row + ow*sw (kept an offset, not a pointer: it may be
+              // negative for ow outside [rw.lo, rw.hi), which is never read)
+              const int64_t row = (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw;
               C* a = acc.data() + oh * s.OW;
-              for (int64_t ow = rw.lo; ow < rw.hi; ++ow) a[ow] += wv * static_cast<C>(row[ow * s.sw]);
+              for (int64_t ow = rw.lo; ow < rw.hi; ++ow) a[ow] += wv * static_cast<C>(xp[row + ow * s.sw]);
             }
           }
         }
@@ -129,9 +131,10 @@ void bwd_input_impl(const T* dy, const T* w, T* dx, const ConvShape s, const Str
             const C wv = static_cast<C>(wp[kh * s.KW + kw]);
             for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
               // the transpose of the forward's gather: scatter one dy row into one dx row
-              C* row = acc.data() + (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw;
+              const int64_t row = (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw;
               const T* g_row = gp + oh * s.OW;
-              for (int64_t ow = rw.lo; ow < rw.hi; ++ow) row[ow * s.sw] += wv * static_cast<C>(g_row[ow]);
+              C* a = acc.data();
+              for (int64_t ow = rw.lo; ow < rw.hi; ++ow) a[row + ow * s.sw] += wv * static_cast<C>(g_row[ow]);
             }
           }
         }
@@ -175,10 +178,10 @@ void bwd_weight_impl(const T* dy, const T* x, T* dw, const ConvShape s, const St
             const T* gp = dy + (n * s.OC + oc) * s.OH * s.OW;
             const T* xp = x + (n * s.C + ic) * s.H * s.W;
             for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
-              const T* row = xp + (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw;
+              const int64_t row = (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw;
               const T* g_row = gp + oh * s.OW;
               for (int64_t ow = rw.lo; ow < rw.hi; ++ow)
-                acc += static_cast<C>(g_row[ow]) * static_cast<C>(row[ow * s.sw]);
+                acc += static_cast<C>(g_row[ow]) * static_cast<C>(xp[row + ow * s.sw]);
             }
           }
           dw[oc * wst.n + c * wst.c + kh * wst.h + kw * wst.w] = static_cast<T>(acc);
