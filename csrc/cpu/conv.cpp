@@ -162,6 +162,8 @@ at::Tensor conv2d_bwd_input(const at::Tensor& grad_in, const at::Tensor& w_in, a
 }
 
 // -------------------------------------------------------------------------- weight grad
+constexpr int kLanes = 8;
+
 template <typename T>
 void bwd_weight_impl(const T* dy, const T* x, T* dw, const ConvShape s, const Strides4 wst) {
   using C = at::opmath_type<T>;
@@ -173,6 +175,10 @@ void bwd_weight_impl(const T* dy, const T* x, T* dw, const ConvShape s, const St
         const Range rh = tap_range(s.H, s.OH, s.sh, s.ph, kh * s.dh);
         for (int64_t kw = 0; kw < s.KW; ++kw) {
           const Range rw = tap_range(s.W, s.OW, s.sw, s.pw, kw * s.dw);
+          // kLanes independent partial sums: a single running sum would be one long
+          // dependency chain the compiler may not vectorize (float addition is not
+          // associative); lanes j, j+kLanes, ... form a SIMD-friendly pattern.
+          C part[kLanes] = {};
           C acc = 0;
           for (int64_t n = 0; n < s.N; ++n) {
             const T* gp = dy + (n * s.OC + oc) * s.OH * s.OW;
@@ -180,10 +186,14 @@ void bwd_weight_impl(const T* dy, const T* x, T* dw, const ConvShape s, const St
             for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
               const int64_t row = (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw;
               const T* g_row = gp + oh * s.OW;
-              for (int64_t ow = rw.lo; ow < rw.hi; ++ow)
-                acc += static_cast<C>(g_row[ow]) * static_cast<C>(xp[row + ow * s.sw]);
+              int64_t ow = rw.lo;
+              for (; ow + kLanes <= rw.hi; ow += kLanes)
+                for (int j = 0; j < kLanes; ++j)
+                  part[j] += static_cast<C>(g_row[ow + j]) * static_cast<C>(xp[row + (ow + j) * s.sw]);
+              for (; ow < rw.hi; ++ow) acc += static_cast<C>(g_row[ow]) * static_cast<C>(xp[row + ow * s.sw]);
             }
           }
+          for (int j = 0; j < kLanes; ++j) acc += part[j];
           dw[oc * wst.n + c * wst.c + kh * wst.h + kw * wst.w] = static_cast<T>(acc);
         }
       }
