@@ -12,7 +12,13 @@ triton:   torch.ops.pydl_triton.* (defined below, kernels in kernels/conv.py).
 
 Autograd saves x and w (and y with the fused ReLU, whose derivative is y > 0) and
 computes only the gradients autograd asks for (ctx.needs_input_grad). The ReLU mask is
-applied by the activation family's own act_bwd kernel on the same backend.
+applied by the activation family's own act_bwd kernel on the same backend. The backward
+ops have autograd formulas of their own (they are bilinear, so their derivatives are
+convolutions again): double backward works, as for torch's conv.
+
+Under torch.autocast the operands are cast to the autocast dtype first, as torch's conv2d
+(on autocast's lower-precision list) does. float32 on the GPU may use TF32 exactly when
+torch's cuDNN convolution may (tf32_allowed below; the C++ side asks ATen's context).
 
 Memory format, as torch gives it: the output is channels_last when the input is, or when
 the weight is and has more than one input channel per group (torch's CPU and depthwise
