@@ -47,12 +47,11 @@ def _configs(gpu_shapes):
             for m, n, k, w, s in gpu_shapes]
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): big tiles for wide layers, narrow-N ones for
-# few output channels per group (depthwise has one).
-_GEMM_SHAPES = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4),
-                (128, 32, 32, 4, 4), (128, 16, 32, 4, 3)]
-_WGRAD_SHAPES = [(64, 64, 64, 4, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (32, 64, 64, 4, 3),
-                 (16, 64, 64, 4, 3), (16, 16, 128, 4, 3)]
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): big tiles for wide layers, a narrow-N one for
+# few output channels per group. Kept to a few: every config is compiled for every
+# constexpr combination (dtype, layout, bias, relu) the first time it is tuned.
+_GEMM_SHAPES = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 64, 32, 4, 4), (128, 16, 32, 4, 3)]
+_WGRAD_SHAPES = [(64, 64, 64, 4, 3), (128, 64, 32, 8, 3), (16, 64, 64, 4, 3)]
 
 
 @triton.jit
