@@ -338,6 +338,8 @@ def test_cuda_kernels_emulated_on_host(tmp_path):
     build = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-I", os.path.join(_ROOT, "csrc"),
                             "-I", os.path.join(_ROOT, "csrc", "cuda"), src, "-o", str(exe)],
                            capture_output=True, text=True)
+    if build.returncode != 0 and "<barrier>" in build.stderr:
+        pytest.skip("this g++ has no C++20 <barrier>")
     assert build.returncode == 0, build.stderr[-4000:]
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "0 failure(s)" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
