@@ -14,6 +14,7 @@ float32 in both torch and pydl), except test_tf32_mode which checks the TF32 mod
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -344,6 +345,59 @@ def test_cuda_kernels_emulated_on_host(tmp_path):
     assert build.returncode == 0, build.stderr[-4000:]
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "0 failure(s)" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+# Compiles the Triton kernels for an H100 (sm_90, through ptxas to a cubin) without a GPU:
+# the interpreter above never runs Triton's compiler, so this catches what only the GPU
+# build would (tl.dot operand/precision rules, layouts, register limits). One
+# representative constexpr variant per kernel, to keep it short (each takes a few s).
+_AOT = r"""
+import os, sys
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import pydl.kernels.conv as K
+
+def jit(k):
+    while not isinstance(k, triton.runtime.jit.JITFunction):
+        k = k.fn
+    return k
+
+def build(kern, dt, consts):
+    fn = jit(kern)
+    acc = "*fp64" if dt == "fp64" else "*fp32"
+    sig = {a: "constexpr" if a in consts else (acc if a == "work_ptr" else "*" + dt) if a.endswith("_ptr")
+           else "i32" for a in fn.arg_names}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+    triton.compile(src, target=GPUTarget("cuda", 90, 32))
+
+def gemm(flag, cl, dt, prec, shape, **extra):
+    bm, bn, bk = shape[:3]
+    return dict({flag: cl, "IS_F64": dt == "fp64", "PRECISION": prec, "UPCAST": False,
+                 "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, **extra)
+
+fwd = dict(HAS_BIAS=True, RELU=True)
+jobs = [(K.conv2d_fwd_kernel, "bf16", gemm("K_CL", True, "bf16", "ieee", K._GEMM_SHAPES[0], **fwd)),
+        (K.conv2d_fwd_kernel, "fp32", gemm("K_CL", False, "fp32", "tf32", K._GEMM_SHAPES[1], **fwd)),
+        (K.conv2d_fwd_kernel, "fp64", gemm("K_CL", False, "fp64", "ieee", K._GEMM_SHAPES[3], **fwd)),
+        (K.conv2d_bwd_input_kernel, "fp16", gemm("K_CL", True, "fp16", "ieee", K._GEMM_SHAPES[2])),
+        (K.conv2d_bwd_weight_kernel, "fp32", gemm("N_CL", True, "fp32", "ieee", K._WGRAD_SHAPES[0])),
+        (K.conv2d_wgrad_reduce_kernel, "bf16", {"N_CL": False, "BLOCK": 1024}),
+        (K.conv2d_bwd_bias_kernel, "bf16", {"IS_F64": False, "BLOCK": 1024})]
+for kern, dt, consts in jobs:
+    build(kern, dt, consts)
+    print("compiled", jit(kern).__name__, dt)
+print("all compiled")
+"""
+
+
+@pytest.mark.skipif(GPU, reason="with a GPU the kernels are compiled and run by the tests above")
+def test_triton_kernels_compile_for_sm90():
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _AOT], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0 and "all compiled" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------- nn.Conv2d
