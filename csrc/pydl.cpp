@@ -87,6 +87,18 @@ TORCH_LIBRARY(pydl, m) {
   // out[n, c, o] = x[n, c, indices[n, c, o]] (x's plane flattened): the derivative of the
   // max pools' backward with respect to its grad, i.e. their double backward.
   m.def("pool_gather(Tensor x, Tensor indices, bool channels_last) -> Tensor");
+
+  m.set_python_module("pydl.ops.conv");
+  // 2-D convolution. padding is [top, left, bottom, right] (bottom/right may exceed
+  // top/left: padding='same' with an even kernel); act is none | relu (fused epilogue);
+  // channels_last picks the memory format of the returned tensor.
+  m.def("conv2d_fwd(Tensor x, Tensor w, Tensor? b, int[] stride, int[] padding, int[] dilation, "
+        "int groups, str act, bool channels_last) -> Tensor");
+  m.def("conv2d_bwd_input(Tensor grad, Tensor w, int[] input_size, int[] stride, int[] padding, "
+        "int[] dilation, int groups, bool channels_last) -> Tensor");
+  m.def("conv2d_bwd_weight(Tensor grad, Tensor x, int[] weight_size, int[] stride, int[] padding, "
+        "int[] dilation, int groups, bool channels_last) -> Tensor");
+  m.def("conv2d_bwd_bias(Tensor grad) -> Tensor");
 }
 
 namespace {

@@ -12,7 +12,7 @@ import torch
 from . import ops
 
 __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "elu", "elu_", "sigmoid", "tanh",
-           "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"]
+           "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "conv2d"]
 
 
 # ------------------------------------------------------------------------ activations
@@ -106,3 +106,12 @@ def adaptive_max_pool2d(input: torch.Tensor, output_size, return_indices: bool =
                         backend: Optional[str] = None):
     """torch.nn.functional.adaptive_max_pool2d; (output, indices) with return_indices=True."""
     return ops.adaptive_max_pool2d(input, output_size, return_indices, backend)
+    return ops.act(input, "tanh", 0.0, False, backend)
+
+
+# ---------------------------------------------------------------------------- convolution
+def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           stride=1, padding=0, dilation=1, groups: int = 1, *, activation: Optional[str] = None,
+           backend: Optional[str] = None) -> torch.Tensor:
+    """F.conv2d. activation="relu" fuses bias + ReLU into the kernel's epilogue."""
+    return ops.conv2d(input, weight, bias, stride, padding, dilation, groups, activation, backend)

@@ -9,3 +9,4 @@ from .activation import act  # noqa: F401
 from . import optim  # noqa: F401  (fused optimizer steps)
 from .batchnorm import batch_norm, sync_batch_norm  # noqa: F401
 from .pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d  # noqa: F401
+from .conv import conv2d  # noqa: F401

@@ -1,0 +1,586 @@
+// 2-D convolution on the GPU: forward (with an optional fused bias + ReLU epilogue), input
+// gradient, weight gradient and bias gradient.
+//
+//   y [n, oc, oh, ow] = act(b[oc] + sum_{c, kh, kw} x[n, g*Cg+c, ih, iw] * w[oc, c, kh, kw])
+//   dx[n, ic, ih, iw] = sum_{j, kh, kw} dy[n, g*OCg+j, oh, ow] * w[g*OCg+j, ic%Cg, kh, kw]
+//   dw[oc, c, kh, kw] = sum_{n, oh, ow} dy[n, oc, oh, ow] * x[n, g*Cg+c, ih, iw]
+//   db[oc]            = sum_{n, oh, ow} dy[n, oc, oh, ow]
+//   with ih = oh*sh - ph + kh*dh, iw = ow*sw - pw + kw*dw; x outside the image reads as 0.
+//
+// Algorithm 1 -- implicit GEMM (grouped convolutions with more than one input channel per
+// group). Each of the three convolutions is a matrix product C[M x N] = A[M x K] B[K x N]
+// whose operands are gathered from the tensors on the fly, never materialized (no im2col):
+//
+//     problem       rows M            cols N           reduction K        A          B
+//     forward       n, oh, ow         oc (in group)    c, kh, kw          x patch    w
+//     input grad    n, ih, iw         c  (in group)    oc, kh, kw         dy         w
+//     weight grad   oc (in group)     c, kh, kw        n, oh, ow          dy         x patch
+//
+// A "problem" struct below knows how to fetch A[m, k] and B[k, n] for its convolution (the
+// padding, and for the input gradient the stride divisibility, become zeros) and how to
+// store C[m, n] (the epilogue). One GEMM engine runs all three:
+//   - a thread block computes a 64 x 64 tile of C; blockIdx.z is the group (and the
+//     split-K slice for the weight gradient);
+//   - per K step the block stages a 64 x BK tile of A and a BK x 64 tile of B in shared
+//     memory (each element fetched once from global memory, then reused 64 times);
+//   - float32 / float64 (SIMT engine): 256 threads, each accumulating a 4 x 4 sub-tile with
+//     FMAs in registers -- float32 when TF32 is not allowed (torch's cuDNN conv setting,
+//     torch.backends.cudnn.allow_tf32 / cudnn.conv.fp32_precision), and float64;
+//   - float32 with TF32 allowed: the WMMA engine below with TF32 fragments;
+//   - float16 / bfloat16 (WMMA engine): 4 warps, each owning a 32 x 32 sub-tile as 2 x 2
+//     16x16x16 tensor-core fragments (nvcuda::wmma) with float32 accumulators; the result
+//     goes through shared memory to the epilogue, which rounds once to the storage type.
+// The weight gradient reduces over N*OH*OW, typically huge, while its M x N is small: K is
+// split into slices (split-K) written to a float workspace and summed afterwards in a fixed
+// order, so the result is deterministic.
+//
+// Algorithm 2 -- direct kernels for one input channel per group (depthwise, groups == C):
+// a GEMM there would have an inner dimension of KH*KW and waste most of each tile, so
+//   - forward / input grad: one thread per output element, looping over the KH x KW taps
+//     (and the channel multiplier); threads walk the output in its memory order, so
+//     neighbouring threads touch neighbouring addresses in NCHW and NHWC alike;
+//   - weight grad: one block per weight element, a block-wide reduction over n, oh, ow.
+//
+// Bias gradient: one block per output channel, a block-wide reduction.
+//
+// Every index and offset is int64_t: tensors past 2^31 elements index correctly. Tensors
+// are addressed through their element strides, so NCHW and channels_last (and any other
+// strides) are read and written in place.
+//
+// This header holds the device code only and needs, before it is included, the CUDA
+// headers plus OpMath / to_c / from_c / kThreads (csrc/cuda/elementwise.cuh) and
+// nvcuda::wmma (<mma.h>): conv_kernel.cu includes it for the GPU, and
+// tests/conv_cuda_emulation.cpp includes it on the host, with C++ threads standing in
+// for CUDA threads, to check these kernels' indexing on machines without a GPU.
+#pragma once
+
+#include <cstdint>
+
+#include "conv_shape.h"
+
+namespace pydl {
+namespace conv_detail {
+
+template <typename T>
+__device__ __forceinline__ T zero() {
+  return from_c<T>(typename OpMath<T>::type(0));
+}
+
+// Which group and which K range a thread block works on.
+struct Part {
+  int64_t g, split, k_lo, k_hi;
+};
+
+// ------------------------------------------------------------------------------ problems
+template <typename T>
+struct FwdProblem {
+  using Acc = typename OpMath<T>::type;
+  const T* x; const T* w; const T* b; T* y;
+  ConvShape s; Strides4 xs, ws, ys; bool relu;
+  int64_t M, N, K;  // N*OH*OW, OC/groups, C/groups*KH*KW
+
+  struct Row { const T* base; int64_t ih0, iw0; bool ok; };
+
+  __device__ Part part(int64_t z) const { return {z, 0, 0, K}; }
+  __device__ Row row(int64_t m, int64_t g) const {
+    Row r;
+    r.ok = m < M;
+    const int64_t mm = r.ok ? m : 0, plane = s.OH * s.OW;
+    const int64_t n = mm / plane, hw = mm - n * plane, oh = hw / s.OW, ow = hw - oh * s.OW;
+    r.base = x + n * xs.n + g * s.Cg() * xs.c;
+    r.ih0 = oh * s.sh - s.ph;
+    r.iw0 = ow * s.sw - s.pw;
+    return r;
+  }
+  __device__ T a(const Row& r, int64_t k) const {
+    const int64_t khw = s.KH * s.KW;
+    const int64_t c = k / khw, t = k - c * khw, kh = t / s.KW, kw = t - kh * s.KW;
+    const int64_t ih = r.ih0 + kh * s.dh, iw = r.iw0 + kw * s.dw;
+    if (!r.ok || ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) return zero<T>();
+    return r.base[c * xs.c + ih * xs.h + iw * xs.w];
+  }
+  __device__ T b_at(int64_t k, int64_t n, int64_t g) const {
+    if (n >= N) return zero<T>();
+    const int64_t khw = s.KH * s.KW;
+    const int64_t c = k / khw, t = k - c * khw, kh = t / s.KW, kw = t - kh * s.KW;
+    return w[(g * N + n) * ws.n + c * ws.c + kh * ws.h + kw * ws.w];
+  }
+  __device__ void store(int64_t m, int64_t n, const Part& p, Acc v) const {
+    if (m >= M || n >= N) return;
+    const int64_t plane = s.OH * s.OW;
+    const int64_t nb = m / plane, hw = m - nb * plane, oh = hw / s.OW, ow = hw - oh * s.OW;
+    const int64_t oc = p.g * N + n;
+    if (b) v += to_c(b[oc]);
+    if (relu && v < Acc(0)) v = Acc(0);  // NaN stays NaN, as torch's relu
+    y[nb * ys.n + oc * ys.c + oh * ys.h + ow * ys.w] = from_c<T>(v);
+  }
+};
+
+template <typename T>
+struct DgradProblem {
+  using Acc = typename OpMath<T>::type;
+  const T* dy; const T* w; T* dx;
+  ConvShape s; Strides4 gs, ws, xs;
+  int64_t M, N, K;  // N*H*W, C/groups, OC/groups*KH*KW
+
+  struct Row { const T* base; int64_t ih, iw; bool ok; };
+
+  __device__ Part part(int64_t z) const { return {z, 0, 0, K}; }
+  __device__ Row row(int64_t m, int64_t g) const {
+    Row r;
+    r.ok = m < M;
+    const int64_t mm = r.ok ? m : 0, plane = s.H * s.W;
+    const int64_t n = mm / plane, hw = mm - n * plane;
+    r.ih = hw / s.W;
+    r.iw = hw - r.ih * s.W;
+    r.base = dy + n * gs.n + g * s.OCg() * gs.c;
+    return r;
+  }
+  __device__ T a(const Row& r, int64_t k) const {
+    const int64_t khw = s.KH * s.KW;
+    const int64_t j = k / khw, t = k - j * khw, kh = t / s.KW, kw = t - kh * s.KW;
+    // the tap (kh, kw) reaches input row ih from output row oh = (ih + ph - kh*dh) / sh,
+    // but only if that division is exact and oh is inside the output
+    const int64_t th = r.ih + s.ph - kh * s.dh, tw = r.iw + s.pw - kw * s.dw;
+    if (!r.ok || th < 0 || tw < 0) return zero<T>();
+    const int64_t oh = th / s.sh, ow = tw / s.sw;
+    if (oh * s.sh != th || ow * s.sw != tw || oh >= s.OH || ow >= s.OW) return zero<T>();
+    return r.base[j * gs.c + oh * gs.h + ow * gs.w];
+  }
+  __device__ T b_at(int64_t k, int64_t n, int64_t g) const {
+    if (n >= N) return zero<T>();
+    const int64_t khw = s.KH * s.KW;
+    const int64_t j = k / khw, t = k - j * khw, kh = t / s.KW, kw = t - kh * s.KW;
+    return w[(g * s.OCg() + j) * ws.n + n * ws.c + kh * ws.h + kw * ws.w];
+  }
+  __device__ void store(int64_t m, int64_t n, const Part& p, Acc v) const {
+    if (m >= M || n >= N) return;
+    const int64_t plane = s.H * s.W;
+    const int64_t nb = m / plane, hw = m - nb * plane, ih = hw / s.W, iw = hw - ih * s.W;
+    dx[nb * xs.n + (p.g * N + n) * xs.c + ih * xs.h + iw * xs.w] = from_c<T>(v);
+  }
+};
+
+template <typename T>
+struct WgradProblem {
+  using Acc = typename OpMath<T>::type;
+  const T* dy; const T* x; Acc* work;  // work: [splits, OC, Cg*KH*KW]
+  ConvShape s; Strides4 gs, xs;
+  int64_t M, N, K;  // OC/groups, C/groups*KH*KW, N*OH*OW
+  int64_t splits, k_per_split;
+
+  struct Row { const T* base; bool ok; };
+
+  __device__ Part part(int64_t z) const {
+    const int64_t split = z % splits, lo = split * k_per_split;
+    return {z / splits, split, lo, lo + k_per_split < K ? lo + k_per_split : K};
+  }
+  __device__ Row row(int64_t m, int64_t g) const {
+    Row r;
+    r.ok = m < M;
+    r.base = dy + (g * M + (r.ok ? m : 0)) * gs.c;
+    return r;
+  }
+  __device__ T a(const Row& r, int64_t k) const {
+    if (!r.ok) return zero<T>();
+    const int64_t plane = s.OH * s.OW;
+    const int64_t n = k / plane, hw = k - n * plane, oh = hw / s.OW, ow = hw - oh * s.OW;
+    return r.base[n * gs.n + oh * gs.h + ow * gs.w];
+  }
+  __device__ T b_at(int64_t k, int64_t col, int64_t g) const {
+    if (col >= N) return zero<T>();
+    const int64_t khw = s.KH * s.KW;
+    const int64_t c = col / khw, t = col - c * khw, kh = t / s.KW, kw = t - kh * s.KW;
+    const int64_t plane = s.OH * s.OW;
+    const int64_t n = k / plane, hw = k - n * plane, oh = hw / s.OW, ow = hw - oh * s.OW;
+    const int64_t ih = oh * s.sh - s.ph + kh * s.dh, iw = ow * s.sw - s.pw + kw * s.dw;
+    if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) return zero<T>();
+    return x[n * xs.n + (g * s.Cg() + c) * xs.c + ih * xs.h + iw * xs.w];
+  }
+  __device__ void store(int64_t m, int64_t col, const Part& p, Acc v) const {
+    if (m >= M || col >= N) return;
+    work[(p.split * s.OC + p.g * M + m) * N + col] = v;
+  }
+};
+
+// Forward for channels_last input and weight with Cg % 8 == 0 (the launcher checks this
+// and 16-byte alignment): K is ordered (kh, kw, c) with the channel fastest, so 8
+// consecutive k are 8 consecutive channels of one tap -- one 16-byte load (a8 / b8) instead
+// of 8 scalar ones. The epilogue is the generic forward's.
+template <typename T>
+struct FwdVecProblem : FwdProblem<T> {
+  using V = Pack<T, 8>;
+
+  __device__ V zeros() const {
+    V z;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) z.v[i] = zero<T>();
+    return z;
+  }
+  __device__ V a8(const typename FwdProblem<T>::Row& r, int64_t k) const {
+    const ConvShape& s = this->s;
+    const int64_t tap = k / s.Cg(), c = k - tap * s.Cg(), kh = tap / s.KW, kw = tap - kh * s.KW;
+    const int64_t ih = r.ih0 + kh * s.dh, iw = r.iw0 + kw * s.dw;
+    if (!r.ok || ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) return zeros();
+    return *reinterpret_cast<const V*>(r.base + c + ih * this->xs.h + iw * this->xs.w);
+  }
+  __device__ V b8(int64_t k, int64_t n, int64_t g) const {
+    const ConvShape& s = this->s;
+    if (n >= this->N) return zeros();
+    const int64_t tap = k / s.Cg(), c = k - tap * s.Cg(), kh = tap / s.KW, kw = tap - kh * s.KW;
+    return *reinterpret_cast<const V*>(this->w + (g * this->N + n) * this->ws.n + c + kh * this->ws.h +
+                                       kw * this->ws.w);
+  }
+};
+
+// ---------------------------------------------------------------------- GEMM engines
+constexpr int kTile = 64;  // BM = BN = 64 in both engines
+
+// SIMT: 256 threads, BK = 16, thread (ty, tx) owns rows ty + 16*i and columns tx + 16*j
+// (i, j < 4) of the tile: the interleaving makes a warp's shared-memory reads of one k
+// row hit consecutive addresses.
+template <typename P, typename T>
+__global__ void __launch_bounds__(256) gemm_simt_kernel(const P p) {
+  using Acc = typename OpMath<T>::type;
+  constexpr int BK = 16;
+  __shared__ Acc As[BK][kTile];
+  __shared__ Acc Bs[BK][kTile + 1];  // +1: the column-wise stores below avoid bank conflicts
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const Part part = p.part(blockIdx.z);
+  const int64_t m0 = int64_t(blockIdx.x) * kTile, n0 = int64_t(blockIdx.y) * kTile;
+  // every thread loads A elements of one row (tid % 64): decode that row once
+  const int am = tid % kTile;
+  const auto row = p.row(m0 + am, part.g);
+  Acc acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
+
+  for (int64_t k0 = part.k_lo; k0 < part.k_hi; k0 += BK) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {  // A: 64 x 16, consecutive threads -> consecutive rows
+      const int kl = tid / kTile + 4 * i;
+      const int64_t k = k0 + kl;
+      As[kl][am] = k < part.k_hi ? to_c(p.a(row, k)) : Acc(0);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {  // B: 16 x 64, consecutive threads -> consecutive k
+      const int e = tid + 256 * i, kl = e % BK, nl = e / BK;
+      const int64_t k = k0 + kl;
+      Bs[kl][nl] = k < part.k_hi ? to_c(p.b_at(k, n0 + nl, part.g)) : Acc(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      Acc ar[4], br[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) ar[i] = As[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) br[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fma(ar[i], br[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) p.store(m0 + ty + 16 * i, n0 + tx + 16 * j, part, acc[i][j]);
+}
+
+// WMMA (tensor cores, float32 accumulate): 128 threads = 4 warps in a 2 x 2 arrangement,
+// each warp a 32 x 32 sub-tile = 2 x 2 fragments of 16 x 16; BK = 32. float16 / bfloat16
+// use 16x16x16 fragments; float32 (only when TF32 is allowed) uses 16x16x8 TF32 fragments
+// whose elements are rounded to TF32 after the load, as cuDNN's TF32 convolutions do.
+// Shared-memory rows are padded by 8 elements to spread the fragment loads over the banks
+// while keeping every fragment pointer 32-byte aligned, as WMMA requires.
+template <typename T> struct WmmaFrag { using type = T; static constexpr int K = 16; };
+template <> struct WmmaFrag<float> { using type = nvcuda::wmma::precision::tf32; static constexpr int K = 8; };
+
+template <typename P, typename T>
+__global__ void __launch_bounds__(128) gemm_wmma_kernel(const P p) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  using namespace nvcuda;
+  using FT = typename WmmaFrag<T>::type;
+  constexpr int FK = WmmaFrag<T>::K;
+  constexpr int BK = 32, LDA = BK + 8, LDB = kTile + 8, LDC = kTile + 4;
+  __shared__ __align__(32) T As[kTile * LDA];   // A tile, row-major [m][k]
+  __shared__ __align__(32) T Bs[BK * LDB];      // B tile, row-major [k][n]
+  __shared__ __align__(32) float Cs[kTile * LDC];
+  const int tid = threadIdx.x, warp = tid / 32, wm = warp / 2, wn = warp % 2;
+  const Part part = p.part(blockIdx.z);
+  const int64_t m0 = int64_t(blockIdx.x) * kTile, n0 = int64_t(blockIdx.y) * kTile;
+  const int am = tid % kTile;
+  const auto row = p.row(m0 + am, part.g);
+  const T z = zero<T>();
+
+  wmma::fragment<wmma::accumulator, 16, 16, FK, float> c[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(c[i][j], 0.0f);
+
+  for (int64_t k0 = part.k_lo; k0 < part.k_hi; k0 += BK) {
+#pragma unroll 4
+    for (int i = 0; i < 16; ++i) {  // A: 64 x 32
+      const int kl = tid / kTile + 2 * i;
+      const int64_t k = k0 + kl;
+      As[am * LDA + kl] = k < part.k_hi ? p.a(row, k) : z;
+    }
+#pragma unroll 4
+    for (int i = 0; i < 16; ++i) {  // B: 32 x 64
+      const int kl = tid % BK, nl = tid / BK + 4 * i;
+      const int64_t k = k0 + kl;
+      Bs[kl * LDB + nl] = k < part.k_hi ? p.b_at(k, n0 + nl, part.g) : z;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += FK) {
+      wmma::fragment<wmma::matrix_a, 16, 16, FK, FT, wmma::row_major> fa[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, FK, FT, wmma::row_major> fb[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * LDA + kk, LDA);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], Bs + kk * LDB + wn * 32 + j * 16, LDB);
+      if constexpr (FK == 8) {  // TF32: round the float32 operands to 10-bit mantissas
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+          for (int t = 0; t < fa[i].num_elements; ++t) fa[i].x[t] = wmma::__float_to_tf32(fa[i].x[t]);
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+          for (int t = 0; t < fb[j].num_elements; ++t) fb[j].x[t] = wmma::__float_to_tf32(fb[j].x[t]);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(c[i][j], fa[i], fb[j], c[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, c[i][j], LDC,
+                              wmma::mem_row_major);
+  __syncthreads();
+  for (int e = tid; e < kTile * kTile; e += 128) {  // consecutive threads -> consecutive n
+    const int ml = e / kTile, nl = e % kTile;
+    p.store(m0 + ml, n0 + nl, part, Cs[ml * LDC + nl]);
+  }
+#endif
+}
+
+// WMMA engine with 16-byte operand loads, for problems with a8/b8 (FwdVecProblem): each
+// thread moves 2 A and 2 B vectors of 8 elements per K step. B is staged column-major
+// ([n][k], a WMMA col_major matrix_b) so that a vector of 8 consecutive k is one 16-byte
+// shared-memory store. The next K step's vectors are fetched into registers before the
+// tensor cores work on the current one, so global-memory latency overlaps the MMAs.
+template <typename P, typename T>
+__global__ void __launch_bounds__(128) gemm_wmma_vec_kernel(const P p) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  using namespace nvcuda;
+  using V = Pack<T, 8>;
+  constexpr int BK = 32, LDA = BK + 8, LDB = BK + 8, LDC = kTile + 4;
+  __shared__ __align__(32) T As[kTile * LDA];   // A tile, row-major [m][k]
+  __shared__ __align__(32) T Bs[kTile * LDB];   // B tile, column-major [n][k]
+  __shared__ __align__(32) float Cs[kTile * LDC];
+  const int tid = threadIdx.x, warp = tid / 32, wm = warp / 2, wn = warp % 2;
+  const Part part = p.part(blockIdx.z);
+  const int64_t m0 = int64_t(blockIdx.x) * kTile, n0 = int64_t(blockIdx.y) * kTile;
+  // this thread's vectors: rows/columns r0 and r0 + 32, k offset 8 * kq within the step
+  const int kq = tid % 4, r0 = tid / 4;
+  const auto row0 = p.row(m0 + r0, part.g);
+  const auto row1 = p.row(m0 + r0 + 32, part.g);
+  const V zv = p.zeros();
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(c[i][j], 0.0f);
+
+  // K is a multiple of 8 here, so a vector is wholly inside or outside [k_lo, k_hi)
+  V a0 = zv, a1 = zv, b0 = zv, b1 = zv;
+  auto fetch = [&](int64_t k0) {
+    const int64_t k = k0 + 8 * kq;
+    const bool in = k < part.k_hi;
+    a0 = in ? p.a8(row0, k) : zv;
+    a1 = in ? p.a8(row1, k) : zv;
+    b0 = in ? p.b8(k, n0 + r0, part.g) : zv;
+    b1 = in ? p.b8(k, n0 + r0 + 32, part.g) : zv;
+  };
+  if (part.k_lo < part.k_hi) fetch(part.k_lo);
+  for (int64_t k0 = part.k_lo; k0 < part.k_hi; k0 += BK) {
+    *reinterpret_cast<V*>(As + r0 * LDA + 8 * kq) = a0;
+    *reinterpret_cast<V*>(As + (r0 + 32) * LDA + 8 * kq) = a1;
+    *reinterpret_cast<V*>(Bs + r0 * LDB + 8 * kq) = b0;
+    *reinterpret_cast<V*>(Bs + (r0 + 32) * LDB + 8 * kq) = b1;
+    __syncthreads();
+    if (k0 + BK < part.k_hi) fetch(k0 + BK);  // in flight during the MMAs below
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * LDA + kk, LDA);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], Bs + (wn * 32 + j * 16) * LDB + kk, LDB);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(c[i][j], fa[i], fb[j], c[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, c[i][j], LDC,
+                              wmma::mem_row_major);
+  __syncthreads();
+  for (int e = tid; e < kTile * kTile; e += 128) {
+    const int ml = e / kTile, nl = e % kTile;
+    p.store(m0 + ml, n0 + nl, part, Cs[ml * LDC + nl]);
+  }
+#endif
+}
+
+// ------------------------------------------------------------------- depthwise (Cg == 1)
+// Output element i in the output's memory order (NCHW or NHWC), as (n, c, h, w).
+__device__ __forceinline__ void decode4(int64_t i, bool cl, int64_t C, int64_t H, int64_t W,
+                                        int64_t& n, int64_t& c, int64_t& h, int64_t& w) {
+  if (cl) {
+    c = i % C; i /= C; w = i % W; i /= W; h = i % H; n = i / H;
+  } else {
+    w = i % W; i /= W; h = i % H; i /= H; c = i % C; n = i / C;
+  }
+}
+
+template <typename T>
+__global__ void dw_fwd_kernel(const T* x, const T* w, const T* b, T* y, const ConvShape s,
+                              const Strides4 xs, const Strides4 ws, const Strides4 ys, bool relu,
+                              bool cl, int64_t total) {
+  using Acc = typename OpMath<T>::type;
+  const int64_t mult = s.OCg();  // output channels per input channel
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t n, oc, oh, ow;
+    decode4(i, cl, s.OC, s.OH, s.OW, n, oc, oh, ow);
+    const T* xp = x + n * xs.n + (oc / mult) * xs.c;
+    const T* wp = w + oc * ws.n;
+    Acc acc = b ? to_c(b[oc]) : Acc(0);
+    for (int64_t kh = 0; kh < s.KH; ++kh) {
+      const int64_t ih = oh * s.sh - s.ph + kh * s.dh;
+      if (ih < 0 || ih >= s.H) continue;
+      for (int64_t kw = 0; kw < s.KW; ++kw) {
+        const int64_t iw = ow * s.sw - s.pw + kw * s.dw;
+        if (iw < 0 || iw >= s.W) continue;
+        acc = fma(to_c(xp[ih * xs.h + iw * xs.w]), to_c(wp[kh * ws.h + kw * ws.w]), acc);
+      }
+    }
+    if (relu && acc < Acc(0)) acc = Acc(0);
+    y[n * ys.n + oc * ys.c + oh * ys.h + ow * ys.w] = from_c<T>(acc);
+  }
+}
+
+template <typename T>
+__global__ void dw_dgrad_kernel(const T* dy, const T* w, T* dx, const ConvShape s, const Strides4 gs,
+                                const Strides4 ws, const Strides4 xs, bool cl, int64_t total) {
+  using Acc = typename OpMath<T>::type;
+  const int64_t mult = s.OCg();
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t n, ic, ih, iw;
+    decode4(i, cl, s.C, s.H, s.W, n, ic, ih, iw);
+    Acc acc = Acc(0);
+    for (int64_t kh = 0; kh < s.KH; ++kh) {
+      const int64_t th = ih + s.ph - kh * s.dh;
+      if (th < 0) continue;
+      const int64_t oh = th / s.sh;
+      if (oh * s.sh != th || oh >= s.OH) continue;
+      for (int64_t kw = 0; kw < s.KW; ++kw) {
+        const int64_t tw = iw + s.pw - kw * s.dw;
+        if (tw < 0) continue;
+        const int64_t ow = tw / s.sw;
+        if (ow * s.sw != tw || ow >= s.OW) continue;
+        for (int64_t j = 0; j < mult; ++j) {
+          const int64_t oc = ic * mult + j;
+          acc = fma(to_c(dy[n * gs.n + oc * gs.c + oh * gs.h + ow * gs.w]),
+                    to_c(w[oc * ws.n + kh * ws.h + kw * ws.w]), acc);
+        }
+      }
+    }
+    dx[n * xs.n + ic * xs.c + ih * xs.h + iw * xs.w] = from_c<T>(acc);
+  }
+}
+
+// Sum of v over the block (blockDim.x == kThreads, a power of two); valid in thread 0.
+template <typename Acc>
+__device__ Acc block_sum(Acc v) {
+  __shared__ Acc buf[kThreads];
+  buf[threadIdx.x] = v;
+  __syncthreads();
+  for (int o = kThreads / 2; o > 0; o >>= 1) {
+    if (int(threadIdx.x) < o) buf[threadIdx.x] += buf[threadIdx.x + o];
+    __syncthreads();
+  }
+  return buf[0];
+}
+
+// One block per weight element (oc, kh, kw).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) dw_wgrad_kernel(const T* dy, const T* x, T* dw,
+                                                            const ConvShape s, const Strides4 gs,
+                                                            const Strides4 xs, const Strides4 dws) {
+  using Acc = typename OpMath<T>::type;
+  const int64_t e = blockIdx.x, khw = s.KH * s.KW;
+  const int64_t oc = e / khw, kh = (e % khw) / s.KW, kw = e % s.KW, ic = oc / s.OCg();
+  const int64_t plane = s.OH * s.OW, total = s.N * plane;
+  Acc acc = Acc(0);
+  for (int64_t k = threadIdx.x; k < total; k += kThreads) {
+    const int64_t n = k / plane, hw = k - n * plane, oh = hw / s.OW, ow = hw - oh * s.OW;
+    const int64_t ih = oh * s.sh - s.ph + kh * s.dh, iw = ow * s.sw - s.pw + kw * s.dw;
+    if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) continue;
+    acc = fma(to_c(dy[n * gs.n + oc * gs.c + oh * gs.h + ow * gs.w]),
+              to_c(x[n * xs.n + ic * xs.c + ih * xs.h + iw * xs.w]), acc);
+  }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) dw[oc * dws.n + kh * dws.h + kw * dws.w] = from_c<T>(acc);
+}
+
+// dw[oc, c, kh, kw] = sum over the split-K slices of the workspace.
+template <typename T>
+__global__ void wgrad_reduce_kernel(const typename OpMath<T>::type* work, T* dw, int64_t splits,
+                                    const ConvShape s, const Strides4 dws) {
+  using Acc = typename OpMath<T>::type;
+  const int64_t khw = s.KH * s.KW, cols = s.Cg() * khw, total = s.OC * cols;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    Acc v = Acc(0);
+    for (int64_t sp = 0; sp < splits; ++sp) v += work[sp * total + i];
+    const int64_t oc = i / cols, col = i - oc * cols, c = col / khw, t = col - c * khw;
+    dw[oc * dws.n + c * dws.c + (t / s.KW) * dws.h + (t % s.KW) * dws.w] = from_c<T>(v);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) bias_grad_kernel(const T* dy, T* db, int64_t N, int64_t OH,
+                                                             int64_t OW, const Strides4 gs) {
+  using Acc = typename OpMath<T>::type;
+  const int64_t oc = blockIdx.x, plane = OH * OW, total = N * plane;
+  Acc acc = Acc(0);
+  for (int64_t k = threadIdx.x; k < total; k += kThreads) {
+    const int64_t n = k / plane, hw = k - n * plane, oh = hw / OW, ow = hw - oh * OW;
+    acc += to_c(dy[n * gs.n + oc * gs.c + oh * gs.h + ow * gs.w]);
+  }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) db[oc] = from_c<T>(acc);
+}
+
+}  // namespace conv_detail
+}  // namespace pydl

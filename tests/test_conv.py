@@ -1,0 +1,512 @@
+"""Conv2d: every backend x dtype x layout over a configuration matrix (kernel sizes,
+stride, padding incl. 'same'/'valid', dilation, groups incl. depthwise, bias) against the
+float64 oracle -- forward and the gradients of input, weight and bias -- plus the fused
+ReLU epilogue, unbatched and empty input, gradcheck, opcheck, torch.compile, the
+nn.Conv2d drop-in and bad input.
+
+The matrix is pairwise rather than cartesian: each configuration row varies several
+factors at once, and every row runs for every dtype and input layout. Under the Triton
+interpreter (no GPU) a reduced set of tiny rows runs.
+
+float32 on the GPU: these tests run with torch.backends.cudnn.allow_tf32 = False (full
+float32 in both torch and pydl), except test_tf32_mode which checks the TF32 mode.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as TF
+from torch import nn
+
+import pydl
+import pydl.functional as F
+from pydl.testing import check_against_torch, make_input
+from conftest import DTYPE_IDS, DTYPES, GPU, backend_params, interpreted
+
+# torch's own warning when its reference pads for 'same' with an even kernel
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+
+
+@pytest.fixture(autouse=True)
+def _ieee_float32():
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = old
+
+
+# (id, N, C, H, W, OC, kernel, kwargs for F.conv2d, bias)
+CONFIGS = [
+    ("1x1", 2, 4, 7, 9, 6, (1, 1), {}, True),
+    ("3x3_p1", 2, 3, 9, 7, 5, (3, 3), {"padding": 1}, True),
+    ("3x3_s2_p1_g2", 2, 4, 11, 9, 6, (3, 3), {"stride": 2, "padding": 1, "groups": 2}, False),
+    ("5x5_p2_d2", 1, 3, 13, 11, 4, (5, 5), {"padding": 2, "dilation": 2}, True),
+    ("7x7_s2_p3", 2, 3, 15, 13, 8, (7, 7), {"stride": 2, "padding": 3}, False),
+    ("3x5_mixed", 2, 4, 9, 11, 6, (3, 5), {"stride": (2, 1), "padding": (1, 2), "dilation": (1, 2),
+                                          "groups": 2}, True),
+    ("same_3x3_d2", 2, 3, 7, 9, 5, (3, 3), {"padding": "same", "dilation": 2}, True),
+    ("same_even_4x2", 2, 4, 9, 7, 4, (4, 2), {"padding": "same", "groups": 2}, True),
+    ("valid_3x3", 2, 3, 7, 9, 5, (3, 3), {"padding": "valid"}, False),
+    ("depthwise_3x3", 2, 6, 9, 11, 6, (3, 3), {"padding": 1, "groups": 6}, True),
+    ("depthwise_x2_s2", 2, 4, 11, 9, 8, (3, 3), {"stride": 2, "padding": 1, "groups": 4}, False),
+    ("2x2_s2", 3, 5, 9, 7, 7, (2, 2), {"stride": 2}, True),
+]
+# tiny rows for the Triton interpreter (it is slow): still 1x1, non-square, stride,
+# dilation, 'same' with an even kernel, grouped, depthwise, with and without bias
+TINY = [
+    ("1x1", 2, 3, 5, 3, 4, (1, 1), {}, True),
+    ("3x2_mixed", 1, 4, 5, 7, 4, (3, 2), {"stride": (2, 1), "padding": (1, 2), "dilation": (1, 2),
+                                         "groups": 2}, True),
+    ("same_even_2x4", 1, 2, 5, 6, 3, (2, 4), {"padding": "same"}, False),
+    ("depthwise_s2", 1, 3, 7, 5, 3, (3, 3), {"stride": 2, "padding": 1, "groups": 3}, True),
+    ("5x5_p2_d2", 1, 2, 7, 6, 3, (5, 5), {"padding": 2, "dilation": 2}, False),
+]
+LAYOUTS = ["contiguous", "channels_last"]
+
+
+def _ids(rows):
+    return [r[0] for r in rows]
+
+
+def _inputs(row, dtype, device, layout, weight_layout="contiguous", seed=0):
+    _, N, C, H, W, OC, k, kw, bias = row
+    groups = kw.get("groups", 1)
+    x = make_input((N, C, H, W), dtype, device, layout, requires_grad=True, seed=seed)
+    w = make_input((OC, C // groups) + tuple(k), dtype, device, weight_layout, requires_grad=True,
+                   seed=seed + 1, scale=0.5)
+    b = make_input((OC,), dtype, device, requires_grad=True, seed=seed + 2) if bias else None
+    return x, w, b
+
+
+def _run(row, backend, dtype, device, layout, weight_layout="contiguous", activation=None):
+    kw = row[7]
+    x, w, b = _inputs(row, dtype, device, layout, weight_layout)
+    ins = [x, w] + ([b] if b is not None else [])
+
+    def ours(x, w, b=None):
+        return F.conv2d(x, w, b, activation=activation, backend=backend, **kw)
+
+    def theirs(x, w, b=None):
+        y = TF.conv2d(x, w, b, **kw)
+        return TF.relu(y) if activation == "relu" else y
+
+    check_against_torch(ours, theirs, ins, what=f"{row[0]}/{backend}/{dtype}/{layout}")
+
+
+def _matrix():
+    out = []
+    for p in backend_params():
+        rows = TINY if interpreted(*p.values) else CONFIGS
+        for r in rows:
+            out.append(pytest.param(*p.values, r, id=f"{p.id}-{r[0]}", marks=p.marks))
+    return out
+
+
+@pytest.mark.parametrize("backend,device,row", _matrix())
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_forward_backward(backend, device, row, dtype, layout):
+    _run(row, backend, dtype, device, layout)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_channels_last_weight(backend, device, dtype):
+    # a channels_last weight alone makes torch's output channels_last (depthwise excepted)
+    rows = TINY if interpreted(backend, device) else CONFIGS
+    for row in rows[1:3] + rows[3:4]:
+        _run(row, backend, dtype, device, "contiguous", weight_layout="channels_last")
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_relu_epilogue(backend, device, dtype):
+    rows = TINY if interpreted(backend, device) else CONFIGS
+    for row in (rows[1], rows[3]):
+        for layout in LAYOUTS:
+            _run(row, backend, dtype, device, layout, activation="relu")
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_unbatched_and_empty(backend, device):
+    # unbatched 3-D input: a 3-D output, gradients as torch
+    x = make_input((3, 6, 5), torch.float32, device, requires_grad=True)
+    w = make_input((4, 3, 3, 3), torch.float32, device, requires_grad=True, seed=1)
+    b = make_input((4,), torch.float32, device, requires_grad=True, seed=2)
+    y = check_against_torch(lambda x, w, b: F.conv2d(x, w, b, padding=1, backend=backend),
+                            lambda x, w, b: TF.conv2d(x, w, b, padding=1), [x, w, b])
+    assert y.shape == (4, 6, 5)
+    # empty batch: an empty output of the right shape; weight and bias gradients are zero
+    for layout in LAYOUTS:
+        x0 = make_input((0, 3, 6, 5), torch.float32, device, layout, requires_grad=True)
+        y0 = F.conv2d(x0, w, b, stride=2, padding=1, backend=backend)
+        y0_t = TF.conv2d(x0, w, b, stride=2, padding=1)
+        assert y0.shape == y0_t.shape == (0, 4, 3, 3)
+        y0.sum().backward()
+        assert x0.grad.shape == x0.shape
+        assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+        w.grad = b.grad = None
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_needs_input_grad(backend, device):
+    """Only the gradients autograd asks for are computed and returned."""
+    x = make_input((2, 4, 6, 5), torch.float32, device, requires_grad=True)
+    w = make_input((6, 2, 3, 3), torch.float32, device, seed=1)         # frozen weight
+    b = make_input((6,), torch.float32, device, requires_grad=True, seed=2)
+    check_against_torch(lambda x, w, b: F.conv2d(x, w, b, groups=2, backend=backend),
+                        lambda x, w, b: TF.conv2d(x, w, b, groups=2), [x, w, b])
+    x2 = x.detach()                                                       # frozen input
+    w2 = w.detach().requires_grad_()
+    y = F.conv2d(x2, w2, None, groups=2, backend=backend)
+    (gw,) = torch.autograd.grad(y.sum(), [w2])
+    (gw_t,) = torch.autograd.grad(TF.conv2d(x2, w2, None, groups=2).sum(), [w2])
+    assert torch.allclose(gw, gw_t, rtol=1e-5, atol=1e-5)
+
+
+# the C++ CPU kernels only: the Triton interpreter is far too slow for gradcheck's
+# hundreds of forward calls (its float64 gradients are checked by the matrix above)
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] == "cpu"])
+@pytest.mark.parametrize("kw,activation", [({"stride": 2, "padding": 1, "groups": 2}, None),
+                                           ({"padding": "same", "dilation": (2, 1)}, None),
+                                           ({"padding": 1}, "relu")])
+def test_gradcheck(backend, device, kw, activation):
+    groups = kw.get("groups", 1)
+    x = make_input((2, 4, 5, 6), torch.float64, device, requires_grad=True, seed=3)
+    w = make_input((4, 4 // groups, 3, 2), torch.float64, device, requires_grad=True, seed=4)
+    b = make_input((4,), torch.float64, device, requires_grad=True, seed=5)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: F.conv2d(x, w, b, activation=activation, backend=backend, **kw), (x, w, b),
+        eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] == "cpu"])
+def test_gradgradcheck(backend, device):
+    """Double backward (the backward ops have autograd formulas of their own)."""
+    x = make_input((1, 4, 5, 4), torch.float64, device, requires_grad=True, seed=6)
+    w = make_input((4, 2, 2, 3), torch.float64, device, requires_grad=True, seed=7)
+    b = make_input((4,), torch.float64, device, requires_grad=True, seed=8)
+    assert torch.autograd.gradgradcheck(
+        lambda x, w, b: F.conv2d(x, w, b, stride=(2, 1), padding=(1, 0), groups=2, backend=backend),
+        (x, w, b), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_double_backward_matches_torch(backend, device):
+    """A gradient penalty: d/d(x, w, b) of |d(y . g)/d(x, w)|^2, against torch (float64)."""
+    def penalty(conv, x, w, b):
+        y = conv(x, w, b, stride=2, padding=1, groups=2)
+        gx, gw = torch.autograd.grad((y * g).sum(), [x, w], create_graph=True)
+        return (gx * gx).sum() + (gw * gw).sum() + y.sum()
+
+    ins = [make_input(sh, torch.float64, device, requires_grad=True, seed=i + 10)
+           for i, sh in enumerate([(2, 4, 6, 5), (4, 2, 3, 3), (4,)])]
+    g = make_input((2, 4, 3, 3), torch.float64, device, seed=20)
+    ours = torch.autograd.grad(penalty(lambda *a, **k: F.conv2d(*a, **k, backend=backend), *ins), ins)
+    ref = torch.autograd.grad(penalty(TF.conv2d, *ins), ins)
+    for a, r in zip(ours, ref):
+        assert torch.allclose(a, r, rtol=1e-10, atol=1e-10)
+
+
+def _ops_for(backend):
+    return torch.ops.pydl_triton if backend == "triton" else torch.ops.pydl
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_opcheck(backend, device, layout):
+    ops = _ops_for(backend)
+    x = make_input((2, 4, 5, 6), torch.float32, device, layout, requires_grad=True)
+    w = make_input((4, 2, 3, 2), torch.float32, device, requires_grad=True, seed=1)
+    b = make_input((4,), torch.float32, device, requires_grad=True, seed=2)
+    cl = layout == "channels_last"
+    geom = ([2, 1], [1, 0, 1, 1], [1, 2], 2)
+    torch.library.opcheck(ops.conv2d_fwd.default, (x, w, b) + geom + ("relu", cl))
+    torch.library.opcheck(ops.conv2d_fwd.default, (x, w, None) + geom + ("none", cl))
+    y = ops.conv2d_fwd(x.detach(), w.detach(), b.detach(), *geom, "none", cl)
+    # the backward ops are differentiable too (double backward)
+    g = make_input(y.shape, torch.float32, device, layout, requires_grad=True, seed=3)
+    torch.library.opcheck(ops.conv2d_bwd_input.default, (g, w, list(x.shape)) + geom + (cl,))
+    torch.library.opcheck(ops.conv2d_bwd_weight.default, (g, x, list(w.shape)) + geom + (False,))
+    torch.library.opcheck(ops.conv2d_bwd_bias.default, (g,))
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_compile_fullgraph(backend, device):
+    def block(x, w1, b1, w2):
+        y = F.conv2d(x, w1, b1, padding=1, activation="relu", backend=backend)
+        return F.conv2d(y, w2, None, stride=2, groups=2, backend=backend)
+
+    x = make_input((2, 4, 7, 6), torch.float32, device, requires_grad=True)
+    ws = [make_input(s, torch.float32, device, requires_grad=True, seed=i + 1)
+          for i, s in enumerate([(4, 4, 3, 3), (4,), (6, 2, 2, 2)])]
+    x2 = x.detach().clone().requires_grad_()
+    ws2 = [t.detach().clone().requires_grad_() for t in ws]
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True,
+                             backend="aot_eager" if interpreted(backend, device) else "inductor")
+    y, y2 = block(x, *ws), compiled(x2, *ws2)
+    assert torch.equal(y, y2)
+    g = make_input(y.shape, torch.float32, device, seed=9)
+    y.backward(g)
+    y2.backward(g)
+    for a, b in zip([x] + ws, [x2] + ws2):
+        assert torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_autocast(backend, device):
+    """Under torch.autocast conv2d computes in the autocast dtype, as torch's does; the
+    gradients flow back to the float32 leaves."""
+    dt = torch.bfloat16
+    x = make_input((2, 4, 7, 6), torch.float32, device, requires_grad=True)
+    w = make_input((6, 2, 3, 3), torch.float32, device, requires_grad=True, seed=1)
+    b = make_input((6,), torch.float32, device, requires_grad=True, seed=2)
+    with torch.autocast(device, dtype=dt):
+        y = F.conv2d(x, w, b, padding=1, groups=2, backend=backend)
+        y_t = TF.conv2d(x, w, b, padding=1, groups=2)
+    assert y.dtype == y_t.dtype == dt
+    y_ref = TF.conv2d(*(t.detach().to(dt).double() for t in (x, w, b)), padding=1, groups=2)
+    # both round the same bf16 operands' exact products once: within 2 bf16 ulps of |y|max
+    scale = float(y_ref.abs().max())
+    assert float((y.detach().double() - y_ref).abs().max()) <= 2 * 2 ** -8 * scale
+    y.float().sum().backward()
+    assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float32
+
+
+@pytest.mark.skipif(not GPU, reason="needs a GPU with > 8 GB free")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("groups", [1, 16], ids=["gemm", "depthwise"])
+def test_64bit_indexing(backend, groups):
+    """More than 2^31 elements in the input and the output: offsets must be 64-bit."""
+    x = torch.randn(2, 16, 8192, 8200, device="cuda", dtype=torch.bfloat16)   # 2.15e9 elements
+    w = torch.randn(16, 16 // groups, 3, 3, device="cuda", dtype=torch.bfloat16)
+    y = F.conv2d(x, w, padding=1, groups=groups, backend=backend)
+    # compare the last rows (the far end of the tensor) against torch on the same slice
+    y_t = TF.conv2d(x[:, :, -9:], w, padding=1, groups=groups)
+    assert torch.allclose(y[:, :, -8:].float(), y_t[:, :, -8:].float(), rtol=2e-2, atol=5e-2)
+
+
+def test_tf32_flag_follows_torch():
+    """pydl reads torch's cuDNN conv TF32 setting, legacy and new API alike (the mode the
+    GPU kernels then use for float32); reading it never raises on mixed APIs."""
+    from pydl.ops.conv import tf32_allowed
+    cudnn = torch.backends.cudnn
+    old = cudnn.conv.fp32_precision
+    try:
+        cudnn.allow_tf32 = True
+        assert tf32_allowed()
+        cudnn.allow_tf32 = False
+        assert not tf32_allowed()
+        cudnn.conv.fp32_precision = "tf32"
+        assert tf32_allowed()
+        cudnn.conv.fp32_precision = "ieee"   # torch.backends.cudnn.allow_tf32 would raise now
+        assert not tf32_allowed()
+    finally:
+        cudnn.conv.fp32_precision = old
+
+
+@pytest.mark.skipif(not GPU, reason="TF32 exists only on the GPU")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_tf32_mode(backend):
+    """With cudnn.allow_tf32 = True (torch's default) float32 may use TF32 tensor cores, as
+    cuDNN does: the result must stay within TF32's accuracy (10-bit mantissa inputs)."""
+    torch.backends.cudnn.allow_tf32 = True
+    x = make_input((4, 32, 17, 15), torch.float32, "cuda")
+    w = make_input((48, 32, 3, 3), torch.float32, "cuda", seed=1)
+    y = F.conv2d(x, w, padding=1, backend=backend)
+    ref = TF.conv2d(x.double().cpu(), w.double().cpu(), padding=1)
+    err = (y.double().cpu() - ref).abs().max().item()
+    # TF32 rounds each operand to 11 significant bits: relative error ~2^-11 per product,
+    # summed over K = 288 products of O(1) terms
+    assert err < 288 * 2 ** -10, err
+
+
+# ------------------------------------------- CUDA kernels, emulated on the host (no GPU)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20) to build the emulation")
+def test_cuda_kernels_emulated_on_host(tmp_path):
+    """The CUDA kernels of csrc/cuda/conv_device.cuh, compiled for the host with C++
+    threads as CUDA threads (tests/conv_cuda_emulation.cpp): every engine (SIMT, WMMA with
+    a bfloat16 stand-in, depthwise, split-K weight grad, bias grad) against a float64
+    direct convolution. Checks their indexing where no GPU is available."""
+    exe = tmp_path / "conv_emu"
+    src = os.path.join(_ROOT, "tests", "conv_cuda_emulation.cpp")
+    build = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-I", os.path.join(_ROOT, "csrc"),
+                            "-I", os.path.join(_ROOT, "csrc", "cuda"), src, "-o", str(exe)],
+                           capture_output=True, text=True)
+    if build.returncode != 0 and "<barrier>" in build.stderr:
+        pytest.skip("this g++ has no C++20 <barrier>")
+    assert build.returncode == 0, build.stderr[-4000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "0 failure(s)" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+# Compiles the Triton kernels for an H100 (sm_90, through ptxas to a cubin) without a GPU:
+# the interpreter above never runs Triton's compiler, so this catches what only the GPU
+# build would (tl.dot operand/precision rules, layouts, register limits). One
+# representative constexpr variant per kernel, to keep it short (each takes a few s).
+_AOT = r"""
+import os, sys
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import pydl.kernels.conv as K
+
+def jit(k):
+    while not isinstance(k, triton.runtime.jit.JITFunction):
+        k = k.fn
+    return k
+
+def build(kern, dt, consts):
+    fn = jit(kern)
+    acc = "*fp64" if dt == "fp64" else "*fp32"
+    sig = {a: "constexpr" if a in consts else (acc if a == "work_ptr" else "*" + dt) if a.endswith("_ptr")
+           else "i32" for a in fn.arg_names}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+    triton.compile(src, target=GPUTarget("cuda", 90, 32))
+
+def gemm(flag, cl, dt, prec, shape, **extra):
+    bm, bn, bk = shape[:3]
+    return dict({flag: cl, "IS_F64": dt == "fp64", "PRECISION": prec, "UPCAST": False,
+                 "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, **extra)
+
+fwd = dict(HAS_BIAS=True, RELU=True)
+jobs = [(K.conv2d_fwd_kernel, "bf16", gemm("K_CL", True, "bf16", "ieee", K._GEMM_SHAPES[0], **fwd)),
+        (K.conv2d_fwd_kernel, "fp32", gemm("K_CL", False, "fp32", "tf32", K._GEMM_SHAPES[1], **fwd)),
+        (K.conv2d_fwd_kernel, "fp64", gemm("K_CL", False, "fp64", "ieee", K._GEMM_SHAPES[3], **fwd)),
+        (K.conv2d_bwd_input_kernel, "fp16", gemm("K_CL", True, "fp16", "ieee", K._GEMM_SHAPES[2])),
+        (K.conv2d_bwd_weight_kernel, "fp32", gemm("N_CL", True, "fp32", "ieee", K._WGRAD_SHAPES[0])),
+        (K.conv2d_wgrad_reduce_kernel, "bf16", {"N_CL": False, "BLOCK": 1024}),
+        (K.conv2d_bwd_bias_kernel, "bf16", {"IS_F64": False, "BLOCK": 1024})]
+for kern, dt, consts in jobs:
+    build(kern, dt, consts)
+    print("compiled", jit(kern).__name__, dt)
+print("all compiled")
+"""
+
+
+@pytest.mark.skipif(GPU, reason="with a GPU the kernels are compiled and run by the tests above")
+def test_triton_kernels_compile_for_sm90():
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _AOT], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0 and "all compiled" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------- nn.Conv2d
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+def test_module_is_a_drop_in(backend, device, padding_mode):
+    torch.manual_seed(0)
+    kw = dict(stride=(2, 1), padding=(1, 2), dilation=1, groups=2, bias=True, padding_mode=padding_mode)
+    ref = nn.Conv2d(4, 6, (3, 2), **kw).to(device)
+    ours = pydl.nn.Conv2d(4, 6, (3, 2), **kw, backend=backend).to(device)
+    assert isinstance(ours, nn.Conv2d)
+    assert repr(ours) == repr(ref)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                 "groups", "padding_mode", "transposed", "output_padding"):
+        assert getattr(ours, attr) == getattr(ref, attr)
+    ours.load_state_dict(ref.state_dict())  # a torch checkpoint loads unchanged
+    x = make_input((2, 4, 6, 7), torch.float32, device, requires_grad=True)
+    w, b = [p.detach().clone().requires_grad_() for p in (ref.weight, ref.bias)]
+
+    def call(module):  # the module with given parameters, so the oracle can use float64 ones
+        return lambda x, w, b: torch.func.functional_call(module, {"weight": w, "bias": b}, (x,))
+
+    # the float64 oracle runs torch's module; pydl's module runs the pydl kernels
+    check_against_torch(call(ours), call(ref), [x, w, b], what=padding_mode)
+    y = ours(x)
+    assert torch.allclose(y, ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_module_init_and_same_padding():
+    # same parameter initialization as torch (same RNG draws), and 'same' string padding
+    torch.manual_seed(3)
+    ref = nn.Conv2d(3, 5, 4, padding="same", bias=False)
+    torch.manual_seed(3)
+    ours = pydl.nn.Conv2d(3, 5, 4, padding="same", bias=False)
+    assert torch.equal(ours.weight, ref.weight) and ours.bias is None
+    x = make_input((2, 3, 7, 6), torch.float32)
+    y = ours(x)
+    assert y.shape == (2, 5, 7, 6)
+    assert torch.allclose(y, ref(x), rtol=1e-5, atol=1e-5)
+    # and a pydl state_dict loads back into torch
+    ref2 = nn.Conv2d(3, 5, 4, padding="same", bias=False)
+    ref2.load_state_dict(ours.state_dict())
+    assert torch.equal(ref2.weight, ours.weight)
+
+
+# ------------------------------------------------------------------------- bad input
+def test_bad_input():
+    x = torch.randn(2, 4, 7, 7)
+    w = torch.randn(6, 2, 3, 3)
+    cases = [
+        (TypeError, "input must be a torch.Tensor", lambda: F.conv2d([1.0], w)),
+        (TypeError, "input must be float32", lambda: F.conv2d(x.long(), w)),
+        (RuntimeError, "3-D \\(unbatched\\) or 4-D", lambda: F.conv2d(x[0, 0], w, groups=2)),
+        (RuntimeError, "weight must be 4-D", lambda: F.conv2d(x, w[0], groups=2)),
+        (RuntimeError, "channel mismatch", lambda: F.conv2d(x, w)),
+        (RuntimeError, "in_channels \\(4\\) must be divisible by groups \\(3\\)",
+         lambda: F.conv2d(x, torch.randn(6, 1, 3, 3), groups=3)),
+        (RuntimeError, "out_channels \\(5.*divisible by groups", lambda: F.conv2d(x, torch.randn(5, 2, 3, 3), groups=2)),
+        (RuntimeError, "groups must be a positive integer", lambda: F.conv2d(x, w, groups=0)),
+        (RuntimeError, "non-positive stride", lambda: F.conv2d(x, w, stride=0, groups=2)),
+        (RuntimeError, "non-positive stride", lambda: F.conv2d(x, w, stride=(1, -1), groups=2)),
+        (RuntimeError, "dilation must be positive", lambda: F.conv2d(x, w, dilation=0, groups=2)),
+        (RuntimeError, "padding must be non-negative", lambda: F.conv2d(x, w, padding=-1, groups=2)),
+        (RuntimeError, "padding must be an int, a tuple of 2 ints, 'same' or 'valid'",
+         lambda: F.conv2d(x, w, padding="full", groups=2)),
+        (TypeError, "stride must be an int or a tuple of 2 ints", lambda: F.conv2d(x, w, stride=(1, 2, 3), groups=2)),
+        (RuntimeError, "kernel size .* can't be greater than the padded input",
+         lambda: F.conv2d(x, torch.randn(6, 2, 9, 3), groups=2)),
+        (RuntimeError, "kernel size .* can't be greater than the padded input",
+         lambda: F.conv2d(x, w, dilation=4, groups=2)),
+        (RuntimeError, "padding='same' is not supported for strided",
+         lambda: F.conv2d(x, w, stride=2, padding="same", groups=2)),
+        (RuntimeError, "input \\(torch.float32\\) and weight \\(torch.float64\\) must have the same dtype",
+         lambda: F.conv2d(x, w.double(), groups=2)),
+        (RuntimeError, "bias .* must have the same dtype", lambda: F.conv2d(x, w, torch.randn(6).half(), groups=2)),
+        (RuntimeError, "bias must have shape \\(6,\\)", lambda: F.conv2d(x, w, torch.randn(5), groups=2)),
+        (ValueError, "activation must be None or 'relu'", lambda: F.conv2d(x, w, groups=2, activation="gelu")),
+        (ValueError, "backend must be one of", lambda: F.conv2d(x, w, groups=2, backend="cudnn")),
+    ]
+    if GPU:
+        cases.append((RuntimeError, "must be on the same device", lambda: F.conv2d(x.cuda(), w, groups=2)))
+    for exc, msg, fn in cases:
+        with pytest.raises(exc, match=msg):
+            fn()
+    # torch rejects every one of these too (so pydl is not stricter than torch)
+    with pytest.raises(RuntimeError):
+        TF.conv2d(x, w)
+    with pytest.raises(RuntimeError):
+        TF.conv2d(x, w, stride=2, padding="same", groups=2)
+
+
+def test_bad_input_device_mismatch_meta():
+    # a device mismatch is caught before any kernel, without needing a GPU: meta vs cpu
+    x = torch.randn(2, 4, 7, 7)
+    w = torch.randn(6, 2, 3, 3, device="meta")
+    with pytest.raises(RuntimeError, match="must be on the same device"):
+        F.conv2d(x, w, groups=2)
+
+
+def test_cpp_checks():
+    # the C++ op checks its arguments too, for direct torch.ops calls
+    x = torch.randn(2, 4, 7, 7)
+    w = torch.randn(6, 2, 3, 3)
+    with pytest.raises(RuntimeError, match="stride must be 2 positive integers"):
+        torch.ops.pydl.conv2d_fwd(x, w, None, [0, 1], [0, 0, 0, 0], [1, 1], 2, "none", False)
+    with pytest.raises(RuntimeError, match="input has 4 channels but weight expects"):
+        torch.ops.pydl.conv2d_fwd(x, w, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none", False)
+    with pytest.raises(RuntimeError, match="can't be greater than the padded input"):
+        torch.ops.pydl.conv2d_fwd(x, w, None, [1, 1], [0, 0, 0, 0], [4, 1], 2, "none", False)
+    with pytest.raises(RuntimeError, match="act must be 'none' or 'relu'"):
+        torch.ops.pydl.conv2d_fwd(x, w, None, [1, 1], [0, 0, 0, 0], [1, 1], 2, "gelu", False)
