@@ -17,18 +17,33 @@ OPS = {"batch_norm", "bn_relu", "bn_add_relu"}
 
 
 def _fns(op, c, device):
-    rm_t, rv_t = torch.zeros(c, device=device), torch.ones(c, device=device)
-    rm_p, rv_p = rm_t.clone(), rv_t.clone()
+    """(pydl fn(backend), torch fn): training-mode BN updating its own running statistics.
+    Statistics are float32 (float64 for float64 input: the bench's float64 oracle)."""
+    stats = {}
+
+    def rs(x, who):
+        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        if (who, dt) not in stats:
+            stats[(who, dt)] = (torch.zeros(c, device=x.device, dtype=dt), torch.ones(c, device=x.device, dtype=dt))
+        return stats[(who, dt)]
+
+    def tbn(x, w, b):
+        rm, rv = rs(x, "torch")
+        return TF.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5)
+
+    def pbn(b_, x, w, b, r=None, act=None):
+        rm, rv = rs(x, "pydl")
+        if act is None:
+            return F.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5, backend=b_)
+        return F.batch_norm_act(x, rm, rv, w, b, True, 0.1, 1e-5, residual=r, act=act, backend=b_)
+
     if op == "batch_norm":
-        return (lambda b: (lambda x, w, bias: F.batch_norm(x, rm_p, rv_p, w, bias, True, 0.1, 1e-5, backend=b)),
-                lambda x, w, bias: TF.batch_norm(x, rm_t, rv_t, w, bias, True, 0.1, 1e-5))
+        return (lambda b_: (lambda x, w, b: pbn(b_, x, w, b)), tbn)
     if op == "bn_relu":
-        return (lambda b: (lambda x, w, bias: F.batch_norm_act(x, rm_p, rv_p, w, bias, True, 0.1, 1e-5,
-                                                               activation="relu", backend=b)),
-                lambda x, w, bias: TF.relu(TF.batch_norm(x, rm_t, rv_t, w, bias, True, 0.1, 1e-5)))
-    return (lambda b: (lambda x, w, bias, r: F.batch_norm_act(x, rm_p, rv_p, w, bias, True, 0.1, 1e-5,
-                                                              activation="relu", residual=r, backend=b)),
-            lambda x, w, bias, r: TF.relu(TF.batch_norm(x, rm_t, rv_t, w, bias, True, 0.1, 1e-5) + r))
+        return (lambda b_: (lambda x, w, b: pbn(b_, x, w, b, act="relu")),
+                lambda x, w, b: TF.relu(tbn(x, w, b)))
+    return (lambda b_: (lambda x, w, b, r: pbn(b_, x, w, b, r, act="relu")),
+            lambda x, w, b, r: TF.relu(tbn(x, w, b) + r))
 
 
 def available() -> bool:
@@ -61,7 +76,7 @@ def cases(shapes, dtypes, layouts, modes, ops=None):
                             if op == "bn_add_relu":
                                 ins.append(torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=mf))
                             return [t.requires_grad_(mode != "fwd") for t in ins]
-                        pyd, tor = _fns(op, shape[1], "cuda" if torch.cuda.is_available() else "cpu")
+                        pyd, tor = _fns(op, shape[1], None)
                         out.append(Case(op, "batchnorm", layer, shape, dtype, layout, mode, make, pyd, tor,
                                         bytes=moved[mode]))
     return out
