@@ -43,6 +43,31 @@ BAD_INPUT = {
         ("act-bwd-dtype", "importlib.import_module('pydl.ops.activation')._OPS[B].act_bwd(torch.randn(3, device=D), "
          "torch.randn(3, device=D, dtype=torch.float64), 'relu', 0.0, True)", "RuntimeError", "dtype"),
     ],
+    "conv": [
+        ("conv-rank", "F.conv2d(torch.randn(9, 9, device=D), torch.randn(6, 4, 3, 3, device=D), backend=B)",
+         "RuntimeError", "3-D (unbatched) or 4-D"),
+        ("conv-channels", "F.conv2d(torch.randn(2, 4, 9, 9, device=D), torch.randn(6, 3, 3, 3, device=D), backend=B)",
+         "RuntimeError", "channel mismatch"),
+        ("conv-groups", "F.conv2d(torch.randn(2, 4, 9, 9, device=D), torch.randn(6, 2, 3, 3, device=D), groups=3, "
+         "backend=B)", "RuntimeError", "divisible by groups"),
+        ("conv-stride-0", "F.conv2d(torch.randn(2, 4, 9, 9, device=D), torch.randn(6, 4, 3, 3, device=D), stride=0, "
+         "backend=B)", "RuntimeError", "stride"),
+        ("conv-dilation-0", "F.conv2d(torch.randn(2, 4, 9, 9, device=D), torch.randn(6, 4, 3, 3, device=D), "
+         "dilation=0, backend=B)", "RuntimeError", "dilation"),
+        ("conv-negative-padding", "F.conv2d(torch.randn(2, 4, 9, 9, device=D), torch.randn(6, 4, 3, 3, device=D), "
+         "padding=-1, backend=B)", "RuntimeError", "padding"),
+        ("conv-kernel-too-big", "F.conv2d(torch.randn(1, 4, 2, 2, device=D), torch.randn(6, 4, 3, 3, device=D), "
+         "backend=B)", "RuntimeError", "kernel size"),
+        ("conv-same-strided", "F.conv2d(torch.randn(2, 4, 9, 9, device=D), torch.randn(6, 4, 3, 3, device=D), stride=2, "
+         "padding='same', backend=B)", "RuntimeError", "same"),
+        ("conv-dtype-mismatch", "F.conv2d(torch.randn(2, 4, 9, 9, device=D), torch.randn(6, 4, 3, 3, device=D, "
+         "dtype=torch.float64), backend=B)", "RuntimeError", "same dtype"),
+        ("conv-bias-size", "F.conv2d(torch.randn(2, 4, 9, 9, device=D), torch.randn(6, 4, 3, 3, device=D), "
+         "torch.randn(5, device=D), backend=B)", "RuntimeError", "bias"),
+        ("conv-module-groups", "pydl.nn.Conv2d(4, 6, 3, groups=4, backend=B)", "ValueError", "divisible by groups"),
+        ("conv-device-mismatch", "F.conv2d(torch.randn(2, 4, 9, 9, device=D), torch.randn(6, 4, 3, 3, device='meta'), "
+         "backend=B)", "RuntimeError", "device"),
+    ],
     "pool": [
         ("maxpool-kernel-0", "F.max_pool2d(torch.randn(2, 3, 7, 7, device=D), 0, backend=B)", "RuntimeError", "kernel_size"),
         ("maxpool-stride-0", "F.max_pool2d(torch.randn(2, 3, 7, 7, device=D), 3, 0, backend=B)", "RuntimeError", "stride"),
@@ -238,6 +263,41 @@ def test_fuzz_batch_norm(backend, device, shape, layout, dtype, training, affine
         r = (lambda t: t.to(x.device, torch.float64 if x.dtype == torch.float64 else t.dtype))
         return TF.batch_norm(x, r(rm).clone(), r(rv).clone(), w, b, training, 0.1, 1e-5)
     check_against_torch(ours, ref, ins, what=f"batch_norm {shape} {layout} {dtype} train={training}")
+
+
+@st.composite
+def conv_config(draw):
+    groups = draw(st.sampled_from([1, 2, 3]))
+    cin = groups * draw(st.integers(1, 2))
+    cout = groups * draw(st.integers(1, 3))
+    k = (draw(st.sampled_from([1, 2, 3, 5])), draw(st.sampled_from([1, 3])))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dil = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pad = draw(st.sampled_from([0, 1, (2, 0), "valid"] + (["same"] if stride == (1, 1) else [])))
+    return cin, cout, k, stride, pad, dil, groups, draw(st.booleans())
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@given(cfg=conv_config(), n=st.integers(1, 2), hw=st.tuples(st.sampled_from([5, 7, 8]), st.sampled_from([5, 6, 9])),
+       layout=st.sampled_from(["contiguous", "channels_last"]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]), seed=st.integers(0, 2**16))
+@settings(max_examples=15)
+def test_fuzz_conv2d(backend, device, cfg, n, hw, layout, dtype, seed):
+    import torch.nn.functional as TF
+    cin, cout, k, stride, pad, dil, groups, bias = cfg
+    x = make_input((n, cin) + hw, dtype, device, layout, requires_grad=True, seed=seed)
+    w = make_input((cout, cin // groups) + k, dtype, device, requires_grad=True, seed=seed + 1, scale=0.5)
+    b = make_input((cout,), dtype, device, requires_grad=True, seed=seed + 2) if bias else None
+    try:
+        TF.conv2d(x.detach(), w.detach(), None, stride, pad, dil, groups)
+    except RuntimeError:
+        with pytest.raises(RuntimeError):  # what torch rejects, pydl rejects
+            F.conv2d(x, w, b, stride, pad, dil, groups, backend=backend)
+        return
+    ins = [x, w] + ([b] if bias else [])
+    check_against_torch(lambda *t: F.conv2d(*t[:2], t[2] if bias else None, stride, pad, dil, groups, backend=backend),
+                        lambda *t: TF.conv2d(*t[:2], t[2] if bias else None, stride, pad, dil, groups), ins,
+                        what=f"conv2d {cfg} {hw} {layout} {dtype}")
 
 
 # ------------------------------------------------------------------------ determinism
