@@ -18,7 +18,7 @@ from bench.run import main as bench_main  # noqa: E402
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    rc = bench_main(["--device", "cpu", "--shapes", "tiny", "--mode", "fwd,bwd,fwdbwd",
+    rc = bench_main(["--device", "cpu", "--shapes", "tiny", "--mode", "fwd,bwd",
                      "--dtype", "f32,bf16", "--repeats", "3", "--out", str(out)])
     assert rc == 0
     with open(out / "results.json") as f:
@@ -31,11 +31,17 @@ def test_rows_are_checked_timed_and_scored(results):
     impls = {r["impl"] for r in rows}
     assert {"pydl-cpu", "torch"} <= impls
     ops = {r["op"] for r in rows}
-    assert {"relu", "leaky_relu", "elu", "sigmoid", "tanh"} <= ops
+    assert {"relu", "leaky_relu", "elu", "sigmoid", "tanh", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+            "batch_norm", "bn_relu", "bn_add_relu", "conv2d", "sgd", "adam", "adamw", "rmsprop", "adagrad"} <= ops
     for r in rows:
         assert r["status"] == "ok", r
         assert r["median_ms"] > 0 and len(r["repeats_ms"]) == 3
-        assert r["GBps"] > 0 and r["pct_copy"] > 0
+        if r["flops"]:   # compute-bound rows (conv)
+            assert r["TFLOPs"] > 0
+        else:            # memory-bound rows
+            assert r["GBps"] > 0 and r["pct_copy"] > 0
+        if r["family"] == "optim" and r["impl"].startswith("pydl"):
+            assert r["host_us"] > 0
         if r["impl"].startswith("pydl"):
             assert r["speedup_vs_torch"] > 0
     assert res["ceilings"]["copy_GBps"] > 0
