@@ -7,7 +7,8 @@ downloaded) are scaled to 32x32 for LeNet-5. Both runs see the same initial weig
 the same batches; they differ only in which kernels compute. Prints per-epoch loss and
 accuracy, the largest difference between the runs and the time per epoch, and writes a
 PNG of the learning curves. Exit status 0 when the runs agree (final test accuracy within
-1 point, losses within 2e-2).
+1 point, losses within 2e-2). They are not bit-identical: float32 sums in a different order
+differ in the last bits, and training amplifies that a little every step.
 """
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pydl.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--backend", default=None, help="pydl backend (default: auto)")
     ap.add_argument("--plot", default="pydl_demo.png", help="PNG of the learning curves ('' for none)")
     args = ap.parse_args(argv)
