@@ -279,7 +279,7 @@ def conv_config(draw):
 
 @pytest.mark.parametrize("backend,device", backend_params())
 @given(cfg=conv_config(), n=st.integers(1, 2), hw=st.tuples(st.sampled_from([5, 7, 8]), st.sampled_from([5, 6, 9])),
-       layout=st.sampled_from(["contiguous", "channels_last"]),
+       layout=st.sampled_from(["contiguous", "channels_last", "noncontig"]),
        dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]), seed=st.integers(0, 2**16))
 @settings(max_examples=15)
 def test_fuzz_conv2d(backend, device, cfg, n, hw, layout, dtype, seed):
@@ -298,6 +298,70 @@ def test_fuzz_conv2d(backend, device, cfg, n, hw, layout, dtype, seed):
     check_against_torch(lambda *t: F.conv2d(*t[:2], t[2] if bias else None, stride, pad, dil, groups, backend=backend),
                         lambda *t: TF.conv2d(*t[:2], t[2] if bias else None, stride, pad, dil, groups), ins,
                         what=f"conv2d {cfg} {hw} {layout} {dtype}")
+
+
+OPTIMS = {
+    "SGD": dict(lr=st.floats(1e-3, 0.5), momentum=st.sampled_from([0.0, 0.9]), dampening=st.sampled_from([0.0, 0.1]),
+                weight_decay=st.sampled_from([0.0, 0.01]), nesterov=st.booleans(), maximize=st.booleans()),
+    "Adam": dict(lr=st.floats(1e-4, 0.1), betas=st.tuples(st.floats(0.0, 0.95), st.floats(0.5, 0.999)),
+                 eps=st.sampled_from([1e-8, 1e-3]), weight_decay=st.sampled_from([0.0, 0.1]), amsgrad=st.booleans(),
+                 maximize=st.booleans()),
+    "AdamW": dict(lr=st.floats(1e-4, 0.1), weight_decay=st.sampled_from([0.0, 0.1]), amsgrad=st.booleans()),
+    "RMSprop": dict(lr=st.floats(1e-4, 0.05), alpha=st.floats(0.5, 0.99), momentum=st.sampled_from([0.0, 0.5]),
+                    centered=st.booleans(), weight_decay=st.sampled_from([0.0, 0.01]), maximize=st.booleans()),
+    "Adagrad": dict(lr=st.floats(1e-3, 0.5), lr_decay=st.sampled_from([0.0, 0.01]),
+                    initial_accumulator_value=st.sampled_from([0.0, 0.1]), weight_decay=st.sampled_from([0.0, 0.01])),
+}
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("name", sorted(OPTIMS))
+@given(data=st.data(), shapes=st.lists(st.tuples(st.sampled_from([1, 3, 7, 13]), st.sampled_from([1, 2, 5])),
+                                       min_size=1, max_size=4), seed=st.integers(0, 2**16))
+@settings(max_examples=10)
+def test_fuzz_optimizers(backend, device, name, data, shapes, seed):
+    """random hyperparameters and parameter lists: three steps equal torch.optim's"""
+    kw = {k: data.draw(v, label=k) for k, v in OPTIMS[name].items()}
+    if name == "SGD" and kw["nesterov"] and (kw["momentum"] == 0 or kw["dampening"] != 0):
+        kw["nesterov"] = False
+    ours = [make_input(s, torch.float32, device, seed=seed + i, requires_grad=True) for i, s in enumerate(shapes)]
+    ref = [p.detach().clone().requires_grad_() for p in ours]
+    o1 = getattr(pydl.optim, name)(ours, backend=backend, **kw)
+    o2 = getattr(torch.optim, name)(ref, foreach=False, **kw)
+    for step in range(3):
+        for i, (a, b) in enumerate(zip(ours, ref)):
+            g = make_input(a.shape, torch.float32, device, seed=seed + 100 * step + i)
+            a.grad, b.grad = g.clone(), g.clone()
+        o1.step()
+        o2.step()
+    for a, b in zip(ours, ref):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (name, kw, float((a - b).abs().max()))
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_float16_overflow_as_torch(backend, device):
+    """values at the edge of float16's range: pydl saturates / overflows to inf exactly
+    where torch's own float16 op does (sums accumulate in float32 in both)."""
+    import torch.nn.functional as TF
+    g = torch.Generator().manual_seed(0)
+    big = (torch.rand(2, 3, 6, 5, generator=g) * 2 - 1) * 65000
+    big[0, 0, 0, :2] = float("inf")
+    big[1, 2, 3, 1] = -float("inf")
+    x = big.to(device, torch.float16)
+    cases = [
+        (lambda t: F.relu(t, backend=backend), TF.relu),
+        (lambda t: F.elu(t, 2.0, backend=backend), lambda t: TF.elu(t, 2.0)),
+        (lambda t: F.leaky_relu(t, 1.5, backend=backend), lambda t: TF.leaky_relu(t, 1.5)),  # overflows
+        (lambda t: F.max_pool2d(t, 2, backend=backend), lambda t: TF.max_pool2d(t, 2)),
+        (lambda t: F.avg_pool2d(t, 3, 1, 1, backend=backend), lambda t: TF.avg_pool2d(t, 3, 1, 1)),
+        (lambda t: F.adaptive_avg_pool2d(t, 1, backend=backend), lambda t: TF.adaptive_avg_pool2d(t, 1)),
+    ]
+    for ours, ref in cases:
+        a, b = ours(x), ref(x)
+        assert torch.equal(torch.isinf(a), torch.isinf(b)) and torch.equal(a[torch.isinf(a)], b[torch.isinf(b)])
+        assert torch.equal(torch.isnan(a), torch.isnan(b))
+        fin = torch.isfinite(b)
+        assert torch.allclose(a[fin].float(), b[fin].float(), rtol=2e-3, atol=1e-2)
 
 
 # ------------------------------------------------------------------------ determinism
