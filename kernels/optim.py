@@ -124,6 +124,20 @@ def bump_steps_kernel(meta, n_tensors, inf_ptr, LIST: tl.constexpr, HAS_INF: tl.
 
 
 @triton.jit
+def _load_grad(g_ptr, offs, mask, scale_ptr, P_DT: tl.constexpr, C_DT: tl.constexpr,
+               HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr):
+    """The gradient every optimizer starts from: unscaled by GradScaler's scale (and written
+    back unscaled, as torch's fused optimizers leave it), negated for maximize."""
+    g = tl.load(g_ptr + offs, mask=mask).to(C_DT)
+    if HAS_SCALE:
+        g = g / tl.load(scale_ptr).to(C_DT)
+        tl.store(g_ptr + offs, _to(g, P_DT), mask=mask)
+    if MAXIMIZE:
+        g = -g
+    return g
+
+
+@triton.jit
 def _lerp(a, b, w):
     # torch's lerp: from the nearer end, so w = 1 gives b exactly
     return tl.where((w < 0.5) & (w > -0.5), a + w * (b - a), b - (b - a) * (1.0 - w))
@@ -149,12 +163,7 @@ def sgd_kernel(meta, scal, n_tensors, n_chunks, scale_ptr, inf_ptr,
         offs = off + tl.arange(0, BLOCK)
         mask = offs < end
         p = tl.load(p_ptr + offs, mask=mask).to(C_DT)
-        g = tl.load(g_ptr + offs, mask=mask).to(C_DT)
-        if HAS_SCALE:  # unscale, and write the unscaled gradient back like torch's fused ops
-            g = g / tl.load(scale_ptr).to(C_DT)
-            tl.store(g_ptr + offs, _to(g, P_DT), mask=mask)
-        if MAXIMIZE:
-            g = -g
+        g = _load_grad(g_ptr, offs, mask, scale_ptr, P_DT, C_DT, HAS_SCALE, MAXIMIZE)
         if HAS_WD:
             g = g + wd * p
         if USE_BUF:
@@ -196,14 +205,9 @@ def adam_kernel(meta, scal, n_tensors, n_chunks, scale_ptr, inf_ptr,
         offs = off + tl.arange(0, BLOCK)
         mask = offs < end
         p = tl.load(p_ptr + offs, mask=mask).to(C_DT)
-        g = tl.load(g_ptr + offs, mask=mask).to(C_DT)
+        g = _load_grad(g_ptr, offs, mask, scale_ptr, P_DT, C_DT, HAS_SCALE, MAXIMIZE)
         m = tl.load(m_ptr + offs, mask=mask).to(C_DT)
         v = tl.load(v_ptr + offs, mask=mask).to(C_DT)
-        if HAS_SCALE:  # unscale, and write the unscaled gradient back like torch's fused ops
-            g = g / tl.load(scale_ptr).to(C_DT)
-            tl.store(g_ptr + offs, _to(g, P_DT), mask=mask)
-        if MAXIMIZE:
-            g = -g
         if HAS_WD:
             if DECOUPLED:
                 p = p * decay
@@ -245,13 +249,8 @@ def rmsprop_kernel(meta, scal, n_tensors, n_chunks, scale_ptr, inf_ptr,
         offs = off + tl.arange(0, BLOCK)
         mask = offs < end
         p = tl.load(p_ptr + offs, mask=mask).to(C_DT)
-        g = tl.load(g_ptr + offs, mask=mask).to(C_DT)
+        g = _load_grad(g_ptr, offs, mask, scale_ptr, P_DT, C_DT, HAS_SCALE, MAXIMIZE)
         sq = tl.load(sq_ptr + offs, mask=mask).to(C_DT)
-        if HAS_SCALE:  # unscale, and write the unscaled gradient back like torch's fused ops
-            g = g / tl.load(scale_ptr).to(C_DT)
-            tl.store(g_ptr + offs, _to(g, P_DT), mask=mask)
-        if MAXIMIZE:
-            g = -g
         if HAS_WD:
             g = g + wd * p
         sq = sq * alpha + alpha_c * (g * g)
@@ -290,13 +289,8 @@ def adagrad_kernel(meta, scal, n_tensors, n_chunks, scale_ptr, inf_ptr,
         offs = off + tl.arange(0, BLOCK)
         mask = offs < end
         p = tl.load(p_ptr + offs, mask=mask).to(C_DT)
-        g = tl.load(g_ptr + offs, mask=mask).to(C_DT)
+        g = _load_grad(g_ptr, offs, mask, scale_ptr, P_DT, C_DT, HAS_SCALE, MAXIMIZE)
         s = tl.load(s_ptr + offs, mask=mask).to(C_DT)
-        if HAS_SCALE:  # unscale, and write the unscaled gradient back like torch's fused ops
-            g = g / tl.load(scale_ptr).to(C_DT)
-            tl.store(g_ptr + offs, _to(g, P_DT), mask=mask)
-        if MAXIMIZE:
-            g = -g
         if HAS_WD:
             g = g + wd * p
         s = s + g * g

@@ -46,15 +46,6 @@ namespace {
 constexpr int kBnThreads = 256;
 constexpr int64_t kMinPerThread = 16;  // values per thread below which a split does not pay
 
-int num_sms() {
-  static int sms[64] = {0};
-  int dev = 0;
-  cudaGetDevice(&dev);
-  if (dev < 0 || dev >= 64) dev = 0;
-  if (sms[dev] == 0) cudaDeviceGetAttribute(&sms[dev], cudaDevAttrMultiProcessorCount, dev);
-  return sms[dev] > 0 ? sms[dev] : 132;
-}
-
 // Channel-tile width for channels-last blocks: the smallest power of two >= C, <= 32.
 int cl_tx(int64_t C) {
   int tx = 1;

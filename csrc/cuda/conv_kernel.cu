@@ -30,13 +30,6 @@ int device_major() {
   return major;
 }
 
-int num_sms() {
-  int dev = 0, sms = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  return sms > 0 ? sms : 132;
-}
-
 // Runs problem p over an M x N result, `z` blocks deep (groups x splits): on tensor cores
 // for 16-bit types and for float32 with TF32 allowed, else on the FMA units.
 template <typename T, typename P>

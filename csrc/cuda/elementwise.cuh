@@ -41,15 +41,21 @@ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 
 
 constexpr int kThreads = 256;
 
-// Grid for a grid-stride loop over `work` items: enough blocks to fill every SM several
-// times over (so memory latency is hidden), never more than the work needs.
-inline unsigned grid_for(int64_t work) {
+// Multiprocessors of the current device, read once per device (the attribute query
+// costs a driver call; launch geometry asks for it on every launch).
+inline int num_sms() {
   static int sms[64] = {0};
   int dev = 0;
   cudaGetDevice(&dev);
   if (dev < 0 || dev >= 64) dev = 0;
   if (sms[dev] == 0) cudaDeviceGetAttribute(&sms[dev], cudaDevAttrMultiProcessorCount, dev);
-  const int64_t cap = int64_t(sms[dev] > 0 ? sms[dev] : 132) * 16;
+  return sms[dev] > 0 ? sms[dev] : 132;
+}
+
+// Grid for a grid-stride loop over `work` items: enough blocks to fill every SM several
+// times over (so memory latency is hidden), never more than the work needs.
+inline unsigned grid_for(int64_t work) {
+  const int64_t cap = int64_t(num_sms()) * 16;
   int64_t blocks = (work + kThreads - 1) / kThreads;
   if (blocks > cap) blocks = cap;
   return unsigned(blocks < 1 ? 1 : blocks);
