@@ -1,5 +1,5 @@
 """What a benchmark row measures: a Case is one op on one layer shape, dtype, layout and
-mode (fwd, bwd, fwdbwd), with the pydl call, the torch baseline and the bytes / flops the
+mode (fwd, bwd, fwdbwd; "step" for a whole training step), with the pydl call, the torch baseline and the bytes / flops the
 row is scored by. Op families add their cases in bench/bench_<op>.py."""
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ class Case:
     # correctness check: check(backend, device) -> '' when right, else what is wrong.
     check: Optional[Callable[[str, str], str]] = None
     baselines: Optional[dict] = None   # extra baselines: name -> f(*inputs)
+    memory: bool = False               # also record each impl's peak memory (peak_MB)
+    repeats: int = 0                   # timed repeats for this case (0: the run's default)
 
     @property
     def key(self) -> str:
@@ -38,9 +40,9 @@ class Case:
 
 def runner(fn: Callable, inputs: Sequence[torch.Tensor], mode: str, grad_out: Optional[torch.Tensor] = None):
     """A zero-argument callable doing `mode` of fn on inputs. bwd: the forward is run once
-    here and the backward is timed alone (retain_graph)."""
+    here and the backward is timed alone (retain_graph). step: fn is the whole step."""
     diff = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
-    if mode == "fwd":
+    if mode in ("fwd", "step"):
         return lambda: fn(*inputs)
     if mode == "bwd":
         y = fn(*inputs)

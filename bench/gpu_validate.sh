@@ -1,57 +1,99 @@
 #!/usr/bin/env bash
 # GPU validation in one command, for a machine with an NVIDIA GPU: build pydl there, run
-# the whole test suite on CUDA tensors, run the benchmark sweep against PyTorch, and put
-# everything in one results folder. Each step ends well inside 10 minutes on an H100
-# (16 cores), so steps can be run one per call where commands are time-limited.
+# the whole test suite on CUDA tensors, run every kernel under compute-sanitizer, run the
+# benchmark sweep against PyTorch, and put everything in one results folder.
 #
 #   bench/gpu_validate.sh STEP [OUTDIR]
-#     STEP:   build | test | bench | all
-#     OUTDIR: default $OUT if set, else bench/results/<date>_<gpu>_<commit>
-#   Extra bench arguments: BENCH_ARGS="--op relu --dtype bf16" bench/gpu_validate.sh bench
+#     STEP:   build | test | sanitize | bench | all (= the four, in that order)
+#     OUTDIR: default bench/results/<date>_<gpu>_<commit>
 #
-# Writes: build.log, pytest.txt (summary), junit.xml, results.json, table.md, env.json.
-# Plots are drawn afterwards from results.json: python -m bench.report --plots OUTDIR
-set -euo pipefail
+# Sized for a short lease (a GPU session here has 15 minutes of device time, 10 per
+# command): `all` fits one 10-minute command -- each step has a wall-clock cap and ends
+# cleanly at it, keeping what it got:
+#   (build: ~2 min on 16 cores, uncapped)
+#   TEST_S (default 210)   pytest on CUDA, in parallel (pytest-xdist, one file per worker
+#                          so the >2^31-element tests of test_large.py run one at a time)
+#   SAN_S (default 75)     compute-sanitizer memcheck (cuda + triton), racecheck and
+#                          synccheck (cuda) over tests/gpu_sanitize.py
+#   BENCH_S (default 120)  the sweep's time budget (bench --budget-s); conv and training-step
+#                          rows first; no torch.compile baseline unless COMPILE=1 (each case
+#                          would compile its own graph: most of a short budget)
+# Extra bench arguments: BENCH_ARGS="--op relu --dtype bf16"; pytest arguments: PYTEST_ARGS.
+# With $OUT set (the device tool), everything is also packed into $OUT/results.tar.gz
+# (that tool brings back at most 8 files) and the summaries are copied beside it.
+#
+# Writes: build.log, pytest.txt, junit.xml, sanitizer.txt, results.json, table.md,
+# env.json, bench_log.txt. Plots are drawn afterwards: python -m bench.report --plots OUTDIR
+set -uo pipefail
 cd "$(dirname "$0")/.."
 step=${1:-all}
 PY=${PYTHON:-python3}
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '-' || echo gpu)
-out=${2:-${OUT:-bench/results/$(date +%F)_${gpu}_$(git rev-parse --short HEAD 2>/dev/null || echo nocommit)}}
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '-')
+out=${2:-bench/results/$(date +%F)_${gpu:-gpu}_$(git rev-parse --short HEAD 2>/dev/null || echo nocommit)}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} PYDL_BUILD_CUDA=1
+TEST_S=${TEST_S:-210} SAN_S=${SAN_S:-75} BENCH_S=${BENCH_S:-120}
 
 build() {
   local t=$SECONDS
-  $PY -m pip install --no-build-isolation -e . > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
+  if ! $PY -m pip install --no-build-isolation --no-deps -e . > "$out/build.log" 2>&1; then
+    tail -50 "$out/build.log"; pack; exit 1
+  fi
   $PY -m pydl info | tee -a "$out/build.log"
   echo "build: $((SECONDS - t)) s"
 }
 
 tests() {
-  local t=$SECONDS
-  set +e
-  $PY -m pytest -q -p no:cacheprovider --junitxml="$out/junit.xml" ${PYTEST_ARGS:-} > "$out/pytest_full.txt" 2>&1
+  local t=$SECONDS par=""
+  # one file per worker (loadfile): test_large.py's big tensors never meet each other
+  $PY -c "import xdist" 2>/dev/null && par="-n 8 --dist loadfile"
+  # SIGINT at the cap: pytest stops, still prints its summary and writes junit.xml
+  timeout -s INT -k 20 "$TEST_S" $PY -m pytest -q -rfEs --tb=short -p no:cacheprovider $par \
+    --junitxml="$out/junit.xml" ${PYTEST_ARGS:-} > "$out/pytest.txt" 2>&1
   local rc=$?
-  set -e
-  # the summary that is committed: failures, skips with reasons, the closing line
-  grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" "$out/pytest_full.txt" > "$out/pytest.txt" || true
-  tail -5 "$out/pytest.txt"
-  echo "tests: rc=$rc, $((SECONDS - t)) s"
-  return 0
+  grep -E "^(FAILED|ERROR)|passed|failed" "$out/pytest.txt" | tail -15
+  echo "tests: rc=$rc (124/130: stopped at the ${TEST_S} s cap), $((SECONDS - t)) s"
+}
+
+sanitize() {
+  local t=$SECONDS cs
+  cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+  : > "$out/sanitizer.txt"
+  if [ -z "$cs" ]; then echo "compute-sanitizer not found" | tee "$out/sanitizer.txt"; return; fi
+  local each=$((SAN_S / 3))
+  for spec in "memcheck cuda,triton" "racecheck cuda" "synccheck cuda"; do
+    set -- $spec
+    echo "=== $1 ($2) ===" >> "$out/sanitizer.txt"
+    timeout -k 10 "$each" "$cs" --tool "$1" --print-limit 50 \
+      $PY tests/gpu_sanitize.py --backend "$2" >> "$out/sanitizer.txt" 2>&1
+    echo "=== $1: exit $? (124: stopped at the ${each} s cap) ===" >> "$out/sanitizer.txt"
+  done
+  grep -E "^===|ERROR SUMMARY|checks passed" "$out/sanitizer.txt"
+  echo "sanitize: $((SECONDS - t)) s"
 }
 
 bench() {
   local t=$SECONDS
-  $PY -m bench --out "$out" --no-plots ${BENCH_ARGS:-} > "$out/bench_log.txt" 2>&1 || true
-  tail -40 "$out/bench_log.txt"
+  $PY -m bench --out "$out" --no-plots $([ "${COMPILE:-0}" = 1 ] || echo --no-compile) --first conv2d,train_step --budget-s "$BENCH_S" \
+    ${BENCH_ARGS:-} > "$out/bench_log.txt" 2>&1
+  tail -5 "$out/bench_log.txt"
   echo "bench: $((SECONDS - t)) s"
+}
+
+pack() {
+  [ -n "${OUT:-}" ] || return 0
+  tar czf "$OUT/results.tar.gz" -C "$(dirname "$out")" "$(basename "$out")"
+  for f in pytest.txt sanitizer.txt table.md; do [ -f "$out/$f" ] && cp "$out/$f" "$OUT/"; done
+  return 0
 }
 
 case "$step" in
   build) build ;;
   test) tests ;;
+  sanitize) sanitize ;;
   bench) bench ;;
-  all) build; tests; bench ;;
-  *) echo "usage: $0 build|test|bench|all [OUTDIR]" >&2; exit 2 ;;
+  all) build; tests; sanitize; bench ;;
+  *) echo "usage: $0 build|test|sanitize|bench|all [OUTDIR]" >&2; exit 2 ;;
 esac
+pack
 echo "results in $out"

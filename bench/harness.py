@@ -5,6 +5,12 @@ before every repeat (a write to a buffer larger than L2) so each run reads its i
 from DRAM as a real layer would; the median and the 10th/90th percentiles are kept.
 CPU timing: wall clock (perf_counter), median of repeats.
 
+Peak memory (training-step rows): on the GPU, the caching allocator's exact peak of
+allocated bytes during one call, minus what was allocated before it; on the CPU (where
+torch keeps no allocator statistics) a TorchDispatchMode that adds up the storage of every
+tensor an op creates and subtracts it when the storage is freed -- every tensor that crosses
+an op boundary, pydl's and torch's alike, but not a kernel's private scratch memory.
+
 Ceilings are measured at the start of the same run: device-to-device copy bandwidth
 (a large tensor copy: bytes read + bytes written over time) and a large bf16 matmul rate.
 Every memory-bound row is reported as a fraction of the copy bandwidth, every conv row
@@ -18,10 +24,13 @@ import platform
 import statistics
 import subprocess
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 
 @dataclass
@@ -38,10 +47,17 @@ class Timer:
     def __init__(self, device: str, warmup: int = 5, repeats: int = 30, min_time_s: float = 0.0):
         self.device = device
         self.warmup, self.repeats = warmup, repeats
+        self.explicit = False  # repeats chosen by the user (cases then keep it)
         self._flush = None
         if device == "cuda":
             l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 * 2**20)
             self._flush = torch.empty(max(2 * l2, 64 * 2**20), dtype=torch.uint8, device="cuda")
+
+    def with_repeats(self, repeats: int) -> "Timer":
+        """The same timer (and its L2-flush buffer) with another repeat count."""
+        t = Timer.__new__(Timer)
+        t.__dict__.update(self.__dict__, repeats=repeats)
+        return t
 
     def __call__(self, fn: Callable[[], object]) -> Timing:
         for _ in range(self.warmup):
@@ -77,6 +93,51 @@ def host_time_us(fn: Callable[[], object], repeats: int = 200) -> float:
         if i % 20 == 19 and torch.cuda.is_available():
             torch.cuda.synchronize()
     return statistics.median(times)
+
+
+class _StoragePeak(TorchDispatchMode):
+    """Peak of the bytes held by tensor storages created while the mode is active: each op's
+    outputs are counted once per storage (views and in-place results, which share an
+    input's storage, add nothing), and a
+    weak-reference callback subtracts a storage when it is freed (torch keeps one Python
+    object per live storage, so the callback fires when the memory goes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.current, self.peak = {}, 0, 0
+
+    def _freed(self, key):
+        self.current -= self.live.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # an output sharing an input's storage (an in-place op, a view) allocated nothing
+        seen = {id(t.untyped_storage()) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                st = t.untyped_storage()
+                key, n = id(st), st.nbytes()
+                if n == 0 or key in self.live or key in seen:
+                    continue
+                self.live[key] = n
+                self.current += n
+                weakref.finalize(st, self._freed, key)
+                self.peak = max(self.peak, self.current)
+        return out
+
+
+def peak_memory_mb(fn: Callable[[], object], device: str) -> float:
+    """The most memory (MiB) one call of fn holds at once beyond what existed before it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with _StoragePeak() as tracker:
+        fn()
+    return tracker.peak / 2**20
 
 
 def measure_ceilings(device: str) -> dict:

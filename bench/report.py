@@ -66,8 +66,23 @@ def markdown(result: dict) -> str:
                    f"| {others} | {_fmt(best and best.get('GBps'), '.0f')} | {_fmt(best and best.get('pct_copy'), '.0f')} "
                    f"| {_fmt(best and best.get('TFLOPs'), '.1f')} | {_fmt(best and best.get('pct_matmul'), '.0f')} |")
         problems += [f"- {r['impl']} {op} {layer} {dt} {lay} {mode}: {r['status']}" for r in rs if r["status"] != "ok"]
+    mem = [r for r in result["rows"] if r.get("peak_MB") is not None]
+    if mem:
+        out += ["", "Training steps: time and peak memory (beyond parameters and optimizer state) "
+                "of one forward + loss + backward + Adam step:", "",
+                "| model | dtype | layout | impl | ms / step | x torch | peak MB | peak / torch's |",
+                "|---|---|---|---|---|---|---|---|"]
+        for (op, layer, dt, lay, mode), rs in _groups(mem).items():
+            t = next((r for r in rs if r["impl"] == "torch"), None)
+            for r in rs:
+                ratio = r["peak_MB"] / t["peak_MB"] if t and t["peak_MB"] else None
+                out.append(f"| {layer} | {dt} | {lay} | {r['impl']} | {r['median_ms']:.2f} "
+                           f"| {_fmt(r.get('speedup_vs_torch'), '.2f')} | {r['peak_MB']:.1f} | {_fmt(ratio, '.3f')} |")
     if problems:
         out += ["", "Rows not timed:"] + problems
+    if result.get("not_run_budget"):
+        out += ["", f"{len(result['not_run_budget'])} cases were not run: the sweep's time budget "
+                f"(--budget-s {result['args'].get('budget_s')}) ran out (listed in results.json)."]
     return "\n".join(out) + "\n"
 
 

@@ -23,9 +23,9 @@ from pydl.testing import ATOL
 
 from . import report
 from .cases import MODES, Case, outputs_of, runner
-from .harness import Timer, environment, host_time_us, measure_ceilings, save_json
+from .harness import Timer, environment, host_time_us, measure_ceilings, peak_memory_mb, save_json
 
-FAMILIES = ["activation", "pool", "batchnorm", "conv", "optim"]  # bench/bench_<family>.py, each with cases(shapes, dtypes, layouts, modes, ops)
+FAMILIES = ["activation", "pool", "batchnorm", "conv", "optim", "train"]  # bench/bench_<family>.py, each with cases(shapes, dtypes, layouts, modes, ops)
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
 
@@ -97,11 +97,14 @@ def run_case(case: Case, backends, device, timer, with_compile) -> list[dict]:
                 row["status"] = "WRONG: " + wrong
             else:
                 call = runner(fn, inputs, case.mode)
-                t = timer(call)
+                own = case.repeats and not timer.explicit  # a case's own count, unless --repeats was given
+                t = (timer.with_repeats(case.repeats) if own else timer)(call)
                 row.update(status="ok", median_ms=t.median_ms, p10_ms=t.p10_ms, p90_ms=t.p90_ms,
                            repeats_ms=t.repeats_ms)
                 if case.family == "optim":  # host-side cost of a step (launch overhead)
                     row["host_us"] = host_time_us(call, repeats=50)
+                if case.memory:
+                    row["peak_MB"] = peak_memory_mb(call, device)
         except Exception as e:  # a failing impl is a result too, not the end of the sweep
             row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
         rows.append(row)
@@ -153,6 +156,12 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="", help="resnet50,vgg16,tiny (default: resnet50,vgg16 on GPU, tiny on CPU)")
     ap.add_argument("--device", default="", help="cuda | cpu (default: cuda when available)")
     ap.add_argument("--repeats", type=int, default=0)
+    ap.add_argument("--budget-s", type=float, default=0,
+                    help="stop starting new cases after this many seconds (0: no limit); the rows "
+                         "not run are listed in results.json as 'not run: budget'")
+    ap.add_argument("--first", default="",
+                    help="run the cases of these ops/families first (comma-separated), e.g. conv2d "
+                         "when the budget may not reach the end")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     ap.add_argument("--out", default="", help="results folder (default: bench/results/<date>_<gpu>_<commit>)")
     ap.add_argument("--tag", default="", help="appended to the default folder name")
@@ -183,16 +192,25 @@ def main(argv=None) -> int:
     print(f"device {device}; measuring ceilings...", file=sys.stderr)
     ceilings = measure_ceilings(device)
     timer = Timer(device, warmup=3 if gpu else 1, repeats=args.repeats or (30 if gpu else 5))
+    timer.explicit = bool(args.repeats)
     cases = load_cases(args)
-    rows = []
+    if args.first:  # a stable sort: the named ops first, each group in its usual order
+        first = set(args.first.split(","))
+        cases.sort(key=lambda c: not (c.op in first or c.family in first))
+    rows, skipped = [], []
     t0 = time.time()
     for i, case in enumerate(cases):
+        if args.budget_s and time.time() - t0 > args.budget_s:
+            skipped = [c.key for c in cases[i:]]
+            break
         progress(i, len(cases), case.key)
         rows += run_case(case, backends, device, timer, with_compile=not args.no_compile and gpu)
-    progress(len(cases), len(cases), f"done in {time.time() - t0:.0f} s")
+    progress(len(cases) - len(skipped), len(cases), f"done in {time.time() - t0:.0f} s"
+             + (f", {len(skipped)} cases not run (budget)" if skipped else ""))
     sys.stderr.write("\n")
     score(rows, ceilings)
-    result = {"env": env, "ceilings": ceilings, "args": vars(args), "device": device, "rows": rows}
+    result = {"env": env, "ceilings": ceilings, "args": vars(args), "device": device, "rows": rows,
+              "not_run_budget": skipped}
     save_json(os.path.join(name, "results.json"), result)
     save_json(os.path.join(name, "env.json"), env)
     table = report.markdown(result)

@@ -18,7 +18,10 @@ from bench.run import main as bench_main  # noqa: E402
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
+    # every family but the training step, which has its own test below (its Triton rows
+    # would run whole networks under the interpreter)
     rc = bench_main(["--device", "cpu", "--shapes", "tiny", "--mode", "fwd,bwd",
+                     "--op", "activation,pool,batchnorm,conv,optim",
                      "--dtype", "f32,bf16", "--repeats", "3", "--out", str(out)])
     assert rc == 0
     with open(out / "results.json") as f:
@@ -79,3 +82,38 @@ def test_plots(results):
     out, res = results
     files = report.plots(res, str(out / "plots"))
     assert files and all(os.path.getsize(f) > 1000 for f in files)
+
+
+def test_training_step_rows_time_and_peak_memory(tmp_path):
+    """A whole training step (forward, loss, backward, Adam) of LeNet-5 and a small ResNet,
+    pydl against torch: checked against float64 first, timed, and its peak memory recorded
+    -- and pydl's peak is not above torch's, with torch's default Adam or its fused one
+    (issue: reliability, memory). On the CPU the peak counts every tensor crossing an op
+    boundary (bench/harness.py)."""
+    rc = bench_main(["--device", "cpu", "--shapes", "tiny", "--op", "train_step", "--backend", "cpu",
+                     "--dtype", "f32,bf16", "--layout", "contiguous,channels_last", "--repeats", "2",
+                     "--no-plots", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.load(open(tmp_path / "results.json"))
+    groups = {}
+    for r in res["rows"]:
+        assert r["status"] == "ok", r
+        assert r["median_ms"] > 0 and r["peak_MB"] > 0
+        groups.setdefault((r["layer"], r["dtype"], r["layout"]), {})[r["impl"]] = r["peak_MB"]
+    assert {k[0] for k in groups} == {"lenet5", "resnet.tiny"} and len(groups) == 8
+    for key, peaks in groups.items():
+        assert set(peaks) == {"pydl-cpu", "torch", "torch fused"}, key
+        assert peaks["pydl-cpu"] <= min(peaks["torch"], peaks["torch fused"]), (key, peaks)
+    assert "Training steps: time and peak memory" in (tmp_path / "table.md").read_text()
+
+
+def test_budget_and_first(tmp_path):
+    """--first puts the named ops first; --budget-s stops starting cases once spent and
+    lists the rest (a GPU lease is short: the rows that matter most come first)."""
+    rc = bench_main(["--device", "cpu", "--op", "relu,sigmoid", "--first", "sigmoid", "--backend", "cpu",
+                     "--repeats", "2", "--mode", "fwd", "--budget-s", "0.001", "--no-plots", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.load(open(tmp_path / "results.json"))
+    assert {r["op"] for r in res["rows"]} == {"sigmoid"}
+    assert res["not_run_budget"] and any(k.startswith("relu|") for k in res["not_run_budget"])
+    assert "were not run" in (tmp_path / "table.md").read_text()

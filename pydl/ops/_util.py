@@ -65,6 +65,19 @@ def empty_dense_like(t: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ differentiable ops
+def _no_zero_grads(ctx, *aux_outputs) -> None:
+    """For an op with outputs that carry no gradient (max pooling's indices, batch norm's
+    batch statistics), called from its setup_context: mark them non-differentiable and stop
+    autograd from materializing zero-filled gradients for them before each backward (by
+    default it allocates and fills a zero tensor for every output without a gradient: 40
+    small tensors per ResNet-18 step, and an int64 one as large as the pooled output). The
+    backward then gets None for those outputs -- and for the main output when it was not
+    used, which it must handle (no gradient flows)."""
+    ctx.mark_non_differentiable(*aux_outputs)
+    ctx.set_materialize_grads(False)
+
+
+
 _BELOW_AUTOGRAD = torch._C._AutoDispatchBelowAutograd
 
 

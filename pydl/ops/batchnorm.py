@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _dispatch
-from ._util import check_tensor, like_layout
+from ._util import _no_zero_grads, check_tensor, like_layout
 
 ACTS = ("none", "relu", "leaky_relu")
 
@@ -196,8 +196,11 @@ def _register(ns: str) -> None:
         ctx.bias_dtype = b.dtype if b is not None else None
         ctx.needs_input_grad_4 = ctx.needs_input_grad[:4]
         ctx.save_for_backward(x, w, mean, var, y if act != "none" else None)
+        _no_zero_grads(ctx, mean, var)
 
     def train_backward(ctx, gy, gmean, gvar):
+        if gy is None:  # y was not used: no gradient flows
+            return (None,) * 7
         x, w, mean, var, y = ctx.saved_tensors
         dx, dw, db, dr = _grads(ctx, gy, x, w, mean, var, y, True)
         return dx, dw, db, dr, None, None, None

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 
 from .. import _dispatch
-from ._util import check_tensor
+from ._util import _no_zero_grads, check_tensor
 
 
 def _is_cl(x: torch.Tensor) -> bool:
@@ -218,8 +218,11 @@ def _register(ns: str) -> None:
         x, kernel, stride, padding, dilation, out_size, with_indices = inputs
         ctx.args = (list(x.shape[2:]), kernel, stride, padding, dilation, _is_cl(x))
         ctx.save_for_backward(output[1])
+        _no_zero_grads(ctx, output[1])
 
     def max_backward(ctx, grad, grad_ind):
+        if grad is None:  # the values were not used: no gradient flows
+            return (None,) * 7
         (ind,) = ctx.saved_tensors
         _need_indices(ind, "max_pool2d")
         return (lib.max_pool2d_bwd(grad, ind, *ctx.args),) + (None,) * 6
@@ -250,8 +253,11 @@ def _register(ns: str) -> None:
         x, out_size, with_indices = inputs
         ctx.args = (list(x.shape[2:]), _is_cl(x))
         ctx.save_for_backward(output[1])
+        _no_zero_grads(ctx, output[1])
 
     def amax_backward(ctx, grad, grad_ind):
+        if grad is None:
+            return None, None, None
         (ind,) = ctx.saved_tensors
         _need_indices(ind, "adaptive_max_pool2d")
         return lib.adaptive_max_pool2d_bwd(grad, ind, *ctx.args), None, None

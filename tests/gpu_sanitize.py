@@ -1,0 +1,136 @@
+"""Every pydl GPU kernel once, forward and backward, for compute-sanitizer.
+
+    compute-sanitizer --tool memcheck  python tests/gpu_sanitize.py [--backend cuda,triton]
+    compute-sanitizer --tool racecheck python tests/gpu_sanitize.py --backend cuda
+    compute-sanitizer --tool synccheck python tests/gpu_sanitize.py --backend cuda
+
+(bench/gpu_validate.sh sanitize runs the three and keeps their reports.) Not a pytest file:
+the sanitizer slows every kernel by 10-100x, so this runs each kernel family on small,
+odd shapes that still reach every code path a size selects (tails of vector loads,
+partial tiles, several blocks per channel, both layouts, 16- and 32-bit dtypes), and
+checks each result against torch so a kernel that is wrong without a memory error fails
+too (by the tests' rule: error against torch in float64 at most 2x torch's own + atol).
+`--device cpu` runs the same calls on the CPU (a dry run of this script)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as TF
+
+import pydl
+import pydl.functional as F
+import pydl.optim
+from pydl.testing import assert_close, to_ref
+
+
+def _close(a, b, what, tol):
+    if not torch.allclose(a.float(), b.float(), rtol=tol, atol=tol, equal_nan=True):
+        raise AssertionError(f"{what}: max diff {(a.float() - b.float()).abs().max().item():.3e}")
+
+
+def _fwd_bwd(name, fn, ref, inputs, tol=None):
+    """fn (pydl) against the float64 oracle by the project's rule (pydl.testing): forward
+    and the gradients of every floating input for one random grad_output."""
+    a = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    s = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    r = [to_ref(t) for t in s]
+    ya, ys, yr = fn(*a), ref(*s), ref(*r)
+    assert_close(ya, yr, ys, f"{name} forward")
+    g = torch.randn(yr.shape, dtype=torch.float64)
+    grads = [torch.autograd.grad(y, [t for t in ins if t.requires_grad], g.to(y))
+             for y, ins in ((ya, a), (ys, s), (yr, r))]
+    for i, (x, y, z) in enumerate(zip(*grads)):
+        assert_close(x, z, y, f"{name} grad {i}")
+
+
+def run(backend: str, device: str) -> int:
+    n = 0
+    for dtype, tol in ((torch.float32, 2e-3), (torch.bfloat16, 5e-2)):
+        for cl in (False, True):
+            mf = torch.channels_last if cl else torch.contiguous_format
+            x = torch.randn(3, 37, 9, 13, device=device, dtype=dtype).contiguous(memory_format=mf)
+            tag = f"{backend} {str(dtype)[6:]} {'NHWC' if cl else 'NCHW'}"
+            # activations
+            for kind in ("relu", "leaky_relu", "elu", "sigmoid", "tanh"):
+                _fwd_bwd(f"{kind} {tag}", lambda t, k=kind: getattr(F, k)(t, backend=backend),
+                         lambda t, k=kind: getattr(TF, k)(t) if k != "tanh" else torch.tanh(t), [x], tol)
+                n += 1
+            # pooling
+            _fwd_bwd(f"max_pool2d {tag}", lambda t: F.max_pool2d(t, 3, 2, 1, ceil_mode=True, backend=backend),
+                     lambda t: TF.max_pool2d(t, 3, 2, 1, ceil_mode=True), [x], tol)
+            _fwd_bwd(f"avg_pool2d {tag}", lambda t: F.avg_pool2d(t, (3, 2), 2, 1, backend=backend),
+                     lambda t: TF.avg_pool2d(t, (3, 2), 2, 1), [x], tol)
+            _fwd_bwd(f"adaptive_avg_pool2d {tag}", lambda t: F.adaptive_avg_pool2d(t, (4, 5), backend=backend),
+                     lambda t: TF.adaptive_avg_pool2d(t, (4, 5)), [x], tol)
+            _fwd_bwd(f"adaptive_max_pool2d {tag}", lambda t: F.adaptive_max_pool2d(t, (4, 5), backend=backend),
+                     lambda t: TF.adaptive_max_pool2d(t, (4, 5)), [x], tol)
+            n += 4
+            # batch norm (training, statistics split across blocks) and the fused tail
+            w = torch.rand(37, device=device) + 0.5
+            b = torch.randn(37, device=device)
+            _fwd_bwd(f"batch_norm {tag}",
+                     lambda t, w_, b_: F.batch_norm(t, None, None, w_, b_, True, backend=backend),
+                     lambda t, w_, b_: TF.batch_norm(t, None, None, w_, b_, True), [x, w, b], tol)
+            r = torch.randn_like(x)
+            _fwd_bwd(f"batch_norm_act {tag}",
+                     lambda t, r_: F.batch_norm_act(t, None, None, None, None, True, residual=r_,
+                                                    act="relu", backend=backend),
+                     lambda t, r_: TF.relu(TF.batch_norm(t, None, None, None, None, True) + r_), [x, r], tol)
+            n += 2
+            # convolution: dense 3x3 (partial tiles), strided 1x1, depthwise, grouped+dilated
+            for (k, c_out, stride, pad, dil, groups) in ((3, 21, 1, 1, 1, 1), (1, 64, 2, 0, 1, 1),
+                                                         (3, 37, 1, 1, 1, 37), (3, 8, 2, 2, 2, 1)):
+                wt = (torch.randn(c_out if groups == 1 else 37, 37 // groups, k, k, device=device, dtype=dtype)
+                      / (37 * k * k / groups) ** 0.5).contiguous(memory_format=mf)
+                bias = torch.randn(wt.shape[0], device=device, dtype=dtype)
+                _fwd_bwd(f"conv2d k{k} s{stride} g{groups} {tag}",
+                         lambda t, w_, b_, s=stride, p=pad, d=dil, g=groups: F.conv2d(t, w_, b_, s, p, d, g, backend=backend),
+                         lambda t, w_, b_, s=stride, p=pad, d=dil, g=groups: TF.conv2d(t, w_, b_, s, p, d, g),
+                         [x, wt, bias], tol * 5)
+                n += 1
+    # optimizers: several tensors of odd sizes (vector tails, several chunks), two steps
+    for name, kw in (("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)), ("Adam", dict(lr=1e-2, amsgrad=True)),
+                     ("AdamW", dict(lr=1e-2)), ("RMSprop", dict(lr=1e-2, centered=True, momentum=0.5)),
+                     ("Adagrad", dict(lr=0.1))):
+        for dtype in (torch.float32, torch.bfloat16):
+            ps = [torch.randn(s, device=device, dtype=dtype) for s in ((7, 13), (1000003,), (3, 5, 7), (1,))]
+            qs = [p.clone() for p in ps]
+            pa = [torch.nn.Parameter(p) for p in ps]
+            pb = [torch.nn.Parameter(q.float()) for q in qs]
+            oa = getattr(pydl.optim, name)(pa, backend=backend, **kw)
+            ob = getattr(torch.optim, name)(pb, foreach=False, **kw)
+            for _ in range(2):
+                for u, v in zip(pa, pb):
+                    gr = torch.randn(u.shape, device=device)
+                    u.grad, v.grad = gr.to(dtype), gr.to(dtype).float()
+                oa.step()
+                ob.step()
+            for u, v in zip(pa, pb):
+                _close(u.detach(), v.detach(), f"{name} {backend} {str(dtype)[6:]}", 1e-4 if dtype == torch.float32 else 3e-2)
+            n += 1
+    return n
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backend", default="cuda,triton")
+    ap.add_argument("--device", default="cuda")
+    args = ap.parse_args(argv)
+    total = 0
+    for b in args.backend.split(","):
+        st = pydl.backends()[b]
+        if args.device not in st.devices:
+            print(f"{b}: cannot run on {args.device} here ({st.detail})", file=sys.stderr)
+            return 2
+        total += run(b, args.device)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        print(f"{b}: ok")
+    print(f"gpu_sanitize: {total} checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
