@@ -361,3 +361,25 @@ def conv2d_bwd_bias(grad, db) -> None:
         return
     conv2d_bwd_bias_kernel[(OC,)](grad, db, OC, OH, OW, N * OH * OW, *grad.stride(),
                                   IS_F64=grad.dtype == torch.float64, BLOCK=128 if INTERPRET else 1024)
+
+
+# ------------------------------------------------------------------- autotuning control
+AUTOTUNED = (conv2d_fwd_kernel, conv2d_bwd_input_kernel, conv2d_bwd_weight_kernel)
+_ALL_CONFIGS = {id(k): list(k.configs) for k in AUTOTUNED}
+
+
+def num_configs() -> int:
+    """The most configurations any autotuned kernel here has."""
+    return max(len(c) for c in _ALL_CONFIGS.values())
+
+
+def pin_config(index) -> None:
+    """Make every autotuned conv kernel use only its `index`-th configuration (clamped to the
+    kernel's own count) -- no tuning runs, as Triton's autotuner skips benchmarking when it
+    has one config -- or, with index None, restore the full set. For tests: the GPU test
+    suite pins config 0 so each new shape costs one compile instead of a tuning sweep, and
+    one test runs every configuration in turn so none goes unchecked."""
+    for k in AUTOTUNED:
+        cfgs = _ALL_CONFIGS[id(k)]
+        k.configs = cfgs if index is None else [cfgs[min(index, len(cfgs) - 1)]]
+        k.cache.clear()  # forget the shapes tuned (or pinned) so far

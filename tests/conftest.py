@@ -18,6 +18,14 @@ import pydl  # noqa: E402
 GPU = torch.cuda.is_available()
 STATUS = pydl.backends()
 
+# On a GPU the Triton conv kernels would autotune every new shape (compile and time each
+# block configuration): minutes over the whole suite. The suite runs them with their first
+# configuration (test_conv.py::test_triton_every_config runs each of the others);
+# PYDL_TEST_AUTOTUNE=1 keeps the tuning.
+if GPU and pydl._dispatch._kernels is not None and os.environ.get("PYDL_TEST_AUTOTUNE") != "1":
+    from pydl.kernels import conv as _triton_conv
+    _triton_conv.pin_config(0)
+
 # (backend, device) pairs: each pydl kernel family on the device it runs on.
 PAIRS = [("cpu", "cpu"), ("cuda", "cuda"), ("triton", "cuda" if GPU else "cpu")]
 

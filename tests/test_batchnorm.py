@@ -394,6 +394,7 @@ def test_gpu_shapes(backend, device, dtype, layout, shape):
             [x, w, b, r], seed=45, what=f"{shape}/{layout}/train={training}")
 
 
+@pytest.mark.xdist_group("big")
 @pytest.mark.parametrize("backend,device", GPU_PARAMS)
 def test_gpu_more_than_2_31_elements(backend, device):
     """64-bit indexing: a float16 input of 2^31 + 2^27 elements (4.3 GB)."""

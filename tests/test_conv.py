@@ -112,6 +112,31 @@ def test_forward_backward(backend, device, row, dtype, layout):
     _run(row, backend, dtype, device, layout)
 
 
+# rows with several tiles in every GEMM dimension for the largest block configuration
+# (M = N*OH*OW > 128, OCg > 128 or several N tiles, K > 32): full and partial tiles
+WIDE = [("wide_3x3", 2, 40, 9, 11, 136, (3, 3), {"padding": 1}, True),
+        ("wide_g2_s2", 2, 34, 15, 13, 40, (3, 3), {"stride": 2, "padding": 1, "groups": 2}, False)]
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] == "triton"])
+def test_triton_every_config(backend, device):
+    """The GPU suite runs the Triton conv kernels with their first block configuration
+    (conftest.py pins it), but autotuning may pick any: here every configuration in turn,
+    forward and all gradients, both layouts, float32 and bfloat16. (Under the interpreter
+    there is one configuration and a tiny row.)"""
+    from pydl.kernels import conv as tc
+    rows = TINY[:2] if interpreted(backend, device) else WIDE
+    try:
+        for i in range(tc.num_configs()):
+            tc.pin_config(i)
+            for row in rows:
+                for dtype in (torch.float32, torch.bfloat16):
+                    for layout in LAYOUTS:
+                        _run(row, backend, dtype, device, layout)
+    finally:  # back to what conftest set for the rest of the suite
+        tc.pin_config(0 if GPU and os.environ.get("PYDL_TEST_AUTOTUNE") != "1" else None)
+
+
 @pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 def test_channels_last_weight(backend, device, dtype):
@@ -278,6 +303,7 @@ def test_autocast(backend, device):
 
 
 @pytest.mark.skipif(not GPU, reason="needs a GPU with > 8 GB free")
+@pytest.mark.xdist_group("big")
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("groups", [1, 16], ids=["gemm", "depthwise"])
 def test_64bit_indexing(backend, groups):

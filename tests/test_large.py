@@ -8,7 +8,7 @@ from conftest import GPU, STATUS
 
 BIG = 2**31 + 1000  # past the int32 range, not a multiple of any vector width
 
-pytestmark = [pytest.mark.gpu,
+pytestmark = [pytest.mark.gpu, pytest.mark.xdist_group("big"),
               pytest.mark.skipif(not GPU, reason="needs a CUDA GPU"),
               pytest.mark.skipif(GPU and torch.cuda.mem_get_info()[0] < 20 * 2**30,
                                  reason="needs 20 GB of free GPU memory")]

@@ -114,6 +114,7 @@ def test_channels_last_vector_path(backend, device, dtype):
         check_against_torch(fn, tfn, [x], what=f"{what}/{backend} channels_last C={C}")
 
 
+@pytest.mark.xdist_group("big")
 @pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[1] == "cuda"])
 def test_more_than_2_31_elements(backend, device):
     """64-bit indexing: an input of 2^31 + 2^21 float16 elements (4.3 GB)."""
