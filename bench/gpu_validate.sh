@@ -23,7 +23,11 @@
 # (that tool brings back at most 8 files) and the summaries are copied beside it.
 #
 # Writes: build.log, pytest.txt, junit.xml, sanitizer.txt, results.json, table.md,
-# env.json, bench_log.txt. Plots are drawn afterwards: python -m bench.report --plots OUTDIR
+# env.json, bench_log.txt. Back on the development machine:
+#   tar xzf results.tar.gz -C bench/results/
+#   python -m bench.report --plots bench/results/<folder> && python -m bench.report --readme
+# With the device tool, the whole check is one call:
+#   run(command="bash bench/gpu_validate.sh all", timeout_s=600)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 step=${1:-all}

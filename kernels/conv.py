@@ -68,10 +68,12 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # The interpreter multiplies blocks with numpy, which has no bfloat16: there the
     # bf16 tiles are widened to float32 first. That is exact (a bf16 value is a float32
     # value) and is what the tensor cores compute: bf16 products summed in float32.
+    # out_dtype names the accumulator's type (float64 for float64): Triton 3.6 checks it
+    # against the default (float32) instead of taking it from acc.
     if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee", out_dtype=acc.dtype)
     else:
-        return tl.dot(a, b, acc, input_precision=PRECISION)
+        return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
 
 
 # --------------------------------------------------------------------------------- forward

@@ -75,6 +75,20 @@ ONE_PER_OPT = [("SGD", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1})
                             "initial_accumulator_value": 0.1})]
 
 
+def _torch_adagrad_steps_added_groups() -> bool:
+    """Whether the installed torch's Adagrad can step a parameter added by add_param_group
+    (older releases made Adagrad's state in __init__ only)."""
+    p, q = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adagrad([p])
+    opt.add_param_group({"params": [q]})
+    p.grad, q.grad = torch.ones(1), torch.ones(1)
+    try:
+        opt.step()
+    except KeyError:
+        return False
+    return True
+
+
 def _grad_like(p, seed):
     return make_input(p.shape, p.dtype, p.device, seed=seed)
 
@@ -296,6 +310,9 @@ def test_lr_scheduler(backend, device, name):
 def test_param_groups(backend, device, cfg):
     # two groups with different hyperparameters, and a third added later with add_param_group
     name, kw = cfg
+    if name == "Adagrad" and not _torch_adagrad_steps_added_groups():
+        pytest.skip(f"torch {torch.__version__}'s own Adagrad cannot step a param group added "
+                    f"later (its state is made in __init__ only: KeyError 'sum'), so it is no reference")
     base = [make_input(s, torch.float32, device, seed=i) for i, s in enumerate(SHAPES)]
     extra = make_input((11, 3), torch.float32, device, seed=9)
     out = []

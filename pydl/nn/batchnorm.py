@@ -10,12 +10,27 @@ the compute runs on pydl's kernels.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from .. import ops
+
+# torch's batch norms take `bias=` (an affine weight without a bias) in recent releases only
+# (2.14 has it, 2.11 has not); pydl's take it exactly where the installed torch does, so the
+# signature stays torch's.
+TORCH_HAS_BN_BIAS = "bias" in inspect.signature(nn.modules.batchnorm._NormBase.__init__).parameters
+
+
+def _bias_kw(bias: bool, cls: str) -> dict:
+    if TORCH_HAS_BN_BIAS:
+        return {"bias": bias}
+    if not bias:
+        raise TypeError(f"{cls}.__init__() got an unexpected keyword argument 'bias' (this torch, "
+                        f"{torch.__version__}, has no bias argument for batch norm)")
+    return {}
 
 
 def _factor_and_stats(m: nn.modules.batchnorm._BatchNorm):
@@ -49,7 +64,7 @@ class BatchNorm1d(_PydlBatchNormMixin, nn.BatchNorm1d):
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
                  *, bias: bool = True, backend: Optional[str] = None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
-                         bias=bias)
+                         **_bias_kw(bias, "BatchNorm1d"))
         self.backend = backend
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -61,7 +76,7 @@ class BatchNorm2d(_PydlBatchNormMixin, nn.BatchNorm2d):
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
                  *, bias: bool = True, backend: Optional[str] = None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
-                         bias=bias)
+                         **_bias_kw(bias, "BatchNorm2d"))
         self.backend = backend
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -113,7 +128,7 @@ class SyncBatchNorm(nn.SyncBatchNorm):
                  process_group: Optional[Any] = None, device=None, dtype=None, *,
                  bias: bool = True, backend: Optional[str] = None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, process_group,
-                         device, dtype, bias=bias)
+                         device, dtype, **_bias_kw(bias, "SyncBatchNorm"))
         self.backend = backend
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -144,7 +159,8 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and \
                 not isinstance(module, BatchNormAct2d):
             out = cls(module.num_features, module.eps, module.momentum, module.affine,
-                      module.track_running_stats, process_group, bias=module.bias is not None,
+                      module.track_running_stats, process_group,
+                      **_bias_kw(not module.affine or module.bias is not None, "SyncBatchNorm"),
                       backend=backend if backend is not None else getattr(module, "backend", None))
             if module.affine:
                 with torch.no_grad():
