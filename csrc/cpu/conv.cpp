@@ -8,19 +8,51 @@
 //   where ih = oh*sh - ph + kh*dh, iw = ow*sw - pw + kw*dw (geometry in csrc/conv_shape.h),
 //   and terms with (ih, iw) outside the input are zero (zero padding).
 //
-// Algorithm: direct convolution, written as "scaled row updates". For a fixed weight tap
-// (c, kh, kw) the contribution to a whole output plane is wv * (a strided window of the
-// input plane), so the innermost loop is acc[oh, ow] += wv * x[ih, ow*sw + off]: a
-// straight loop over ow the compiler vectorizes. The valid oh/ow ranges of each tap are
-// computed up front (tap_range) so the inner loops carry no padding branches. Accumulators
-// are float for float/half/bfloat16 and double for double; the result is rounded once.
+// Algorithm: GEMM on column matrices. For one group g, let K = Cg*KH*KW, P = OH*OW, and
+// col(x[n, g]) the K x P "column matrix" with col[(c, kh, kw), (oh, ow)] = x[n, g*Cg+c, ih, iw]
+// (0 in the padding). Putting the samples side by side (column j = (n, p)), the three
+// products are matrix products:
+//   forward:      Y[g]  (OCg x N*P) = W[g] (OCg x K) * col(x[g]) (K x N*P)
+//   input grad:   dcol  (K x N*P)   = W[g]^T (K x OCg) * dY[g] (OCg x N*P),  dx = col2im(dcol)
+//   weight grad:  dW[g] (OCg x K)   = dY[g] (OCg x N*P) * col(x[g])^T (N*P x K)
+// col2im is the transpose of im2col: it adds each dcol element to the input pixel it was
+// read from. A direct convolution (the previous version of this file) spends its time in
+// a loop over ow with one weight held in a register: with few output pixels and many
+// channels (ResNet's late layers: 2x2 maps, 512 channels) that loop is a few iterations
+// long and the machine idles. As a GEMM, every value brought into a register is reused
+// MR or NR times, whatever the spatial size.
 //
-// Parallel decomposition (at::parallel_for): every task owns whole output planes, so no
-// two threads ever write the same element and no atomics are needed:
-//   forward:      one task per (n, oc)    -> one plane of y
-//   input grad:   one task per (n, ic)    -> one plane of dx (scatters from its group's dy)
-//   weight grad:  one task per (oc, c)    -> KH*KW weights, each a reduction over n, oh, ow
-//   bias grad:    one task per oc
+// The GEMM (csrc/cpu/gemm.h) is the classic Goto/BLIS one: operands are packed into
+// "panels" in the order the micro-kernel reads them; the micro-kernel keeps an MR x NR
+// tile of the result in registers (16 x 16 floats with AVX-512, 6 x 16 with AVX2,
+// chosen at run time) over a depth chunk of kDepth = 256 steps (a B panel of
+// 256 x 16 floats = 16 KiB stays in the 48 KiB L1 while the A panels stream from L2).
+// The column matrix is never built whole: it is made kDepth rows x ~256 columns at a
+// time (a tile of the output columns, one task's worth), so scratch is bounded per
+// thread. A 1x1, stride-1, unpadded convolution's column matrix is x itself: it is
+// packed straight from x. Operands of type float16/bfloat16 are converted to float when
+// they are packed; sums are float (double for double) and round once to the output.
+//
+// Parallel decomposition (at::parallel_for over tasks; every task writes its own outputs,
+// so there are no atomics and no races):
+//   forward:     task = (group, column tile, block of output channels) -> those y values.
+//                The weight is packed once per call, shared read-only.
+//   input grad:  task = (group, set of whole samples, block of input channels) -> those
+//                dx planes. Channel blocks start on a (c, kh, kw) row that begins an A
+//                panel, and a dx channel only receives dcol rows of its own channel, so
+//                the col2im scatter of one task never touches another task's pixels.
+//   weight grad: task = (group, block of output channels, block of K) -> that tile of dW;
+//                it sums over all samples and positions itself.
+// Determinism: every output element is a sum in a fixed order, independent of the number
+// of threads: the depth is cut into chunks whose size depends only on the shapes, the
+// micro-kernel adds the terms of a chunk in order in one lane and adds that to the
+// result once per chunk, in chunk order; the col2im adds of a dx pixel come in the order
+// of the (shape-only) column tiles and rows. Only the split into tasks (how many channel
+// blocks) follows the thread count, and no element's sum crosses that split.
+//
+// Small cases (depthwise: one input and one output channel per group, or a K that is
+// tiny) use a direct convolution instead: a GEMM with M = 1 would waste most of each
+// micro-kernel tile. See use_direct().
 //
 // Layout: the kernels read NCHW-contiguous operands (a channels_last operand is made
 // contiguous first -- a copy, no arithmetic) and write the output through its strides, so
@@ -28,15 +60,24 @@
 // following torch's rule).
 #include "common.h"
 #include "conv_common.h"
+#include "cpu/gemm.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <numeric>
 #include <vector>
 
 namespace pydl {
 namespace {
+
+using gemm::ceil_div;
+using gemm::round_up;
+using gemm::Strided2D;
+
+constexpr int64_t kDepth = 256;    // depth chunk of one micro-kernel call (see above)
+constexpr int64_t kColTile = 256;  // output columns (samples x positions) per task
 
 // Output positions o in [lo, hi) whose input coordinate i = o*s - p + k*d lies in [0, L).
 struct Range {
@@ -50,10 +91,125 @@ inline Range tap_range(int64_t L, int64_t O, int64_t s, int64_t p, int64_t off /
   return {lo, std::max(lo, hi)};
 }
 
-// ------------------------------------------------------------------------------ forward
+// ------------------------------------------------------------------------ column tiles
+// A tile of columns of the column matrix: positions [p0, p0 + len) of the samples
+// [n0, n0 + ns). Column s*len + q of the tile is position p0 + q of sample n0 + s.
+struct ColTile {
+  int64_t n0, ns, p0, len;
+  int64_t cols() const { return ns * len; }
+};
+
+// The N*P columns cut into tiles of about `target` columns: a large sample is cut into
+// equal pieces (a multiple of 16 columns, so B panels are full), small samples are
+// grouped whole. Depends on the shapes only (the summation order depends on it).
+std::vector<ColTile> col_tiles(int64_t N, int64_t P, int64_t target) {
+  std::vector<ColTile> tiles;
+  if (P >= target) {
+    const int64_t len = round_up(ceil_div(P, ceil_div(P, target)), 16);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t p0 = 0; p0 < P; p0 += len) tiles.push_back({n, 1, p0, std::min(len, P - p0)});
+  } else {
+    const int64_t per = target / P;
+    for (int64_t n0 = 0; n0 < N; n0 += per) tiles.push_back({n0, std::min(per, N - n0), 0, P});
+  }
+  return tiles;
+}
+
+// Calls fn(oh, ow_begin, ow_end) for each output row that positions [p0, p0 + len) cross.
+template <class F>
+inline void for_each_row(int64_t OW, int64_t p0, int64_t len, F&& fn) {
+  for (int64_t p = p0, end = p0 + len; p < end;) {
+    const int64_t oh = p / OW, owa = p - oh * OW, owb = std::min(OW, end - oh * OW);
+    fn(oh, owa, owb);
+    p = oh * OW + owb;
+  }
+}
+
+// Rows [k0, k0 + rows) of the column matrix of group g over the columns of tile t,
+// converted to C: col[kk * t.cols() + j], zero where the tap falls in the padding.
+template <class T, class C>
+void im2col(const T* x, const ConvShape& s, int64_t g, const ColTile& t, int64_t k0, int64_t rows,
+            C* col) {
+  const int64_t KK = s.KH * s.KW, cols = t.cols();
+  for (int64_t kk = 0; kk < rows; ++kk) {
+    const int64_t k = k0 + kk, c = k / KK, kh = k % KK / s.KW, kw = k % s.KW;
+    const Range rh = tap_range(s.H, s.OH, s.sh, s.ph, kh * s.dh);
+    const Range rw = tap_range(s.W, s.OW, s.sw, s.pw, kw * s.dw);
+    for (int64_t si = 0; si < t.ns; ++si) {
+      const T* xp = x + ((t.n0 + si) * s.C + g * s.Cg() + c) * s.H * s.W;
+      C* out = col + kk * cols + si * t.len;  // out[q]: position t.p0 + q
+      for_each_row(s.OW, t.p0, t.len, [&](int64_t oh, int64_t owa, int64_t owb) {
+        C* o = out + (oh * s.OW + owa - t.p0);  // o[i]: position (oh, owa + i)
+        if (oh < rh.lo || oh >= rh.hi) {
+          std::fill(o, o + (owb - owa), C(0));
+          return;
+        }
+        const int64_t lo = std::clamp(rw.lo, owa, owb), hi = std::clamp(rw.hi, lo, owb);
+        // x offset of (oh, ow) is row + ow*sw (an offset, not a pointer: negative for ow
+        // left of the valid range, which is never read)
+        const int64_t row = (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw;
+        std::fill(o, o + (lo - owa), C(0));
+        if (s.sw == 1) {  // contiguous: the compiler vectorizes this copy
+          for (int64_t ow = lo; ow < hi; ++ow) o[ow - owa] = static_cast<C>(xp[row + ow]);
+        } else {
+          for (int64_t ow = lo; ow < hi; ++ow) o[ow - owa] = static_cast<C>(xp[row + ow * s.sw]);
+        }
+        std::fill(o + (hi - owa), o + (owb - owa), C(0));
+      });
+    }
+  }
+}
+
+// The transpose of im2col for the rows of channels [c0, c0 + nch) (dcol's rows start at
+// channel c0): adds dcol's entries to the pixels they were read from. acc is
+// [t.ns][nch][H][W] (channel c0 first).
+template <class C>
+void col2im_add(const C* dcol, const ConvShape& s, const ColTile& t, int64_t nch, C* acc) {
+  const int64_t KK = s.KH * s.KW, cols = t.cols(), plane = s.H * s.W;
+  for (int64_t kk = 0; kk < nch * KK; ++kk) {
+    const int64_t c = kk / KK, kh = kk % KK / s.KW, kw = kk % s.KW;
+    const Range rh = tap_range(s.H, s.OH, s.sh, s.ph, kh * s.dh);
+    const Range rw = tap_range(s.W, s.OW, s.sw, s.pw, kw * s.dw);
+    for (int64_t si = 0; si < t.ns; ++si) {
+      C* a = acc + (si * nch + c) * plane;
+      const C* in = dcol + kk * cols + si * t.len;  // in[q]: position t.p0 + q
+      for_each_row(s.OW, t.p0, t.len, [&](int64_t oh, int64_t owa, int64_t owb) {
+        if (oh < rh.lo || oh >= rh.hi) return;
+        const int64_t lo = std::clamp(rw.lo, owa, owb), hi = std::clamp(rw.hi, lo, owb);
+        const int64_t row = (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw;
+        const C* i = in + (oh * s.OW + owa - t.p0);  // i[j]: position (oh, owa + j)
+        for (int64_t ow = lo; ow < hi; ++ow) a[row + ow * s.sw] += i[ow - owa];
+      });
+    }
+  }
+}
+
+// A 1x1, stride-1 convolution without padding reads x as its own column matrix.
+inline bool col_is_x(const ConvShape& s) {
+  return s.KH == 1 && s.KW == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0 && s.OH == s.H &&
+         s.OW == s.W;
+}
+
+// The view of a [N, channels, positions] tensor's rows [group's first channel + r] over
+// the columns of tile t (rows `plane` apart, samples `channels * plane` apart).
+template <class S>
+Strided2D<S> rows_view(const S* base, int64_t channels, int64_t plane, int64_t first_channel,
+                       const ColTile& t) {
+  return {base + (t.n0 * channels + first_channel) * plane + t.p0, plane, channels * plane, t.len, t.ns};
+}
+
+// Enough tasks to keep every thread busy, with some slack for uneven tasks.
+inline int64_t task_target() { return 2 * static_cast<int64_t>(at::get_num_threads()); }
+
+// --------------------------------------------------------------------- direct kernels
+// For depthwise-like convolutions (see use_direct): one output plane per task, an inner
+// loop over ow (the previous version of this file, kept for these cases).
+inline bool use_direct(const ConvShape& s) {
+  return s.OCg() * s.Cg() <= 2 || s.Cg() * s.KH * s.KW < 4;
+}
+
 template <typename T>
-void fwd_impl(const T* x, const T* w, const T* b, T* y, const ConvShape s, const Strides4 ys,
-              bool relu) {
+void fwd_direct(const T* x, const T* w, const T* b, T* y, const ConvShape s, const Strides4 ys, bool relu) {
   using C = at::opmath_type<T>;
   const int64_t Cg = s.Cg(), OCg = s.OCg(), plane = s.OH * s.OW;
   at::parallel_for(0, s.N * s.OC, 1, [&](int64_t begin, int64_t end) {
@@ -70,8 +226,6 @@ void fwd_impl(const T* x, const T* w, const T* b, T* y, const ConvShape s, const
             const Range rw = tap_range(s.W, s.OW, s.sw, s.pw, kw * s.dw);
             const C wv = static_cast<C>(wp[kh * s.KW + kw]);
             for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
-              // x index of (oh, ow) is row + ow*sw (kept an offset, not a pointer: it may be
-              // negative for ow outside [rw.lo, rw.hi), which is never read)
               const int64_t row = (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw;
               C* a = acc.data() + oh * s.OW;
               for (int64_t ow = rw.lo; ow < rw.hi; ++ow) a[ow] += wv * static_cast<C>(xp[row + ow * s.sw]);
@@ -91,28 +245,8 @@ void fwd_impl(const T* x, const T* w, const T* b, T* y, const ConvShape s, const
   });
 }
 
-at::Tensor conv2d_fwd(const at::Tensor& x_in, const at::Tensor& w_in, const std::optional<at::Tensor>& b_in,
-                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                      int64_t groups, c10::string_view act, bool channels_last) {
-  const bool relu = check_fwd_args(x_in, w_in, b_in, stride, padding, dilation, groups, act);
-  const bool has_b = b_in.has_value() && b_in->defined();
-  const auto [OH, OW] = conv_out_size(x_in.sizes(), w_in.sizes(), stride, padding, dilation);
-  at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
-  at::Tensor b = has_b ? b_in->contiguous() : at::Tensor();
-  at::Tensor y = conv_alloc4({x.size(0), w.size(0), OH, OW}, x.options(), channels_last);
-  if (y.numel() == 0) return y;
-  const ConvShape s = make_shape(x.sizes(), w.sizes(), y.sizes(), stride, padding, dilation, groups);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pydl_conv2d_fwd", [&] {
-    fwd_impl<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                       has_b ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(),
-                       s, strides_of(y), relu);
-  });
-  return y;
-}
-
-// --------------------------------------------------------------------------- input grad
 template <typename T>
-void bwd_input_impl(const T* dy, const T* w, T* dx, const ConvShape s, const Strides4 xs) {
+void bwd_input_direct(const T* dy, const T* w, T* dx, const ConvShape s, const Strides4 xs) {
   using C = at::opmath_type<T>;
   const int64_t Cg = s.Cg(), OCg = s.OCg(), plane = s.H * s.W;
   at::parallel_for(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) {
@@ -146,26 +280,10 @@ void bwd_input_impl(const T* dy, const T* w, T* dx, const ConvShape s, const Str
   });
 }
 
-at::Tensor conv2d_bwd_input(const at::Tensor& grad_in, const at::Tensor& w_in, at::IntArrayRef input_size,
-                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                            int64_t groups, bool channels_last) {
-  check_bwd_input_args(grad_in, w_in, input_size, stride, padding, dilation, groups);
-  at::Tensor dy = grad_in.contiguous(), w = w_in.contiguous();
-  at::Tensor dx = conv_alloc4(input_size, dy.options(), channels_last);
-  if (dx.numel() == 0) return dx;
-  const ConvShape s = make_shape(input_size, w.sizes(), dy.sizes(), stride, padding, dilation, groups);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "pydl_conv2d_bwd_input", [&] {
-    bwd_input_impl<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                             dx.mutable_data_ptr<scalar_t>(), s, strides_of(dx));
-  });
-  return dx;
-}
-
-// -------------------------------------------------------------------------- weight grad
 constexpr int kLanes = 8;
 
 template <typename T>
-void bwd_weight_impl(const T* dy, const T* x, T* dw, const ConvShape s, const Strides4 wst) {
+void bwd_weight_direct(const T* dy, const T* x, T* dw, const ConvShape s, const Strides4 wst) {
   using C = at::opmath_type<T>;
   const int64_t Cg = s.Cg(), OCg = s.OCg();
   at::parallel_for(0, s.OC * Cg, 1, [&](int64_t begin, int64_t end) {
@@ -201,6 +319,241 @@ void bwd_weight_impl(const T* dy, const T* x, T* dw, const ConvShape s, const St
   });
 }
 
+// ------------------------------------------------------------------------------ forward
+template <typename T>
+void fwd_gemm(const T* x, const T* w, const T* b, T* y, const ConvShape s, const Strides4 ys, bool relu) {
+  using C = at::opmath_type<T>;
+  const auto& uk = gemm::micro_kernel<C>();
+  const int64_t mr = uk.mr, nr = uk.nr;
+  const int64_t G = s.groups, Cg = s.Cg(), OCg = s.OCg(), K = Cg * s.KH * s.KW, P = s.OH * s.OW;
+
+  // A = W[g] (OCg x K), packed once: panels of MR output channels over the full depth K.
+  const int64_t mpanels = ceil_div(OCg, mr), a_ps = K * mr;
+  std::vector<C> wpack(G * mpanels * a_ps);
+  at::parallel_for(0, G * mpanels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t g = i / mpanels, r0 = i % mpanels * mr;
+      gemm::pack_row_lanes(Strided2D<T>{w + g * OCg * K, K, 0, K, 1}, r0, std::min(mr, OCg - r0), mr,
+                           wpack.data() + i * a_ps);
+    }
+  });
+
+  // Tasks: (group, column tile, block of output channels). Blocks of channels only when
+  // groups x tiles alone are too few tasks: each block re-does its tile's im2col.
+  const std::vector<ColTile> tiles = col_tiles(s.N, P, kColTile);
+  const int64_t ntiles = tiles.size();
+  const int64_t nblocks = std::clamp<int64_t>(ceil_div(task_target(), G * ntiles), 1, mpanels);
+  const int64_t block_panels = ceil_div(mpanels, nblocks);
+  const bool direct_col = col_is_x(s);
+
+  at::parallel_for(0, G * ntiles * nblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<C> col, bpack, acc;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / (ntiles * nblocks), ti = task / nblocks % ntiles, bi = task % nblocks;
+      const ColTile& t = tiles[ti];
+      const int64_t m0 = bi * block_panels * mr;
+      if (m0 >= OCg) continue;
+      const int64_t rows = std::min(OCg, m0 + block_panels * mr) - m0, cols = t.cols();
+      acc.assign(rows * cols, C(0));
+      bpack.resize(round_up(cols, nr) * std::min(kDepth, K));
+      for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
+        const int64_t kc = std::min(kDepth, K - k0);
+        if (direct_col) {
+          gemm::pack_col_lanes(rows_view(x, s.C, P, g * Cg, t), k0, kc, nr, bpack.data());
+        } else {
+          col.resize(kc * cols);
+          im2col(x, s, g, t, k0, kc, col.data());
+          gemm::pack_col_lanes(Strided2D<C>{col.data(), cols, t.len, t.len, t.ns}, 0, kc, nr, bpack.data());
+        }
+        gemm::gemm_packed(uk, rows, cols, kc, wpack.data() + (g * mpanels + m0 / mr) * a_ps + k0 * mr, a_ps,
+                          bpack.data(), kc * nr, acc.data(), cols);
+      }
+      // epilogue: bias, ReLU, one rounding to T, stored through y's strides
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t oc = g * OCg + m0 + i;
+        const C bv = b ? static_cast<C>(b[oc]) : C(0);
+        for (int64_t si = 0; si < t.ns; ++si) {
+          T* yp = y + (t.n0 + si) * ys.n + oc * ys.c;
+          const C* a = acc.data() + i * cols + si * t.len;  // a[q]: position t.p0 + q
+          for_each_row(s.OW, t.p0, t.len, [&](int64_t oh, int64_t owa, int64_t owb) {
+            const C* ar = a + (oh * s.OW + owa - t.p0);
+            for (int64_t ow = owa; ow < owb; ++ow) {
+              C v = ar[ow - owa] + bv;
+              if (relu && v < C(0)) v = C(0);  // NaN stays NaN, as torch's relu
+              yp[oh * ys.h + ow * ys.w] = static_cast<T>(v);
+            }
+          });
+        }
+      }
+    }
+  });
+}
+
+at::Tensor conv2d_fwd(const at::Tensor& x_in, const at::Tensor& w_in, const std::optional<at::Tensor>& b_in,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                      int64_t groups, c10::string_view act, bool channels_last) {
+  const bool relu = check_fwd_args(x_in, w_in, b_in, stride, padding, dilation, groups, act);
+  const bool has_b = b_in.has_value() && b_in->defined();
+  const auto [OH, OW] = conv_out_size(x_in.sizes(), w_in.sizes(), stride, padding, dilation);
+  at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
+  at::Tensor b = has_b ? b_in->contiguous() : at::Tensor();
+  at::Tensor y = conv_alloc4({x.size(0), w.size(0), OH, OW}, x.options(), channels_last);
+  if (y.numel() == 0) return y;
+  const ConvShape s = make_shape(x.sizes(), w.sizes(), y.sizes(), stride, padding, dilation, groups);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pydl_conv2d_fwd", [&] {
+    auto impl = use_direct(s) ? &fwd_direct<scalar_t> : &fwd_gemm<scalar_t>;
+    impl(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+         has_b ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), s, strides_of(y), relu);
+  });
+  return y;
+}
+
+// --------------------------------------------------------------------------- input grad
+template <typename T>
+void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Strides4 xs) {
+  using C = at::opmath_type<T>;
+  const auto& uk = gemm::micro_kernel<C>();
+  const int64_t mr = uk.mr, nr = uk.nr;
+  const int64_t G = s.groups, Cg = s.Cg(), OCg = s.OCg(), KK = s.KH * s.KW, K = Cg * KK;
+  const int64_t P = s.OH * s.OW, plane = s.H * s.W;
+
+  // A = W[g]^T (K x OCg), packed once: panels of MR rows (c, kh, kw) over the depth OCg.
+  const int64_t kpanels = ceil_div(K, mr), a_ps = OCg * mr;
+  std::vector<C> wpack(G * kpanels * a_ps);
+  at::parallel_for(0, G * kpanels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t g = i / kpanels, k0 = i % kpanels * mr;
+      // columns k0 .. k0+MR-1 of W[g] (OCg x K) become the MR lanes of one panel
+      gemm::pack_col_lanes(Strided2D<T>{w + g * OCg * K + k0, K, 0, std::min(mr, K - k0), 1}, 0, OCg, mr,
+                           wpack.data() + i * a_ps);
+    }
+  });
+
+  // Tasks: (group, sample set, block of input channels). A sample set is one tile of
+  // whole samples, or all the tiles of one large sample (done in order by one task).
+  const std::vector<ColTile> tiles = col_tiles(s.N, P, kColTile);
+  std::vector<int64_t> set_begin;  // the first tile of each sample set
+  for (int64_t i = 0; i < static_cast<int64_t>(tiles.size()); ++i)
+    if (i == 0 || tiles[i].p0 == 0) set_begin.push_back(i);
+  set_begin.push_back(tiles.size());
+  const int64_t nsets = set_begin.size() - 1;
+  // Channel blocks start on a panel boundary: a multiple of MR / gcd(KK, MR) channels.
+  // They are also bounded so one block's dcol and dx scratch stay a few MiB.
+  const int64_t step = mr / std::gcd(KK, mr);
+  int64_t nblocks = std::clamp<int64_t>(ceil_div(task_target(), G * nsets), 1, ceil_div(Cg, step));
+  nblocks = std::max(nblocks, ceil_div(K, 2048));
+  const int64_t block_ch = round_up(ceil_div(Cg, nblocks), step);
+
+  at::parallel_for(0, G * nsets * nblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<C> bpack, dcol, acc;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / (nsets * nblocks), si = task / nblocks % nsets, bi = task % nblocks;
+      const int64_t c0 = bi * block_ch;
+      if (c0 >= Cg) continue;
+      const int64_t nch = std::min(Cg, c0 + block_ch) - c0, rows = nch * KK;
+      const ColTile& first = tiles[set_begin[si]];
+      acc.assign(first.ns * nch * plane, C(0));
+      for (int64_t ti = set_begin[si]; ti < set_begin[si + 1]; ++ti) {
+        const ColTile& t = tiles[ti];
+        const int64_t cols = t.cols();
+        dcol.assign(rows * cols, C(0));
+        bpack.resize(round_up(cols, nr) * std::min(kDepth, OCg));
+        for (int64_t o0 = 0; o0 < OCg; o0 += kDepth) {
+          const int64_t oc = std::min(kDepth, OCg - o0);
+          gemm::pack_col_lanes(rows_view(dy, s.OC, P, g * OCg, t), o0, oc, nr, bpack.data());
+          gemm::gemm_packed(uk, rows, cols, oc, wpack.data() + (g * kpanels + c0 * KK / mr) * a_ps + o0 * mr,
+                            a_ps, bpack.data(), oc * nr, dcol.data(), cols);
+        }
+        col2im_add(dcol.data(), s, t, nch, acc.data());
+      }
+      for (int64_t sn = 0; sn < first.ns; ++sn)
+        for (int64_t c = 0; c < nch; ++c) {
+          T* xp = dx + (first.n0 + sn) * xs.n + (g * Cg + c0 + c) * xs.c;
+          const C* a = acc.data() + (sn * nch + c) * plane;
+          for (int64_t h = 0; h < s.H; ++h)
+            for (int64_t x = 0; x < s.W; ++x) xp[h * xs.h + x * xs.w] = static_cast<T>(a[h * s.W + x]);
+        }
+    }
+  });
+}
+
+at::Tensor conv2d_bwd_input(const at::Tensor& grad_in, const at::Tensor& w_in, at::IntArrayRef input_size,
+                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                            int64_t groups, bool channels_last) {
+  check_bwd_input_args(grad_in, w_in, input_size, stride, padding, dilation, groups);
+  at::Tensor dy = grad_in.contiguous(), w = w_in.contiguous();
+  at::Tensor dx = conv_alloc4(input_size, dy.options(), channels_last);
+  if (dx.numel() == 0) return dx;
+  const ConvShape s = make_shape(input_size, w.sizes(), dy.sizes(), stride, padding, dilation, groups);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "pydl_conv2d_bwd_input", [&] {
+    auto impl = use_direct(s) ? &bwd_input_direct<scalar_t> : &bwd_input_gemm<scalar_t>;
+    impl(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), s,
+         strides_of(dx));
+  });
+  return dx;
+}
+
+// -------------------------------------------------------------------------- weight grad
+template <typename T>
+void bwd_weight_gemm(const T* dy, const T* x, T* dw, const ConvShape s, const Strides4 wst) {
+  using C = at::opmath_type<T>;
+  const auto& uk = gemm::micro_kernel<C>();
+  const int64_t mr = uk.mr, nr = uk.nr;
+  const int64_t G = s.groups, Cg = s.Cg(), OCg = s.OCg(), KK = s.KH * s.KW, K = Cg * KK;
+  const int64_t P = s.OH * s.OW;
+
+  // The depth (all samples and positions) in fixed chunks: the summation order.
+  const std::vector<ColTile> chunks = col_tiles(s.N, P, kDepth);
+  // Tasks: (group, block of output channels, block of K), a tile of dW each. Tiles of
+  // up to 128 x 256 (the B operand, im2col'd per tile, is shared by its 128 rows), made
+  // smaller when there are too few of them for the threads.
+  int64_t mt = std::min(round_up(OCg, mr), std::max<int64_t>(mr, 128 / mr * mr));
+  int64_t kt = std::min(round_up(K, nr), std::max<int64_t>(nr, 256 / nr * nr));
+  auto ntasks = [&] { return G * ceil_div(OCg, mt) * ceil_div(K, kt); };
+  while (ntasks() < task_target() && (kt > nr || mt > mr)) {
+    if (kt > nr) kt = round_up(kt / 2, nr);
+    else mt = round_up(mt / 2, mr);
+  }
+  const int64_t mblocks = ceil_div(OCg, mt), kblocks = ceil_div(K, kt);
+  const bool direct_col = col_is_x(s);
+
+  at::parallel_for(0, G * mblocks * kblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<C> col, apack, bpack, acc;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / (mblocks * kblocks), mi = task / kblocks % mblocks, ki = task % kblocks;
+      const int64_t m0 = mi * mt, rows = std::min(mt, OCg - m0), k0 = ki * kt, kn = std::min(kt, K - k0);
+      acc.assign(rows * kn, C(0));
+      for (const ColTile& t : chunks) {
+        const int64_t depth = t.cols();
+        apack.resize(round_up(rows, mr) * depth);
+        bpack.resize(round_up(kn, nr) * depth);
+        gemm::pack_row_lanes(rows_view(dy, s.OC, P, g * OCg, t), m0, rows, mr, apack.data());
+        if (direct_col) {
+          gemm::pack_row_lanes(rows_view(x, s.C, P, g * Cg, t), k0, kn, nr, bpack.data());
+        } else {
+          col.resize(kn * depth);
+          im2col(x, s, g, t, k0, kn, col.data());
+          gemm::pack_row_lanes(Strided2D<C>{col.data(), depth, t.len, t.len, t.ns}, 0, kn, nr, bpack.data());
+        }
+        gemm::gemm_packed(uk, rows, kn, depth, apack.data(), depth * mr, bpack.data(), depth * nr, acc.data(), kn);
+      }
+      // k = (c, kh, kw) of column j, stepped without divisions (this loop touches all of dW)
+      const int64_t c_first = k0 / KK, kh_first = k0 % KK / s.KW, kw_first = k0 % s.KW;
+      for (int64_t i = 0; i < rows; ++i) {
+        T* out = dw + (g * OCg + m0 + i) * wst.n;
+        const C* a = acc.data() + i * kn;
+        for (int64_t j = 0, c = c_first, kh = kh_first, kw = kw_first; j < kn; ++j) {
+          out[c * wst.c + kh * wst.h + kw * wst.w] = static_cast<T>(a[j]);
+          if (++kw == s.KW) {
+            kw = 0;
+            if (++kh == s.KH) kh = 0, ++c;
+          }
+        }
+      }
+    }
+  });
+}
+
 at::Tensor conv2d_bwd_weight(const at::Tensor& grad_in, const at::Tensor& x_in, at::IntArrayRef weight_size,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                              int64_t groups, bool channels_last) {
@@ -210,8 +563,9 @@ at::Tensor conv2d_bwd_weight(const at::Tensor& grad_in, const at::Tensor& x_in, 
   if (dw.numel() == 0) return dw;
   const ConvShape s = make_shape(x.sizes(), weight_size, dy.sizes(), stride, padding, dilation, groups);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "pydl_conv2d_bwd_weight", [&] {
-    bwd_weight_impl<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                              dw.mutable_data_ptr<scalar_t>(), s, strides_of(dw));
+    auto impl = use_direct(s) ? &bwd_weight_direct<scalar_t> : &bwd_weight_gemm<scalar_t>;
+    impl(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), dw.mutable_data_ptr<scalar_t>(), s,
+         strides_of(dw));
   });
   return dw;
 }
