@@ -66,7 +66,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 namespace pydl {
@@ -92,95 +94,145 @@ inline Range tap_range(int64_t L, int64_t O, int64_t s, int64_t p, int64_t off /
 }
 
 // ------------------------------------------------------------------------ column tiles
+// A run of output positions in one output row: (oh, ow) for ow in [owa, owb), which are
+// columns q, q+1, ... of each sample in the tile.
+struct RowSeg {
+  int64_t oh, owa, owb, q;
+};
+
 // A tile of columns of the column matrix: positions [p0, p0 + len) of the samples
 // [n0, n0 + ns). Column s*len + q of the tile is position p0 + q of sample n0 + s.
+// `rows` are those positions cut at output-row boundaries (computed once: the inner
+// loops walk them for every row of the column matrix).
 struct ColTile {
   int64_t n0, ns, p0, len;
+  std::vector<RowSeg> rows;
   int64_t cols() const { return ns * len; }
 };
 
 // The N*P columns cut into tiles of about `target` columns: a large sample is cut into
 // equal pieces (a multiple of 16 columns, so B panels are full), small samples are
 // grouped whole. Depends on the shapes only (the summation order depends on it).
-std::vector<ColTile> col_tiles(int64_t N, int64_t P, int64_t target) {
+std::vector<ColTile> col_tiles(int64_t N, int64_t P, int64_t OW, int64_t target) {
   std::vector<ColTile> tiles;
   if (P >= target) {
     const int64_t len = round_up(ceil_div(P, ceil_div(P, target)), 16);
     for (int64_t n = 0; n < N; ++n)
-      for (int64_t p0 = 0; p0 < P; p0 += len) tiles.push_back({n, 1, p0, std::min(len, P - p0)});
+      for (int64_t p0 = 0; p0 < P; p0 += len) tiles.push_back({n, 1, p0, std::min(len, P - p0), {}});
   } else {
     const int64_t per = target / P;
-    for (int64_t n0 = 0; n0 < N; n0 += per) tiles.push_back({n0, std::min(per, N - n0), 0, P});
+    for (int64_t n0 = 0; n0 < N; n0 += per) tiles.push_back({n0, std::min(per, N - n0), 0, P, {}});
   }
+  for (ColTile& t : tiles)
+    for (int64_t p = t.p0, end = t.p0 + t.len; p < end;) {
+      const int64_t oh = p / OW, owa = p - oh * OW, owb = std::min(OW, end - oh * OW);
+      t.rows.push_back({oh, owa, owb, p - t.p0});
+      p = oh * OW + owb;
+    }
   return tiles;
 }
 
-// Calls fn(oh, ow_begin, ow_end) for each output row that positions [p0, p0 + len) cross.
-template <class F>
-inline void for_each_row(int64_t OW, int64_t p0, int64_t len, F&& fn) {
-  for (int64_t p = p0, end = p0 + len; p < end;) {
-    const int64_t oh = p / OW, owa = p - oh * OW, owb = std::min(OW, end - oh * OW);
-    fn(oh, owa, owb);
-    p = oh * OW + owb;
-  }
+// Where each column of tile t reads x, per tap: tab[(kh*KW + kw) * t.cols() + j] is
+// si * sample_stride + ih * W + iw for column j = (sample si, position (oh, ow)), or -1
+// where (ih, iw) falls in the padding. Row k = (c, kh, kw) of the column matrix is then
+// col(k, j) = x_c[tab[tap * cols + j]] with x_c the plane of channel c of the tile's
+// first sample: one table serves every channel. Gathering through it costs the same
+// per element whatever the stride, dilation, padding and map size -- unlike copying
+// row segments, whose per-segment overhead dominates on 2x2 or 4x4 maps.
+void tap_table(const ConvShape& s, const ColTile& t, int64_t sample_stride, std::vector<int64_t>& tab) {
+  const int64_t cols = t.cols();
+  tab.resize(s.KH * s.KW * cols);
+  for (int64_t kh = 0; kh < s.KH; ++kh)
+    for (int64_t kw = 0; kw < s.KW; ++kw) {
+      int64_t* out = tab.data() + (kh * s.KW + kw) * cols;
+      for (int64_t si = 0; si < t.ns; ++si)
+        for (const RowSeg& r : t.rows) {
+          const int64_t ih = r.oh * s.sh - s.ph + kh * s.dh;
+          for (int64_t ow = r.owa; ow < r.owb; ++ow) {
+            const int64_t iw = ow * s.sw - s.pw + kw * s.dw;
+            const bool inside = ih >= 0 && ih < s.H && iw >= 0 && iw < s.W;
+            out[si * t.len + r.q + ow - r.owa] = inside ? si * sample_stride + ih * s.W + iw : -1;
+          }
+        }
+    }
 }
 
-// Rows [k0, k0 + rows) of the column matrix of group g over the columns of tile t,
-// converted to C: col[kk * t.cols() + j], zero where the tap falls in the padding.
+// Steps row k = (c, kh, kw) of the column matrix (tap = kh*KW + kw) without divisions.
+struct RowIter {
+  int64_t c, kh, kw, tap, KH, KW;
+  RowIter(int64_t k, int64_t KH_, int64_t KW_)
+      : c(k / (KH_ * KW_)), kh(k % (KH_ * KW_) / KW_), kw(k % KW_), tap(k % (KH_ * KW_)), KH(KH_), KW(KW_) {}
+  void next() {
+    ++tap;
+    if (++kw == KW) {
+      kw = 0;
+      if (++kh == KH) kh = 0, tap = 0, ++c;
+    }
+  }
+};
+
+// im2col fused with packing, for the B operand of the forward: rows [k0, k0 + depth) of
+// the tile's column matrix as panels of NR columns,
+//   dst[q * depth * nr + kk * nr + l] = col(k0 + kk, q * nr + l),   0 past the last column.
+// xg is x[n0, g*Cg] (the tile's first sample, the group's first channel).
 template <class T, class C>
-void im2col(const T* x, const ConvShape& s, int64_t g, const ColTile& t, int64_t k0, int64_t rows,
-            C* col) {
-  const int64_t KK = s.KH * s.KW, cols = t.cols();
-  for (int64_t kk = 0; kk < rows; ++kk) {
-    const int64_t k = k0 + kk, c = k / KK, kh = k % KK / s.KW, kw = k % s.KW;
-    const Range rh = tap_range(s.H, s.OH, s.sh, s.ph, kh * s.dh);
-    const Range rw = tap_range(s.W, s.OW, s.sw, s.pw, kw * s.dw);
-    for (int64_t si = 0; si < t.ns; ++si) {
-      const T* xp = x + ((t.n0 + si) * s.C + g * s.Cg() + c) * s.H * s.W;
-      C* out = col + kk * cols + si * t.len;  // out[q]: position t.p0 + q
-      for_each_row(s.OW, t.p0, t.len, [&](int64_t oh, int64_t owa, int64_t owb) {
-        C* o = out + (oh * s.OW + owa - t.p0);  // o[i]: position (oh, owa + i)
-        if (oh < rh.lo || oh >= rh.hi) {
-          std::fill(o, o + (owb - owa), C(0));
-          return;
-        }
-        const int64_t lo = std::clamp(rw.lo, owa, owb), hi = std::clamp(rw.hi, lo, owb);
-        // x offset of (oh, ow) is row + ow*sw (an offset, not a pointer: negative for ow
-        // left of the valid range, which is never read)
-        const int64_t row = (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw;
-        std::fill(o, o + (lo - owa), C(0));
-        if (s.sw == 1) {  // contiguous: the compiler vectorizes this copy
-          for (int64_t ow = lo; ow < hi; ++ow) o[ow - owa] = static_cast<C>(xp[row + ow]);
-        } else {
-          for (int64_t ow = lo; ow < hi; ++ow) o[ow - owa] = static_cast<C>(xp[row + ow * s.sw]);
-        }
-        std::fill(o + (hi - owa), o + (owb - owa), C(0));
-      });
+void gather_col_lanes(const T* xg, const ConvShape& s, const std::vector<int64_t>& tab, int64_t cols,
+                      int64_t k0, int64_t depth, int nr, C* dst) {
+  RowIter k(k0, s.KH, s.KW);
+  for (int64_t kk = 0; kk < depth; ++kk, k.next()) {
+    const T* xc = xg + k.c * s.H * s.W;
+    const int64_t* tr = tab.data() + k.tap * cols;
+    for (int64_t q = 0; q * nr < cols; ++q) {
+      C* o = dst + q * depth * nr + kk * nr;
+      const int64_t* e = tr + q * nr;
+      const int64_t n = std::min<int64_t>(nr, cols - q * nr);
+      for (int64_t l = 0; l < n; ++l) o[l] = e[l] < 0 ? C(0) : static_cast<C>(xc[e[l]]);
+      for (int64_t l = n; l < nr; ++l) o[l] = C(0);
     }
   }
 }
 
-// The transpose of im2col for the rows of channels [c0, c0 + nch) (dcol's rows start at
-// channel c0): adds dcol's entries to the pixels they were read from. acc is
-// [t.ns][nch][H][W] (channel c0 first).
-template <class C>
-void col2im_add(const C* dcol, const ConvShape& s, const ColTile& t, int64_t nch, C* acc) {
-  const int64_t KK = s.KH * s.KW, cols = t.cols(), plane = s.H * s.W;
-  for (int64_t kk = 0; kk < nch * KK; ++kk) {
-    const int64_t c = kk / KK, kh = kk % KK / s.KW, kw = kk % s.KW;
-    const Range rh = tap_range(s.H, s.OH, s.sh, s.ph, kh * s.dh);
-    const Range rw = tap_range(s.W, s.OW, s.sw, s.pw, kw * s.dw);
-    for (int64_t si = 0; si < t.ns; ++si) {
-      C* a = acc + (si * nch + c) * plane;
-      const C* in = dcol + kk * cols + si * t.len;  // in[q]: position t.p0 + q
-      for_each_row(s.OW, t.p0, t.len, [&](int64_t oh, int64_t owa, int64_t owb) {
-        if (oh < rh.lo || oh >= rh.hi) return;
-        const int64_t lo = std::clamp(rw.lo, owa, owb), hi = std::clamp(rw.hi, lo, owb);
-        const int64_t row = (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw;
-        const C* i = in + (oh * s.OW + owa - t.p0);  // i[j]: position (oh, owa + j)
-        for (int64_t ow = lo; ow < hi; ++ow) a[row + ow * s.sw] += i[ow - owa];
-      });
+// The same for the weight gradient's B = col^T: rows [k0, k0 + rows) of the column matrix
+// become the NR lanes of each panel, the tile's columns its depth,
+//   dst[p * cols * nr + j * nr + l] = col(k0 + p * nr + l, j),   0 past the last row.
+template <class T, class C>
+void gather_row_lanes(const T* xg, const ConvShape& s, const std::vector<int64_t>& tab, int64_t cols,
+                      int64_t k0, int64_t rows, int nr, C* dst) {
+  const T* xc[64];           // per lane: its channel's plane
+  const int64_t* tr[64];     // per lane: its tap's table row
+  RowIter k(k0, s.KH, s.KW);
+  for (int64_t p = 0; p * nr < rows; ++p, dst += cols * nr) {
+    const int64_t n = std::min<int64_t>(nr, rows - p * nr);
+    for (int64_t l = 0; l < n; ++l, k.next()) {
+      xc[l] = xg + k.c * s.H * s.W;
+      tr[l] = tab.data() + k.tap * cols;
     }
+    for (int64_t j = 0; j < cols; ++j) {
+      C* o = dst + j * nr;
+      for (int64_t l = 0; l < n; ++l) {
+        const int64_t e = tr[l][j];
+        o[l] = e < 0 ? C(0) : static_cast<C>(xc[l][e]);
+      }
+      for (int64_t l = n; l < nr; ++l) o[l] = C(0);
+    }
+  }
+}
+
+// The transpose of im2col for `rows` rows of the column matrix starting at channel c0
+// (dcol is rows x cols, row kk = (c0 + c, tap)): adds each entry to the pixel it was read
+// from. acc is [t.ns][channels][H][W] from channel c0 on, and tab was built with
+// sample_stride = channels * H * W to match.
+template <class C>
+void col2im_add(const C* dcol, const ConvShape& s, int64_t rows, int64_t cols, const std::vector<int64_t>& tab,
+                C* acc) {
+  const int64_t plane = s.H * s.W;
+  RowIter k(0, s.KH, s.KW);
+  for (int64_t kk = 0; kk < rows; ++kk, k.next()) {
+    C* a = acc + k.c * plane;
+    const int64_t* tr = tab.data() + k.tap * cols;
+    const C* in = dcol + kk * cols;
+    for (int64_t j = 0; j < cols; ++j)
+      if (tr[j] >= 0) a[tr[j]] += in[j];
   }
 }
 
@@ -325,35 +377,42 @@ void fwd_gemm(const T* x, const T* w, const T* b, T* y, const ConvShape s, const
   using C = at::opmath_type<T>;
   const auto& uk = gemm::micro_kernel<C>();
   const int64_t mr = uk.mr, nr = uk.nr;
-  const int64_t G = s.groups, Cg = s.Cg(), OCg = s.OCg(), K = Cg * s.KH * s.KW, P = s.OH * s.OW;
+  const int64_t G = s.groups, Cg = s.Cg(), OCg = s.OCg(), KK = s.KH * s.KW, K = Cg * KK;
+  const int64_t P = s.OH * s.OW, plane = s.H * s.W;
 
-  // A = W[g] (OCg x K), packed once: panels of MR output channels over the full depth K.
-  const int64_t mpanels = ceil_div(OCg, mr), a_ps = K * mr;
-  std::vector<C> wpack(G * mpanels * a_ps);
-  at::parallel_for(0, G * mpanels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t g = i / mpanels, r0 = i % mpanels * mr;
-      gemm::pack_row_lanes(Strided2D<T>{w + g * OCg * K, K, 0, K, 1}, r0, std::min(mr, OCg - r0), mr,
-                           wpack.data() + i * a_ps);
-    }
-  });
+  // A = W[g] (OCg x K), read in place as a row-major matrix; a 16-bit weight is converted
+  // to C once.
+  const C* wc = nullptr;
+  std::vector<C> wconv;
+  if constexpr (std::is_same_v<T, C>) {
+    wc = w;
+  } else {
+    wconv.resize(s.OC * K);
+    at::parallel_for(0, s.OC, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin * K; i < end * K; ++i) wconv[i] = static_cast<C>(w[i]);
+    });
+    wc = wconv.data();
+  }
 
   // Tasks: (group, column tile, block of output channels). Blocks of channels only when
-  // groups x tiles alone are too few tasks: each block re-does its tile's im2col.
-  const std::vector<ColTile> tiles = col_tiles(s.N, P, kColTile);
-  const int64_t ntiles = tiles.size();
+  // groups x tiles alone are too few tasks: each block re-gathers its tile's columns.
+  const std::vector<ColTile> tiles = col_tiles(s.N, P, s.OW, kColTile);
+  const int64_t ntiles = tiles.size(), mpanels = ceil_div(OCg, mr);
   const int64_t nblocks = std::clamp<int64_t>(ceil_div(task_target(), G * ntiles), 1, mpanels);
-  const int64_t block_panels = ceil_div(mpanels, nblocks);
+  const int64_t block_rows = ceil_div(mpanels, nblocks) * mr;
   const bool direct_col = col_is_x(s);
 
   at::parallel_for(0, G * ntiles * nblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<C> col, bpack, acc;
+    std::vector<int64_t> tab;
+    std::vector<C> bpack, acc;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / (ntiles * nblocks), ti = task / nblocks % ntiles, bi = task % nblocks;
       const ColTile& t = tiles[ti];
-      const int64_t m0 = bi * block_panels * mr;
+      const int64_t m0 = bi * block_rows;
       if (m0 >= OCg) continue;
-      const int64_t rows = std::min(OCg, m0 + block_panels * mr) - m0, cols = t.cols();
+      const int64_t rows = std::min(OCg, m0 + block_rows) - m0, cols = t.cols();
+      const T* xg = x + (t.n0 * s.C + g * Cg) * plane;  // the tile's first sample, group g
+      if (!direct_col) tap_table(s, t, s.C * plane, tab);
       acc.assign(rows * cols, C(0));
       bpack.resize(round_up(cols, nr) * std::min(kDepth, K));
       for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
@@ -361,12 +420,10 @@ void fwd_gemm(const T* x, const T* w, const T* b, T* y, const ConvShape s, const
         if (direct_col) {
           gemm::pack_col_lanes(rows_view(x, s.C, P, g * Cg, t), k0, kc, nr, bpack.data());
         } else {
-          col.resize(kc * cols);
-          im2col(x, s, g, t, k0, kc, col.data());
-          gemm::pack_col_lanes(Strided2D<C>{col.data(), cols, t.len, t.len, t.ns}, 0, kc, nr, bpack.data());
+          gather_col_lanes(xg, s, tab, cols, k0, kc, nr, bpack.data());
         }
-        gemm::gemm_packed(uk, rows, cols, kc, wpack.data() + (g * mpanels + m0 / mr) * a_ps + k0 * mr, a_ps,
-                          bpack.data(), kc * nr, acc.data(), cols);
+        const gemm::OperandA<C> A{wc + (g * OCg + m0) * K + k0, K, /*row_major=*/true};
+        gemm::gemm(uk, rows, cols, kc, A, bpack.data(), kc * nr, acc.data(), cols);
       }
       // epilogue: bias, ReLU, one rounding to T, stored through y's strides
       for (int64_t i = 0; i < rows; ++i) {
@@ -374,15 +431,16 @@ void fwd_gemm(const T* x, const T* w, const T* b, T* y, const ConvShape s, const
         const C bv = b ? static_cast<C>(b[oc]) : C(0);
         for (int64_t si = 0; si < t.ns; ++si) {
           T* yp = y + (t.n0 + si) * ys.n + oc * ys.c;
-          const C* a = acc.data() + i * cols + si * t.len;  // a[q]: position t.p0 + q
-          for_each_row(s.OW, t.p0, t.len, [&](int64_t oh, int64_t owa, int64_t owb) {
-            const C* ar = a + (oh * s.OW + owa - t.p0);
-            for (int64_t ow = owa; ow < owb; ++ow) {
-              C v = ar[ow - owa] + bv;
+          const C* a = acc.data() + i * cols + si * t.len;
+          for (const RowSeg& r : t.rows) {
+            const C* ar = a + r.q;
+            T* yr = yp + r.oh * ys.h;
+            for (int64_t ow = r.owa; ow < r.owb; ++ow) {
+              C v = ar[ow - r.owa] + bv;
               if (relu && v < C(0)) v = C(0);  // NaN stays NaN, as torch's relu
-              yp[oh * ys.h + ow * ys.w] = static_cast<T>(v);
+              yr[ow * ys.w] = static_cast<T>(v);
             }
-          });
+          }
         }
       }
     }
@@ -418,6 +476,7 @@ void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Str
   const int64_t P = s.OH * s.OW, plane = s.H * s.W;
 
   // A = W[g]^T (K x OCg), packed once: panels of MR rows (c, kh, kw) over the depth OCg.
+  // (Read in place it would stride K elements per depth step: no locality at all.)
   const int64_t kpanels = ceil_div(K, mr), a_ps = OCg * mr;
   std::vector<C> wpack(G * kpanels * a_ps);
   at::parallel_for(0, G * kpanels, 1, [&](int64_t begin, int64_t end) {
@@ -431,20 +490,21 @@ void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Str
 
   // Tasks: (group, sample set, block of input channels). A sample set is one tile of
   // whole samples, or all the tiles of one large sample (done in order by one task).
-  const std::vector<ColTile> tiles = col_tiles(s.N, P, kColTile);
+  const std::vector<ColTile> tiles = col_tiles(s.N, P, s.OW, kColTile);
   std::vector<int64_t> set_begin;  // the first tile of each sample set
   for (int64_t i = 0; i < static_cast<int64_t>(tiles.size()); ++i)
-    if (i == 0 || tiles[i].p0 == 0) set_begin.push_back(i);
+    if (tiles[i].p0 == 0) set_begin.push_back(i);
   set_begin.push_back(tiles.size());
   const int64_t nsets = set_begin.size() - 1;
   // Channel blocks start on a panel boundary: a multiple of MR / gcd(KK, MR) channels.
-  // They are also bounded so one block's dcol and dx scratch stay a few MiB.
+  // At most ~2048 rows each, which bounds the dcol scratch.
   const int64_t step = mr / std::gcd(KK, mr);
   int64_t nblocks = std::clamp<int64_t>(ceil_div(task_target(), G * nsets), 1, ceil_div(Cg, step));
   nblocks = std::max(nblocks, ceil_div(K, 2048));
   const int64_t block_ch = round_up(ceil_div(Cg, nblocks), step);
 
   at::parallel_for(0, G * nsets * nblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> tab;
     std::vector<C> bpack, dcol, acc;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / (nsets * nblocks), si = task / nblocks % nsets, bi = task % nblocks;
@@ -452,7 +512,8 @@ void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Str
       if (c0 >= Cg) continue;
       const int64_t nch = std::min(Cg, c0 + block_ch) - c0, rows = nch * KK;
       const ColTile& first = tiles[set_begin[si]];
-      acc.assign(first.ns * nch * plane, C(0));
+      acc.assign(first.ns * nch * plane, C(0));  // dx of the task: [samples][nch][H][W]
+      const gemm::OperandA<C> A{wpack.data() + (g * kpanels + c0 * KK / mr) * a_ps, a_ps, false};
       for (int64_t ti = set_begin[si]; ti < set_begin[si + 1]; ++ti) {
         const ColTile& t = tiles[ti];
         const int64_t cols = t.cols();
@@ -461,10 +522,11 @@ void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Str
         for (int64_t o0 = 0; o0 < OCg; o0 += kDepth) {
           const int64_t oc = std::min(kDepth, OCg - o0);
           gemm::pack_col_lanes(rows_view(dy, s.OC, P, g * OCg, t), o0, oc, nr, bpack.data());
-          gemm::gemm_packed(uk, rows, cols, oc, wpack.data() + (g * kpanels + c0 * KK / mr) * a_ps + o0 * mr,
-                            a_ps, bpack.data(), oc * nr, dcol.data(), cols);
+          const gemm::OperandA<C> Ad{A.p + o0 * mr, A.ld, false};
+          gemm::gemm(uk, rows, cols, oc, Ad, bpack.data(), oc * nr, dcol.data(), cols);
         }
-        col2im_add(dcol.data(), s, t, nch, acc.data());
+        tap_table(s, t, nch * plane, tab);
+        col2im_add(dcol.data(), s, rows, cols, tab, acc.data());
       }
       for (int64_t sn = 0; sn < first.ns; ++sn)
         for (int64_t c = 0; c < nch; ++c) {
@@ -500,12 +562,12 @@ void bwd_weight_gemm(const T* dy, const T* x, T* dw, const ConvShape s, const St
   const auto& uk = gemm::micro_kernel<C>();
   const int64_t mr = uk.mr, nr = uk.nr;
   const int64_t G = s.groups, Cg = s.Cg(), OCg = s.OCg(), KK = s.KH * s.KW, K = Cg * KK;
-  const int64_t P = s.OH * s.OW;
+  const int64_t P = s.OH * s.OW, plane = s.H * s.W;
 
   // The depth (all samples and positions) in fixed chunks: the summation order.
-  const std::vector<ColTile> chunks = col_tiles(s.N, P, kDepth);
+  const std::vector<ColTile> chunks = col_tiles(s.N, P, s.OW, kDepth);
   // Tasks: (group, block of output channels, block of K), a tile of dW each. Tiles of
-  // up to 128 x 256 (the B operand, im2col'd per tile, is shared by its 128 rows), made
+  // up to 128 x 256 (the B operand, gathered per tile, is shared by its 128 rows), made
   // smaller when there are too few of them for the threads.
   int64_t mt = std::min(round_up(OCg, mr), std::max<int64_t>(mr, 128 / mr * mr));
   int64_t kt = std::min(round_up(K, nr), std::max<int64_t>(nr, 256 / nr * nr));
@@ -518,7 +580,8 @@ void bwd_weight_gemm(const T* dy, const T* x, T* dw, const ConvShape s, const St
   const bool direct_col = col_is_x(s);
 
   at::parallel_for(0, G * mblocks * kblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<C> col, apack, bpack, acc;
+    std::vector<int64_t> tab;
+    std::vector<C> apack, bpack, acc;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / (mblocks * kblocks), mi = task / kblocks % mblocks, ki = task % kblocks;
       const int64_t m0 = mi * mt, rows = std::min(mt, OCg - m0), k0 = ki * kt, kn = std::min(kt, K - k0);
@@ -531,24 +594,19 @@ void bwd_weight_gemm(const T* dy, const T* x, T* dw, const ConvShape s, const St
         if (direct_col) {
           gemm::pack_row_lanes(rows_view(x, s.C, P, g * Cg, t), k0, kn, nr, bpack.data());
         } else {
-          col.resize(kn * depth);
-          im2col(x, s, g, t, k0, kn, col.data());
-          gemm::pack_row_lanes(Strided2D<C>{col.data(), depth, t.len, t.len, t.ns}, 0, kn, nr, bpack.data());
+          tap_table(s, t, s.C * plane, tab);
+          gather_row_lanes(x + (t.n0 * s.C + g * Cg) * plane, s, tab, depth, k0, kn, nr, bpack.data());
         }
-        gemm::gemm_packed(uk, rows, kn, depth, apack.data(), depth * mr, bpack.data(), depth * nr, acc.data(), kn);
+        gemm::gemm(uk, rows, kn, depth, gemm::OperandA<C>{apack.data(), depth * mr, false}, bpack.data(),
+                   depth * nr, acc.data(), kn);
       }
       // k = (c, kh, kw) of column j, stepped without divisions (this loop touches all of dW)
-      const int64_t c_first = k0 / KK, kh_first = k0 % KK / s.KW, kw_first = k0 % s.KW;
       for (int64_t i = 0; i < rows; ++i) {
         T* out = dw + (g * OCg + m0 + i) * wst.n;
         const C* a = acc.data() + i * kn;
-        for (int64_t j = 0, c = c_first, kh = kh_first, kw = kw_first; j < kn; ++j) {
-          out[c * wst.c + kh * wst.h + kw * wst.w] = static_cast<T>(a[j]);
-          if (++kw == s.KW) {
-            kw = 0;
-            if (++kh == s.KH) kh = 0, ++c;
-          }
-        }
+        RowIter k(k0, s.KH, s.KW);
+        for (int64_t j = 0; j < kn; ++j, k.next())
+          out[k.c * wst.c + k.kh * wst.h + k.kw * wst.w] = static_cast<T>(a[j]);
       }
     }
   });

@@ -47,6 +47,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define PYDL_GEMM_X86 1
@@ -59,14 +60,18 @@ namespace gemm {
 
 constexpr int kMaxTile = 16 * 16;  // largest MR * NR of any kernel below (scratch for edge tiles)
 
-// One MR x NR tile: c[i * ldc + j] += sum_{d < depth} a[d * MR + i] * b[d * NR + j].
+// One MR x NR tile: c[i * ldc + j] += sum_{d < depth} A(i, d) * b[d * NR + j], where A is
+// a packed panel, A(i, d) = a[d * MR + i] (lda unused), or rows of a row-major matrix read
+// in place, A(i, d) = a[i * lda + d]. The second form lets the forward use the weight
+// as it is: the broadcast operand needs no transposition (packing the weight would be a
+// pass over all of it per call, as long as the GEMM itself on ResNet's 2x2 layers).
 template <class C>
-using MicroFn = void (*)(int64_t depth, const C* a, const C* b, C* c, int64_t ldc);
+using MicroFn = void (*)(int64_t depth, const C* a, int64_t lda, const C* b, C* c, int64_t ldc);
 
 template <class C>
 struct MicroKernel {
   int mr, nr;
-  MicroFn<C> fn;
+  MicroFn<C> packed, row_major;  // the two forms of A above
   const char* isa;
 };
 
@@ -81,18 +86,18 @@ struct VecOf {
 
 // The micro-kernel body, inlined into one function per target ISA (below). MR rows, NV
 // vectors of L lanes per row (NR = NV * L).
-template <class C, int MR, int NV, int L>
-PYDL_ALWAYS_INLINE void micro_tile(int64_t depth, const C* a, const C* b, C* c, int64_t ldc) {
+template <class C, int MR, int NV, int L, bool kRowMajorA>
+PYDL_ALWAYS_INLINE void micro_tile(int64_t depth, const C* a, int64_t lda, const C* b, C* c, int64_t ldc) {
   using V = typename VecOf<C, L>::type;
   V acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) acc[i][v] = V{};
-  for (int64_t d = 0; d < depth; ++d, a += MR, b += NV * L) {
+  for (int64_t d = 0; d < depth; ++d, a += kRowMajorA ? 1 : MR, b += NV * L) {
     V bv[NV];
     for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + v * L, sizeof(V));  // an unaligned load
 #pragma GCC unroll 32
     for (int i = 0; i < MR; ++i) {
-      const C ai = a[i];  // broadcast: vector * scalar multiplies every lane by ai
+      const C ai = kRowMajorA ? a[i * lda] : a[i];  // vector * scalar: ai times every lane
       for (int v = 0; v < NV; ++v) acc[i][v] += bv[v] * ai;
     }
   }
@@ -106,31 +111,31 @@ PYDL_ALWAYS_INLINE void micro_tile(int64_t depth, const C* a, const C* b, C* c, 
 }
 
 // default target: 16 x 128-bit registers (SSE2, NEON)
-template <class C>
-void micro_default(int64_t depth, const C* a, const C* b, C* c, int64_t ldc) {
-  micro_tile<C, 6, 2, 16 / sizeof(C)>(depth, a, b, c, ldc);
+template <class C, bool kRowMajorA>
+void micro_default(int64_t depth, const C* a, int64_t lda, const C* b, C* c, int64_t ldc) {
+  micro_tile<C, 6, 2, 16 / sizeof(C), kRowMajorA>(depth, a, lda, b, c, ldc);
 }
 #if PYDL_GEMM_X86
-template <class C>
-__attribute__((target("avx2,fma"))) void micro_avx2(int64_t depth, const C* a, const C* b, C* c,
-                                                    int64_t ldc) {
-  micro_tile<C, 6, 2, 32 / sizeof(C)>(depth, a, b, c, ldc);
+template <class C, bool kRowMajorA>
+__attribute__((target("avx2,fma"))) void micro_avx2(int64_t depth, const C* a, int64_t lda, const C* b,
+                                                    C* c, int64_t ldc) {
+  micro_tile<C, 6, 2, 32 / sizeof(C), kRowMajorA>(depth, a, lda, b, c, ldc);
 }
-template <class C>
-__attribute__((target("avx512f,avx2,fma"))) void micro_avx512(int64_t depth, const C* a, const C* b,
-                                                              C* c, int64_t ldc) {
-  micro_tile<C, 16, 1, 64 / sizeof(C)>(depth, a, b, c, ldc);
+template <class C, bool kRowMajorA>
+__attribute__((target("avx512f,avx2,fma"))) void micro_avx512(int64_t depth, const C* a, int64_t lda,
+                                                              const C* b, C* c, int64_t ldc) {
+  micro_tile<C, 16, 1, 64 / sizeof(C), kRowMajorA>(depth, a, lda, b, c, ldc);
 }
 #endif
 
 #else  // not GCC/Clang: a plain scalar tile, the compiler may vectorize it
-template <class C>
-void micro_default(int64_t depth, const C* a, const C* b, C* c, int64_t ldc) {
+template <class C, bool kRowMajorA>
+void micro_default(int64_t depth, const C* a, int64_t lda, const C* b, C* c, int64_t ldc) {
   constexpr int MR = 4, NR = 4;
   C acc[MR][NR] = {};
-  for (int64_t d = 0; d < depth; ++d, a += MR, b += NR)
+  for (int64_t d = 0; d < depth; ++d, a += kRowMajorA ? 1 : MR, b += NR)
     for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) acc[i][j] += a[i] * b[j];
+      for (int j = 0; j < NR; ++j) acc[i][j] += (kRowMajorA ? a[i * lda] : a[i]) * b[j];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) c[i * ldc + j] += acc[i][j];
 }
@@ -139,9 +144,10 @@ void micro_default(int64_t depth, const C* a, const C* b, C* c, int64_t ldc) {
 template <class C>
 MicroKernel<C> pick_kernel() {
 #if defined(__GNUC__)
-  const MicroKernel<C> fallback{6, int(2 * 16 / sizeof(C)), &micro_default<C>, "default"};
+  const MicroKernel<C> fallback{6, int(2 * 16 / sizeof(C)), &micro_default<C, false>, &micro_default<C, true>,
+                                "default"};
 #else
-  const MicroKernel<C> fallback{4, 4, &micro_default<C>, "default"};
+  const MicroKernel<C> fallback{4, 4, &micro_default<C, false>, &micro_default<C, true>, "default"};
 #endif
 #if PYDL_GEMM_X86
   const char* env = std::getenv("PYDL_CPU_GEMM");
@@ -149,8 +155,9 @@ MicroKernel<C> pick_kernel() {
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (cap != "avx2" && cap != "default" && avx2 && __builtin_cpu_supports("avx512f"))
-    return {16, int(64 / sizeof(C)), &micro_avx512<C>, "avx512"};
-  if (cap != "default" && avx2) return {6, int(2 * 32 / sizeof(C)), &micro_avx2<C>, "avx2"};
+    return {16, int(64 / sizeof(C)), &micro_avx512<C, false>, &micro_avx512<C, true>, "avx512"};
+  if (cap != "default" && avx2)
+    return {6, int(2 * 32 / sizeof(C)), &micro_avx2<C, false>, &micro_avx2<C, true>, "avx2"};
 #endif
   return fallback;
 }
@@ -163,24 +170,45 @@ const MicroKernel<C>& micro_kernel() {
 }
 
 // ----------------------------------------------------------------------- the block loop
-// C (M x N, ldc) += A (M x depth) * B (depth x N), both packed (A panels a_ps apart, B
-// panels b_ps apart; see the top of the file). Loop order: for each B panel (depth x NR,
-// small enough to stay in L1 while it is reused), every A panel streams past it (the
-// whole A block stays in L2 across the B panels).
+// The A operand of gemm(): packed panels (panel p at p[p * ld], see the top of the file),
+// or a row-major matrix read in place (row i at p[i * ld]).
 template <class C>
-void gemm_packed(const MicroKernel<C>& uk, int64_t M, int64_t N, int64_t depth, const C* Ap,
-                 int64_t a_ps, const C* Bp, int64_t b_ps, C* c, int64_t ldc) {
+struct OperandA {
+  const C* p;
+  int64_t ld;
+  bool row_major;
+};
+
+// C (M x N, ldc) += A (M x depth) * B (depth x N), B packed (panels b_ps apart). Loop
+// order: for each B panel (depth x NR, small enough to stay in L1 while it is reused),
+// every A panel streams past it (the whole A block stays in L2 across the B panels).
+template <class C>
+void gemm(const MicroKernel<C>& uk, int64_t M, int64_t N, int64_t depth, const OperandA<C>& A, const C* Bp,
+          int64_t b_ps, C* c, int64_t ldc) {
   const int mr = uk.mr, nr = uk.nr;
+  std::vector<C> edge;  // a row-major A's last, partial panel, packed with zero rows
   for (int64_t q = 0; q * nr < N; ++q) {
     const int64_t n = std::min<int64_t>(nr, N - q * nr);
+    const C* b = Bp + q * b_ps;
     for (int64_t p = 0; p * mr < M; ++p) {
       const int64_t m = std::min<int64_t>(mr, M - p * mr);
+      MicroFn<C> fn = A.row_major ? uk.row_major : uk.packed;
+      const C* a = A.row_major ? A.p + p * mr * A.ld : A.p + p * A.ld;
+      if (A.row_major && m < mr) {  // rows past M do not exist: never read them
+        if (edge.empty()) {
+          edge.assign(mr * depth, C(0));
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t d = 0; d < depth; ++d) edge[d * mr + i] = a[i * A.ld + d];
+        }
+        fn = uk.packed;
+        a = edge.data();
+      }
       C* ct = c + p * mr * ldc + q * nr;
       if (m == mr && n == nr) {
-        uk.fn(depth, Ap + p * a_ps, Bp + q * b_ps, ct, ldc);
+        fn(depth, a, A.ld, b, ct, ldc);
       } else {  // an edge tile: compute the full tile aside, add the part inside C
         C tmp[kMaxTile] = {};
-        uk.fn(depth, Ap + p * a_ps, Bp + q * b_ps, tmp, nr);
+        fn(depth, a, A.ld, b, tmp, nr);
         for (int64_t i = 0; i < m; ++i)
           for (int64_t j = 0; j < n; ++j) ct[i * ldc + j] += tmp[i * nr + j];
       }
