@@ -67,6 +67,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -142,19 +143,24 @@ std::vector<ColTile> col_tiles(int64_t N, int64_t P, int64_t OW, int64_t target)
 void tap_table(const ConvShape& s, const ColTile& t, int64_t sample_stride, std::vector<int64_t>& tab) {
   const int64_t cols = t.cols();
   tab.resize(s.KH * s.KW * cols);
-  for (int64_t kh = 0; kh < s.KH; ++kh)
+  for (int64_t kh = 0; kh < s.KH; ++kh) {
+    const Range rh = tap_range(s.H, s.OH, s.sh, s.ph, kh * s.dh);
     for (int64_t kw = 0; kw < s.KW; ++kw) {
-      int64_t* out = tab.data() + (kh * s.KW + kw) * cols;
+      const Range rw = tap_range(s.W, s.OW, s.sw, s.pw, kw * s.dw);
       for (int64_t si = 0; si < t.ns; ++si)
         for (const RowSeg& r : t.rows) {
-          const int64_t ih = r.oh * s.sh - s.ph + kh * s.dh;
-          for (int64_t ow = r.owa; ow < r.owb; ++ow) {
-            const int64_t iw = ow * s.sw - s.pw + kw * s.dw;
-            const bool inside = ih >= 0 && ih < s.H && iw >= 0 && iw < s.W;
-            out[si * t.len + r.q + ow - r.owa] = inside ? si * sample_stride + ih * s.W + iw : -1;
-          }
+          int64_t* o = tab.data() + (kh * s.KW + kw) * cols + si * t.len + r.q;  // o[ow - owa]
+          // inside the input for ow in [lo, hi) of this row (none if the row ih is outside)
+          const bool row_in = r.oh >= rh.lo && r.oh < rh.hi;
+          const int64_t lo = row_in ? std::clamp(rw.lo, r.owa, r.owb) : r.owb;
+          const int64_t hi = row_in ? std::clamp(rw.hi, lo, r.owb) : r.owb;
+          const int64_t base = si * sample_stride + (r.oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw;
+          for (int64_t ow = r.owa; ow < lo; ++ow) o[ow - r.owa] = -1;
+          for (int64_t ow = lo; ow < hi; ++ow) o[ow - r.owa] = base + ow * s.sw;
+          for (int64_t ow = hi; ow < r.owb; ++ow) o[ow - r.owa] = -1;
         }
     }
+  }
 }
 
 // Steps row k = (c, kh, kw) of the column matrix (tap = kh*KW + kw) without divisions.
@@ -186,8 +192,12 @@ void gather_col_lanes(const T* xg, const ConvShape& s, const std::vector<int64_t
       C* o = dst + q * depth * nr + kk * nr;
       const int64_t* e = tr + q * nr;
       const int64_t n = std::min<int64_t>(nr, cols - q * nr);
-      for (int64_t l = 0; l < n; ++l) o[l] = e[l] < 0 ? C(0) : static_cast<C>(xc[e[l]]);
-      for (int64_t l = n; l < nr; ++l) o[l] = C(0);
+      if (n == nr) {
+        gemm::for_lanes(nr, [&](int l) { o[l] = e[l] < 0 ? C(0) : static_cast<C>(xc[e[l]]); });
+      } else {
+        for (int64_t l = 0; l < n; ++l) o[l] = e[l] < 0 ? C(0) : static_cast<C>(xc[e[l]]);
+        for (int64_t l = n; l < nr; ++l) o[l] = C(0);
+      }
     }
   }
 }
@@ -257,7 +267,7 @@ inline int64_t task_target() { return 2 * static_cast<int64_t>(at::get_num_threa
 // For depthwise-like convolutions (see use_direct): one output plane per task, an inner
 // loop over ow (the previous version of this file, kept for these cases).
 inline bool use_direct(const ConvShape& s) {
-  return s.OCg() * s.Cg() <= 2 || s.Cg() * s.KH * s.KW < 4;
+  return s.Cg() == 1 || s.OCg() < 4 || s.Cg() * s.KH * s.KW < 16;
 }
 
 template <typename T>
@@ -383,15 +393,15 @@ void fwd_gemm(const T* x, const T* w, const T* b, T* y, const ConvShape s, const
   // A = W[g] (OCg x K), read in place as a row-major matrix; a 16-bit weight is converted
   // to C once.
   const C* wc = nullptr;
-  std::vector<C> wconv;
+  std::unique_ptr<C[]> wconv;
   if constexpr (std::is_same_v<T, C>) {
     wc = w;
   } else {
-    wconv.resize(s.OC * K);
+    wconv.reset(new C[s.OC * K]);
     at::parallel_for(0, s.OC, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin * K; i < end * K; ++i) wconv[i] = static_cast<C>(w[i]);
     });
-    wc = wconv.data();
+    wc = wconv.get();
   }
 
   // Tasks: (group, column tile, block of output channels). Blocks of channels only when
@@ -476,15 +486,15 @@ void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Str
   const int64_t P = s.OH * s.OW, plane = s.H * s.W;
 
   // A = W[g]^T (K x OCg), packed once: panels of MR rows (c, kh, kw) over the depth OCg.
-  // (Read in place it would stride K elements per depth step: no locality at all.)
-  const int64_t kpanels = ceil_div(K, mr), a_ps = OCg * mr;
-  std::vector<C> wpack(G * kpanels * a_ps);
-  at::parallel_for(0, G * kpanels, 1, [&](int64_t begin, int64_t end) {
+  // (Read in place it would stride K elements per depth step: no locality at all.) The
+  // columns of W[g] become the lanes; 16 rows of W at a time, so W is read row by row.
+  const int64_t kpanels = ceil_div(K, mr), a_ps = OCg * mr, dblocks = ceil_div(OCg, 16);
+  std::unique_ptr<C[]> wpack(new C[G * kpanels * a_ps]);  // uninitialized: every entry is written
+  at::parallel_for(0, G * dblocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t g = i / kpanels, k0 = i % kpanels * mr;
-      // columns k0 .. k0+MR-1 of W[g] (OCg x K) become the MR lanes of one panel
-      gemm::pack_col_lanes(Strided2D<T>{w + g * OCg * K + k0, K, 0, std::min(mr, K - k0), 1}, 0, OCg, mr,
-                           wpack.data() + i * a_ps);
+      const int64_t g = i / dblocks, d0 = i % dblocks * 16;
+      gemm::pack_col_lanes(Strided2D<T>{w + g * OCg * K, K, 0, K, 1}, d0, std::min<int64_t>(16, OCg - d0), mr,
+                           wpack.get() + g * kpanels * a_ps + d0 * mr, a_ps);
     }
   });
 
@@ -513,7 +523,7 @@ void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Str
       const int64_t nch = std::min(Cg, c0 + block_ch) - c0, rows = nch * KK;
       const ColTile& first = tiles[set_begin[si]];
       acc.assign(first.ns * nch * plane, C(0));  // dx of the task: [samples][nch][H][W]
-      const gemm::OperandA<C> A{wpack.data() + (g * kpanels + c0 * KK / mr) * a_ps, a_ps, false};
+      const gemm::OperandA<C> A{wpack.get() + (g * kpanels + c0 * KK / mr) * a_ps, a_ps, false};
       for (int64_t ti = set_begin[si]; ti < set_begin[si + 1]; ++ti) {
         const ColTile& t = tiles[ti];
         const int64_t cols = t.cols();
@@ -600,10 +610,16 @@ void bwd_weight_gemm(const T* dy, const T* x, T* dw, const ConvShape s, const St
         gemm::gemm(uk, rows, kn, depth, gemm::OperandA<C>{apack.data(), depth * mr, false}, bpack.data(),
                    depth * nr, acc.data(), kn);
       }
-      // k = (c, kh, kw) of column j, stepped without divisions (this loop touches all of dW)
+      // the tile of dW: contiguous rows when dW is NCHW, else through its strides (with
+      // k = (c, kh, kw) stepped without divisions: this loop touches all of dW)
+      const bool nchw = wst.w == 1 && wst.h == s.KW && wst.c == KK;
       for (int64_t i = 0; i < rows; ++i) {
         T* out = dw + (g * OCg + m0 + i) * wst.n;
         const C* a = acc.data() + i * kn;
+        if (nchw) {
+          for (int64_t j = 0; j < kn; ++j) out[k0 + j] = static_cast<T>(a[j]);
+          continue;
+        }
         RowIter k(k0, s.KH, s.KW);
         for (int64_t j = 0; j < kn; ++j, k.next())
           out[k.c * wst.c + k.kh * wst.h + k.kw * wst.w] = static_cast<T>(a[j]);

@@ -55,6 +55,12 @@
 #define PYDL_GEMM_X86 0
 #endif
 
+#if defined(__GNUC__)
+#define PYDL_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define PYDL_ALWAYS_INLINE inline
+#endif
+
 namespace pydl {
 namespace gemm {
 
@@ -76,7 +82,6 @@ struct MicroKernel {
 };
 
 #if defined(__GNUC__)
-#define PYDL_ALWAYS_INLINE inline __attribute__((always_inline))
 
 // L values of type C in one SIMD register: a GCC/Clang vector type.
 template <class C, int L>
@@ -226,26 +231,44 @@ struct Strided2D {
   int64_t cols() const { return ns * len; }
 };
 
+// Calls body(l) for l < lanes. The lane counts of the kernels above get a compile-time
+// trip count, so the loop is unrolled and vectorized: with a run-time count of ~16 the
+// compiler would turn a copy into a call to memmove, which costs more than the copy.
+template <class F>
+PYDL_ALWAYS_INLINE void for_lanes(int lanes, F&& body) {
+  switch (lanes) {
+    case 16: for (int l = 0; l < 16; ++l) body(l); return;
+    case 8: for (int l = 0; l < 8; ++l) body(l); return;
+    case 6: for (int l = 0; l < 6; ++l) body(l); return;
+    case 4: for (int l = 0; l < 4; ++l) body(l); return;
+    default: for (int l = 0; l < lanes; ++l) body(l);
+  }
+}
+
 // Lanes along the columns (the B layout, also A = W^T): the depth runs over rows
 // [r0, r0 + depth) of src, the `lanes` lanes of a panel over consecutive columns.
-//   dst[q * depth * lanes + d * lanes + l] = src(r0 + d, q * lanes + l), zero past the last column.
+//   dst[q * ps + d * lanes + l] = src(r0 + d, q * lanes + l), zero past the last column,
+// with panel stride ps = depth * lanes unless given (to fill a slice of longer panels).
 template <class C, class Src>
-void pack_col_lanes(const Strided2D<Src>& src, int64_t r0, int64_t depth, int lanes, C* dst) {
+void pack_col_lanes(const Strided2D<Src>& src, int64_t r0, int64_t depth, int lanes, C* dst, int64_t ps = 0) {
   const int64_t cols = src.cols();
+  if (ps == 0) ps = depth * lanes;
   int64_t off[64];  // lanes <= 64: the source offset of each lane's column within a row
-  for (int64_t q = 0; q * lanes < cols; ++q, dst += depth * lanes) {
+  for (int64_t q = 0; q * lanes < cols; ++q, dst += ps) {
     const int64_t j0 = q * lanes, n = std::min<int64_t>(lanes, cols - j0);
-    const bool one_run = j0 / src.len == (j0 + n - 1) / src.len;
     for (int64_t l = 0; l < n; ++l) off[l] = (j0 + l) / src.len * src.ss + (j0 + l) % src.len;
+    if (n == lanes && off[lanes - 1] - off[0] == lanes - 1) {  // the common case: one contiguous run
+      for (int64_t d = 0; d < depth; ++d) {
+        const Src* r = src.p + (r0 + d) * src.rs + off[0];
+        C* o = dst + d * lanes;
+        for_lanes(lanes, [&](int l) { o[l] = static_cast<C>(r[l]); });
+      }
+      continue;
+    }
     for (int64_t d = 0; d < depth; ++d) {
       const Src* row = src.p + (r0 + d) * src.rs;
       C* o = dst + d * lanes;
-      if (one_run) {  // the common case: the lanes read contiguous source values
-        const Src* r = row + off[0];
-        for (int64_t l = 0; l < n; ++l) o[l] = static_cast<C>(r[l]);
-      } else {
-        for (int64_t l = 0; l < n; ++l) o[l] = static_cast<C>(row[off[l]]);
-      }
+      for (int64_t l = 0; l < n; ++l) o[l] = static_cast<C>(row[off[l]]);
       for (int64_t l = n; l < lanes; ++l) o[l] = C(0);
     }
   }
