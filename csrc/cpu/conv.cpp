@@ -22,21 +22,31 @@
 // long and the machine idles. As a GEMM, every value brought into a register is reused
 // MR or NR times, whatever the spatial size.
 //
-// The GEMM (csrc/cpu/gemm.h) is the classic Goto/BLIS one: operands are packed into
-// "panels" in the order the micro-kernel reads them; the micro-kernel keeps an MR x NR
-// tile of the result in registers (16 x 16 floats with AVX-512, 6 x 16 with AVX2,
-// chosen at run time) over a depth chunk of kDepth = 256 steps (a B panel of
-// 256 x 16 floats = 16 KiB stays in the 48 KiB L1 while the A panels stream from L2).
-// The column matrix is never built whole: it is made kDepth rows x ~256 columns at a
-// time (a tile of the output columns, one task's worth), so scratch is bounded per
-// thread. A 1x1, stride-1, unpadded convolution's column matrix is x itself: it is
-// packed straight from x. Operands of type float16/bfloat16 are converted to float when
-// they are packed; sums are float (double for double) and round once to the output.
+// The GEMM (csrc/cpu/gemm.h) is the classic Goto/BLIS one: the micro-kernel keeps an
+// MR x NR tile of the result in registers (16 x 16 floats with AVX-512, 6 x 16 with AVX2,
+// chosen at run time; gemm.h says why these shapes) while it runs through one chunk of
+// the depth, kDepth = 256 steps: its B panel (256 x 16 floats = 16 KiB) stays in the
+// 48 KiB L1 while the A panels stream past from L2. How the operands reach it:
+//   forward:     A = W[g], read in place as a row-major matrix (A is the operand the
+//                micro-kernel broadcasts, so it needs no transposition, and copying the
+//                weight would cost as much as the GEMM on the 2x2 layers);
+//                B = col(x), gathered straight into panels of NR columns.
+//   input grad:  A = W[g]^T, packed once per call into panels of MR rows (in place it
+//                would be read with a stride of K elements per step); B = dY[g].
+//   weight grad: A = dY[g] and B = col(x)^T, both packed per depth chunk; the depth is
+//                the samples x positions.
+// The column matrix is never built whole: a task gathers kDepth rows x one tile of about
+// kColTile = 256 output columns at a time (bounded scratch per thread), through a table
+// of where each (tap, column) of the tile reads x, built once per tile and shared by all
+// channels (tap_table). Its cost per element does not depend on the map size -- copying
+// row segments instead is mostly per-segment overhead on 2x2 and 4x4 maps. A 1x1,
+// stride-1, unpadded convolution's column matrix is x itself: it is packed from x.
+// float16/bfloat16 operands are converted to float when packed (the forward's weight once
+// per call); sums are float (double for double) and round once to the output.
 //
 // Parallel decomposition (at::parallel_for over tasks; every task writes its own outputs,
 // so there are no atomics and no races):
 //   forward:     task = (group, column tile, block of output channels) -> those y values.
-//                The weight is packed once per call, shared read-only.
 //   input grad:  task = (group, set of whole samples, block of input channels) -> those
 //                dx planes. Channel blocks start on a (c, kh, kw) row that begins an A
 //                panel, and a dx channel only receives dcol rows of its own channel, so
@@ -48,11 +58,13 @@
 // micro-kernel adds the terms of a chunk in order in one lane and adds that to the
 // result once per chunk, in chunk order; the col2im adds of a dx pixel come in the order
 // of the (shape-only) column tiles and rows. Only the split into tasks (how many channel
-// blocks) follows the thread count, and no element's sum crosses that split.
+// blocks, how big the dW tiles) follows the thread count, and no element's sum crosses
+// that split.
 //
-// Small cases (depthwise: one input and one output channel per group, or a K that is
-// tiny) use a direct convolution instead: a GEMM with M = 1 would waste most of each
-// micro-kernel tile. See use_direct().
+// Small cases use a direct convolution instead (use_direct): one input channel per group
+// (depthwise), fewer than 4 output channels per group or K < 16. Their GEMMs would have a
+// dimension of 1 to 3 -- most of a 16 x 16 register tile wasted -- or a depth too short
+// to pay for loading and storing the tile.
 //
 // Layout: the kernels read NCHW-contiguous operands (a channels_last operand is made
 // contiguous first -- a copy, no arithmetic) and write the output through its strides, so
@@ -103,8 +115,8 @@ struct RowSeg {
 
 // A tile of columns of the column matrix: positions [p0, p0 + len) of the samples
 // [n0, n0 + ns). Column s*len + q of the tile is position p0 + q of sample n0 + s.
-// `rows` are those positions cut at output-row boundaries (computed once: the inner
-// loops walk them for every row of the column matrix).
+// `rows` are those positions cut at output-row boundaries, computed once per tile for the
+// loops that need (oh, ow) (tap_table, the forward's epilogue) -- without a division each.
 struct ColTile {
   int64_t n0, ns, p0, len;
   std::vector<RowSeg> rows;
@@ -264,8 +276,8 @@ Strided2D<S> rows_view(const S* base, int64_t channels, int64_t plane, int64_t f
 inline int64_t task_target() { return 2 * static_cast<int64_t>(at::get_num_threads()); }
 
 // --------------------------------------------------------------------- direct kernels
-// For depthwise-like convolutions (see use_direct): one output plane per task, an inner
-// loop over ow (the previous version of this file, kept for these cases).
+// For depthwise-like convolutions (see the top of the file): one output plane per task,
+// an inner loop over ow (the previous version of this file, kept for these cases).
 inline bool use_direct(const ConvShape& s) {
   return s.Cg() == 1 || s.OCg() < 4 || s.Cg() * s.KH * s.KW < 16;
 }
