@@ -78,7 +78,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
 #include <memory>
 #include <numeric>
 #include <type_traits>
