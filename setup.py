@@ -74,6 +74,12 @@ def _extension():
     macros = [("TORCH_VERSION_BUILT", f'"{torch.__version__}"')]
     cxx = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG"]
     cxx += ["-fvisibility=hidden"]  # the C++ standard is torch's choice (C++20 for torch >= 2.13)
+    # at::parallel_for (the CPU kernels' threading) is inline: it runs its tasks on
+    # torch's OpenMP threads only where _OPENMP is defined, i.e. when compiled with
+    # -fopenmp -- without it every loop runs on one thread. Linking -fopenmp resolves to
+    # the libgomp torch already loaded (same soname): one OpenMP runtime in the process.
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    cxx += openmp
     nvcc = ["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-DNDEBUG", "-lineinfo"]
     nvcc += ["--expt-relaxed-constexpr"]
     if with_cuda:
@@ -88,10 +94,10 @@ def _extension():
                    ("PYDL_CUDA_VERSION", f'"{torch.version.cuda}"')]
         return CUDAExtension("pydl._C", srcs, define_macros=macros,
                              include_dirs=[os.path.join(ROOT, "csrc")],
-                             extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+                             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=openmp)
     return CppExtension("pydl._C", srcs, define_macros=macros,
                         include_dirs=[os.path.join(ROOT, "csrc")],
-                        extra_compile_args={"cxx": cxx})
+                        extra_compile_args={"cxx": cxx}, extra_link_args=openmp)
 
 
 setup(

@@ -351,6 +351,100 @@ def test_tf32_mode(backend):
     assert err < 288 * 2 ** -10, err
 
 
+# ------------------------------------------------ the CPU kernels' GEMM path (csrc/cpu)
+# CONFIGS above are small, and most of their grouped rows have so few channels per group
+# that the CPU kernels take their direct path (csrc/cpu/conv.cpp, use_direct). These rows
+# reach the GEMM path's corners: several column tiles per sample with a ragged last one,
+# tiles of several whole samples, a depth (K or OCg) over the 256-step chunk, output
+# channels that leave a partial register tile, the 1x1 path that reads x in place (and a
+# padded 1x1 that must not), grouped and strided/dilated/non-square geometry.
+CPU_GEMM = [
+    ("gemm_groups2", 3, 8, 9, 7, 8, (3, 3), {"padding": 1, "groups": 2}, True),
+    ("gemm_tiles_per_sample", 2, 4, 23, 23, 20, (3, 3), {"padding": 1}, True),
+    ("gemm_K_over_256", 3, 40, 5, 5, 24, (3, 3), {"padding": 1}, False),
+    ("gemm_OC_over_256", 2, 4, 4, 4, 272, (3, 3), {"padding": 1}, True),
+    ("gemm_1x1_in_place", 2, 20, 6, 5, 18, (1, 1), {}, True),
+    ("gemm_1x1_padded", 2, 20, 4, 3, 18, (1, 1), {"padding": (1, 0)}, False),
+    ("gemm_mixed_g3", 2, 12, 11, 13, 12, (3, 5), {"stride": (2, 1), "padding": (1, 2), "dilation": (2, 1),
+                                                "groups": 3}, True),
+    ("gemm_stem_7x7_s2", 2, 3, 20, 18, 16, (7, 7), {"stride": 2, "padding": 3}, False),
+]
+
+
+@pytest.mark.parametrize("row", CPU_GEMM, ids=_ids(CPU_GEMM))
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cpu_gemm_path(row, dtype, layout):
+    if not pydl.backends()["cpu"].usable:
+        pytest.skip("the C++ extension is not built")
+    _run(row, "cpu", dtype, "cpu", layout)
+
+
+_ISA_SCRIPT = r"""
+import torch, torch.nn.functional as TF, pydl.functional as F
+torch.manual_seed(0)
+for dt in (torch.float32, torch.float64):
+    for (n, c, h, w, oc, k, kw) in [(2, 8, 9, 7, 20, 3, dict(padding=1, groups=2)),
+                                    (3, 40, 5, 5, 24, 3, dict(stride=2, padding=1)),
+                                    (2, 20, 6, 5, 18, 1, {})]:
+        x = torch.randn(n, c, h, w, dtype=dt, requires_grad=True)
+        wt = torch.randn(oc, c // kw.get("groups", 1), k, k, dtype=dt, requires_grad=True)
+        y = F.conv2d(x, wt, backend="cpu", **kw)
+        g = torch.randn_like(y)
+        gx, gw = torch.autograd.grad(y, [x, wt], g)
+        xr, wr = x.detach().double().requires_grad_(), wt.detach().double().requires_grad_()
+        yr = TF.conv2d(xr, wr, **kw)
+        gxr, gwr = torch.autograd.grad(yr, [xr, wr], g.double())
+        tol = 1e-4 if dt == torch.float32 else 1e-10
+        for a, r in ((y, yr), (gx, gxr), (gw, gwr)):
+            assert (a.double() - r).abs().max() <= tol * max(1.0, r.abs().max()), (dt, n, c, oc)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["default", "avx2"])
+def test_cpu_gemm_other_isas(isa):
+    """The micro-kernel is chosen at run time (AVX-512, AVX2, baseline): PYDL_CPU_GEMM caps
+    the choice, so the kernels this machine would not pick are checked here too."""
+    if not pydl.backends()["cpu"].usable:
+        pytest.skip("the C++ extension is not built")
+    env = dict(os.environ, PYDL_CPU_GEMM=isa)
+    run = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
+
+
+def test_cpu_deterministic_any_thread_count():
+    """Every CPU conv output is a sum in a fixed order: bitwise equal run to run and for
+    any number of threads (the weight gradient sums over the whole batch)."""
+    if not pydl.backends()["cpu"].usable:
+        pytest.skip("the C++ extension is not built")
+    ops = torch.ops.pydl
+    x = make_input((5, 24, 13, 11), torch.float32)
+    w = make_input((40, 12, 3, 3), torch.float32, seed=1)
+    geom = ([1, 2], [1, 1, 1, 1], [1, 1], 2)
+    y = ops.conv2d_fwd(x, w, None, *geom, "none", False)
+    g = make_input(y.shape, torch.float32, seed=2)
+
+    def run():
+        return [ops.conv2d_fwd(x, w, None, *geom, "relu", False),
+                ops.conv2d_bwd_input(g, w, list(x.shape), *geom, False),
+                ops.conv2d_bwd_weight(g, x, list(w.shape), *geom, False),
+                ops.conv2d_bwd_bias(g)]
+
+    old = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 3, 1, 2):
+            torch.set_num_threads(threads)
+            results.append(run())
+    finally:
+        torch.set_num_threads(old)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
 # ------------------------------------------- CUDA kernels, emulated on the host (no GPU)
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,19 +8,63 @@
 //   where ih = oh*sh - ph + kh*dh, iw = ow*sw - pw + kw*dw (geometry in csrc/conv_shape.h),
 //   and terms with (ih, iw) outside the input are zero (zero padding).
 //
-// Algorithm: direct convolution, written as "scaled row updates". For a fixed weight tap
-// (c, kh, kw) the contribution to a whole output plane is wv * (a strided window of the
-// input plane), so the innermost loop is acc[oh, ow] += wv * x[ih, ow*sw + off]: a
-// straight loop over ow the compiler vectorizes. The valid oh/ow ranges of each tap are
-// computed up front (tap_range) so the inner loops carry no padding branches. Accumulators
-// are float for float/half/bfloat16 and double for double; the result is rounded once.
+// Algorithm: GEMM on column matrices. For one group g, let K = Cg*KH*KW, P = OH*OW, and
+// col(x[n, g]) the K x P "column matrix" with col[(c, kh, kw), (oh, ow)] = x[n, g*Cg+c, ih, iw]
+// (0 in the padding). Putting the samples side by side (column j = (n, p)), the three
+// products are matrix products:
+//   forward:      Y[g]  (OCg x N*P) = W[g] (OCg x K) * col(x[g]) (K x N*P)
+//   input grad:   dcol  (K x N*P)   = W[g]^T (K x OCg) * dY[g] (OCg x N*P),  dx = col2im(dcol)
+//   weight grad:  dW[g] (OCg x K)   = dY[g] (OCg x N*P) * col(x[g])^T (N*P x K)
+// col2im is the transpose of im2col: it adds each dcol element to the input pixel it was
+// read from. A direct convolution (the previous version of this file) spends its time in
+// a loop over ow with one weight held in a register: with few output pixels and many
+// channels (ResNet's late layers: 2x2 maps, 512 channels) that loop is a few iterations
+// long and the machine idles. As a GEMM, every value brought into a register is reused
+// MR or NR times, whatever the spatial size.
 //
-// Parallel decomposition (at::parallel_for): every task owns whole output planes, so no
-// two threads ever write the same element and no atomics are needed:
-//   forward:      one task per (n, oc)    -> one plane of y
-//   input grad:   one task per (n, ic)    -> one plane of dx (scatters from its group's dy)
-//   weight grad:  one task per (oc, c)    -> KH*KW weights, each a reduction over n, oh, ow
-//   bias grad:    one task per oc
+// The GEMM (csrc/cpu/gemm.h) is the classic Goto/BLIS one: the micro-kernel keeps an
+// MR x NR tile of the result in registers (16 x 16 floats with AVX-512, 6 x 16 with AVX2,
+// chosen at run time; gemm.h says why these shapes) while it runs through one chunk of
+// the depth, kDepth = 256 steps: its B panel (256 x 16 floats = 16 KiB) stays in the
+// 48 KiB L1 while the A panels stream past from L2. How the operands reach it:
+//   forward:     A = W[g], read in place as a row-major matrix (A is the operand the
+//                micro-kernel broadcasts, so it needs no transposition, and copying the
+//                weight would cost as much as the GEMM on the 2x2 layers);
+//                B = col(x), gathered straight into panels of NR columns.
+//   input grad:  A = W[g]^T, packed once per call into panels of MR rows (in place it
+//                would be read with a stride of K elements per step); B = dY[g].
+//   weight grad: A = dY[g] and B = col(x)^T, both packed per depth chunk; the depth is
+//                the samples x positions.
+// The column matrix is never built whole: a task gathers kDepth rows x one tile of about
+// kColTile = 256 output columns at a time (bounded scratch per thread), through a table
+// of where each (tap, column) of the tile reads x, built once per tile and shared by all
+// channels (tap_table). Its cost per element does not depend on the map size -- copying
+// row segments instead is mostly per-segment overhead on 2x2 and 4x4 maps. A 1x1,
+// stride-1, unpadded convolution's column matrix is x itself: it is packed from x.
+// float16/bfloat16 operands are converted to float when packed (the forward's weight once
+// per call); sums are float (double for double) and round once to the output.
+//
+// Parallel decomposition (at::parallel_for over tasks; every task writes its own outputs,
+// so there are no atomics and no races):
+//   forward:     task = (group, column tile, block of output channels) -> those y values.
+//   input grad:  task = (group, set of whole samples, block of input channels) -> those
+//                dx planes. Channel blocks start on a (c, kh, kw) row that begins an A
+//                panel, and a dx channel only receives dcol rows of its own channel, so
+//                the col2im scatter of one task never touches another task's pixels.
+//   weight grad: task = (group, block of output channels, block of K) -> that tile of dW;
+//                it sums over all samples and positions itself.
+// Determinism: every output element is a sum in a fixed order, independent of the number
+// of threads: the depth is cut into chunks whose size depends only on the shapes, the
+// micro-kernel adds the terms of a chunk in order in one lane and adds that to the
+// result once per chunk, in chunk order; the col2im adds of a dx pixel come in the order
+// of the (shape-only) column tiles and rows. Only the split into tasks (how many channel
+// blocks, how big the dW tiles) follows the thread count, and no element's sum crosses
+// that split.
+//
+// Small cases use a direct convolution instead (use_direct): one input channel per group
+// (depthwise), fewer than 4 output channels per group or K < 16. Their GEMMs would have a
+// dimension of 1 to 3 -- most of a 16 x 16 register tile wasted -- or a depth too short
+// to pay for loading and storing the tile.
 //
 // Layout: the kernels read NCHW-contiguous operands (a channels_last operand is made
 // contiguous first -- a copy, no arithmetic) and write the output through its strides, so
@@ -28,15 +72,26 @@
 // following torch's rule).
 #include "common.h"
 #include "conv_common.h"
+#include "cpu/gemm.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
+#include <numeric>
+#include <type_traits>
 #include <vector>
 
 namespace pydl {
 namespace {
+
+using gemm::ceil_div;
+using gemm::round_up;
+using gemm::Strided2D;
+
+constexpr int64_t kDepth = 256;    // depth chunk of one micro-kernel call (see above)
+constexpr int64_t kColTile = 256;  // output columns (samples x positions) per task
 
 // Output positions o in [lo, hi) whose input coordinate i = o*s - p + k*d lies in [0, L).
 struct Range {
@@ -50,10 +105,184 @@ inline Range tap_range(int64_t L, int64_t O, int64_t s, int64_t p, int64_t off /
   return {lo, std::max(lo, hi)};
 }
 
-// ------------------------------------------------------------------------------ forward
+// ------------------------------------------------------------------------ column tiles
+// A run of output positions in one output row: (oh, ow) for ow in [owa, owb), which are
+// columns q, q+1, ... of each sample in the tile.
+struct RowSeg {
+  int64_t oh, owa, owb, q;
+};
+
+// A tile of columns of the column matrix: positions [p0, p0 + len) of the samples
+// [n0, n0 + ns). Column s*len + q of the tile is position p0 + q of sample n0 + s.
+// `rows` are those positions cut at output-row boundaries, computed once per tile for the
+// loops that need (oh, ow) (tap_table, the forward's epilogue) -- without a division each.
+struct ColTile {
+  int64_t n0, ns, p0, len;
+  std::vector<RowSeg> rows;
+  int64_t cols() const { return ns * len; }
+};
+
+// The N*P columns cut into tiles of about `target` columns: a large sample is cut into
+// equal pieces (a multiple of 16 columns, so B panels are full), small samples are
+// grouped whole. Depends on the shapes only (the summation order depends on it).
+std::vector<ColTile> col_tiles(int64_t N, int64_t P, int64_t OW, int64_t target) {
+  std::vector<ColTile> tiles;
+  if (P >= target) {
+    const int64_t len = round_up(ceil_div(P, ceil_div(P, target)), 16);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t p0 = 0; p0 < P; p0 += len) tiles.push_back({n, 1, p0, std::min(len, P - p0), {}});
+  } else {
+    const int64_t per = target / P;
+    for (int64_t n0 = 0; n0 < N; n0 += per) tiles.push_back({n0, std::min(per, N - n0), 0, P, {}});
+  }
+  for (ColTile& t : tiles)
+    for (int64_t p = t.p0, end = t.p0 + t.len; p < end;) {
+      const int64_t oh = p / OW, owa = p - oh * OW, owb = std::min(OW, end - oh * OW);
+      t.rows.push_back({oh, owa, owb, p - t.p0});
+      p = oh * OW + owb;
+    }
+  return tiles;
+}
+
+// Where each column of tile t reads x, per tap: tab[(kh*KW + kw) * t.cols() + j] is
+// si * sample_stride + ih * W + iw for column j = (sample si, position (oh, ow)), or -1
+// where (ih, iw) falls in the padding. Row k = (c, kh, kw) of the column matrix is then
+// col(k, j) = x_c[tab[tap * cols + j]] with x_c the plane of channel c of the tile's
+// first sample: one table serves every channel. Gathering through it costs the same
+// per element whatever the stride, dilation, padding and map size -- unlike copying
+// row segments, whose per-segment overhead dominates on 2x2 or 4x4 maps.
+void tap_table(const ConvShape& s, const ColTile& t, int64_t sample_stride, std::vector<int64_t>& tab) {
+  const int64_t cols = t.cols();
+  tab.resize(s.KH * s.KW * cols);
+  for (int64_t kh = 0; kh < s.KH; ++kh) {
+    const Range rh = tap_range(s.H, s.OH, s.sh, s.ph, kh * s.dh);
+    for (int64_t kw = 0; kw < s.KW; ++kw) {
+      const Range rw = tap_range(s.W, s.OW, s.sw, s.pw, kw * s.dw);
+      for (int64_t si = 0; si < t.ns; ++si)
+        for (const RowSeg& r : t.rows) {
+          int64_t* o = tab.data() + (kh * s.KW + kw) * cols + si * t.len + r.q;  // o[ow - owa]
+          // inside the input for ow in [lo, hi) of this row (none if the row ih is outside)
+          const bool row_in = r.oh >= rh.lo && r.oh < rh.hi;
+          const int64_t lo = row_in ? std::clamp(rw.lo, r.owa, r.owb) : r.owb;
+          const int64_t hi = row_in ? std::clamp(rw.hi, lo, r.owb) : r.owb;
+          const int64_t base = si * sample_stride + (r.oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw;
+          for (int64_t ow = r.owa; ow < lo; ++ow) o[ow - r.owa] = -1;
+          for (int64_t ow = lo; ow < hi; ++ow) o[ow - r.owa] = base + ow * s.sw;
+          for (int64_t ow = hi; ow < r.owb; ++ow) o[ow - r.owa] = -1;
+        }
+    }
+  }
+}
+
+// Steps row k = (c, kh, kw) of the column matrix (tap = kh*KW + kw) without divisions.
+struct RowIter {
+  int64_t c, kh, kw, tap, KH, KW;
+  RowIter(int64_t k, int64_t KH_, int64_t KW_)
+      : c(k / (KH_ * KW_)), kh(k % (KH_ * KW_) / KW_), kw(k % KW_), tap(k % (KH_ * KW_)), KH(KH_), KW(KW_) {}
+  void next() {
+    ++tap;
+    if (++kw == KW) {
+      kw = 0;
+      if (++kh == KH) kh = 0, tap = 0, ++c;
+    }
+  }
+};
+
+// im2col fused with packing, for the B operand of the forward: rows [k0, k0 + depth) of
+// the tile's column matrix as panels of NR columns,
+//   dst[q * depth * nr + kk * nr + l] = col(k0 + kk, q * nr + l),   0 past the last column.
+// xg is x[n0, g*Cg] (the tile's first sample, the group's first channel).
+template <class T, class C>
+void gather_col_lanes(const T* xg, const ConvShape& s, const std::vector<int64_t>& tab, int64_t cols,
+                      int64_t k0, int64_t depth, int nr, C* dst) {
+  RowIter k(k0, s.KH, s.KW);
+  for (int64_t kk = 0; kk < depth; ++kk, k.next()) {
+    const T* xc = xg + k.c * s.H * s.W;
+    const int64_t* tr = tab.data() + k.tap * cols;
+    for (int64_t q = 0; q * nr < cols; ++q) {
+      C* o = dst + q * depth * nr + kk * nr;
+      const int64_t* e = tr + q * nr;
+      const int64_t n = std::min<int64_t>(nr, cols - q * nr);
+      if (n == nr) {
+        gemm::for_lanes(nr, [&](int l) { o[l] = e[l] < 0 ? C(0) : static_cast<C>(xc[e[l]]); });
+      } else {
+        for (int64_t l = 0; l < n; ++l) o[l] = e[l] < 0 ? C(0) : static_cast<C>(xc[e[l]]);
+        for (int64_t l = n; l < nr; ++l) o[l] = C(0);
+      }
+    }
+  }
+}
+
+// The same for the weight gradient's B = col^T: rows [k0, k0 + rows) of the column matrix
+// become the NR lanes of each panel, the tile's columns its depth,
+//   dst[p * cols * nr + j * nr + l] = col(k0 + p * nr + l, j),   0 past the last row.
+template <class T, class C>
+void gather_row_lanes(const T* xg, const ConvShape& s, const std::vector<int64_t>& tab, int64_t cols,
+                      int64_t k0, int64_t rows, int nr, C* dst) {
+  const T* xc[64];           // per lane: its channel's plane
+  const int64_t* tr[64];     // per lane: its tap's table row
+  RowIter k(k0, s.KH, s.KW);
+  for (int64_t p = 0; p * nr < rows; ++p, dst += cols * nr) {
+    const int64_t n = std::min<int64_t>(nr, rows - p * nr);
+    for (int64_t l = 0; l < n; ++l, k.next()) {
+      xc[l] = xg + k.c * s.H * s.W;
+      tr[l] = tab.data() + k.tap * cols;
+    }
+    for (int64_t j = 0; j < cols; ++j) {
+      C* o = dst + j * nr;
+      for (int64_t l = 0; l < n; ++l) {
+        const int64_t e = tr[l][j];
+        o[l] = e < 0 ? C(0) : static_cast<C>(xc[l][e]);
+      }
+      for (int64_t l = n; l < nr; ++l) o[l] = C(0);
+    }
+  }
+}
+
+// The transpose of im2col for `rows` rows of the column matrix starting at channel c0
+// (dcol is rows x cols, row kk = (c0 + c, tap)): adds each entry to the pixel it was read
+// from. acc is [t.ns][channels][H][W] from channel c0 on, and tab was built with
+// sample_stride = channels * H * W to match.
+template <class C>
+void col2im_add(const C* dcol, const ConvShape& s, int64_t rows, int64_t cols, const std::vector<int64_t>& tab,
+                C* acc) {
+  const int64_t plane = s.H * s.W;
+  RowIter k(0, s.KH, s.KW);
+  for (int64_t kk = 0; kk < rows; ++kk, k.next()) {
+    C* a = acc + k.c * plane;
+    const int64_t* tr = tab.data() + k.tap * cols;
+    const C* in = dcol + kk * cols;
+    for (int64_t j = 0; j < cols; ++j)
+      if (tr[j] >= 0) a[tr[j]] += in[j];
+  }
+}
+
+// A 1x1, stride-1 convolution without padding reads x as its own column matrix.
+inline bool col_is_x(const ConvShape& s) {
+  return s.KH == 1 && s.KW == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0 && s.OH == s.H &&
+         s.OW == s.W;
+}
+
+// The view of a [N, channels, positions] tensor's rows [group's first channel + r] over
+// the columns of tile t (rows `plane` apart, samples `channels * plane` apart).
+template <class S>
+Strided2D<S> rows_view(const S* base, int64_t channels, int64_t plane, int64_t first_channel,
+                       const ColTile& t) {
+  return {base + (t.n0 * channels + first_channel) * plane + t.p0, plane, channels * plane, t.len, t.ns};
+}
+
+// Enough tasks to keep every thread busy, with some slack for uneven tasks.
+inline int64_t task_target() { return 2 * static_cast<int64_t>(at::get_num_threads()); }
+
+// --------------------------------------------------------------------- direct kernels
+// For depthwise-like convolutions (see the top of the file): one output plane per task,
+// an inner loop over ow (the previous version of this file, kept for these cases).
+inline bool use_direct(const ConvShape& s) {
+  return s.Cg() == 1 || s.OCg() < 4 || s.Cg() * s.KH * s.KW < 16;
+}
+
 template <typename T>
-void fwd_impl(const T* x, const T* w, const T* b, T* y, const ConvShape s, const Strides4 ys,
-              bool relu) {
+void fwd_direct(const T* x, const T* w, const T* b, T* y, const ConvShape s, const Strides4 ys, bool relu) {
   using C = at::opmath_type<T>;
   const int64_t Cg = s.Cg(), OCg = s.OCg(), plane = s.OH * s.OW;
   at::parallel_for(0, s.N * s.OC, 1, [&](int64_t begin, int64_t end) {
@@ -70,8 +299,6 @@ void fwd_impl(const T* x, const T* w, const T* b, T* y, const ConvShape s, const
             const Range rw = tap_range(s.W, s.OW, s.sw, s.pw, kw * s.dw);
             const C wv = static_cast<C>(wp[kh * s.KW + kw]);
             for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
-              // x index of (oh, ow) is row + ow*sw (kept an offset, not a pointer: it may be
-              // negative for ow outside [rw.lo, rw.hi), which is never read)
               const int64_t row = (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw;
               C* a = acc.data() + oh * s.OW;
               for (int64_t ow = rw.lo; ow < rw.hi; ++ow) a[ow] += wv * static_cast<C>(xp[row + ow * s.sw]);
@@ -91,28 +318,8 @@ void fwd_impl(const T* x, const T* w, const T* b, T* y, const ConvShape s, const
   });
 }
 
-at::Tensor conv2d_fwd(const at::Tensor& x_in, const at::Tensor& w_in, const std::optional<at::Tensor>& b_in,
-                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                      int64_t groups, c10::string_view act, bool channels_last) {
-  const bool relu = check_fwd_args(x_in, w_in, b_in, stride, padding, dilation, groups, act);
-  const bool has_b = b_in.has_value() && b_in->defined();
-  const auto [OH, OW] = conv_out_size(x_in.sizes(), w_in.sizes(), stride, padding, dilation);
-  at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
-  at::Tensor b = has_b ? b_in->contiguous() : at::Tensor();
-  at::Tensor y = conv_alloc4({x.size(0), w.size(0), OH, OW}, x.options(), channels_last);
-  if (y.numel() == 0) return y;
-  const ConvShape s = make_shape(x.sizes(), w.sizes(), y.sizes(), stride, padding, dilation, groups);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pydl_conv2d_fwd", [&] {
-    fwd_impl<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                       has_b ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(),
-                       s, strides_of(y), relu);
-  });
-  return y;
-}
-
-// --------------------------------------------------------------------------- input grad
 template <typename T>
-void bwd_input_impl(const T* dy, const T* w, T* dx, const ConvShape s, const Strides4 xs) {
+void bwd_input_direct(const T* dy, const T* w, T* dx, const ConvShape s, const Strides4 xs) {
   using C = at::opmath_type<T>;
   const int64_t Cg = s.Cg(), OCg = s.OCg(), plane = s.H * s.W;
   at::parallel_for(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) {
@@ -146,26 +353,10 @@ void bwd_input_impl(const T* dy, const T* w, T* dx, const ConvShape s, const Str
   });
 }
 
-at::Tensor conv2d_bwd_input(const at::Tensor& grad_in, const at::Tensor& w_in, at::IntArrayRef input_size,
-                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                            int64_t groups, bool channels_last) {
-  check_bwd_input_args(grad_in, w_in, input_size, stride, padding, dilation, groups);
-  at::Tensor dy = grad_in.contiguous(), w = w_in.contiguous();
-  at::Tensor dx = conv_alloc4(input_size, dy.options(), channels_last);
-  if (dx.numel() == 0) return dx;
-  const ConvShape s = make_shape(input_size, w.sizes(), dy.sizes(), stride, padding, dilation, groups);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "pydl_conv2d_bwd_input", [&] {
-    bwd_input_impl<scalar_t>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                             dx.mutable_data_ptr<scalar_t>(), s, strides_of(dx));
-  });
-  return dx;
-}
-
-// -------------------------------------------------------------------------- weight grad
 constexpr int kLanes = 8;
 
 template <typename T>
-void bwd_weight_impl(const T* dy, const T* x, T* dw, const ConvShape s, const Strides4 wst) {
+void bwd_weight_direct(const T* dy, const T* x, T* dw, const ConvShape s, const Strides4 wst) {
   using C = at::opmath_type<T>;
   const int64_t Cg = s.Cg(), OCg = s.OCg();
   at::parallel_for(0, s.OC * Cg, 1, [&](int64_t begin, int64_t end) {
@@ -201,6 +392,253 @@ void bwd_weight_impl(const T* dy, const T* x, T* dw, const ConvShape s, const St
   });
 }
 
+// ------------------------------------------------------------------------------ forward
+template <typename T>
+void fwd_gemm(const T* x, const T* w, const T* b, T* y, const ConvShape s, const Strides4 ys, bool relu) {
+  using C = at::opmath_type<T>;
+  const auto& uk = gemm::micro_kernel<C>();
+  const int64_t mr = uk.mr, nr = uk.nr;
+  const int64_t G = s.groups, Cg = s.Cg(), OCg = s.OCg(), KK = s.KH * s.KW, K = Cg * KK;
+  const int64_t P = s.OH * s.OW, plane = s.H * s.W;
+
+  // A = W[g] (OCg x K), read in place as a row-major matrix; a 16-bit weight is converted
+  // to C once.
+  const C* wc = nullptr;
+  std::unique_ptr<C[]> wconv;
+  if constexpr (std::is_same_v<T, C>) {
+    wc = w;
+  } else {
+    wconv.reset(new C[s.OC * K]);
+    at::parallel_for(0, s.OC, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin * K; i < end * K; ++i) wconv[i] = static_cast<C>(w[i]);
+    });
+    wc = wconv.get();
+  }
+
+  // Tasks: (group, column tile, block of output channels). Blocks of channels only when
+  // groups x tiles alone are too few tasks: each block re-gathers its tile's columns.
+  const std::vector<ColTile> tiles = col_tiles(s.N, P, s.OW, kColTile);
+  const int64_t ntiles = tiles.size(), mpanels = ceil_div(OCg, mr);
+  const int64_t nblocks = std::clamp<int64_t>(ceil_div(task_target(), G * ntiles), 1, mpanels);
+  const int64_t block_rows = ceil_div(mpanels, nblocks) * mr;
+  const bool direct_col = col_is_x(s);
+
+  at::parallel_for(0, G * ntiles * nblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> tab;
+    std::vector<C> bpack, acc;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / (ntiles * nblocks), ti = task / nblocks % ntiles, bi = task % nblocks;
+      const ColTile& t = tiles[ti];
+      const int64_t m0 = bi * block_rows;
+      if (m0 >= OCg) continue;
+      const int64_t rows = std::min(OCg, m0 + block_rows) - m0, cols = t.cols();
+      const T* xg = x + (t.n0 * s.C + g * Cg) * plane;  // the tile's first sample, group g
+      if (!direct_col) tap_table(s, t, s.C * plane, tab);
+      acc.assign(rows * cols, C(0));
+      bpack.resize(round_up(cols, nr) * std::min(kDepth, K));
+      for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
+        const int64_t kc = std::min(kDepth, K - k0);
+        if (direct_col) {
+          gemm::pack_col_lanes(rows_view(x, s.C, P, g * Cg, t), k0, kc, nr, bpack.data());
+        } else {
+          gather_col_lanes(xg, s, tab, cols, k0, kc, nr, bpack.data());
+        }
+        const gemm::OperandA<C> A{wc + (g * OCg + m0) * K + k0, K, /*row_major=*/true};
+        gemm::gemm(uk, rows, cols, kc, A, bpack.data(), kc * nr, acc.data(), cols);
+      }
+      // epilogue: bias, ReLU, one rounding to T, stored through y's strides
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t oc = g * OCg + m0 + i;
+        const C bv = b ? static_cast<C>(b[oc]) : C(0);
+        for (int64_t si = 0; si < t.ns; ++si) {
+          T* yp = y + (t.n0 + si) * ys.n + oc * ys.c;
+          const C* a = acc.data() + i * cols + si * t.len;
+          for (const RowSeg& r : t.rows) {
+            const C* ar = a + r.q;
+            T* yr = yp + r.oh * ys.h;
+            for (int64_t ow = r.owa; ow < r.owb; ++ow) {
+              C v = ar[ow - r.owa] + bv;
+              if (relu && v < C(0)) v = C(0);  // NaN stays NaN, as torch's relu
+              yr[ow * ys.w] = static_cast<T>(v);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+at::Tensor conv2d_fwd(const at::Tensor& x_in, const at::Tensor& w_in, const std::optional<at::Tensor>& b_in,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                      int64_t groups, c10::string_view act, bool channels_last) {
+  const bool relu = check_fwd_args(x_in, w_in, b_in, stride, padding, dilation, groups, act);
+  const bool has_b = b_in.has_value() && b_in->defined();
+  const auto [OH, OW] = conv_out_size(x_in.sizes(), w_in.sizes(), stride, padding, dilation);
+  at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
+  at::Tensor b = has_b ? b_in->contiguous() : at::Tensor();
+  at::Tensor y = conv_alloc4({x.size(0), w.size(0), OH, OW}, x.options(), channels_last);
+  if (y.numel() == 0) return y;
+  const ConvShape s = make_shape(x.sizes(), w.sizes(), y.sizes(), stride, padding, dilation, groups);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pydl_conv2d_fwd", [&] {
+    auto impl = use_direct(s) ? &fwd_direct<scalar_t> : &fwd_gemm<scalar_t>;
+    impl(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+         has_b ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), s, strides_of(y), relu);
+  });
+  return y;
+}
+
+// --------------------------------------------------------------------------- input grad
+template <typename T>
+void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Strides4 xs) {
+  using C = at::opmath_type<T>;
+  const auto& uk = gemm::micro_kernel<C>();
+  const int64_t mr = uk.mr, nr = uk.nr;
+  const int64_t G = s.groups, Cg = s.Cg(), OCg = s.OCg(), KK = s.KH * s.KW, K = Cg * KK;
+  const int64_t P = s.OH * s.OW, plane = s.H * s.W;
+
+  // A = W[g]^T (K x OCg), packed once: panels of MR rows (c, kh, kw) over the depth OCg.
+  // (Read in place it would stride K elements per depth step: no locality at all.) The
+  // columns of W[g] become the lanes; 16 rows of W at a time, so W is read row by row.
+  const int64_t kpanels = ceil_div(K, mr), a_ps = OCg * mr, dblocks = ceil_div(OCg, 16);
+  std::unique_ptr<C[]> wpack(new C[G * kpanels * a_ps]);  // uninitialized: every entry is written
+  at::parallel_for(0, G * dblocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t g = i / dblocks, d0 = i % dblocks * 16;
+      gemm::pack_col_lanes(Strided2D<T>{w + g * OCg * K, K, 0, K, 1}, d0, std::min<int64_t>(16, OCg - d0), mr,
+                           wpack.get() + g * kpanels * a_ps + d0 * mr, a_ps);
+    }
+  });
+
+  // Tasks: (group, sample set, block of input channels). A sample set is one tile of
+  // whole samples, or all the tiles of one large sample (done in order by one task).
+  const std::vector<ColTile> tiles = col_tiles(s.N, P, s.OW, kColTile);
+  std::vector<int64_t> set_begin;  // the first tile of each sample set
+  for (int64_t i = 0; i < static_cast<int64_t>(tiles.size()); ++i)
+    if (tiles[i].p0 == 0) set_begin.push_back(i);
+  set_begin.push_back(tiles.size());
+  const int64_t nsets = set_begin.size() - 1;
+  // Channel blocks start on a panel boundary: a multiple of MR / gcd(KK, MR) channels.
+  // At most ~2048 rows each, which bounds the dcol scratch.
+  const int64_t step = mr / std::gcd(KK, mr);
+  int64_t nblocks = std::clamp<int64_t>(ceil_div(task_target(), G * nsets), 1, ceil_div(Cg, step));
+  nblocks = std::max(nblocks, ceil_div(K, 2048));
+  const int64_t block_ch = round_up(ceil_div(Cg, nblocks), step);
+
+  at::parallel_for(0, G * nsets * nblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> tab;
+    std::vector<C> bpack, dcol, acc;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / (nsets * nblocks), si = task / nblocks % nsets, bi = task % nblocks;
+      const int64_t c0 = bi * block_ch;
+      if (c0 >= Cg) continue;
+      const int64_t nch = std::min(Cg, c0 + block_ch) - c0, rows = nch * KK;
+      const ColTile& first = tiles[set_begin[si]];
+      acc.assign(first.ns * nch * plane, C(0));  // dx of the task: [samples][nch][H][W]
+      const gemm::OperandA<C> A{wpack.get() + (g * kpanels + c0 * KK / mr) * a_ps, a_ps, false};
+      for (int64_t ti = set_begin[si]; ti < set_begin[si + 1]; ++ti) {
+        const ColTile& t = tiles[ti];
+        const int64_t cols = t.cols();
+        dcol.assign(rows * cols, C(0));
+        bpack.resize(round_up(cols, nr) * std::min(kDepth, OCg));
+        for (int64_t o0 = 0; o0 < OCg; o0 += kDepth) {
+          const int64_t oc = std::min(kDepth, OCg - o0);
+          gemm::pack_col_lanes(rows_view(dy, s.OC, P, g * OCg, t), o0, oc, nr, bpack.data());
+          const gemm::OperandA<C> Ad{A.p + o0 * mr, A.ld, false};
+          gemm::gemm(uk, rows, cols, oc, Ad, bpack.data(), oc * nr, dcol.data(), cols);
+        }
+        tap_table(s, t, nch * plane, tab);
+        col2im_add(dcol.data(), s, rows, cols, tab, acc.data());
+      }
+      for (int64_t sn = 0; sn < first.ns; ++sn)
+        for (int64_t c = 0; c < nch; ++c) {
+          T* xp = dx + (first.n0 + sn) * xs.n + (g * Cg + c0 + c) * xs.c;
+          const C* a = acc.data() + (sn * nch + c) * plane;
+          for (int64_t h = 0; h < s.H; ++h)
+            for (int64_t x = 0; x < s.W; ++x) xp[h * xs.h + x * xs.w] = static_cast<T>(a[h * s.W + x]);
+        }
+    }
+  });
+}
+
+at::Tensor conv2d_bwd_input(const at::Tensor& grad_in, const at::Tensor& w_in, at::IntArrayRef input_size,
+                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                            int64_t groups, bool channels_last) {
+  check_bwd_input_args(grad_in, w_in, input_size, stride, padding, dilation, groups);
+  at::Tensor dy = grad_in.contiguous(), w = w_in.contiguous();
+  at::Tensor dx = conv_alloc4(input_size, dy.options(), channels_last);
+  if (dx.numel() == 0) return dx;
+  const ConvShape s = make_shape(input_size, w.sizes(), dy.sizes(), stride, padding, dilation, groups);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "pydl_conv2d_bwd_input", [&] {
+    auto impl = use_direct(s) ? &bwd_input_direct<scalar_t> : &bwd_input_gemm<scalar_t>;
+    impl(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), s,
+         strides_of(dx));
+  });
+  return dx;
+}
+
+// -------------------------------------------------------------------------- weight grad
+template <typename T>
+void bwd_weight_gemm(const T* dy, const T* x, T* dw, const ConvShape s, const Strides4 wst) {
+  using C = at::opmath_type<T>;
+  const auto& uk = gemm::micro_kernel<C>();
+  const int64_t mr = uk.mr, nr = uk.nr;
+  const int64_t G = s.groups, Cg = s.Cg(), OCg = s.OCg(), KK = s.KH * s.KW, K = Cg * KK;
+  const int64_t P = s.OH * s.OW, plane = s.H * s.W;
+
+  // The depth (all samples and positions) in fixed chunks: the summation order.
+  const std::vector<ColTile> chunks = col_tiles(s.N, P, s.OW, kDepth);
+  // Tasks: (group, block of output channels, block of K), a tile of dW each. Tiles of
+  // up to 128 x 256 (the B operand, gathered per tile, is shared by its 128 rows), made
+  // smaller when there are too few of them for the threads.
+  int64_t mt = std::min(round_up(OCg, mr), std::max<int64_t>(mr, 128 / mr * mr));
+  int64_t kt = std::min(round_up(K, nr), std::max<int64_t>(nr, 256 / nr * nr));
+  auto ntasks = [&] { return G * ceil_div(OCg, mt) * ceil_div(K, kt); };
+  while (ntasks() < task_target() && (kt > nr || mt > mr)) {
+    if (kt > nr) kt = round_up(kt / 2, nr);
+    else mt = round_up(mt / 2, mr);
+  }
+  const int64_t mblocks = ceil_div(OCg, mt), kblocks = ceil_div(K, kt);
+  const bool direct_col = col_is_x(s);
+
+  at::parallel_for(0, G * mblocks * kblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> tab;
+    std::vector<C> apack, bpack, acc;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / (mblocks * kblocks), mi = task / kblocks % mblocks, ki = task % kblocks;
+      const int64_t m0 = mi * mt, rows = std::min(mt, OCg - m0), k0 = ki * kt, kn = std::min(kt, K - k0);
+      acc.assign(rows * kn, C(0));
+      for (const ColTile& t : chunks) {
+        const int64_t depth = t.cols();
+        apack.resize(round_up(rows, mr) * depth);
+        bpack.resize(round_up(kn, nr) * depth);
+        gemm::pack_row_lanes(rows_view(dy, s.OC, P, g * OCg, t), m0, rows, mr, apack.data());
+        if (direct_col) {
+          gemm::pack_row_lanes(rows_view(x, s.C, P, g * Cg, t), k0, kn, nr, bpack.data());
+        } else {
+          tap_table(s, t, s.C * plane, tab);
+          gather_row_lanes(x + (t.n0 * s.C + g * Cg) * plane, s, tab, depth, k0, kn, nr, bpack.data());
+        }
+        gemm::gemm(uk, rows, kn, depth, gemm::OperandA<C>{apack.data(), depth * mr, false}, bpack.data(),
+                   depth * nr, acc.data(), kn);
+      }
+      // the tile of dW: contiguous rows when dW is NCHW, else through its strides (with
+      // k = (c, kh, kw) stepped without divisions: this loop touches all of dW)
+      const bool nchw = wst.w == 1 && wst.h == s.KW && wst.c == KK;
+      for (int64_t i = 0; i < rows; ++i) {
+        T* out = dw + (g * OCg + m0 + i) * wst.n;
+        const C* a = acc.data() + i * kn;
+        if (nchw) {
+          for (int64_t j = 0; j < kn; ++j) out[k0 + j] = static_cast<T>(a[j]);
+          continue;
+        }
+        RowIter k(k0, s.KH, s.KW);
+        for (int64_t j = 0; j < kn; ++j, k.next())
+          out[k.c * wst.c + k.kh * wst.h + k.kw * wst.w] = static_cast<T>(a[j]);
+      }
+    }
+  });
+}
+
 at::Tensor conv2d_bwd_weight(const at::Tensor& grad_in, const at::Tensor& x_in, at::IntArrayRef weight_size,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                              int64_t groups, bool channels_last) {
@@ -210,8 +648,9 @@ at::Tensor conv2d_bwd_weight(const at::Tensor& grad_in, const at::Tensor& x_in, 
   if (dw.numel() == 0) return dw;
   const ConvShape s = make_shape(x.sizes(), weight_size, dy.sizes(), stride, padding, dilation, groups);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "pydl_conv2d_bwd_weight", [&] {
-    bwd_weight_impl<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                              dw.mutable_data_ptr<scalar_t>(), s, strides_of(dw));
+    auto impl = use_direct(s) ? &bwd_weight_direct<scalar_t> : &bwd_weight_gemm<scalar_t>;
+    impl(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), dw.mutable_data_ptr<scalar_t>(), s,
+         strides_of(dw));
   });
   return dw;
 }
