@@ -16,8 +16,10 @@
 #   SAN_S (default 75)     compute-sanitizer memcheck (cuda + triton), racecheck and
 #                          synccheck (cuda) over tests/gpu_sanitize.py
 #   BENCH_S (default 120)  the sweep's time budget (bench --budget-s); conv and training-step
-#                          rows first; no torch.compile baseline unless COMPILE=1 (each case
-#                          would compile its own graph: most of a short budget)
+#                          rows first; by default bf16, channels_last, ResNet-50 shapes (the
+#                          layers the conv target is stated on; BENCH_ARGS replaces this); no
+#                          torch.compile baseline unless COMPILE=1 (each case would compile its
+#                          own graph: most of a short budget)
 # Extra bench arguments: BENCH_ARGS="--op relu --dtype bf16"; pytest arguments: PYTEST_ARGS.
 # With $OUT set (the device tool), everything is also packed into $OUT/results.tar.gz
 # (that tool brings back at most 8 files) and the summaries are copied beside it.
@@ -49,9 +51,9 @@ build() {
 
 tests() {
   local t=$SECONDS par=""
-  # tests spread one by one over 8 workers, except those marked xdist_group("big") (tensors
+  # tests spread one by one over 12 workers, except those marked xdist_group("big") (tensors
   # past 2^31 elements), which share one worker so two never hold GPU memory at once
-  $PY -c "import xdist" 2>/dev/null && par="-n 8 --dist loadgroup"
+  $PY -c "import xdist" 2>/dev/null && par="-n 12 --dist loadgroup"
   # SIGINT at the cap: pytest stops, still prints its summary and writes junit.xml
   timeout -s INT -k 20 "$TEST_S" $PY -m pytest -q -rfEs --tb=short -p no:cacheprovider $par \
     --junitxml="$out/junit.xml" ${PYTEST_ARGS:-} > "$out/pytest.txt" 2>&1
@@ -80,7 +82,7 @@ sanitize() {
 bench() {
   local t=$SECONDS
   $PY -m bench --out "$out" --no-plots $([ "${COMPILE:-0}" = 1 ] || echo --no-compile) --first conv2d,train_step --budget-s "$BENCH_S" \
-    ${BENCH_ARGS:-} > "$out/bench_log.txt" 2>&1
+    ${BENCH_ARGS:---dtype bf16 --layout channels_last --shapes resnet50} > "$out/bench_log.txt" 2>&1
   tail -5 "$out/bench_log.txt"
   echo "bench: $((SECONDS - t)) s"
 }
