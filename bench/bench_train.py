@@ -14,6 +14,8 @@ torch.autocast(dtype=bfloat16), the usual mixed-precision recipe.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as TF
 from torch import nn
@@ -68,7 +70,7 @@ def make_step(make_model, impl: str, batch: int, chw, classes: int, dtype, layou
     amp = dtype in (torch.bfloat16, torch.float16)
 
     def step():
-        with torch.autocast(device_type=device, dtype=dtype, enabled=amp):
+        with torch.autocast(device_type=device, dtype=dtype) if amp else contextlib.nullcontext():
             loss = TF.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
