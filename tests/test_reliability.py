@@ -418,3 +418,51 @@ def test_no_memory_growth_over_1000_steps():
     gc.collect()
     grown = _rss_mb() - before
     assert grown < 8, f"RSS grew by {grown:.1f} MB over 1000 steps"
+
+
+def _cnn_training_loop(backend: str, device: str):
+    """A small CNN on every pydl family (conv, BN + fused residual ReLU, pools,
+    activations, the fused Adam): returns a step function."""
+    from torch import nn
+    torch.manual_seed(0)
+    model = pydl.convert(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+        nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1, groups=2), nn.BatchNorm2d(16), nn.ELU(),
+        nn.AvgPool2d(2), nn.Conv2d(16, 16, 1), nn.LeakyReLU(0.1), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(16, 10)).to(device), backend=backend)
+    opt = pydl.optim.Adam(model.parameters(), lr=1e-3, backend=backend)
+    x = torch.randn(2, 3, 8, 8, device=device)
+    y = torch.randint(0, 10, (2,), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if not interpreted(*p.values)])
+def test_no_memory_growth_over_1000_cnn_steps(backend, device):
+    """1000 training steps of a CNN on every pydl family: no growth of the process's RSS
+    (CPU) or of the CUDA caching allocator's allocated bytes (GPU) after warm-up."""
+    if device == "cpu" and not os.path.exists("/proc/self/statm"):
+        pytest.skip("needs /proc (Linux)")
+    step = _cnn_training_loop(backend, device)
+    for _ in range(50):  # warm-up: allocator pools, optimizer state, autograd caches
+        step()
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = _rss_mb()
+    for _ in range(1000):
+        step()
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        grown = torch.cuda.memory_allocated() - before
+        assert grown == 0, f"CUDA allocated memory grew by {grown} bytes over 1000 steps"
+    else:
+        grown = _rss_mb() - before
+        assert grown < 8, f"RSS grew by {grown:.1f} MB over 1000 steps"
