@@ -3,8 +3,8 @@
 // kernels, block reductions -- is checked on machines without a GPU (tests/test_conv.py
 // compiles and runs this with g++).
 //
-// How: tests/cuda_emulation.h (CUDA keywords as plain C++, each CUDA thread a
-// std::thread, __syncthreads() a std::barrier, blocks one after the other). nvcuda::wmma
+// How: tests/cuda_emulation.h (CUDA keywords as plain C++, each CUDA thread a fiber,
+// __syncthreads() a barrier of the fibers, blocks one after the other). nvcuda::wmma
 // is emulated with every thread of a warp holding a whole 16x16 fragment (the real API
 // spreads it over the warp; the result is the same). The header's bfloat16 stand-in runs
 // the tensor-core engine too.

@@ -3,28 +3,35 @@
 // with g++ and run on a machine without a GPU, so its indexing is checked there.
 //
 // How: the CUDA keywords become plain C++ (__shared__ -> static, so every emulated thread
-// of a block sees the same array); each CUDA thread of a block is a std::thread with its
-// own threadIdx/blockIdx; __syncthreads() is a block-wide std::barrier; blocks run one
-// after the other. Warp shuffles go through per-warp exchange slots guarded by a per-warp
-// std::barrier (sized to the warp's real lane count, so a partial last warp works), so a
-// shuffle executed by only some warps of a block -- legal on the GPU when the others have
-// left -- does not wait on threads that will never arrive. A shuffle executed by only
-// part of a warp (undefined on the GPU with a full mask) deadlocks here, which the
-// caller's timeout turns into a failure. A 16-bit-in-spirit type with bfloat16 rounding
-// (BF16) stands in for __nv_bfloat16.
-// What this cannot check: timing, memory coalescing, races that a real GPU's schedule
-// would expose but this one does not (a missing __syncthreads between two phases may still
-// pass here), and anything layout-specific to the hardware (WMMA fragments, alignment).
+// of a block sees the same array). Each CUDA thread of a block is a fiber (ucontext) with
+// its own stack, all on one OS thread: a scheduler runs each fiber until it reaches a
+// barrier -- __syncthreads() for the block, a warp shuffle or __syncwarp() for its warp
+// -- and releases a barrier once every thread still running has reached it (a thread that
+// returned counts as arrived, as on the GPU). Warp shuffles exchange values through
+// per-warp slots, so a shuffle executed by only some warps of a block (legal when the
+// others have left) works, and a block's partial last warp has fewer lanes. The runnable
+// fibers are resumed in alternating forward / reverse order, so a phase missing its
+// barrier tends to read data its neighbours have not written yet. A mismatch (some lanes
+// of a warp at a shuffle while others wait elsewhere; a __syncthreads() not reached by
+// all) is a deadlock on the GPU and aborts here with a message. Blocks run one after the
+// other. (Fibers rather than OS threads: 256-thread blocks meeting at every barrier on a
+// 2-core machine cost a futex storm; fiber switches cost well under a microsecond.)
+// A 16-bit-in-spirit type with bfloat16 rounding (BF16) stands in for __nv_bfloat16.
+// What this cannot check: timing, memory coalescing, true concurrency (races within a
+// phase are not interleaved), and anything layout-specific to the hardware (WMMA
+// fragments, alignment).
 #pragma once
 
+#include <ucontext.h>
+
 #include <algorithm>
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -41,53 +48,122 @@ struct Dim3 {
   Dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 using dim3 = Dim3;
-thread_local Dim3 threadIdx, blockIdx;
-Dim3 gridDim, blockDim;
-std::barrier<>* g_barrier = nullptr;
-inline void __syncthreads() { g_barrier->arrive_and_wait(); }
+// threadIdx is the running fiber's: the scheduler sets it before resuming one.
+inline Dim3 threadIdx, blockIdx, gridDim, blockDim;
+
+namespace emu {
+enum class State { Ready, AtBlockBarrier, AtWarpBarrier, Done };
+struct Fiber {
+  ucontext_t ctx;
+  std::unique_ptr<char[]> stack;
+  Dim3 tid;
+  State state = State::Ready;
+};
+constexpr size_t kStack = 256 * 1024;
+inline ucontext_t g_sched;
+inline std::vector<Fiber> g_fibers;
+inline unsigned g_cur = 0;                    // the running fiber
+inline const std::function<void()>* g_body = nullptr;
+// per warp: one value per lane, exchanged by the shuffles
+struct alignas(8) WarpSlots { unsigned char v[32][8]; };
+inline std::vector<WarpSlots> g_slots;
+
+inline void trampoline() {
+  (*g_body)();
+  g_fibers[g_cur].state = State::Done;
+  swapcontext(&g_fibers[g_cur].ctx, &g_sched);
+}
+// Parks the running fiber at a barrier until the scheduler releases it.
+inline void wait(State s) {
+  g_fibers[g_cur].state = s;
+  swapcontext(&g_fibers[g_cur].ctx, &g_sched);
+}
+inline unsigned linear_tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
+
+// Runs one block: resumes ready fibers until all are done, releasing barriers as they fill.
+inline void run_block() {
+  const unsigned n = unsigned(g_fibers.size());
+  for (unsigned i = 0; i < n; ++i) {
+    Fiber& f = g_fibers[i];
+    f.state = State::Ready;
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack.get();
+    f.ctx.uc_stack.ss_size = kStack;
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, trampoline, 0);
+  }
+  for (bool forward = true;; forward = !forward) {
+    bool ran = false;
+    for (unsigned k = 0; k < n; ++k) {
+      const unsigned i = forward ? k : n - 1 - k;
+      if (g_fibers[i].state != State::Ready) continue;
+      g_cur = i;
+      threadIdx = g_fibers[i].tid;
+      swapcontext(&g_sched, &g_fibers[i].ctx);
+      ran = true;
+    }
+    if (ran) continue;
+    // nothing runnable: release what has filled up
+    bool released = false, all_done = true, all_block = true;
+    for (unsigned w = 0; w * 32 < n; ++w) {
+      bool any = false, full = true;
+      for (unsigned i = w * 32; i < std::min(n, w * 32 + 32); ++i) {
+        const State s = g_fibers[i].state;
+        any |= s == State::AtWarpBarrier;
+        full &= s == State::AtWarpBarrier || s == State::Done;
+      }
+      if (any && full) {
+        for (unsigned i = w * 32; i < std::min(n, w * 32 + 32); ++i)
+          if (g_fibers[i].state == State::AtWarpBarrier) g_fibers[i].state = State::Ready;
+        released = true;
+      }
+    }
+    if (released) continue;
+    for (const Fiber& f : g_fibers) {
+      all_done &= f.state == State::Done;
+      all_block &= f.state == State::AtBlockBarrier || f.state == State::Done;
+    }
+    if (all_done) return;
+    if (all_block) {
+      for (Fiber& f : g_fibers)
+        if (f.state == State::AtBlockBarrier) f.state = State::Ready;
+      continue;
+    }
+    std::fprintf(stderr, "emulated CUDA deadlock: block (%u,%u,%u), threads wait at different barriers\n",
+                 blockIdx.x, blockIdx.y, blockIdx.z);
+    std::abort();
+  }
+}
+}  // namespace emu
+
+inline void __syncthreads() { emu::wait(emu::State::AtBlockBarrier); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::wait(emu::State::AtWarpBarrier); }
 
 // ------------------------------------------------------------------------- warps
 constexpr int warpSize = 32;
-struct WarpState {
-  explicit WarpState(unsigned lanes) : lanes(lanes), bar(lanes) {}
-  unsigned lanes;               // 32, or fewer for a block's partial last warp
-  std::barrier<> bar;
-  alignas(8) unsigned char slot[32][8];  // one value per lane, exchanged by the shuffles
-};
-std::vector<std::unique_ptr<WarpState>> g_warps;
-
-// Linear thread index within the block, as the hardware numbers threads into warps.
-inline unsigned emu_linear_tid() {
-  return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+// Lane l gets lane src(l)'s v, or its own where src(l) is past the (partial) warp.
+// Every lane of the warp must call it (a full mask is all these kernels use).
+template <typename T, typename Src>
+T emu_shuffle(T v, Src src) {
+  static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
+  const unsigned tid = emu::linear_tid(), lane = tid % 32, w = tid / 32;
+  const unsigned lanes = std::min(32u, unsigned(emu::g_fibers.size()) - w * 32);
+  std::memcpy(emu::g_slots[w].v[lane], &v, sizeof(T));
+  __syncwarp();  // every lane has published its value
+  T r = v;
+  const unsigned s = src(lane);
+  if (s < lanes) std::memcpy(&r, emu::g_slots[w].v[s], sizeof(T));
+  __syncwarp();  // every lane has read before the slots are reused
+  return r;
 }
-
-// __shfl_down_sync(mask, v, d): lane l gets lane l + d's v, or its own v where l + d is
-// past the warp (as the hardware does for the full-width form). Every lane of the warp
-// must call it (a full mask is all these kernels use).
 template <typename T>
 T __shfl_down_sync(unsigned /*mask*/, T v, unsigned delta) {
-  static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
-  const unsigned tid = emu_linear_tid(), lane = tid % 32;
-  WarpState& w = *g_warps[tid / 32];
-  std::memcpy(w.slot[lane], &v, sizeof(T));
-  w.bar.arrive_and_wait();  // every lane has published its value
-  T r = v;
-  if (lane + delta < w.lanes) std::memcpy(&r, w.slot[lane + delta], sizeof(T));
-  w.bar.arrive_and_wait();  // every lane has read before the slots are reused
-  return r;
+  return emu_shuffle(v, [&](unsigned l) { return l + delta; });
 }
 template <typename T>
 T __shfl_xor_sync(unsigned /*mask*/, T v, unsigned m) {
-  const unsigned tid = emu_linear_tid(), lane = tid % 32;
-  WarpState& w = *g_warps[tid / 32];
-  std::memcpy(w.slot[lane], &v, sizeof(T));
-  w.bar.arrive_and_wait();
-  T r = v;
-  if ((lane ^ m) < w.lanes) std::memcpy(&r, w.slot[lane ^ m], sizeof(T));
-  w.bar.arrive_and_wait();
-  return r;
+  return emu_shuffle(v, [&](unsigned l) { return l ^ m; });
 }
-inline void __syncwarp(unsigned = 0xffffffffu) { g_warps[emu_linear_tid() / 32]->bar.arrive_and_wait(); }
 
 namespace pydl {
 using std::fma;
@@ -121,31 +197,28 @@ inline int g_num_sms = 132;
 inline int num_sms() { return g_num_sms; }
 }  // namespace pydl
 
-// Runs body() as a CUDA grid of `block`-shaped blocks: one std::thread per CUDA thread of
-// a block; the threads run the blocks one after the other, meeting at a barrier between
-// blocks (as the blocks share the emulated shared memory).
+// Runs body() as a CUDA grid of `block`-shaped blocks, one block after the other, each
+// block's threads as fibers (above).
 template <typename F>
 void launch(Dim3 grid, Dim3 block, F body) {
   gridDim = grid;
   blockDim = block;
   const unsigned threads = block.x * block.y * block.z;
-  std::barrier<> bar(threads);
-  g_barrier = &bar;
-  g_warps.clear();
-  for (unsigned w = 0; w * 32 < threads; ++w) g_warps.emplace_back(new WarpState(std::min(32u, threads - w * 32)));
-  std::vector<std::thread> ts;
-  for (unsigned t = 0; t < threads; ++t)
-    ts.emplace_back([&, t] {
-      threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
-      for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-          for (unsigned x = 0; x < grid.x; ++x) {
-            blockIdx = {x, y, z};
-            body();
-            bar.arrive_and_wait();
-          }
-    });
-  for (auto& t : ts) t.join();
+  emu::g_fibers.resize(threads);
+  for (unsigned t = 0; t < threads; ++t) {
+    emu::Fiber& f = emu::g_fibers[t];
+    if (!f.stack) f.stack.reset(new char[emu::kStack]);
+    f.tid = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+  }
+  emu::g_slots.resize((threads + 31) / 32);
+  const std::function<void()> fn = body;
+  emu::g_body = &fn;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        blockIdx = {x, y, z};
+        emu::run_block();
+      }
 }
 template <typename F>
 void launch(Dim3 grid, unsigned threads, F body) {
