@@ -56,7 +56,8 @@ static void report(const std::string& what, double e, double tol) {
 
 struct Cfg {
   int64_t N, C, HW;
-  bool cl;  // channels_last: (N*HW, C, 1); else NCHW: (N, C, HW)
+  bool cl;             // channels_last: (N*HW, C, 1); else NCHW: (N, C, HW)
+  bool far = false;    // x = 1e4 + 1e-2 * noise: the variance survives only thanks to the shift
 };
 
 template <typename T> const char* tname() {
@@ -90,7 +91,7 @@ void run(const Cfg& cf, int sms) {
     W[c] = Cc(1 + 0.5 * nd(rng));
     Bi[c] = Cc(nd(rng));
     for (int64_t j = 0; j < M; ++j) {
-      X[at(j, c)] = from_c<T>(Cc(3 + c + nd(rng)));
+      X[at(j, c)] = from_c<T>(Cc(cf.far ? 1e4 + 1e-2 * nd(rng) : 3 + c + nd(rng)));
       R[at(j, c)] = from_c<T>(Cc(nd(rng)));
       G[at(j, c)] = from_c<T>(Cc(nd(rng)));
     }
@@ -108,8 +109,8 @@ void run(const Cfg& cf, int sms) {
   const double tol_c = sizeof(Cc) == 8 ? 1e-12 : 1e-5;       // compute-type results
   const double tol_t = std::is_same_v<T, BF16> ? 1e-2 : tol_c;  // rounded to T once
   char tag[96];
-  std::snprintf(tag, sizeof tag, "%-4s %s N%ld C%ld HW%ld sms%d", tname<T>(), cf.cl ? "NHWC" : "NCHW",
-                long(cf.N), long(C), long(cf.HW), sms);
+  std::snprintf(tag, sizeof tag, "%-4s %s N%ld C%ld HW%ld%s sms%d", tname<T>(), cf.cl ? "NHWC" : "NCHW",
+                long(cf.N), long(C), long(cf.HW), cf.far ? " mean1e4" : "", sms);
   const std::string base = tag;
 
   // ---- statistics: the launchers' split, and a forced one (short last slice, B > 32)
@@ -127,6 +128,9 @@ void run(const Cfg& cf, int sms) {
     std::snprintf(b, sizeof b, " B%ld J%ld", long(rg.B), long(rg.J));
     report(base + " stats " + what + b + " mean", err(mo, mean), tol_c);
     report(base + " stats " + what + b + " var", err(vo, var), tol_c);
+    double rel = 0;  // relative to each channel's variance (1e-4 for the far case)
+    for (int64_t c = 0; c < C; ++c) rel = std::max(rel, std::fabs(vo[c] - var[c]) / var[c]);
+    report(base + " stats " + what + b + " var (relative)", rel, cf.far ? 1e-3 : 10 * tol_c);
   };
   const ReduceGrid rg = reduce_grid(outer, C, inner);
   ReduceGrid forced = rg;
@@ -134,6 +138,10 @@ void run(const Cfg& cf, int sms) {
   forced.B = (M + forced.J - 1) / forced.J;
   stats(rg, "grid");
   if (sms == 1) stats(forced, "split");
+  // The passes below get the statistics in the compute type (as torch keeps them); their
+  // reference uses those same rounded values, so it checks the pass, not the rounding.
+  std::vector<double> km(meanC.begin(), meanC.end()), kis(C);
+  for (int64_t c = 0; c < C; ++c) kis[c] = 1 / std::sqrt(double(varC[c]) + double(Cc(eps)));
 
   // ---- forward: y = act((x - mean) * invstd * w + b + r), with and without w, b, r
   std::vector<T> Yact[3];  // the stored y of the affine + residual forward, per activation
@@ -144,7 +152,7 @@ void run(const Cfg& cf, int sms) {
       for (int64_t c = 0; c < C; ++c)
         for (int64_t j = 0; j < M; ++j) {
           const int64_t i = at(j, c);
-          double z = (to_c(X[i]) - mean[c]) * invstd[c];
+          double z = (to_c(X[i]) - km[c]) * kis[c];
           if (affine) z = z * W[c] + Bi[c] + to_c(R[i]);
           yr[i] = bn_act<A, double>(z, alpha);
         }
@@ -180,7 +188,7 @@ void run(const Cfg& cf, int sms) {
         const int64_t i = at(j, c);
         dz[i] = bn_act_grad<A, double>(to_c(G[i]), to_c(Y[i]), alpha);
         sdz[c] += dz[i];
-        sdzxh[c] += dz[i] * (to_c(X[i]) - mean[c]) * invstd[c];
+        sdzxh[c] += dz[i] * (to_c(X[i]) - km[c]) * kis[c];
       }
     // reduction: the launchers' split and the forced one
     std::vector<Cc> sdzC(C), sdzxhC(C);
@@ -214,8 +222,8 @@ void run(const Cfg& cf, int sms) {
       for (int64_t c = 0; c < C; ++c)
         for (int64_t j = 0; j < M; ++j) {
           const int64_t i = at(j, c);
-          const double xh = (to_c(X[i]) - mean[c]) * invstd[c];
-          dxr[i] = train ? W[c] * invstd[c] * (dz[i] - (sdz[c] + xh * sdzxh[c]) / double(M)) : invstd[c] * dz[i];
+          const double xh = (to_c(X[i]) - km[c]) * kis[c];
+          dxr[i] = train ? W[c] * kis[c] * (dz[i] - (sdz[c] + xh * sdzxh[c]) / double(M)) : kis[c] * dz[i];
         }
       auto bwd = [&](auto vec) {
         constexpr int VEC = decltype(vec)::value;
@@ -241,6 +249,37 @@ void run(const Cfg& cf, int sms) {
   });
 }
 
+// An empty batch (M = 0): the statistics are NaN (0 / 0, as torch), the backward sums 0;
+// the launchers skip the partials of the statistics and the elementwise passes.
+template <typename T>
+void run_empty(int64_t C, bool cl) {
+  using Cc = typename OpMath<T>::type;
+  const int64_t outer = 0, inner = cl ? 1 : 9, M = 0;
+  const ReduceGrid rg = reduce_grid(outer, C, inner);
+  const T* x = nullptr;  // nothing may be read
+  std::vector<Cc> ws(2 * C * rg.B, Cc(NAN)), mo(C, Cc(0)), vo(C, Cc(0)), var(C, Cc(1));
+  launch(Dim3(warp_blocks(C)), kBnThreads, [&] {
+    stats_combine_kernel<T>(x, ws.data(), ws.data() + C * rg.B, C, inner, M, rg.J, rg.B, mo.data(), vo.data());
+  });
+  bool nan = true;
+  for (int64_t c = 0; c < C; ++c) nan &= std::isnan(double(mo[c])) && std::isnan(double(vo[c]));
+  const std::string base = std::string(tname<T>()) + (cl ? " NHWC" : " NCHW") + " empty batch C" + std::to_string(C);
+  report(base + " stats NaN", nan ? 0 : INFINITY, 0);
+  std::vector<Cc> s1(C, Cc(NAN)), s2(C, Cc(NAN));
+  launch(Dim3(unsigned(rg.tiles), unsigned(rg.B)), Dim3(rg.tx, rg.ty), [&] {
+    if (cl) bwd_reduce_partial_kernel<BnAct::None, T, true>(x, x, x, var.data(), Cc(0), C, inner, M, rg.J, rg.B,
+                                                            ws.data(), ws.data() + C * rg.B);
+    else bwd_reduce_partial_kernel<BnAct::None, T, false>(x, x, x, var.data(), Cc(0), C, inner, M, rg.J, rg.B,
+                                                          ws.data(), ws.data() + C * rg.B);
+  });
+  launch(Dim3(warp_blocks(C)), kBnThreads, [&] {
+    bwd_reduce_combine_kernel<Cc>(ws.data(), ws.data() + C * rg.B, var.data(), Cc(1e-5), C, rg.B, s1.data(),
+                                  s2.data());
+  });
+  const std::vector<double> zero(C, 0.0);
+  report(base + " bwd-reduce sums 0", std::max(err(s1, zero), err(s2, zero)), 0);
+}
+
 int main() {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // a line per check, also when piped
   // N, C, HW (H*W), channels_last
@@ -258,6 +297,13 @@ int main() {
       {3, 37, 5, true},    // tx = 32, the second tile mostly padding
       {2, 3, 2100, true},  // 4200 rows: a real split (B = 4 at 1 SM), rows over blocks
   };
+  const std::vector<Cfg> far = {{2, 2, 1000, false, true}, {4, 3, 500, true, true}};
+  for (const auto& c : far) {
+    run<float>(c, 1);
+    run<double>(c, 1);
+  }
+  for (int64_t C : {1, 3, 40})
+    for (bool cl : {false, true}) run_empty<float>(C, cl);
   for (int sms : {1, 132})
     for (const auto& c : cfgs) {
       run<float>(c, sms);

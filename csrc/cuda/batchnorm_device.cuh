@@ -38,7 +38,7 @@
 // the shapes the launchers do). It needs, before it is included, the CUDA headers plus
 // OpMath / to_c / from_c / Pack / vec_width / num_sms (csrc/cuda/elementwise.cuh):
 // batchnorm_kernel.cu includes it for the GPU, and tests/batchnorm_cuda_emulation.cpp
-// includes it on the host, with C++ threads standing in for CUDA threads, to check these
+// includes it on the host, with fibers standing in for CUDA threads, to check these
 // kernels on machines without a GPU.
 #pragma once
 
