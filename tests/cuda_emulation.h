@@ -5,18 +5,19 @@
 // How: the CUDA keywords become plain C++ (__shared__ -> static, so every emulated thread
 // of a block sees the same array). Each CUDA thread of a block is a fiber (ucontext) with
 // its own stack, all on one OS thread: a scheduler runs each fiber until it reaches a
-// barrier -- __syncthreads() for the block, a warp shuffle or __syncwarp() for its warp
-// -- and releases a barrier once every thread still running has reached it (a thread that
-// returned counts as arrived, as on the GPU). Warp shuffles exchange values through
-// per-warp slots, so a shuffle executed by only some warps of a block (legal when the
-// others have left) works, and a block's partial last warp has fewer lanes. The runnable
-// fibers are resumed in alternating forward / reverse order, so a phase missing its
-// barrier tends to read data its neighbours have not written yet. A mismatch (some lanes
-// of a warp at a shuffle while others wait elsewhere; a __syncthreads() not reached by
-// all) is a deadlock on the GPU and aborts here with a message. Blocks run one after the
-// other. (Fibers rather than OS threads: 256-thread blocks meeting at every barrier on a
-// 2-core machine cost a futex storm; fiber switches cost well under a microsecond.)
-// A 16-bit-in-spirit type with bfloat16 rounding (BF16) stands in for __nv_bfloat16.
+// barrier -- __syncthreads() for the block, a warp shuffle or __syncwarp() for its warp --
+// and releases the barrier once every thread concerned has reached it. For __syncthreads()
+// a thread that has returned counts as arrived (as on the GPU); a full-mask shuffle needs
+// all lanes of its warp, so a shuffle in a warp some of whose lanes have left fails. Warp
+// shuffles exchange values through per-warp slots, so a shuffle by only some warps of a
+// block (the others having left) works, and a block's partial last warp has fewer lanes.
+// The runnable fibers are resumed in alternating forward / reverse order, so a phase
+// missing its barrier tends to read data its neighbours have not written yet. Threads
+// waiting at different barriers -- a deadlock or undefined behaviour on the GPU -- abort
+// here with a message. Blocks run one after the other. (Fibers rather than OS threads:
+// 256-thread blocks meeting at every barrier on a 2-core machine are a futex storm; a
+// fiber switch costs well under a microsecond.)
+// A float rounded to bfloat16 precision (BF16) stands in for __nv_bfloat16.
 // What this cannot check: timing, memory coalescing, true concurrency (races within a
 // phase are not interleaved), and anything layout-specific to the hardware (WMMA
 // fragments, alignment).
@@ -110,7 +111,7 @@ inline void run_block() {
       for (unsigned i = w * 32; i < std::min(n, w * 32 + 32); ++i) {
         const State s = g_fibers[i].state;
         any |= s == State::AtWarpBarrier;
-        full &= s == State::AtWarpBarrier || s == State::Done;
+        full &= s == State::AtWarpBarrier;  // a lane that has left never arrives (below)
       }
       if (any && full) {
         for (unsigned i = w * 32; i < std::min(n, w * 32 + 32); ++i)
@@ -129,7 +130,9 @@ inline void run_block() {
         if (f.state == State::AtBlockBarrier) f.state = State::Ready;
       continue;
     }
-    std::fprintf(stderr, "emulated CUDA deadlock: block (%u,%u,%u), threads wait at different barriers\n",
+    std::fprintf(stderr,
+                 "emulated CUDA deadlock: block (%u,%u,%u): threads wait at different barriers, or a "
+                 "warp shuffles with lanes that have left\n",
                  blockIdx.x, blockIdx.y, blockIdx.z);
     std::abort();
   }

@@ -41,8 +41,8 @@ double err(const std::vector<V>& got, const std::vector<double>& ref) {
   for (double r : ref) scale = std::max(scale, std::fabs(r));
   for (size_t i = 0; i < ref.size(); ++i) {
     const double v = double(to_c(got[i]));
-    if (std::isnan(v)) return INFINITY;
-    e = std::max(e, std::fabs(v - ref[i]));
+    if (std::isnan(v) != std::isnan(ref[i])) return INFINITY;  // (outputs start as NaN)
+    if (!std::isnan(v)) e = std::max(e, std::fabs(v - ref[i]));
   }
   return e / scale;
 }
@@ -64,6 +64,7 @@ struct Case {
   int64_t kh, kw, sh, sw, ph, pw, dh, dw;  // fixed windows; for adaptive: OH = kh, OW = kw
   bool ceil_mode, count_include_pad;
   int64_t divisor_override;
+  bool nans = false;  // every 11th input NaN: max pooling propagates it, index of the last
 };
 
 // torch's output size of a fixed window axis
@@ -122,7 +123,7 @@ void run(const Case& c, bool cl, int vec, unsigned max_blocks) {
   };
   std::normal_distribution<double> nd;
   std::vector<T> X(N * C * IH * IW), G(N * C * OH * OW);
-  for (auto& v : X) v = from_c<T>(Cc(nd(rng)));
+  for (size_t i = 0; i < X.size(); ++i) X[i] = from_c<T>(Cc(c.nans && i % 11 == 3 ? NAN : nd(rng)));
   for (auto& v : G) v = from_c<T>(Cc(nd(rng)));
   // float64 reference: y, ind, dx
   std::vector<double> Yr(G.size()), DXr(X.size(), 0), GATHr(G.size());
@@ -139,7 +140,8 @@ void run(const Case& c, bool cl, int vec, unsigned max_blocks) {
             int64_t bi = -1;
             for (int64_t h : th.in)
               for (int64_t w : tw.in)
-                if (double v = to_c(X[xi(n, ch, h, w)]); v > best) best = v, bi = h * IW + w;
+                // torch: a larger value or a NaN takes over (so the last NaN's index wins)
+                if (double v = to_c(X[xi(n, ch, h, w)]); v > best || std::isnan(v)) best = v, bi = h * IW + w;
             Yr[o] = best;
             Ir[o] = bi;
             if (bi >= 0) DXr[xi(n, ch, bi / IW, bi % IW)] += g;  // (no case has an empty window)
@@ -160,14 +162,14 @@ void run(const Case& c, bool cl, int vec, unsigned max_blocks) {
   auto blocks = [&](int64_t work) {
     return unsigned(std::max<int64_t>(1, std::min<int64_t>((work + threads - 1) / threads, max_blocks)));
   };
-  char tag[160];
+  char tag[200];
   std::snprintf(tag, sizeof tag,
                 "%-4s %-12s %s vec%d N%ld C%ld %ldx%ld->%ldx%ld k%ldx%ld s%ld,%ld p%ld,%ld d%ld,%ld%s%s%s grid<=%u",
                 tname<T>(), mname(c.mode), cl ? "NHWC" : "NCHW", vec, long(N), long(C), long(IH), long(IW),
                 long(OH), long(OW), long(c.kh), long(c.kw), long(c.sh), long(c.sw), long(c.ph), long(c.pw),
                 long(c.dh), long(c.dw), c.ceil_mode ? " ceil" : "", c.count_include_pad ? " incl-pad" : "",
                 c.divisor_override ? " div-override" : "", max_blocks);
-  const std::string base = tag;
+  const std::string base = std::string(tag) + (c.nans ? " NaN-in" : "");
   const double tol = std::is_same_v<T, BF16> ? 1e-2 : sizeof(Cc) == 8 ? 1e-12 : 1e-5;
 
   std::vector<T> Y(G.size(), poison<T>()), DX(X.size(), poison<T>());
@@ -260,6 +262,9 @@ int main() {
       {kAdaAvg, 3, 3, 7, 7, 1, 1, 0, 0, 0, 0, 1, 1, false, false, 0},  // global, C not a vec multiple
       {kAdaMax, 2, 8, 7, 10, 3, 4, 0, 0, 0, 0, 1, 1, false, false, 0}, // adaptive max
       {kAdaMax, 1, 3, 5, 5, 7, 6, 0, 0, 0, 0, 1, 1, false, false, 0},  // output larger than input
+      {kMax, 2, 3, 9, 7, 3, 3, 1, 1, 1, 1, 1, 1, false, false, 0, true},  // NaN inputs, overlapping windows
+      {kAdaMax, 2, 8, 9, 7, 4, 3, 0, 0, 0, 0, 1, 1, false, false, 0, true},
+      {kAvg, 2, 3, 9, 7, 3, 3, 2, 2, 1, 1, 1, 1, false, false, 0, true},  // NaN reaches y, not dx
   };
   for (const auto& c : cases) {
     all_layouts<float>(c);
