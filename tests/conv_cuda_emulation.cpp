@@ -3,67 +3,17 @@
 // kernels, block reductions -- is checked on machines without a GPU (tests/test_conv.py
 // compiles and runs this with g++).
 //
-// How: the CUDA keywords become plain C++ (__shared__ -> static, so every emulated thread
-// of a block sees the same array), each CUDA thread of a block is a std::thread with its
-// own threadIdx/blockIdx, __syncthreads() is a std::barrier, and blocks run one after the
-// other. nvcuda::wmma is emulated with every thread of a warp holding a whole 16x16
-// fragment (the real API spreads it over the warp; the result is the same). A 16-bit type
-// with bfloat16 rounding stands in for __nv_bfloat16 so the tensor-core engine runs too.
+// How: tests/cuda_emulation.h (CUDA keywords as plain C++, each CUDA thread a fiber,
+// __syncthreads() a barrier of the fibers, blocks one after the other). nvcuda::wmma
+// is emulated with every thread of a warp holding a whole 16x16 fragment (the real API
+// spreads it over the warp; the result is the same). The header's bfloat16 stand-in runs
+// the tensor-core engine too.
 // What this cannot check: timing, memory coalescing, the real WMMA fragment layouts.
 //
 // Each kernel is compared with a float64 direct convolution; exit status 0 = all passed.
-#include <algorithm>
-#include <barrier>
-#include <cmath>
-#include <cstdint>
-#include <cstdio>
-#include <cstring>
 #include <random>
-#include <thread>
-#include <type_traits>
-#include <vector>
 
-#define __device__
-#define __forceinline__ inline
-#define __global__
-#define __shared__ static
-#define __align__(n) __attribute__((aligned(n)))
-#define __launch_bounds__(...)
-
-struct Dim3 {
-  unsigned x = 0, y = 0, z = 0;
-};
-thread_local Dim3 threadIdx, blockIdx;
-Dim3 gridDim, blockDim;
-std::barrier<>* g_barrier = nullptr;
-inline void __syncthreads() { g_barrier->arrive_and_wait(); }
-
-namespace pydl {
-using std::fma;
-// bfloat16 stand-in: a float rounded to 8 significant bits (round to nearest even)
-struct BF16 {
-  float v;
-};
-inline BF16 to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u = (u + 0x7fff + ((u >> 16) & 1)) & 0xffff0000u;
-  BF16 r;
-  std::memcpy(&r.v, &u, 4);
-  return r;
-}
-template <typename T> struct OpMath { using type = float; };
-template <> struct OpMath<double> { using type = double; };
-inline float to_c(float v) { return v; }
-inline double to_c(double v) { return v; }
-inline float to_c(BF16 v) { return v.v; }
-template <typename T> inline T from_c(typename OpMath<T>::type v) { return T(v); }
-template <> inline BF16 from_c<BF16>(float v) { return to_bf16(v); }
-constexpr int kThreads = 256;
-// (no alignas: the host stand-in types are wider than the GPU's; alignment is the
-// launcher's check on the GPU)
-template <typename T, int N> struct Pack { T v[N]; };
-}  // namespace pydl
+#include "cuda_emulation.h"
 
 namespace nvcuda {
 namespace wmma {
@@ -126,30 +76,6 @@ inline float __float_to_tf32(float f) {
 
 using namespace pydl;
 using namespace pydl::conv_detail;
-
-// Runs body() as a CUDA grid: one std::thread per CUDA thread of a block; the threads run
-// the blocks one after the other, meeting at a barrier between blocks (as the blocks share
-// the emulated shared memory).
-template <typename F>
-void launch(Dim3 grid, unsigned threads, F body) {
-  gridDim = grid;
-  blockDim = {threads, 1, 1};
-  std::barrier<> bar(threads);
-  g_barrier = &bar;
-  std::vector<std::thread> ts;
-  for (unsigned t = 0; t < threads; ++t)
-    ts.emplace_back([&, t] {
-      threadIdx = {t, 0, 0};
-      for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-          for (unsigned x = 0; x < grid.x; ++x) {
-            blockIdx = {x, y, z};
-            body();
-            bar.arrive_and_wait();
-          }
-    });
-  for (auto& t : ts) t.join();
-}
 
 struct Cfg {
   int64_t N, C, H, W, OC, KH, KW, sh, sw, pt, pl, pb, pr, dh, dw, g;
@@ -293,7 +219,8 @@ int main() {
   for (const auto& c : cfgs) {
     fails += run<double, false>(c, 1e-12);
     fails += run<float, false>(c, 1e-5);
-    fails += run<float, true>(c, 2e-3);  // TF32 operands: 2^-11 relative each, K terms    fails += run<BF16, true>(c, 1e-2);  // rounded once to 8 bits on store: 2^-8 relative
+    fails += run<float, true>(c, 2e-3);  // TF32 operands: 2^-11 relative each, K terms
+    fails += run<BF16, true>(c, 1e-2);   // rounded once to 8 bits on store: 2^-8 relative
   }
   for (const auto& c : vec_cfgs) fails += run<BF16, true, true>(c, 1e-2);
   std::printf("%d failure(s)\n", fails);

@@ -8,6 +8,7 @@ Run as a script (``python tests/test_batchnorm.py --sync-worker ...``) this file
 also the worker of the 2-process SyncBatchNorm test.
 """
 import os
+import shutil
 import subprocess
 import sys
 
@@ -590,6 +591,28 @@ def test_sync_batchnorm_single_process_and_convert():
     x = make_input((3, 4, 3, 5), torch.float32)
     assert torch.allclose(ours(x), ref(x), rtol=1e-5, atol=1e-5)
     assert torch.allclose(ours.running_var, ref.running_var, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------- CUDA kernels, emulated on the host (no GPU)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20) to build the emulation")
+def test_cuda_kernels_emulated_on_host(tmp_path):
+    """The CUDA kernels of csrc/cuda/batchnorm_device.cuh, compiled for the host with fibers
+    as CUDA threads (tests/batchnorm_cuda_emulation.cpp): statistics (split over
+    blocks + the warp-shuffle combine), the fused forward, the backward reduction and the
+    elementwise backward, NCHW planes (scalar and 16-byte Pack) and channels_last, float,
+    float64 and a bfloat16 stand-in, against a float64 reference. Checks their indexing
+    where no GPU is available."""
+    exe = tmp_path / "bn_emu"
+    src = os.path.join(_ROOT, "tests", "batchnorm_cuda_emulation.cpp")
+    build = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-I", os.path.join(_ROOT, "csrc"),
+                            "-I", os.path.join(_ROOT, "csrc", "cuda"), src, "-o", str(exe)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-4000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "0 failure(s)" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------- bad input

@@ -3,6 +3,10 @@ backend x dtype x layout x config against the float64 oracle, forward and backwa
 indices equal to torch's and usable by max_unpool2d; NaN propagation; unbatched and
 empty-batch input; gradcheck, opcheck, torch.compile; bitwise run-to-run determinism of
 the backward; bad input; the nn modules as drop-ins."""
+import os
+import shutil
+import subprocess
+
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -441,6 +445,28 @@ def test_small_cnn_with_pydl_pools_matches_torch(backend, device):
     assert torch.allclose(y, y_ref, atol=1e-5, rtol=1e-5)
     for a, b in zip(g, g_ref):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------- CUDA kernels, emulated on the host (no GPU)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20) to build the emulation")
+def test_cuda_kernels_emulated_on_host(tmp_path):
+    """The CUDA kernels of csrc/cuda/pool_device.cuh, compiled for the host with fibers as
+    CUDA threads (tests/pool_cuda_emulation.cpp): max (values, indices, gather), avg
+    (count_include_pad, divisor_override, ceil_mode), adaptive avg/max, the global average
+    kernels, forward and backward, NCHW and channels_last (scalar and 16-byte vectors),
+    float, float64 and a bfloat16 stand-in, against a float64 reference written from
+    torch's definitions. Checks their indexing where no GPU is available."""
+    exe = tmp_path / "pool_emu"
+    src = os.path.join(_ROOT, "tests", "pool_cuda_emulation.cpp")
+    build = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-I", os.path.join(_ROOT, "csrc"),
+                            "-I", os.path.join(_ROOT, "csrc", "cuda"), src, "-o", str(exe)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-4000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "0 failure(s)" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------- bad input

@@ -50,7 +50,7 @@
 // This header holds the device code only and needs, before it is included, the CUDA
 // headers plus OpMath / to_c / from_c / kThreads (csrc/cuda/elementwise.cuh) and
 // nvcuda::wmma (<mma.h>): conv_kernel.cu includes it for the GPU, and
-// tests/conv_cuda_emulation.cpp includes it on the host, with C++ threads standing in
+// tests/conv_cuda_emulation.cpp includes it on the host, with fibers standing in
 // for CUDA threads, to check these kernels' indexing on machines without a GPU.
 #pragma once
 
