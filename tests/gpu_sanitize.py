@@ -117,7 +117,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", default="cuda,triton")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--triton-config", type=int, default=0,
+                    help="block configuration the Triton conv kernels use (-1: autotune, which under "
+                         "the sanitizer times every configuration at 10-100x slowdown)")
     args = ap.parse_args(argv)
+    if "triton" in args.backend.split(",") and args.triton_config >= 0 and pydl._dispatch._kernels is not None:
+        from pydl.kernels import conv as triton_conv
+        triton_conv.pin_config(args.triton_config)
     total = 0
     for b in args.backend.split(","):
         st = pydl.backends()[b]
