@@ -466,3 +466,12 @@ def test_no_memory_growth_over_1000_cnn_steps(backend, device):
     else:
         grown = _rss_mb() - before
         assert grown < 8, f"RSS grew by {grown:.1f} MB over 1000 steps"
+
+
+def test_gpu_sanitize_script_dry_run():
+    """tests/gpu_sanitize.py (what compute-sanitizer runs on a GPU machine) on the CPU, so
+    the script cannot rot between GPU runs: every call it makes passes the oracle rule."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    run = subprocess.run([sys.executable, os.path.join(here, "gpu_sanitize.py"), "--device", "cpu",
+                          "--backend", "cpu", "--quick"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "checks passed" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
