@@ -15,6 +15,7 @@ torch.autocast(dtype=bfloat16), the usual mixed-precision recipe.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as TF
@@ -46,10 +47,12 @@ def available() -> bool:
     return hasattr(pydl, "convert") and hasattr(pydl.optim, "Adam")
 
 
-def make_step(make_model, impl: str, batch: int, chw, classes: int, dtype, layout: str, device: str, seed: int = 0):
+def make_step(impl: str, device: str, *, make_model, batch: int, chw, classes: int, dtype, layout: str,
+              seed: int = 0):
     """A zero-argument training step for `impl` ("pydl-<backend>", "torch" = Adam with
-    torch's default flags, "torch fused", "torch float64" = the oracle: everything in float64, no autocast), with
-    the model, data and optimizer built once. Same seed, same model, same data."""
+    torch's default flags, "torch fused", "torch float64" = the oracle: everything in
+    float64, no autocast), with the model, data and optimizer built once. Same seed, same
+    model, same data."""
     torch.manual_seed(seed)
     model = make_model().to(device)
     if impl == "torch float64":
@@ -63,10 +66,9 @@ def make_step(make_model, impl: str, batch: int, chw, classes: int, dtype, layou
     else:
         opt = torch.optim.Adam(model.parameters(), lr=LR, **({"fused": True} if impl == "torch fused" else {}))
     g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn((batch,) + tuple(chw), generator=g).to(device).contiguous(memory_format=mf)
+    x = torch.randn((batch,) + tuple(chw), generator=g)  # float32 for all: the oracle gets the same values
+    x = x.to(device, torch.float64 if dtype == torch.float64 else None).contiguous(memory_format=mf)
     y = torch.randint(0, classes, (batch,), generator=g).to(device)
-    if dtype == torch.float64:
-        x = x.double()
     amp = dtype in (torch.bfloat16, torch.float16)
 
     def step():
@@ -76,7 +78,7 @@ def make_step(make_model, impl: str, batch: int, chw, classes: int, dtype, layou
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
-    return step, model
+    return step
 
 
 def cases(shapes, dtypes, layouts, modes, ops=None):
@@ -88,27 +90,26 @@ def cases(shapes, dtypes, layouts, modes, ops=None):
             if dtype == torch.float16:  # fp16 training needs a GradScaler: not a row of its own
                 continue
             for layout in layouts:
-                def impl_fn(impl, args=(make_model, batch, chw, classes, dtype, layout)):
+                build = functools.partial(make_step, make_model=make_model, batch=batch, chw=chw,
+                                          classes=classes, dtype=dtype, layout=layout)
+
+                def impl_fn(impl, build=build):
                     state = {}
 
                     def fn(*_):  # the step is built on first call, on the device the bench runs on
                         if "step" not in state:
-                            dev = "cuda" if torch.cuda.is_available() else "cpu"
-                            mk, n, chw_, k, dt, lay = args
-                            state["step"] = make_step(mk, impl, n, chw_, k, dt, lay, dev)[0]
+                            state["step"] = build(impl, "cuda" if torch.cuda.is_available() else "cpu")
                         return state["step"]()
                     return fn
 
-                def check(backend, device, args=(make_model, batch, chw, classes, dtype, layout)):
+                def check(backend, device, build=build, dtype=dtype):
                     """Three steps of pydl, of torch in the same dtype and of torch in float64 from
                     the same start: each step's loss (the first checks the forward, the later ones
                     backward + Adam) is as close to the float64 loss as 2x torch's + atol."""
-                    mk, n, chw_, k, dt, lay = args
-                    steps = {name: make_step(mk, name, n, chw_, k, dt, lay, device)[0]
-                             for name in (f"pydl-{backend}", "torch", "torch float64")}
+                    steps = [build(name, device) for name in (f"pydl-{backend}", "torch", "torch float64")]
                     for i in range(3):
-                        la, lt, lr = (float(s().detach()) for s in steps.values())
-                        if not abs(la - lr) <= 2 * abs(lt - lr) + ATOL[dt] * max(1.0, abs(lr)):
+                        la, lt, lr = (float(s().detach()) for s in steps)
+                        if not abs(la - lr) <= 2 * abs(lt - lr) + ATOL[dtype] * max(1.0, abs(lr)):
                             return f"step {i}: loss {la:.6g}, torch {lt:.6g}, float64 {lr:.6g}"
                     return ""
 

@@ -44,10 +44,11 @@ class Timing:
 class Timer:
     """Times a zero-argument callable on `device` ("cuda" or "cpu")."""
 
-    def __init__(self, device: str, warmup: int = 5, repeats: int = 30, min_time_s: float = 0.0):
+    def __init__(self, device: str, warmup: int = 5, repeats: int = 30, min_time_s: float = 0.0,
+                 explicit: bool = False):
         self.device = device
         self.warmup, self.repeats = warmup, repeats
-        self.explicit = False  # repeats chosen by the user (cases then keep it)
+        self.explicit = explicit  # repeats chosen by the user: a case's own count does not apply
         self._flush = None
         if device == "cuda":
             l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 * 2**20)

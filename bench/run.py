@@ -191,8 +191,8 @@ def main(argv=None) -> int:
     os.makedirs(name, exist_ok=True)
     print(f"device {device}; measuring ceilings...", file=sys.stderr)
     ceilings = measure_ceilings(device)
-    timer = Timer(device, warmup=3 if gpu else 1, repeats=args.repeats or (30 if gpu else 5))
-    timer.explicit = bool(args.repeats)
+    timer = Timer(device, warmup=3 if gpu else 1, repeats=args.repeats or (30 if gpu else 5),
+                  explicit=bool(args.repeats))
     cases = load_cases(args)
     if args.first:  # a stable sort: the named ops first, each group in its usual order
         first = set(args.first.split(","))

@@ -5,6 +5,7 @@ interpreter is chosen when the kernels are *defined*, so TRITON_INTERPRET must b
 before pydl (and so pydl.kernels) is imported -- here, first thing.
 """
 import os
+import subprocess
 
 import torch
 
@@ -22,9 +23,10 @@ STATUS = pydl.backends()
 # block configuration): minutes over the whole suite. The suite runs them with their first
 # configuration (test_conv.py::test_triton_every_config runs each of the others);
 # PYDL_TEST_AUTOTUNE=1 keeps the tuning.
-if GPU and pydl._dispatch._kernels is not None and os.environ.get("PYDL_TEST_AUTOTUNE") != "1":
+TRITON_TEST_CONFIG = 0 if GPU and os.environ.get("PYDL_TEST_AUTOTUNE") != "1" else None  # None: tune
+if pydl._dispatch._kernels is not None and TRITON_TEST_CONFIG is not None:
     from pydl.kernels import conv as _triton_conv
-    _triton_conv.pin_config(0)
+    _triton_conv.pin_config(TRITON_TEST_CONFIG)
 
 # (backend, device) pairs: each pydl kernel family on the device it runs on.
 PAIRS = [("cpu", "cpu"), ("cuda", "cuda"), ("triton", "cuda" if GPU else "cpu")]
@@ -55,3 +57,22 @@ def interpreted(backend: str, device: str) -> bool:
 # Every op supports these on every backend; float64 is also the gradcheck dtype.
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 DTYPE_IDS = ["f32", "f16", "bf16", "f64"]
+
+
+# ------------------------------------------- CUDA kernels, emulated on the host (no GPU)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_gxx = pytest.mark.skipif(__import__("shutil").which("g++") is None,
+                               reason="needs g++ (C++20) to build the emulation")
+
+
+def run_cuda_emulation(name: str, tmp_path, timeout: int = 300) -> None:
+    """Compile tests/<name>_cuda_emulation.cpp (a family's CUDA device code run on the host,
+    tests/cuda_emulation.h) with g++ and run it: it must build and report 0 failures."""
+    exe = tmp_path / f"{name}_emu"
+    src = os.path.join(ROOT, "tests", f"{name}_cuda_emulation.cpp")
+    build = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-I", os.path.join(ROOT, "csrc"),
+                            "-I", os.path.join(ROOT, "csrc", "cuda"), src, "-o", str(exe)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-4000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0 and "0 failure(s)" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]

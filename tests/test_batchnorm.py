@@ -8,7 +8,6 @@ Run as a script (``python tests/test_batchnorm.py --sync-worker ...``) this file
 also the worker of the 2-process SyncBatchNorm test.
 """
 import os
-import shutil
 import subprocess
 import sys
 
@@ -21,7 +20,7 @@ import pydl
 import pydl.functional as F
 from pydl.nn.batchnorm import TORCH_HAS_BN_BIAS
 from pydl.testing import check_against_torch, make_input
-from conftest import DTYPE_IDS, DTYPES, backend_params, interpreted
+from conftest import DTYPE_IDS, DTYPES, backend_params, interpreted, needs_gxx, run_cuda_emulation
 
 LAYOUTS = ["contiguous", "channels_last", "noncontig"]
 
@@ -205,6 +204,10 @@ def test_modules_are_drop_ins():
             for mode in (True, False):
                 a.train(mode), b.train(mode)
                 assert torch.allclose(a(x), b(x), rtol=1e-5, atol=1e-5), (kw, mode)
+    if not TORCH_HAS_BN_BIAS:  # torch without bias= for batch norm: pydl refuses it the same way
+        for cls in (nn.BatchNorm2d, pydl.nn.BatchNorm2d):
+            with pytest.raises(TypeError, match="unexpected keyword argument 'bias'"):
+                cls(4, bias=False)
     # a BatchNorm2d checkpoint loads into the fused module (same keys)
     bn = nn.BatchNorm2d(6)
     bn.running_mean.uniform_(-1, 1)
@@ -594,10 +597,7 @@ def test_sync_batchnorm_single_process_and_convert():
 
 
 # ------------------------------------------- CUDA kernels, emulated on the host (no GPU)
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20) to build the emulation")
+@needs_gxx
 def test_cuda_kernels_emulated_on_host(tmp_path):
     """The CUDA kernels of csrc/cuda/batchnorm_device.cuh, compiled for the host with fibers
     as CUDA threads (tests/batchnorm_cuda_emulation.cpp): statistics (split over
@@ -605,14 +605,7 @@ def test_cuda_kernels_emulated_on_host(tmp_path):
     elementwise backward, NCHW planes (scalar and 16-byte Pack) and channels_last, float,
     float64 and a bfloat16 stand-in, against a float64 reference. Checks their indexing
     where no GPU is available."""
-    exe = tmp_path / "bn_emu"
-    src = os.path.join(_ROOT, "tests", "batchnorm_cuda_emulation.cpp")
-    build = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-I", os.path.join(_ROOT, "csrc"),
-                            "-I", os.path.join(_ROOT, "csrc", "cuda"), src, "-o", str(exe)],
-                           capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr[-4000:]
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and "0 failure(s)" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+    run_cuda_emulation("batchnorm", tmp_path, timeout=600)
 
 
 # ------------------------------------------------------------------------- bad input

@@ -12,7 +12,6 @@ float32 on the GPU: these tests run with torch.backends.cudnn.allow_tf32 = False
 float32 in both torch and pydl), except test_tf32_mode which checks the TF32 mode.
 """
 import os
-import shutil
 import subprocess
 import sys
 
@@ -24,7 +23,7 @@ from torch import nn
 import pydl
 import pydl.functional as F
 from pydl.testing import check_against_torch, make_input
-from conftest import DTYPE_IDS, DTYPES, GPU, backend_params, interpreted
+from conftest import DTYPE_IDS, DTYPES, GPU, TRITON_TEST_CONFIG, backend_params, interpreted, needs_gxx, run_cuda_emulation
 
 # torch's own warning when its reference pads for 'same' with an even kernel
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
@@ -134,7 +133,7 @@ def test_triton_every_config(backend, device):
                     for layout in LAYOUTS:
                         _run(row, backend, dtype, device, layout)
     finally:  # back to what conftest set for the rest of the suite
-        tc.pin_config(0 if GPU and os.environ.get("PYDL_TEST_AUTOTUNE") != "1" else None)
+        tc.pin_config(TRITON_TEST_CONFIG)
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
@@ -446,23 +445,13 @@ def test_cpu_deterministic_any_thread_count():
 
 
 # ------------------------------------------- CUDA kernels, emulated on the host (no GPU)
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20) to build the emulation")
+@needs_gxx
 def test_cuda_kernels_emulated_on_host(tmp_path):
     """The CUDA kernels of csrc/cuda/conv_device.cuh, compiled for the host with fibers
     as CUDA threads (tests/conv_cuda_emulation.cpp): every engine (SIMT, WMMA with
     a bfloat16 stand-in, depthwise, split-K weight grad, bias grad) against a float64
     direct convolution. Checks their indexing where no GPU is available."""
-    exe = tmp_path / "conv_emu"
-    src = os.path.join(_ROOT, "tests", "conv_cuda_emulation.cpp")
-    build = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-I", os.path.join(_ROOT, "csrc"),
-                            "-I", os.path.join(_ROOT, "csrc", "cuda"), src, "-o", str(exe)],
-                           capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr[-4000:]
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0 and "0 failure(s)" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+    run_cuda_emulation("conv", tmp_path)
 
 
 # Compiles the Triton kernels for an H100 (sm_90, through ptxas to a cubin) without a GPU:

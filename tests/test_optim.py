@@ -75,18 +75,16 @@ ONE_PER_OPT = [("SGD", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1})
                             "initial_accumulator_value": 0.1})]
 
 
-def _torch_adagrad_steps_added_groups() -> bool:
-    """Whether the installed torch's Adagrad can step a parameter added by add_param_group
-    (older releases made Adagrad's state in __init__ only)."""
-    p, q = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
-    opt = torch.optim.Adagrad([p])
-    opt.add_param_group({"params": [q]})
-    p.grad, q.grad = torch.ones(1), torch.ones(1)
-    try:
-        opt.step()
-    except KeyError:
-        return False
-    return True
+def _init_added_adagrad_state(opt) -> None:
+    """Older torch releases (2.11) make Adagrad's state in __init__ only, so a parameter added
+    by add_param_group has none and their step fails (KeyError 'sum'). For the reference,
+    make it as newer releases do at its first step: step 0, sum = initial_accumulator_value."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if not opt.state[p]:
+                opt.state[p] = {"step": torch.tensor(0.0),
+                                "sum": torch.full_like(p, group["initial_accumulator_value"],
+                                                       memory_format=torch.preserve_format)}
 
 
 def _grad_like(p, seed):
@@ -310,9 +308,6 @@ def test_lr_scheduler(backend, device, name):
 def test_param_groups(backend, device, cfg):
     # two groups with different hyperparameters, and a third added later with add_param_group
     name, kw = cfg
-    if name == "Adagrad" and not _torch_adagrad_steps_added_groups():
-        pytest.skip(f"torch {torch.__version__}'s own Adagrad cannot step a param group added "
-                    f"later (its state is made in __init__ only: KeyError 'sum'), so it is no reference")
     base = [make_input(s, torch.float32, device, seed=i) for i, s in enumerate(SHAPES)]
     extra = make_input((11, 3), torch.float32, device, seed=9)
     out = []
@@ -324,6 +319,8 @@ def test_param_groups(backend, device, cfg):
         for s in range(4):
             if s == 2:
                 opt.add_param_group({"params": [e], "lr": 0.02})
+                if lib is torch.optim and name == "Adagrad":
+                    _init_added_adagrad_state(opt)
             for i, p in enumerate(ps + ([e] if s >= 2 else [])):
                 p.grad = _grad_like(p, 10 * s + i)
             opt.step()

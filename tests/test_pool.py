@@ -3,9 +3,6 @@ backend x dtype x layout x config against the float64 oracle, forward and backwa
 indices equal to torch's and usable by max_unpool2d; NaN propagation; unbatched and
 empty-batch input; gradcheck, opcheck, torch.compile; bitwise run-to-run determinism of
 the backward; bad input; the nn modules as drop-ins."""
-import os
-import shutil
-import subprocess
 
 import pytest
 import torch
@@ -15,7 +12,7 @@ from torch import nn
 import pydl
 import pydl.functional as F
 from pydl.testing import check_against_torch, make_input
-from conftest import DTYPE_IDS, DTYPES, backend_params, interpreted
+from conftest import DTYPE_IDS, DTYPES, backend_params, interpreted, needs_gxx, run_cuda_emulation
 
 LAYOUTS = ["contiguous", "channels_last", "noncontig"]
 
@@ -448,10 +445,7 @@ def test_small_cnn_with_pydl_pools_matches_torch(backend, device):
 
 
 # ------------------------------------------- CUDA kernels, emulated on the host (no GPU)
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20) to build the emulation")
+@needs_gxx
 def test_cuda_kernels_emulated_on_host(tmp_path):
     """The CUDA kernels of csrc/cuda/pool_device.cuh, compiled for the host with fibers as
     CUDA threads (tests/pool_cuda_emulation.cpp): max (values, indices, gather), avg
@@ -459,14 +453,7 @@ def test_cuda_kernels_emulated_on_host(tmp_path):
     kernels, forward and backward, NCHW and channels_last (scalar and 16-byte vectors),
     float, float64 and a bfloat16 stand-in, against a float64 reference written from
     torch's definitions. Checks their indexing where no GPU is available."""
-    exe = tmp_path / "pool_emu"
-    src = os.path.join(_ROOT, "tests", "pool_cuda_emulation.cpp")
-    build = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-I", os.path.join(_ROOT, "csrc"),
-                            "-I", os.path.join(_ROOT, "csrc", "cuda"), src, "-o", str(exe)],
-                           capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr[-4000:]
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0 and "0 failure(s)" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+    run_cuda_emulation("pool", tmp_path)
 
 
 # ------------------------------------------------------------------------- bad input
