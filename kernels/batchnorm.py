@@ -194,8 +194,13 @@ def bwd_reduce_combine_kernel(pdz_ptr, pdzx_ptr, var_ptr, sdz_ptr, sdzxh_ptr, ep
 # and the per-channel coefficients are loaded once per row / column of the tile.
 @triton.jit
 def _tile(nrows, ncols, C, CL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    k = tl.program_id(1).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
+    # a 1-D grid over (row block, column block): a 2-D grid's second axis stops at 65535
+    # blocks, which one 8192 x 8192 plane (NCHW: 65536 column blocks) would pass
+    pid = tl.program_id(0).to(tl.int64)
+    n_kb = tl.cdiv(ncols, BLOCK_K)
+    rb = pid // n_kb
+    r = rb * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    k = (pid - rb * n_kb) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
     mask = (r[:, None] < nrows) & (k[None, :] < ncols)
     offs = r[:, None] * ncols + k[None, :]
     if CL:
@@ -302,7 +307,7 @@ def _elem_grid(outer, C, inner):
     nrows, ncols = (outer, C) if cl else (outer * C, inner)
     block_k = min(triton.next_power_of_2(max(ncols, 1)), 128 if cl else BLOCK)
     block_r = max(1, BLOCK // block_k)
-    return nrows, ncols, cl, block_r, block_k, (triton.cdiv(nrows, block_r), triton.cdiv(ncols, block_k))
+    return nrows, ncols, cl, block_r, block_k, (triton.cdiv(nrows, block_r) * triton.cdiv(ncols, block_k),)
 
 
 def bn_normalize(x, mean, var, w, b, r, y, eps, act, alpha):

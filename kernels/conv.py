@@ -28,9 +28,20 @@ are read in place. The order in which a K index is decoded follows the layout: w
 channels_last the channel is the fastest-varying part of K, so a BLOCK_K slice is a
 contiguous run of channels; with NCHW the kernel tap (kw) varies fastest.
 
+Index arithmetic -- what keeps a gather GEMM's registers free for its tiles:
+  * the (n, oh, ow) / (c, kh, kw) decompositions run in int32 (IDX), which the GPU divides
+    in a few instructions; int64 division is a long software routine, and int64 index
+    tiles take twice the registers. IDX is int64 only when an index space nears 2^31.
+  * an input address is separable: x[n, c, oh*s - p + kh*d, ...] is a per-row offset
+    (n, oh, ow) plus a per-column offset (c, kh, kw), each a 1-D int64 vector, so a 2-D
+    tile costs one add per element; only the padding mask needs the 2-D (ih, iw).
+    (For the input gradient this holds at stride 1, UNIT_STRIDE; a strided one needs the
+    division by the stride per element.)
+  Addresses are int64 (each index is widened before it meets a stride), so tensors past
+  2^31 elements index correctly. tests/triton_aot.py compiles these kernels for sm_90 and
+  checks they fit the registers (no spilling on the 16-bit channels_last path).
 Block shapes are autotuned on the GPU; under the interpreter (TRITON_INTERPRET=1) a single
-16x16x16 configuration is used (tl.dot needs every block dimension >= 16). Offsets are
-int64 so tensors past 2^31 elements index correctly. float32 uses TF32 tensor cores only
+16x16x16 configuration is used (tl.dot needs every block dimension >= 16). float32 uses TF32 tensor cores only
 when the caller says torch would (torch.backends.cudnn.allow_tf32 on the GPU).
 """
 import torch
@@ -77,7 +88,7 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 # --------------------------------------------------------------------------------- forward
-@triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "OCg", "K", "K_CL"])
+@triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "OCg", "K", "K_CL", "IDX"])
 @triton.jit
 def conv2d_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                       H, W, OH, OW, M, Cg, OCg, K, KH, KW,
@@ -85,91 +96,117 @@ def conv2d_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                       str_h, str_w, pad_h, pad_w, dil_h, dil_w,
                       HAS_BIAS: tl.constexpr, RELU: tl.constexpr, K_CL: tl.constexpr,
                       IS_F64: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                      IDX: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_m, pid_n, g = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)   # output pixel (n, oh, ow)
-    rn = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)   # output channel in the group
+    pid_m, pid_n, g = tl.program_id(0).to(IDX), tl.program_id(1).to(IDX), tl.program_id(2).to(IDX)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)   # output pixel (n, oh, ow)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)   # output channel in the group
     n = rm // (OH * OW)
-    ohw = rm % (OH * OW)
+    ohw = rm - n * (OH * OW)
     oh = ohw // OW
-    ow = ohw % OW
-    ih0 = oh * str_h - pad_h
+    ow = ohw - oh * OW
+    ih0 = oh * str_h - pad_h                       # the window's top-left input pixel
     iw0 = ow * str_w - pad_w
     m_ok = rm < M
     n_ok = rn < OCg
-    x_row = x_ptr + n * sxn + g * Cg * sxc            # [BLOCK_M] pointers
-    w_col = w_ptr + (g * OCg + rn) * swo              # [BLOCK_N] pointers
+    # x[n, g*Cg + c, ih0 + kh*dh, iw0 + kw*dw] sits at row(m) + col(k): the address is a
+    # sum of a per-row and a per-column offset, so the [BLOCK_M, BLOCK_K] tile costs one
+    # add per element; only the bounds mask needs the 2-D (ih, iw).
+    x_row = x_ptr + (g * Cg).to(tl.int64) * sxc + n.to(tl.int64) * sxn \
+        + ih0.to(tl.int64) * sxh + iw0.to(tl.int64) * sxw          # [BLOCK_M] pointers
+    w_col = w_ptr + (g * OCg + rn).to(tl.int64) * swo               # [BLOCK_N] pointers
     acc = _acc_zeros(BLOCK_M, BLOCK_N, IS_F64)
     for k0 in range(0, K, BLOCK_K):
-        rk = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        rk = k0 + tl.arange(0, BLOCK_K).to(IDX)
         if K_CL:   # k = (kh, kw, c): channels contiguous in NHWC memory
-            c = rk % Cg
-            kh = rk // (Cg * KW)
-            kw = (rk // Cg) % KW
+            t = rk // Cg
+            c = rk - t * Cg
+            kh = t // KW
+            kw = t - kh * KW
         else:      # k = (c, kh, kw): the weight's own order
-            c = rk // (KH * KW)
-            kh = (rk // KW) % KH
-            kw = rk % KW
+            t = rk // KW
+            kw = rk - t * KW
+            c = t // KH
+            kh = t - c * KH
         k_ok = rk < K
-        ih = ih0[:, None] + (kh * dil_h)[None, :]
-        iw = iw0[:, None] + (kw * dil_w)[None, :]
+        dh = kh * dil_h
+        dw = kw * dil_w
+        ih = ih0[:, None] + dh[None, :]
+        iw = iw0[:, None] + dw[None, :]
         a_ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        a = tl.load(x_row[:, None] + (c * sxc)[None, :] + ih * sxh + iw * sxw, mask=a_ok, other=0.0)
-        b = tl.load(w_col[None, :] + (c * swc + kh * swh + kw * sww)[:, None],
-                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        x_col = c.to(tl.int64) * sxc + dh.to(tl.int64) * sxh + dw.to(tl.int64) * sxw
+        a = tl.load(x_row[:, None] + x_col[None, :], mask=a_ok, other=0.0)
+        w_row = c.to(tl.int64) * swc + kh.to(tl.int64) * swh + kw.to(tl.int64) * sww
+        b = tl.load(w_col[None, :] + w_row[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _dot(a, b, acc, PRECISION, UPCAST)
     if HAS_BIAS:
         acc += tl.load(b_ptr + g * OCg + rn, mask=n_ok, other=0.0).to(acc.dtype)[None, :]
     if RELU:
         acc = tl.where(acc < 0, 0.0, acc)  # NaN stays NaN, as torch's relu
-    y = y_ptr + (n * syn + oh * syh + ow * syw)[:, None] + ((g * OCg + rn) * syc)[None, :]
+    y_row = n.to(tl.int64) * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw
+    y = y_ptr + y_row[:, None] + ((g * OCg + rn).to(tl.int64) * syc)[None, :]
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 # ------------------------------------------------------------------------------ input grad
-@triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "Cg", "K", "K_CL"])
+@triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "Cg", "K", "K_CL", "IDX", "UNIT_STRIDE"])
 @triton.jit
 def conv2d_bwd_input_kernel(g_ptr, w_ptr, dx_ptr,
                             H, W, OH, OW, M, Cg, OCg, K, KH, KW,
                             sgn, sgc, sgh, sgw, swo, swc, swh, sww, sxn, sxc, sxh, sxw,
                             str_h, str_w, pad_h, pad_w, dil_h, dil_w,
                             K_CL: tl.constexpr, IS_F64: tl.constexpr, PRECISION: tl.constexpr,
-                            UPCAST: tl.constexpr,
+                            UPCAST: tl.constexpr, IDX: tl.constexpr, UNIT_STRIDE: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_m, pid_n, g = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)   # input pixel (n, ih, iw)
-    rn = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)   # input channel in the group
+    pid_m, pid_n, g = tl.program_id(0).to(IDX), tl.program_id(1).to(IDX), tl.program_id(2).to(IDX)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)   # input pixel (n, ih, iw)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)   # input channel in the group
     n = rm // (H * W)
-    hw = rm % (H * W)
+    hw = rm - n * (H * W)
     ih = hw // W
-    iw = hw % W
+    iw = hw - ih * W
     m_ok = rm < M
     n_ok = rn < Cg
-    g_row = g_ptr + n * sgn + g * OCg * sgc
-    w_col = w_ptr + g * OCg * swo + rn * swc
+    th0 = ih + pad_h          # = oh * str_h + kh * dil_h for the taps that reach (ih, iw)
+    tw0 = iw + pad_w
+    g_row = g_ptr + (g * OCg).to(tl.int64) * sgc + n.to(tl.int64) * sgn   # [BLOCK_M] pointers
+    if UNIT_STRIDE:  # oh = th0 - kh*dh: again a row offset plus a column offset
+        g_row += th0.to(tl.int64) * sgh + tw0.to(tl.int64) * sgw
+    w_col = w_ptr + (g * OCg).to(tl.int64) * swo + rn.to(tl.int64) * swc
     acc = _acc_zeros(BLOCK_M, BLOCK_N, IS_F64)
     for k0 in range(0, K, BLOCK_K):
-        rk = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        rk = k0 + tl.arange(0, BLOCK_K).to(IDX)
         if K_CL:   # k = (kh, kw, j): output channels contiguous in NHWC dy
-            j = rk % OCg
-            kh = rk // (OCg * KW)
-            kw = (rk // OCg) % KW
+            t = rk // OCg
+            j = rk - t * OCg
+            kh = t // KW
+            kw = t - kh * KW
         else:      # k = (j, kh, kw)
-            j = rk // (KH * KW)
-            kh = (rk // KW) % KH
-            kw = rk % KW
+            t = rk // KW
+            kw = rk - t * KW
+            j = t // KH
+            kh = t - j * KH
         k_ok = rk < K
-        th = ih[:, None] + pad_h - (kh * dil_h)[None, :]   # = oh * str_h when the tap reaches
-        tw = iw[:, None] + pad_w - (kw * dil_w)[None, :]
-        oh = th // str_h
-        ow = tw // str_w
-        a_ok = (m_ok[:, None] & k_ok[None, :] & (th >= 0) & (tw >= 0) & (th % str_h == 0)
-                & (tw % str_w == 0) & (oh < OH) & (ow < OW))
-        a = tl.load(g_row[:, None] + (j * sgc)[None, :] + oh * sgh + ow * sgw, mask=a_ok, other=0.0)
-        b = tl.load(w_col[None, :] + (j * swo + kh * swh + kw * sww)[:, None],
-                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        dh = kh * dil_h
+        dw = kw * dil_w
+        th = th0[:, None] - dh[None, :]
+        tw = tw0[:, None] - dw[None, :]
+        if UNIT_STRIDE:
+            a_ok = m_ok[:, None] & k_ok[None, :] & (th >= 0) & (th < OH) & (tw >= 0) & (tw < OW)
+            g_col = j.to(tl.int64) * sgc - dh.to(tl.int64) * sgh - dw.to(tl.int64) * sgw
+            a = tl.load(g_row[:, None] + g_col[None, :], mask=a_ok, other=0.0)
+        else:      # the tap reaches only if th is a multiple of the stride
+            oh = th // str_h
+            ow = tw // str_w
+            a_ok = (m_ok[:, None] & k_ok[None, :] & (th >= 0) & (tw >= 0) & (oh * str_h == th)
+                    & (ow * str_w == tw) & (oh < OH) & (ow < OW))
+            a = tl.load(g_row[:, None] + (j.to(tl.int64) * sgc)[None, :] + oh.to(tl.int64) * sgh
+                        + ow.to(tl.int64) * sgw, mask=a_ok, other=0.0)
+        w_row = j.to(tl.int64) * swo + kh.to(tl.int64) * swh + kw.to(tl.int64) * sww
+        b = tl.load(w_col[None, :] + w_row[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _dot(a, b, acc, PRECISION, UPCAST)
-    dx = dx_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + ((g * Cg + rn) * sxc)[None, :]
+    dx_row = n.to(tl.int64) * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
+    dx = dx_ptr + dx_row[:, None] + ((g * Cg + rn).to(tl.int64) * sxc)[None, :]
     tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -178,78 +215,91 @@ def conv2d_bwd_input_kernel(g_ptr, w_ptr, dx_ptr,
 # is split into SPLITS slices (split-K): program (i, j, g*SPLITS + s) writes the partial
 # sums of its slice to a float32 (float64) workspace [SPLITS, OC, NCOL], and
 # conv2d_wgrad_reduce_kernel adds the slices in a fixed order (deterministic) into dw.
-@triton.autotune(configs=_configs(_WGRAD_SHAPES), key=["OCg", "NCOL", "K_PER", "N_CL"])
+@triton.autotune(configs=_configs(_WGRAD_SHAPES), key=["OCg", "NCOL", "K_PER", "N_CL", "IDX"])
 @triton.jit
 def conv2d_bwd_weight_kernel(g_ptr, x_ptr, work_ptr,
                              H, W, OH, OW, Cg, OCg, OC, NCOL, K, K_PER, SPLITS, KH, KW,
                              sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
                              str_h, str_w, pad_h, pad_w, dil_h, dil_w,
                              N_CL: tl.constexpr, IS_F64: tl.constexpr, PRECISION: tl.constexpr,
-                             UPCAST: tl.constexpr,
+                             UPCAST: tl.constexpr, IDX: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_m, pid_n, z = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    pid_m, pid_n, z = tl.program_id(0).to(IDX), tl.program_id(1).to(IDX), tl.program_id(2).to(IDX)
     g = z // SPLITS
-    split = z % SPLITS
+    split = z - g * SPLITS
     k_lo = split * K_PER
     k_hi = tl.minimum(k_lo + K_PER, K)
-    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)   # output channel in the group
-    rn = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)   # weight tap (c, kh, kw)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)   # output channel in the group
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)   # weight tap (c, kh, kw)
     if N_CL:   # (kh, kw, c): channels contiguous in NHWC x
-        c = rn % Cg
-        kh = rn // (Cg * KW)
-        kw = (rn // Cg) % KW
+        t = rn // Cg
+        c = rn - t * Cg
+        kh = t // KW
+        kw = t - kh * KW
     else:
-        c = rn // (KH * KW)
-        kh = (rn // KW) % KH
-        kw = rn % KW
+        t = rn // KW
+        kw = rn - t * KW
+        c = t // KH
+        kh = t - c * KH
     m_ok = rm < OCg
     n_ok = rn < NCOL
-    g_row = g_ptr + (g * OCg + rm) * sgc
-    x_col = x_ptr + (g * Cg + c) * sxc
+    dh = kh * dil_h
+    dw = kw * dil_w
+    g_row = g_ptr + (g * OCg + rm).to(tl.int64) * sgc                      # [BLOCK_M] pointers
+    # x[n, g*Cg + c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] = column part + row part
+    x_col = x_ptr + (g * Cg + c).to(tl.int64) * sxc + dh.to(tl.int64) * sxh \
+        + dw.to(tl.int64) * sxw                                             # [BLOCK_N] pointers
     acc = _acc_zeros(BLOCK_M, BLOCK_N, IS_F64)
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        rk = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)       # (n, oh, ow)
+        rk = k0 + tl.arange(0, BLOCK_K).to(IDX)       # (n, oh, ow)
         n = rk // (OH * OW)
-        ohw = rk % (OH * OW)
+        ohw = rk - n * (OH * OW)
         oh = ohw // OW
-        ow = ohw % OW
+        ow = ohw - oh * OW
         k_ok = rk < k_hi
-        a = tl.load(g_row[:, None] + (n * sgn + oh * sgh + ow * sgw)[None, :],
-                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        ih = (oh * str_h - pad_h)[:, None] + (kh * dil_h)[None, :]
-        iw = (ow * str_w - pad_w)[:, None] + (kw * dil_w)[None, :]
+        g_k = n.to(tl.int64) * sgn + oh.to(tl.int64) * sgh + ow.to(tl.int64) * sgw
+        a = tl.load(g_row[:, None] + g_k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        ih0 = oh * str_h - pad_h
+        iw0 = ow * str_w - pad_w
+        ih = ih0[:, None] + dh[None, :]
+        iw = iw0[:, None] + dw[None, :]
         b_ok = k_ok[:, None] & n_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        b = tl.load(x_col[None, :] + (n * sxn)[:, None] + ih * sxh + iw * sxw, mask=b_ok, other=0.0)
+        x_k = n.to(tl.int64) * sxn + ih0.to(tl.int64) * sxh + iw0.to(tl.int64) * sxw
+        b = tl.load(x_col[None, :] + x_k[:, None], mask=b_ok, other=0.0)
         acc = _dot(a, b, acc, PRECISION, UPCAST)
-    out = work_ptr + ((split * OC + g * OCg + rm) * NCOL)[:, None] + rn[None, :]
+    out = work_ptr + ((split * OC + g * OCg + rm).to(tl.int64) * NCOL)[:, None] + rn[None, :]
     tl.store(out, acc, mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
 def conv2d_wgrad_reduce_kernel(work_ptr, dw_ptr, TOTAL, SPLITS, NCOL, Cg, KH, KW,
-                               swo, swc, swh, sww, N_CL: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)   # (oc, col)
+                               swo, swc, swh, sww, N_CL: tl.constexpr, IDX: tl.constexpr,
+                               BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(IDX) * BLOCK + tl.arange(0, BLOCK)   # (oc, col)
     ok = offs < TOTAL
     acc = tl.load(work_ptr + offs, mask=ok, other=0.0)
     for sp in range(1, SPLITS):
-        acc += tl.load(work_ptr + sp * TOTAL + offs, mask=ok, other=0.0)
+        acc += tl.load(work_ptr + sp * TOTAL.to(tl.int64) + offs, mask=ok, other=0.0)
     oc = offs // NCOL
-    col = offs % NCOL
+    col = offs - oc * NCOL
     if N_CL:
-        c = col % Cg
-        kh = col // (Cg * KW)
-        kw = (col // Cg) % KW
+        t = col // Cg
+        c = col - t * Cg
+        kh = t // KW
+        kw = t - kh * KW
     else:
-        c = col // (KH * KW)
-        kh = (col // KW) % KH
-        kw = col % KW
-    tl.store(dw_ptr + oc * swo + c * swc + kh * swh + kw * sww, acc.to(dw_ptr.dtype.element_ty), mask=ok)
+        t = col // KW
+        kw = col - t * KW
+        c = t // KH
+        kh = t - c * KH
+    dst = oc.to(tl.int64) * swo + c.to(tl.int64) * swc + kh.to(tl.int64) * swh + kw.to(tl.int64) * sww
+    tl.store(dw_ptr + dst, acc.to(dw_ptr.dtype.element_ty), mask=ok)
 
 
 # ------------------------------------------------------------------------------- bias grad
 @triton.jit
 def conv2d_bwd_bias_kernel(g_ptr, db_ptr, OC, OH, OW, K, sgn, sgc, sgh, sgw,
-                           IS_F64: tl.constexpr, BLOCK: tl.constexpr):
+                           IS_F64: tl.constexpr, IDX: tl.constexpr, BLOCK: tl.constexpr):
     # one program per output channel: a strided sum over (n, oh, ow)
     oc = tl.program_id(0).to(tl.int64)
     if IS_F64:
@@ -257,11 +307,13 @@ def conv2d_bwd_bias_kernel(g_ptr, db_ptr, OC, OH, OW, K, sgn, sgc, sgh, sgw,
     else:
         acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK):
-        rk = k0 + tl.arange(0, BLOCK).to(tl.int64)
+        rk = k0 + tl.arange(0, BLOCK).to(IDX)
         n = rk // (OH * OW)
-        ohw = rk % (OH * OW)
-        v = tl.load(g_ptr + oc * sgc + n * sgn + (ohw // OW) * sgh + (ohw % OW) * sgw,
-                    mask=rk < K, other=0.0)
+        ohw = rk - n * (OH * OW)
+        oh = ohw // OW
+        ow = ohw - oh * OW
+        off = n.to(tl.int64) * sgn + oh.to(tl.int64) * sgh + ow.to(tl.int64) * sgw
+        v = tl.load(g_ptr + oc * sgc + off, mask=rk < K, other=0.0)
         acc += v.to(acc.dtype)
     tl.store(db_ptr + oc, tl.sum(acc, axis=0).to(db_ptr.dtype.element_ty))
 
@@ -277,6 +329,15 @@ def _upcast(t) -> bool:
 
 def _precision(tf32: bool) -> str:
     return "tf32" if tf32 else "ieee"
+
+
+def _idx(*sizes):
+    """The type the kernels decompose indices in: int32 -- a 64-bit division is a long
+    software routine on the GPU, and int64 index tensors double the registers a tile
+    needs -- unless an index space (pixels, reduction length, weight elements) comes
+    near 2^31 (with margin for the last block and the split-K bounds). Addresses are
+    int64 either way: each index is widened before it is multiplied by a stride."""
+    return tl.int64 if max(sizes) >= 2 ** 30 else tl.int32
 
 
 def conv2d_fwd(x, w, b, y, stride, padding, dilation, groups, relu: bool, tf32: bool) -> None:
@@ -295,7 +356,7 @@ def conv2d_fwd(x, w, b, y, stride, padding, dilation, groups, relu: bool, tf32: 
         *x.stride(), *w.stride(), *y.stride(),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         HAS_BIAS=b is not None, RELU=relu, K_CL=_is_cl(x), IS_F64=x.dtype == torch.float64,
-        PRECISION=_precision(tf32), UPCAST=_upcast(x))
+        PRECISION=_precision(tf32), UPCAST=_upcast(x), IDX=_idx(M, K, OC))
 
 
 def conv2d_bwd_input(grad, w, dx, stride, padding, dilation, groups, tf32: bool) -> None:
@@ -311,7 +372,8 @@ def conv2d_bwd_input(grad, w, dx, stride, padding, dilation, groups, tf32: bool)
         grad, w, dx, H, W, OH, OW, M, Cg, OCg, K, KH, KW,
         *grad.stride(), *w.stride(), *dx.stride(),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-        K_CL=_is_cl(grad), IS_F64=grad.dtype == torch.float64, PRECISION=_precision(tf32), UPCAST=_upcast(grad))
+        K_CL=_is_cl(grad), IS_F64=grad.dtype == torch.float64, PRECISION=_precision(tf32),
+        UPCAST=_upcast(grad), IDX=_idx(M, K, C), UNIT_STRIDE=tuple(stride) == (1, 1))
 
 
 _SMS = {}
@@ -350,11 +412,13 @@ def conv2d_bwd_weight(grad, x, dw, stride, padding, dilation, groups, tf32: bool
         grad, x, work, H, W, OH, OW, Cg, OCg, OC, NCOL, K, k_per, splits, KH, KW,
         *grad.stride(), *x.stride(),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-        N_CL=n_cl, IS_F64=grad.dtype == torch.float64, PRECISION=_precision(tf32), UPCAST=_upcast(x))
+        N_CL=n_cl, IS_F64=grad.dtype == torch.float64, PRECISION=_precision(tf32), UPCAST=_upcast(x),
+        IDX=_idx(K, OC * NCOL))
     total = OC * NCOL
     block = 128 if INTERPRET else 1024
     conv2d_wgrad_reduce_kernel[(triton.cdiv(total, block),)](
-        work, dw, total, splits, NCOL, Cg, KH, KW, *dw.stride(), N_CL=n_cl, BLOCK=block)
+        work, dw, total, splits, NCOL, Cg, KH, KW, *dw.stride(), N_CL=n_cl, IDX=_idx(total),
+        BLOCK=block)
 
 
 def conv2d_bwd_bias(grad, db) -> None:
@@ -362,7 +426,8 @@ def conv2d_bwd_bias(grad, db) -> None:
     if OC == 0:
         return
     conv2d_bwd_bias_kernel[(OC,)](grad, db, OC, OH, OW, N * OH * OW, *grad.stride(),
-                                  IS_F64=grad.dtype == torch.float64, BLOCK=128 if INTERPRET else 1024)
+                                  IS_F64=grad.dtype == torch.float64, IDX=_idx(N * OH * OW),
+                                  BLOCK=128 if INTERPRET else 1024)
 
 
 # ------------------------------------------------------------------- autotuning control

@@ -18,9 +18,11 @@
 // 256-thread blocks meeting at every barrier on a 2-core machine are a futex storm; a
 // fiber switch costs well under a microsecond.)
 // A float rounded to bfloat16 precision (BF16) stands in for __nv_bfloat16.
+// Vector accesses (Pack) to memory must be aligned as on the GPU, where a misaligned one
+// faults: a copy of a Pack from or to memory checks the address and aborts (see Pack).
 // What this cannot check: timing, memory coalescing, true concurrency (races within a
 // phase are not interleaved), and anything layout-specific to the hardware (WMMA
-// fragments, alignment).
+// fragments; the exact alignment of bfloat16 packs, see Pack).
 #pragma once
 
 #include <ucontext.h>
@@ -64,7 +66,7 @@ constexpr size_t kStack = 256 * 1024;
 inline ucontext_t g_sched;
 inline std::vector<Fiber> g_fibers;
 inline unsigned g_cur = 0;                    // the running fiber
-inline const std::function<void()>* g_body = nullptr;
+inline const std::function<void()>* g_body = nullptr;  // set while a grid runs
 // per warp: one value per lane, exchanged by the shuffles
 struct alignas(8) WarpSlots { unsigned char v[32][8]; };
 inline std::vector<WarpSlots> g_slots;
@@ -80,6 +82,25 @@ inline void wait(State s) {
   swapcontext(&g_fibers[g_cur].ctx, &g_sched);
 }
 inline unsigned linear_tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
+
+// A vector access of `bytes` at p by the running thread: on the GPU a misaligned one is
+// a fault, so here it aborts with a message. Checked only inside a grid and for memory
+// off the thread's own stack (its local Packs are registers on the GPU); the required
+// alignment is the pack's size up to 16 bytes -- the GPU's rule for float and double,
+// and for the twice-as-wide bfloat16 stand-in what a GPU-aligned pack is sure to have.
+inline void check_vector_access(const void* p, size_t bytes) {
+  if (g_body == nullptr) return;
+  const char* c = static_cast<const char*>(p);
+  const char* stack = g_fibers[g_cur].stack.get();
+  if (c >= stack && c < stack + kStack) return;
+  const size_t align = bytes < 16 ? bytes : 16;
+  if (reinterpret_cast<uintptr_t>(p) % align == 0) return;
+  std::fprintf(stderr,
+               "emulated CUDA misaligned address: a %zu-byte vector access at %p, block (%u,%u,%u) "
+               "thread (%u,%u,%u)\n",
+               bytes, p, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+  std::abort();
+}
 
 // Runs one block: resumes ready fibers until all are done, releasing barriers as they fill.
 inline void run_block() {
@@ -190,9 +211,25 @@ inline float to_c(BF16 v) { return v.v; }
 template <typename T> inline T from_c(typename OpMath<T>::type v) { return T(v); }
 template <> inline BF16 from_c<BF16>(float v) { return to_bf16(v); }
 constexpr int kThreads = 256;
-// (no alignas: the host stand-in types are wider than the GPU's; alignment is the
-// launcher's check on the GPU)
-template <typename T, int N> struct Pack { T v[N]; };
+// N elements moved as one vector access. Its copies check the alignment of the memory
+// they read or write (emu::check_vector_access), as the GPU would fault. (No alignas:
+// the bfloat16 stand-in is twice as wide as the GPU's type, so a GPU-aligned pack is
+// only sure to be 16-byte aligned here; alignas would let the compiler assume more.)
+template <typename T, int N> struct Pack {
+  T v[N];
+  Pack() = default;
+  Pack(const Pack& o) {
+    emu::check_vector_access(&o, sizeof(Pack));
+    emu::check_vector_access(this, sizeof(Pack));
+    std::memcpy(v, o.v, sizeof v);
+  }
+  Pack& operator=(const Pack& o) {
+    emu::check_vector_access(&o, sizeof(Pack));
+    emu::check_vector_access(this, sizeof(Pack));
+    std::memcpy(v, o.v, sizeof v);
+    return *this;
+  }
+};
 // Elements per 16-byte vector on the GPU (the stand-in for bfloat16 is wider on the host).
 template <typename T> constexpr int vec_width() { return std::is_same_v<T, BF16> ? 8 : 16 / int(sizeof(T)); }
 // The multiprocessor count the launch geometry sees; tests set it to vary the grids.
@@ -222,6 +259,7 @@ void launch(Dim3 grid, Dim3 block, F body) {
         blockIdx = {x, y, z};
         emu::run_block();
       }
+  emu::g_body = nullptr;
 }
 template <typename F>
 void launch(Dim3 grid, unsigned threads, F body) {

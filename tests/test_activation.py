@@ -9,7 +9,7 @@ from torch import nn
 import pydl
 import pydl.functional as F
 from pydl.testing import assert_close, check_against_torch, make_input, to_ref
-from conftest import DTYPE_IDS, DTYPES, backend_params, interpreted
+from conftest import DTYPE_IDS, DTYPES, backend_params, interpreted, needs_gxx, run_cuda_emulation
 
 # (name, pydl function, torch function, parameter)
 ACTS = [
@@ -216,6 +216,21 @@ def test_model_with_pydl_activations_matches_torch(backend, device):
     assert torch.allclose(y, y_ref, atol=1e-6, rtol=1e-5)
     for a, b in zip(g, g_ref):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------- CUDA kernels, emulated on the host (no GPU)
+@needs_gxx
+def test_cuda_kernels_emulated_on_host(tmp_path):
+    """The CUDA kernels of csrc/cuda/activation_device.cuh, compiled for the host with
+    fibers as CUDA threads (tests/activation_cuda_emulation.cpp): every activation,
+    forward (in place too) and backward from the saved output or input, the 16-byte vector
+    kernel and the scalar one the launchers pick for misaligned pointers, sizes under and
+    not a multiple of the vector width (the tail), the launchers' grid and a 2-block grid
+    (grid-stride loops), float, float64 and a bfloat16 stand-in, NaN and +-inf inputs,
+    against a float64 reference from torch's definitions; guard regions catch writes out
+    of bounds, and a misaligned vector access aborts. Checks their indexing where no GPU
+    is available."""
+    run_cuda_emulation("activation", tmp_path)
 
 
 # ------------------------------------------------------------------------- bad input

@@ -38,6 +38,44 @@ def test_extension_contents():
     assert hasattr(torch.ops.pydl, "act_fwd")
 
 
+def _cuobjdump():
+    """The CUDA binary dumper: the toolkit's, else the copy Triton bundles."""
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    try:
+        from triton.backends.nvidia import compiler as nv
+        path = os.path.join(os.path.dirname(nv.__file__), "bin", "cuobjdump")
+        return path if os.path.exists(path) else None
+    except Exception:  # noqa: BLE001 -- no Triton: no bundled tool
+        return None
+
+
+def test_cuda_kernels_do_not_spill():
+    """ptxas's verdict on every CUDA kernel in pydl._C: no stack frame and no local memory
+    (the kernels make no calls and index no local arrays dynamically, so either would be
+    register spilling -- slow loads and stores in the inner loops), and registers that let
+    the largest block the launchers use (512 threads) fit on an SM."""
+    if "cuda" not in pydl.BUILD_INFO["compiled_backends"]:
+        pytest.skip("pydl._C was built without CUDA")
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump (CUDA toolkit or Triton's bundled copy)")
+    out = subprocess.run([tool, "--dump-resource-usage", pydl._C.__file__], capture_output=True,
+                         text=True, timeout=300).stdout
+    kernels, name = {}, None
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Function "):
+            name = line[len("Function "):].rstrip(":")
+        elif line.startswith("REG:") and name:
+            kernels[name] = dict(tok.split(":", 1) for tok in line.split())
+    assert len(kernels) > 50, out[-2000:]
+    bad = [f"{k}: {v}" for k, v in kernels.items()
+           if v["STACK"] != "0" or v["LOCAL"] != "0" or int(v["REG"]) * 512 > 65536]
+    assert not bad, "\n".join(bad)
+
+
 def test_info_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pydl", "info"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=300)

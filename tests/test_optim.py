@@ -12,7 +12,7 @@ import pydl
 import pydl.optim
 from pydl.ops import optim as ops
 from pydl.testing import assert_close, make_input, poisoned_memory, to_ref
-from conftest import backend_params, interpreted
+from conftest import backend_params, interpreted, needs_gxx, run_cuda_emulation
 
 SHAPES = [(7, 13), (97,), (3, 5, 7, 2), (1,)]
 
@@ -690,3 +690,22 @@ def test_found_inf_read_on_device_only(backend, device, cfg, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(ps, params_before))
     assert all(torch.equal(v, before[i, k])
                for i, p in enumerate(ps) for k, v in opt.state[p].items())
+
+
+# ------------------------------------------- CUDA kernels, emulated on the host (no GPU)
+@needs_gxx
+def test_cuda_kernels_emulated_on_host(tmp_path):
+    """The CUDA kernels of csrc/cuda/optim_device.cuh, compiled for the host with fibers as
+    CUDA threads (tests/optim_cuda_emulation.cpp) and launched by the launchers' own plan:
+    SGD (momentum, dampening, nesterov, weight decay, maximize, first step), Adam/AdamW
+    (amsgrad, decoupled or L2 weight decay, maximize), RMSprop (centered, momentum),
+    Adagrad (lr_decay, weight decay) over groups of odd-sized tensors -- tensors of several
+    65536-element chunks, more tensors than one launch's table holds, a chunk table that
+    fills mid-tensor, 460 tiny and empty tensors, one tensor of 257 chunks -- four steps
+    each (plain, grad_scale, a found_inf-skipped step that must write nothing, then on),
+    float, float64 and bfloat16 parameters (a stand-in, float32 state), odd element
+    offsets (the scalar path; a misaligned vector access aborts), against torch.optim's
+    formulas in float64 for every parameter, gradient, state element and step count;
+    guard regions catch writes out of bounds. Checks their indexing where no GPU is
+    available."""
+    run_cuda_emulation("optim", tmp_path)

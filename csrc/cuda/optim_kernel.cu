@@ -1,263 +1,34 @@
-// Fused multi-tensor optimizer steps on the GPU: SGD, Adam/AdamW, RMSprop, Adagrad. The
-// per-element formulas are in csrc/optim_math.h (shared with the CPU kernels).
-//
-// Algorithm: multi-tensor apply (as NVIDIA Apex's multi_tensor_apply.cuh). An optimizer
-// step is pure streaming -- each element of the parameter, gradient and state is read
-// once and written once -- but a network has hundreds of tensors, many of them tiny, so
-// one launch per tensor (or several, as torch's for-loop optimizers do) is dominated by
-// launch overhead. Here the host cuts every tensor of the group into CHUNK-element
-// chunks and packs, into one by-value kernel argument block (TensorListMeta, < 4 KiB,
-// so no device-side table and no host->device copy is needed):
-//   * the data pointers of up to kMaxTensors tensors for each of the DEPTH lists
-//     (params, grads, up to three state lists), their sizes and step-count pointers;
-//   * a chunk table of up to kMaxChunks (tensor slot, chunk index) entries.
-// One thread block per chunk-table entry walks its chunk; when either table fills, the
-// launcher launches and starts a new block (a tensor cut across launches continues in
-// slot 0 of the next), so a group of any size takes ceil(chunks / kMaxChunks) launches
-// or fewer -- one for a typical small model, ~100 for ResNet-50's 25M parameters.
-//
-// Inside a chunk each thread handles VEC consecutive elements at a time (VEC = 16 bytes
-// of the parameter type: 4 floats, 8 halves) loaded as one 16-byte vector per operand
-// when every pointer of that tensor is aligned to its pack size (the caching allocator
-// aligns to 512 bytes, so this is the normal case); otherwise element by element.
-// Offsets are 64-bit; chunk starts are int64(chunk index) * CHUNK.
-//
-// Step counts stay on the device: each block reads its tensor's count t, computes the
-// step-dependent scalars (Adam's bias corrections, Adagrad's decayed lr) from t + 1 in
-// double, and after the update launches a last tiny kernel adds 1 to every count (it
-// runs after all blocks have read them: same stream). GradScaler: found_inf != 0 makes
-// every block, and the count update, return before touching memory -- the step is
-// skipped without a host synchronization; grad_scale divides the gradient, which is
-// written back unscaled, as torch's fused optimizers do.
+// Fused multi-tensor optimizer steps on the GPU: SGD, Adam/AdamW, RMSprop, Adagrad -- the
+// launchers. They turn the double hyperparameters into the kernels' functors, let the
+// plan of csrc/cuda/optim_device.cuh cut the group into launches (the algorithm, the
+// kernels and the metadata blocks are described and defined there), and launch each on
+// the caller's stream. CUDA runtime headers only (no torch).
 #include "optim_kernel.h"
 #include "elementwise.cuh"
+
+#include "optim_device.cuh"
 
 namespace pydl {
 namespace {
 
-constexpr int64_t kChunk = 65536;  // elements per block: ~64K iterations of work per SM slot
-constexpr int kBlock = 512;
-constexpr int kMaxTensors = 36;
-constexpr int kMaxChunks = 256;
+using namespace optim_detail;
 
-// The kernel-argument metadata block. sizeof(TensorListMeta<5>) = 3296 bytes, below the
-// 4 KiB argument limit of every CUDA version together with the hyperparameters.
-template <int DEPTH>
-struct TensorListMeta {
-  void* ptr[DEPTH][kMaxTensors];
-  int64_t numel[kMaxTensors];
-  float* step[kMaxTensors];  // null when the optimizer keeps no step count (SGD)
-  unsigned char chunk_tensor[kMaxChunks];
-  int32_t chunk_index[kMaxChunks];
-};
-static_assert(sizeof(TensorListMeta<5>) + 256 <= 4096, "kernel argument block too large");
-
-// The per-optimizer functors: scalars(t) gives the two step-dependent scalars for the new
-// step count t (once per block, in double), and operator() one element update in compute
-// type C, with the state elements s0..s2 (lists 2..4; unused ones are dummies).
-template <typename C>
-struct SgdOp {
-  SgdHyper<C> h;
-  __device__ __forceinline__ void scalars(double, C& a, C& b) const { a = b = C(0); }
-  __device__ __forceinline__ void operator()(C& p, C g, C& s0, C&, C&, C, C) const {
-    sgd_update<C>(p, g, s0, h);
-  }
-};
-template <typename C>
-struct AdamOp {
-  AdamHyper<C> h;
-  double lr, beta1, beta2;
-  // torch: step_size = lr / (1 - beta1^t), bias_correction2_sqrt = sqrt(1 - beta2^t)
-  __device__ __forceinline__ void scalars(double t, C& step_size, C& bc2_sqrt) const {
-    step_size = C(lr / (1.0 - pow(beta1, t)));
-    bc2_sqrt = C(sqrt(1.0 - pow(beta2, t)));
-  }
-  __device__ __forceinline__ void operator()(C& p, C g, C& m, C& v, C& vmax, C step_size,
-                                             C bc2_sqrt) const {
-    adam_update<C>(p, g, m, v, vmax, h, step_size, bc2_sqrt);
-  }
-};
-template <typename C>
-struct RmspropOp {
-  RmspropHyper<C> h;
-  __device__ __forceinline__ void scalars(double, C& a, C& b) const { a = b = C(0); }
-  __device__ __forceinline__ void operator()(C& p, C g, C& sq, C& ga, C& buf, C, C) const {
-    rmsprop_update<C>(p, g, sq, ga, buf, h);
-  }
-};
-template <typename C>
-struct AdagradOp {
-  AdagradHyper<C> h;
-  double lr, lr_decay;
-  // torch: clr = lr / (1 + (t - 1) * lr_decay)
-  __device__ __forceinline__ void scalars(double t, C& clr, C& b) const {
-    clr = C(lr / (1.0 + (t - 1.0) * lr_decay));
-    b = C(0);
-  }
-  __device__ __forceinline__ void operator()(C& p, C g, C& sum, C&, C&, C clr, C) const {
-    adagrad_update<C>(p, g, sum, h, clr);
-  }
-};
-
-// The last launch of a step: every step count += 1, unless found_inf says the step was
-// skipped. One thread per count; kMaxSteps counts per launch (the pointer list is a
-// by-value argument too).
-constexpr int kMaxSteps = 448;
-struct StepList {
-  float* p[kMaxSteps];
-  int n;
-};
-__global__ void bump_steps_kernel(StepList l, const float* __restrict__ found_inf) {
-  if (found_inf != nullptr && *found_inf != 0.f) return;
-  if (int(threadIdx.x) < l.n) *l.p[threadIdx.x] += 1.f;
-}
-
-template <typename P>
-__device__ __forceinline__ bool aligned_to(const void* ptr) {
-  return (reinterpret_cast<uintptr_t>(ptr) % sizeof(P)) == 0;
-}
-
-// T: parameter/gradient type, S: state type, C: compute type. `used` has bit k set for
-// each state list k (2..4) the configuration uses.
-template <typename T, typename S, int DEPTH, typename Op>
-__global__ void __launch_bounds__(kBlock)
-    multi_tensor_kernel(TensorListMeta<DEPTH> meta, Op op, unsigned used,
-                        const float* __restrict__ grad_scale,
-                        const float* __restrict__ found_inf) {
-  using C = typename OpMath<T>::type;
-  constexpr int VEC = vec_width<T>();
-  if (found_inf != nullptr && *found_inf != 0.f) return;  // GradScaler: skip this step
-
-  const int slot = meta.chunk_tensor[blockIdx.x];
-  const int64_t n = meta.numel[slot];
-  const int64_t begin = int64_t(meta.chunk_index[blockIdx.x]) * kChunk;
-  const int64_t end = begin + kChunk < n ? begin + kChunk : n;
-  T* __restrict__ p = static_cast<T*>(meta.ptr[0][slot]);
-  T* __restrict__ g = static_cast<T*>(meta.ptr[1][slot]);
-  S* s[3] = {nullptr, nullptr, nullptr};
-#pragma unroll
-  for (int k = 2; k < DEPTH; ++k)
-    if (used & (1u << k)) s[k - 2] = static_cast<S*>(meta.ptr[k][slot]);
-  C a, b;  // the tensor's step-dependent scalars, from its new step count
-  op.scalars(meta.step[slot] != nullptr ? double(*meta.step[slot]) + 1.0 : 0.0, a, b);
-  const bool scaled = grad_scale != nullptr;
-  const C scale = scaled ? C(*grad_scale) : C(1);
-
-  // one element, any path: load, update, store (unused state is a local dummy)
-  auto element = [&](C& pv, T& gref, C& x0, C& x1, C& x2) {
-    C gv = to_c(gref);
-    if (scaled) {
-      gv = gv / scale;
-      gref = from_c<T>(gv);
-    }
-    op(pv, gv, x0, x1, x2, a, b);
-  };
-
-  bool vec_ok = aligned_to<Pack<T, VEC>>(p) && aligned_to<Pack<T, VEC>>(g);
-#pragma unroll
-  for (int k = 0; k < 3; ++k)
-    if (s[k] != nullptr) vec_ok = vec_ok && aligned_to<Pack<S, VEC>>(s[k]);
-
-  int64_t scalar_begin = begin;
-  if (vec_ok) {
-    // kChunk is a multiple of VEC, so begin is too: whole packs from begin to vend
-    const int64_t vend = begin + ((end - begin) / VEC) * VEC;
-    for (int64_t i = begin + int64_t(threadIdx.x) * VEC; i < vend; i += int64_t(kBlock) * VEC) {
-      Pack<T, VEC> pp = *reinterpret_cast<const Pack<T, VEC>*>(p + i);
-      Pack<T, VEC> gp = *reinterpret_cast<const Pack<T, VEC>*>(g + i);
-      Pack<S, VEC> sp[3];
-#pragma unroll
-      for (int k = 0; k < 3; ++k)
-        if (s[k] != nullptr) sp[k] = *reinterpret_cast<const Pack<S, VEC>*>(s[k] + i);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        C pv = to_c(pp.v[j]);
-        C x[3];
-#pragma unroll
-        for (int k = 0; k < 3; ++k) x[k] = s[k] != nullptr ? to_c(sp[k].v[j]) : C(0);
-        element(pv, gp.v[j], x[0], x[1], x[2]);
-        pp.v[j] = from_c<T>(pv);
-#pragma unroll
-        for (int k = 0; k < 3; ++k) sp[k].v[j] = from_c<S>(x[k]);
-      }
-      *reinterpret_cast<Pack<T, VEC>*>(p + i) = pp;
-      if (scaled) *reinterpret_cast<Pack<T, VEC>*>(g + i) = gp;
-#pragma unroll
-      for (int k = 0; k < 3; ++k)
-        if (s[k] != nullptr) *reinterpret_cast<Pack<S, VEC>*>(s[k] + i) = sp[k];
-    }
-    scalar_begin = vend;  // the < VEC-element tail of the tensor, below
-  }
-  for (int64_t i = scalar_begin + threadIdx.x; i < end; i += kBlock) {
-    C pv = to_c(p[i]);
-    C x[3];
-#pragma unroll
-    for (int k = 0; k < 3; ++k) x[k] = s[k] != nullptr ? to_c(s[k][i]) : C(0);
-    T gv = g[i];
-    element(pv, gv, x[0], x[1], x[2]);
-    p[i] = from_c<T>(pv);
-    if (scaled) g[i] = gv;
-#pragma unroll
-    for (int k = 0; k < 3; ++k)
-      if (s[k] != nullptr) s[k][i] = from_c<S>(x[k]);
-  }
-}
-
-// The host side of multi-tensor apply: fill metadata blocks and launch each when its
-// tensor or chunk table is full (see the file comment).
+// One (dtype, optimizer) step over the group: the multi-tensor launches, then the step
+// counts' increment (after them on the same stream: every block has read its count).
 template <typename T, typename S, int DEPTH, typename Op>
 int multi_tensor_apply(const OptimLists& l, const Op& op, const float* grad_scale,
                        const float* found_inf, cudaStream_t stream) {
-  unsigned used = 0;
-  for (int k = 2; k < DEPTH; ++k)
-    if (l.ptrs[k] != nullptr) used |= 1u << k;
-  TensorListMeta<DEPTH> meta;
-  auto launch = [&](int chunks) {
+  const unsigned used = used_lists<DEPTH>(l);
+  int err = plan_multi_tensor<DEPTH>(l, [&](const TensorListMeta<DEPTH>& meta, int chunks) {
     multi_tensor_kernel<T, S, DEPTH, Op>
         <<<chunks, kBlock, 0, stream>>>(meta, op, used, grad_scale, found_inf);
-  };
-  int nt = 0, nc = 0;
-  for (int64_t t = 0; t < l.n; ++t) {
-    const int64_t n = l.numels[t];
-    if (n == 0) continue;
-    for (int k = 0; k < DEPTH; ++k) meta.ptr[k][nt] = l.ptrs[k] != nullptr ? l.ptrs[k][t] : nullptr;
-    meta.numel[nt] = n;
-    meta.step[nt] = l.steps != nullptr ? l.steps[t] : nullptr;
-    ++nt;
-    const int64_t chunks = (n + kChunk - 1) / kChunk;
-    for (int64_t c = 0; c < chunks; ++c) {
-      meta.chunk_tensor[nc] = static_cast<unsigned char>(nt - 1);
-      meta.chunk_index[nc] = static_cast<int32_t>(c);
-      ++nc;
-      const bool last_chunk = c == chunks - 1;
-      if (nc == kMaxChunks || (nt == kMaxTensors && last_chunk)) {
-        launch(nc);
-        const int err = int(cudaGetLastError());
-        if (err != 0) return err;
-        nc = 0;
-        if (last_chunk) {
-          nt = 0;
-        } else {  // this tensor goes on in the next launch, from slot 0
-          for (int k = 0; k < DEPTH; ++k) meta.ptr[k][0] = meta.ptr[k][nt - 1];
-          meta.numel[0] = meta.numel[nt - 1];
-          meta.step[0] = meta.step[nt - 1];
-          nt = 1;
-        }
-      }
-    }
-  }
-  if (nc > 0) launch(nc);
-  int err = int(cudaGetLastError());
-  // then the step counts (of every tensor, empty ones included, like torch)
-  if (l.steps != nullptr) {
-    StepList sl;
-    for (int64_t t0 = 0; t0 < l.n && err == 0; t0 += kMaxSteps) {
-      sl.n = int(l.n - t0 < kMaxSteps ? l.n - t0 : kMaxSteps);
-      for (int i = 0; i < sl.n; ++i) sl.p[i] = l.steps[t0 + i];
+    return int(cudaGetLastError());
+  });
+  if (err == 0)
+    err = plan_step_bumps(l, [&](const StepList& sl) {
       bump_steps_kernel<<<1, kMaxSteps, 0, stream>>>(sl, found_inf);
-      err = int(cudaGetLastError());
-    }
-  }
+      return int(cudaGetLastError());
+    });
   return err;
 }
 
@@ -269,9 +40,7 @@ int launch_sgd_step(DType dtype, const OptimLists& l, const SgdHyper<double>& h,
   with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using C = typename OpMath<T>::type;
-    const SgdOp<C> op{{C(h.lr), C(h.momentum), C(h.dampening_c), C(h.weight_decay), h.nesterov,
-                       h.maximize, h.first}};
-    err = multi_tensor_apply<T, C, 3>(l, op, grad_scale, found_inf, stream);
+    err = multi_tensor_apply<T, C, 3>(l, sgd_op<C>(h), grad_scale, found_inf, stream);
   });
   return err;
 }
@@ -283,10 +52,8 @@ int launch_adam_step(DType dtype, const OptimLists& l, const AdamHyper<double>& 
   with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using C = typename OpMath<T>::type;
-    const AdamOp<C> op{{C(h.beta1_c), C(h.beta2), C(h.beta2_c), C(h.eps), C(h.weight_decay),
-                        C(h.decay), h.amsgrad, h.maximize, h.decoupled},
-                       lr, beta1, beta2};
-    err = multi_tensor_apply<T, C, 5>(l, op, grad_scale, found_inf, stream);
+    err = multi_tensor_apply<T, C, 5>(l, adam_op<C>(h, lr, beta1, beta2), grad_scale,
+                                      found_inf, stream);
   });
   return err;
 }
@@ -297,9 +64,7 @@ int launch_rmsprop_step(DType dtype, const OptimLists& l, const RmspropHyper<dou
   with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using C = typename OpMath<T>::type;
-    const RmspropOp<C> op{{C(h.lr), C(h.alpha), C(h.alpha_c), C(h.eps), C(h.weight_decay),
-                           C(h.momentum), h.centered, h.maximize}};
-    err = multi_tensor_apply<T, C, 5>(l, op, grad_scale, found_inf, stream);
+    err = multi_tensor_apply<T, C, 5>(l, rmsprop_op<C>(h), grad_scale, found_inf, stream);
   });
   return err;
 }
@@ -311,8 +76,8 @@ int launch_adagrad_step(DType dtype, const OptimLists& l, const AdagradHyper<dou
   with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using C = typename OpMath<T>::type;
-    const AdagradOp<C> op{{C(h.eps), C(h.weight_decay), h.maximize}, lr, lr_decay};
-    err = multi_tensor_apply<T, C, 3>(l, op, grad_scale, found_inf, stream);
+    err = multi_tensor_apply<T, C, 3>(l, adagrad_op<C>(h, lr, lr_decay), grad_scale, found_inf,
+                                      stream);
   });
   return err;
 }
