@@ -21,7 +21,13 @@ outputs that may see them -- no atomics, so the gradient is bit-identical run to
 Global average pooling (adaptive output 1x1) has its own reduction kernel: a tile of
 [BLOCK_E spatial positions, BLOCK_Q planes] summed along the spatial axis.
 pool_gather (out[n, c, o] = x[n, c, ind[n, c, o]], the max pools' double backward) is
-one load per output. Accumulation in float32 (float64 for float64); offsets are int64.
+one load per output. Accumulation in float32 (float64 for float64).
+
+Index arithmetic: each lane decodes its flat offset into (n, c, h, w) -- divisions by
+runtime sizes, the costliest part of a memory-bound kernel. They run in IDX = int32 (a
+few instructions each; an int64 division is a software routine of ~70) unless a tensor
+or a window product nears 2^31 elements, when the whole kernel runs in int64; and each
+level of the decoding is one division with the remainder taken by a multiply-subtract.
 """
 import triton
 import triton.language as tl
@@ -34,19 +40,19 @@ BLOCK = 256
 def _decode(offs, C, H, W, CL: tl.constexpr):
     """Memory-order offset -> (n, c, h, w) of an (N, C, H, W) tensor stored NCHW or NHWC."""
     if CL:
-        c = offs % C
         t = offs // C
-        w = t % W
-        t = t // W
-        h = t % H
-        n = t // H
+        c = offs - t * C
+        u = t // W
+        w = t - u * W
+        n = u // H
+        h = u - n * H
     else:
-        w = offs % W
         t = offs // W
-        h = t % H
-        t = t // H
-        c = t % C
-        n = t // C
+        w = offs - t * W
+        u = t // H
+        h = t - u * H
+        n = u // C
+        c = u - n * C
     return n, c, h, w
 
 
@@ -72,12 +78,12 @@ def pool_fwd_kernel(x_ptr, y_ptr, ind_ptr, total, C, IH, IW, OH, OW,
                     kh, kw, sh, sw, ph, pw, dh, dw, divisor_override,
                     MODE: tl.constexpr, CL: tl.constexpr, WITH_IDX: tl.constexpr,
                     COUNT_PAD: tl.constexpr, F64: tl.constexpr,
-                    LH: tl.constexpr, LW: tl.constexpr, BLOCK: tl.constexpr):
+                    LH: tl.constexpr, LW: tl.constexpr, IDX: tl.constexpr, BLOCK: tl.constexpr):
     # LH x LW: the taps each lane visits (the kernel, or the largest adaptive window)
     IS_MAX: tl.constexpr = (MODE == 0) or (MODE == 3)
     ADAPTIVE: tl.constexpr = MODE >= 2
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(IDX) * BLOCK + tl.arange(0, BLOCK).to(IDX)
     mask = offs < total
     n, c, oh, ow = _decode(offs, C, OH, OW, CL)
     if CL:
@@ -167,13 +173,13 @@ def global_avg_kernel(x_ptr, y_ptr, Q, C, HW, F64: tl.constexpr, CL: tl.constexp
 def pool_bwd_kernel(g_ptr, ind_ptr, dx_ptr, total, C, IH, IW, OH, OW,
                     kh, kw, sh, sw, ph, pw, dh, dw, divisor_override,
                     MODE: tl.constexpr, CL: tl.constexpr, COUNT_PAD: tl.constexpr,
-                    F64: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr,
+                    F64: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr, IDX: tl.constexpr,
                     BLOCK: tl.constexpr):
     # LH x LW: the most outputs along each axis whose windows can hold one input element
     IS_MAX: tl.constexpr = (MODE == 0) or (MODE == 3)
     ADAPTIVE: tl.constexpr = MODE >= 2
     ACC: tl.constexpr = tl.float64 if F64 else tl.float32
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(IDX) * BLOCK + tl.arange(0, BLOCK).to(IDX)
     mask = offs < total
     n, c, ih, iw = _decode(offs, C, IH, IW, CL)
     if CL:
@@ -201,6 +207,8 @@ def pool_bwd_kernel(g_ptr, ind_ptr, dx_ptr, total, C, IH, IW, OH, OW,
     for i in range(LH):
         oh = ohb + i
         vh = oh < ohe
+        if MODE == 2:  # adaptive average: output row oh's window height, once per row
+            win_h = ((oh + 1) * IH + OH - 1) // OH - (oh * IH) // OH
         for j in range(LW):
             ow = owb + j
             valid = mask & vh & (ow < owe)
@@ -211,11 +219,7 @@ def pool_bwd_kernel(g_ptr, ind_ptr, dx_ptr, total, C, IH, IW, OH, OW,
                 acc += tl.where(valid & (idx == flat), g, 0.0)
             else:
                 if ADAPTIVE:
-                    hs = (oh * IH) // OH
-                    he = ((oh + 1) * IH + OH - 1) // OH
-                    ws = (ow * IW) // OW
-                    we = ((ow + 1) * IW + OW - 1) // OW
-                    div = (he - hs) * (we - ws)
+                    div = win_h * (((ow + 1) * IW + OW - 1) // OW - (ow * IW) // OW)
                 else:
                     div = _avg_div(oh, ow, IH, IW, kh, kw, sh, sw, ph, pw, divisor_override,
                                    COUNT_PAD)
@@ -226,14 +230,16 @@ def pool_bwd_kernel(g_ptr, ind_ptr, dx_ptr, total, C, IH, IW, OH, OW,
 
 @triton.jit
 def pool_gather_kernel(x_ptr, ind_ptr, out_ptr, n_out, C, HW, OHW, CL: tl.constexpr,
-                       BLOCK: tl.constexpr):
+                       IDX: tl.constexpr, BLOCK: tl.constexpr):
     # out[n, c, o] = x[n, c, ind[n, c, o]]; an index outside the plane gives 0
-    o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    o = tl.program_id(0).to(IDX) * BLOCK + tl.arange(0, BLOCK).to(IDX)
     mask = o < n_out
     k = tl.load(ind_ptr + o, mask=mask, other=0)
     ok = mask & (k >= 0) & (k < HW)
+    k = tl.where(ok, k, 0).to(IDX)  # in [0, HW): fits IDX
     if CL:
-        src = ((o // (C * OHW)) * HW + k) * C + o % C
+        t = o // C
+        src = ((t // OHW) * HW + k) * C + (o - t * C)
     else:
         src = (o // OHW) * HW + k
     v = tl.load(x_ptr + src, mask=ok, other=0.0)
@@ -242,6 +248,12 @@ def pool_gather_kernel(x_ptr, ind_ptr, out_ptr, n_out, C, HW, OHW, CL: tl.conste
 
 def _cdiv(a, b):
     return -(-a // b)
+
+
+def _idx(*sizes):
+    """int32 index arithmetic unless some size (a tensor's elements, an adaptive window
+    product) comes near 2^31: then int64 throughout."""
+    return tl.int64 if max(sizes) >= 2 ** 30 else tl.int32
 
 
 def _geometry(mode, kernel, stride, padding, dilation):
@@ -275,7 +287,8 @@ def pool_fwd(x, y, ind, cl: bool, mode: str, kernel=None, stride=None, padding=N
         x, y, ind if ind is not None else y, total, C, IH, IW, OH, OW,
         k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], int(divisor_override),
         MODE=MODES[mode], CL=cl, WITH_IDX=ind is not None, COUNT_PAD=bool(count_include_pad),
-        F64=f64, LH=lh, LW=lw, BLOCK=BLOCK)
+        F64=f64, LH=lh, LW=lw, IDX=_idx(x.numel(), total, (IH + 1) * (OH + 1), (IW + 1) * (OW + 1)),
+        BLOCK=BLOCK)
 
 
 def pool_bwd(g, ind, dx, cl: bool, mode: str, kernel=None, stride=None, padding=None,
@@ -300,7 +313,7 @@ def pool_bwd(g, ind, dx, cl: bool, mode: str, kernel=None, stride=None, padding=
         g, ind if ind is not None else g, dx, total, C, IH, IW, OH, OW,
         k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], int(divisor_override),
         MODE=MODES[mode], CL=cl, COUNT_PAD=bool(count_include_pad), F64=f64, LH=lh, LW=lw,
-        BLOCK=BLOCK)
+        IDX=_idx(g.numel(), total, (IH + 1) * (OH + 1), (IW + 1) * (OW + 1)), BLOCK=BLOCK)
 
 
 def pool_gather(x, ind, out, cl: bool) -> None:
@@ -310,4 +323,4 @@ def pool_gather(x, ind, out, cl: bool) -> None:
     if n_out:
         pool_gather_kernel[(triton.cdiv(n_out, BLOCK),)](
             x, ind, out, n_out, x.shape[1], x.shape[2] * x.shape[3], ind.shape[2] * ind.shape[3],
-            CL=cl, BLOCK=BLOCK)
+            CL=cl, IDX=_idx(x.numel(), n_out), BLOCK=BLOCK)

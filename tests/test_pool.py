@@ -115,6 +115,41 @@ def test_channels_last_vector_path(backend, device, dtype):
         check_against_torch(fn, tfn, [x], what=f"{what}/{backend} channels_last C={C}")
 
 
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] == "triton"])
+def test_triton_wide_index_variant(backend, device, monkeypatch):
+    """The Triton pool kernels decode offsets in int32 and switch to int64 only when a size
+    nears 2^31 (kernels/pool.py::_idx) -- tensors no CPU test can allocate. Here the int64
+    variant is forced on small inputs, every mode, both layouts, forward and backward (and
+    the max pools' double backward), and must give the same answers; the switch point too."""
+    import triton.language as tl
+    from pydl.kernels import pool as tp
+    assert tp._idx(7, 2 ** 30 - 1) == tl.int32 and tp._idx(7, 2 ** 30) == tl.int64
+    monkeypatch.setattr(tp, "_idx", lambda *sizes: tl.int64)
+    for layout in ("contiguous", "channels_last"):
+        x = make_input(shape_for(backend, device), torch.float32, device, layout,
+                       requires_grad=True, seed=5)
+        for ours, theirs in [
+            (lambda t: F.max_pool2d(t, 3, 2, 1, backend=backend), lambda t: TF.max_pool2d(t, 3, 2, 1)),
+            (lambda t: F.avg_pool2d(t, 3, 2, 1, True, False, backend=backend),
+             lambda t: TF.avg_pool2d(t, 3, 2, 1, True, False)),
+            (lambda t: F.adaptive_avg_pool2d(t, (3, 4), backend=backend),
+             lambda t: TF.adaptive_avg_pool2d(t, (3, 4))),
+            (lambda t: F.adaptive_max_pool2d(t, (5, 2), backend=backend),
+             lambda t: TF.adaptive_max_pool2d(t, (5, 2)))]:
+            check_against_torch(ours, theirs, [x], what=f"wide index/{layout}")
+        # the double backward gathers through the saved indices (pool_gather_kernel):
+        # d/dv of sum(w * grad_x(v)) = w at each window's argmax
+        w = torch.randn(x.shape, dtype=x.dtype, device=device)
+        got, want = [], []
+        for pool, out in ((lambda t: F.max_pool2d(t, 2, backend=backend), got),
+                          (lambda t: TF.max_pool2d(t, 2), want)):
+            y = pool(x)
+            v = torch.ones_like(y, requires_grad=True)
+            (gx,) = torch.autograd.grad(y, x, v, create_graph=True)
+            out.append(torch.autograd.grad((gx * w).sum(), v)[0])
+        assert torch.equal(got[0], want[0])
+
+
 @pytest.mark.xdist_group("big")
 @pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[1] == "cuda"])
 def test_more_than_2_31_elements(backend, device):

@@ -29,6 +29,7 @@ tests/test_triton_aot.py (CI); with a GPU the test suite compiles and runs the k
 itself.
 """
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.autotuner import Autotuner  # noqa: E402
@@ -370,6 +372,11 @@ def compile_all(records) -> int:
             if stack > _spill_cap(fn, sig, consts, attrs):
                 problems.append(f"spills {stack} B of stack a thread "
                                 f"(at most {_spill_cap(fn, sig, consts, attrs)})")
+            # A kernel built for 32-bit indices must do no 64-bit division: on the GPU that is
+            # a software routine of ~70 instructions, per element in a memory-bound kernel.
+            if consts.get("IDX") == tl.int32 and re.search(r"\b(div|rem)\.[su]64",
+                                                               k.asm["ptx"]):
+                problems.append("64-bit integer division in an IDX=int32 kernel")
             if smem > SMEM_LIMIT:
                 problems.append(f"shared memory {smem} B > {SMEM_LIMIT}")
             if regs * threads > REGS_PER_SM:
