@@ -374,8 +374,8 @@ def compile_all(records) -> int:
                                 f"(at most {_spill_cap(fn, sig, consts, attrs)})")
             # A kernel built for 32-bit indices must do no 64-bit division: on the GPU that is
             # a software routine of ~70 instructions, per element in a memory-bound kernel.
-            if consts.get("IDX") == tl.int32 and re.search(r"\b(div|rem)\.[su]64",
-                                                               k.asm["ptx"]):
+            div64 = len(re.findall(r"\b(?:div|rem)\.[su]64", k.asm["ptx"]))
+            if consts.get("IDX") == tl.int32 and div64:
                 problems.append("64-bit integer division in an IDX=int32 kernel")
             if smem > SMEM_LIMIT:
                 problems.append(f"shared memory {smem} B > {SMEM_LIMIT}")
@@ -384,7 +384,7 @@ def compile_all(records) -> int:
             status = "; ".join(problems) if problems else "ok"
             failures += bool(problems)
             print(f"[{i + 1}/{len(records)}] {status}: {label} (smem {smem} B, {regs} regs, "
-                  f"stack {stack} B, {time.time() - t0:.1f} s)", flush=True)
+                  f"stack {stack} B, {div64} div64, {time.time() - t0:.1f} s)", flush=True)
         except Exception as e:  # noqa: BLE001 -- report every variant, then fail
             failures += 1
             print(f"[{i + 1}/{len(records)}] FAILED: {label}\n    {type(e).__name__}: "
