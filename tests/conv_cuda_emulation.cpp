@@ -216,6 +216,15 @@ int main() {
       {3, 24, 5, 5, 20, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, true},   // 1x1
   };
   int fails = 0;
+  // idiv: C++'s int64_t division, in 32 bits only where that gives the same quotient
+  const int64_t big = int64_t(1) << 31;
+  for (int64_t a : {int64_t(0), int64_t(7), big - 1, big, big + 5, 3 * big + 1, int64_t(-7), -big - 3})
+    for (int64_t b : {int64_t(1), int64_t(3), big - 1, big, big + 1, int64_t(-2)})
+      if (idiv(a, b) != a / b) {
+        std::printf("idiv(%lld, %lld) = %lld, not %lld\n", (long long)a, (long long)b,
+                    (long long)idiv(a, b), (long long)(a / b));
+        ++fails;
+      }
   for (const auto& c : cfgs) {
     fails += run<double, false>(c, 1e-12);
     fails += run<float, false>(c, 1e-5);

@@ -6,7 +6,10 @@
 //
 // How: tests/cuda_emulation.h (each CUDA thread a fiber, warp shuffles through per-warp
 // slots). Grids of 256-thread blocks as the launchers size them, and a 2-block grid so
-// the grid-stride loops go round several times. Outputs start as NaN (indices as -7), so
+// the grid-stride loops go round several times. Every case runs with both index types
+// of the kernels (int32_t, what the launchers pick for all but huge tensors, and int64_t);
+// the launchers' choice between them (pool_index32_ok, gather_index32_ok) is checked at
+// its 2^30 threshold, without running kernels that large. Outputs start as NaN (indices as -7), so
 // an element nobody writes fails. The float64 reference here is written from torch's
 // definitions, not from pool_math.h: output sizes with ceil_mode, max over the window's
 // taps with the index ih*IW + iw of the first maximum, avg with torch's divisor rules
@@ -103,7 +106,7 @@ template <typename T> const char* tname() {
   return sizeof(T) == 8 ? "f64" : std::is_same_v<T, BF16> ? "bf16" : "f32";
 }
 
-template <typename T>
+template <typename T, typename I>
 void run(const Case& c, bool cl, int vec, unsigned max_blocks) {
   using Cc = typename OpMath<T>::type;
   const bool adaptive = c.mode == kAdaAvg || c.mode == kAdaMax, is_max = c.mode == kMax || c.mode == kAdaMax;
@@ -164,8 +167,8 @@ void run(const Case& c, bool cl, int vec, unsigned max_blocks) {
   };
   char tag[200];
   std::snprintf(tag, sizeof tag,
-                "%-4s %-12s %s vec%d N%ld C%ld %ldx%ld->%ldx%ld k%ldx%ld s%ld,%ld p%ld,%ld d%ld,%ld%s%s%s grid<=%u",
-                tname<T>(), mname(c.mode), cl ? "NHWC" : "NCHW", vec, long(N), long(C), long(IH), long(IW),
+                "%-4s %s %-12s %s vec%d N%ld C%ld %ldx%ld->%ldx%ld k%ldx%ld s%ld,%ld p%ld,%ld d%ld,%ld%s%s%s grid<=%u",
+                tname<T>(), sizeof(I) == 4 ? "i32" : "i64", mname(c.mode), cl ? "NHWC" : "NCHW", vec, long(N), long(C), long(IH), long(IW),
                 long(OH), long(OW), long(c.kh), long(c.kw), long(c.sh), long(c.sw), long(c.ph), long(c.pw),
                 long(c.dh), long(c.dw), c.ceil_mode ? " ceil" : "", c.count_include_pad ? " incl-pad" : "",
                 c.divisor_override ? " div-override" : "", max_blocks);
@@ -173,7 +176,7 @@ void run(const Case& c, bool cl, int vec, unsigned max_blocks) {
   const double tol = std::is_same_v<T, BF16> ? 1e-2 : sizeof(Cc) == 8 ? 1e-12 : 1e-5;
 
   std::vector<T> Y(G.size(), poison<T>()), DX(X.size(), poison<T>());
-  std::vector<int64_t> I(G.size(), -7);
+  std::vector<int64_t> Ind(G.size(), -7);
   const int64_t fwd_items = N * C * OH * OW / (cl ? vec : 1), bwd_items = N * C * IH * IW / (cl ? vec : 1);
   std::vector<T> Yv(G.size(), poison<T>());  // the values-only max forward (no indices)
   auto dispatch = [&](auto V, auto CL) {
@@ -183,37 +186,37 @@ void run(const Case& c, bool cl, int vec, unsigned max_blocks) {
     auto run_max = [&](auto ah, auto aw) {
       const NoDivisor nd;
       launch(fwd_grid, threads, [&] {
-        pool_fwd_kernel<T, VEC, L, true, true>(X.data(), Y.data(), I.data(), p, ah, aw, nd);
+        pool_fwd_kernel<T, VEC, L, true, true, I>(X.data(), Y.data(), Ind.data(), p, ah, aw, nd);
       });
       launch(fwd_grid, threads, [&] {
-        pool_fwd_kernel<T, VEC, L, true, false>(X.data(), Yv.data(), nullptr, p, ah, aw, nd);
+        pool_fwd_kernel<T, VEC, L, true, false, I>(X.data(), Yv.data(), nullptr, p, ah, aw, nd);
       });
       launch(bwd_grid, threads,
-             [&] { pool_bwd_kernel<T, VEC, L, true>(G.data(), I.data(), DX.data(), p, ah, aw, nd); });
+             [&] { pool_bwd_kernel<T, VEC, L, true, I>(G.data(), Ind.data(), DX.data(), p, ah, aw, nd); });
     };
     auto run_avg = [&](auto ah, auto aw, auto dv, bool fwd) {
       if (fwd)
         launch(fwd_grid, threads, [&] {
-          pool_fwd_kernel<T, VEC, L, false, false>(X.data(), Y.data(), nullptr, p, ah, aw, dv);
+          pool_fwd_kernel<T, VEC, L, false, false, I>(X.data(), Y.data(), nullptr, p, ah, aw, dv);
         });
       launch(bwd_grid, threads,
-             [&] { pool_bwd_kernel<T, VEC, L, false>(G.data(), nullptr, DX.data(), p, ah, aw, dv); });
+             [&] { pool_bwd_kernel<T, VEC, L, false, I>(G.data(), nullptr, DX.data(), p, ah, aw, dv); });
     };
     const bool global = c.mode == kAdaAvg && OH == 1 && OW == 1;
     if (global && !L)  // the global average kernels (the backward is the adaptive one)
       launch(Dim3(blocks(N * C * 32)), threads,
-             [&] { global_avg_nchw_kernel<T>(X.data(), Y.data(), N * C, IH * IW); });
+             [&] { global_avg_nchw_kernel<T, I>(X.data(), Y.data(), N * C, IH * IW); });
     else if (global)
       launch(Dim3(blocks(N * C / VEC)), threads,
-             [&] { global_avg_nhwc_kernel<T, VEC>(X.data(), Y.data(), N, C, IH * IW); });
+             [&] { global_avg_nhwc_kernel<T, VEC, I>(X.data(), Y.data(), N, C, IH * IW); });
     if (adaptive) {
-      const AdaptiveAxis ah{IH, OH}, aw{IW, OW};
+      const AdaptiveAxisT<I> ah = adaptive_h<I>(p), aw = adaptive_w<I>(p);
       if (is_max) run_max(ah, aw);
-      else run_avg(ah, aw, AdaptiveDivisor{ah, aw}, !global);
+      else run_avg(ah, aw, AdaptiveDivisorT<I>{ah, aw}, !global);
     } else {
-      const FixedAxis fh = fixed_h(p), fw = fixed_w(p);
+      const FixedAxisT<I> fh = fixed_h<I>(p), fw = fixed_w<I>(p);
       if (is_max) run_max(fh, fw);
-      else run_avg(fh, fw, AvgDivisor{fh, fw, p.count_include_pad, p.divisor_override}, true);
+      else run_avg(fh, fw, avg_divisor<I>(p), true);
     }
   };
   if (!cl) dispatch(std::integral_constant<int, 1>{}, std::false_type{});
@@ -223,25 +226,79 @@ void run(const Case& c, bool cl, int vec, unsigned max_blocks) {
   report(base + " dx", err(DX, DXr), tol);
   if (is_max) {
     std::vector<double> Id(Ir.begin(), Ir.end());
-    report(base + " ind", err(I, Id), 0);
+    report(base + " ind", err(Ind, Id), 0);
     report(base + " y (values-only)", err(Yv, Yr), tol);
     // the max pools' double backward: out = x[ind], with the kernels' own indices
     std::vector<T> Gt(G.size(), poison<T>());
     const int64_t n = G.size();
     launch(Dim3(blocks(n)), threads, [&] {
-      if (cl) pool_gather_kernel<T, true>(X.data(), I.data(), Gt.data(), n, C, IH * IW, OH * OW);
-      else pool_gather_kernel<T, false>(X.data(), I.data(), Gt.data(), n, C, IH * IW, OH * OW);
+      if (cl) pool_gather_kernel<T, true, I>(X.data(), Ind.data(), Gt.data(), n, C, IH * IW, OH * OW);
+      else pool_gather_kernel<T, false, I>(X.data(), Ind.data(), Gt.data(), n, C, IH * IW, OH * OW);
     });
     report(base + " gather", err(Gt, GATHr), 0);
   }
 }
 
-template <typename T>
+template <typename T, typename I>
 void all_layouts(const Case& c) {
   for (unsigned mb : {2u, 1u << 20}) {
-    run<T>(c, false, 1, mb);
-    run<T>(c, true, 1, mb);
-    if (c.C % vec_width<T>() == 0) run<T>(c, true, vec_width<T>(), mb);
+    run<T, I>(c, false, 1, mb);
+    run<T, I>(c, true, 1, mb);
+    if (c.C % vec_width<T>() == 0) run<T, I>(c, true, vec_width<T>(), mb);
+  }
+}
+
+// The launchers' choice of index type, at its threshold: int32_t exactly when every
+// quantity a kernel computes is below 2^30 (pool_device.cuh).
+static PoolParams sizes(int64_t N, int64_t C, int64_t IH, int64_t IW, int64_t OH, int64_t OW,
+                        int64_t k = 1, int64_t s = 1, int64_t pad = 0, int64_t d = 1,
+                        int64_t divisor_override = 0) {  // square windows
+  return {N, C, IH, IW, OH, OW, k, k, s, s, pad, pad, d, d, true, divisor_override};
+}
+
+static void check_index_choice() {
+  const int64_t L = int64_t(1) << 30;
+  const PoolMode MX = PoolMode::Max, AV = PoolMode::Avg, AA = PoolMode::AdaptiveAvg,
+                 AM = PoolMode::AdaptiveMax;
+  const struct { const char* what; PoolMode mode; PoolParams p; bool want; } choices[] = {
+      {"input 2^30 - 1 elements", AA, sizes(1, L - 1, 1, 1, 1, 1), true},
+      {"input 2^30 elements", AA, sizes(1, L, 1, 1, 1, 1), false},
+      {"input 2^30 elements (N*C*H*W)", AA, sizes(1024, 1024, 32, 32, 1, 1), false},
+      {"output 2^30 - 1 elements", AM, sizes(1, L - 1, 1, 1, 1, 1), true},
+      {"output 2^30 elements", AM, sizes(1, 1, 2, 1, L, 1), false},
+      {"adaptive (IH+1)*(OH+1) = 2^30 - 2^15", AA, sizes(1, 1, 32767, 1, 32766, 1), true},
+      {"adaptive (IH+1)*(OH+1) = 2^30", AA, sizes(1, 1, 32767, 1, 32767, 1), false},
+      {"adaptive (IW+1)*(OW+1) = 2^30", AM, sizes(1, 1, 1, 32767, 1, 32767), false},
+      {"max 3x3/2 over an 8192^2 plane", MX, sizes(1, 1, 8192, 8192, 4096, 4096, 3, 2, 1), true},
+      {"max 3x3/2 over a 16384^2 plane", MX, sizes(1, 1, 16384, 16384, 8192, 8192, 3, 2, 1), true},
+      // k1 s1 p0 d1: a window extent E = I + 3 per axis, E_h*E_w at 2^30 - 2^15 and 2^30
+      {"max 1x1, extents 2^15 * (2^15 - 1)", MX, sizes(1, 1, 32765, 32764, 32765, 32764), true},
+      {"max 1x1, extents 2^15 * 2^15", MX, sizes(1, 1, 32765, 32765, 32765, 32765), false},
+      {"max, k 2 * dilation 2^29 (tiny tensor)", MX, sizes(1, 1, 5, 5, 5, 5, 2, 1, L / 4, L / 2), false},
+      {"max, dilation 2^40 (tiny tensor)", MX, sizes(1, 1, 5, 5, 5, 5, 2, 1, 0, L << 10), false},
+      {"avg, divisor_override 2^30 - 1", AV, sizes(1, 1, 5, 5, 2, 2, 2, 2, 0, 1, L - 1), true},
+      {"avg, divisor_override 2^30", AV, sizes(1, 1, 5, 5, 2, 2, 2, 2, 0, 1, L), false},
+      {"avg, divisor_override -2^30", AV, sizes(1, 1, 5, 5, 2, 2, 2, 2, 0, 1, -L), true},
+      {"avg, divisor_override -2^30 - 1", AV, sizes(1, 1, 5, 5, 2, 2, 2, 2, 0, 1, -L - 1), false},
+      {"avg, divisor_override INT64_MIN", AV, sizes(1, 1, 5, 5, 2, 2, 2, 2, 0, 1, INT64_MIN), false},
+  };
+  for (const auto& c : choices) {
+    const bool got = pool_index32_ok(c.mode, c.p);
+    std::printf("%-86s %s %s\n", (std::string("index type: ") + c.what).c_str(),
+                got ? "int32" : "int64", got == c.want ? "ok" : "FAIL");
+    g_fails += got != c.want;
+  }
+  const struct { int64_t N, C, HW, OHW; bool want; } gathers[] = {
+      {1, 1, L - 1, 1, true}, {1, 1, L, 1, false}, {1, 1, 1, L, false},
+      {1024, 1024, 1023, 1023, true}, {1024, 1024, 1024, 1, false},
+  };
+  for (const auto& g : gathers) {
+    const bool got = gather_index32_ok(g.N, g.C, g.HW, g.OHW);
+    char what[120];
+    std::snprintf(what, sizeof what, "index type: gather N%ld C%ld HW%ld OHW%ld", long(g.N),
+                  long(g.C), long(g.HW), long(g.OHW));
+    std::printf("%-86s %s %s\n", what, got ? "int32" : "int64", got == g.want ? "ok" : "FAIL");
+    g_fails += got != g.want;
   }
 }
 
@@ -266,11 +323,17 @@ int main() {
       {kAdaMax, 2, 8, 9, 7, 4, 3, 0, 0, 0, 0, 1, 1, false, false, 0, true},
       {kAvg, 2, 3, 9, 7, 3, 3, 2, 2, 1, 1, 1, 1, false, false, 0, true},  // NaN reaches y, not dx
   };
+  check_index_choice();
   for (const auto& c : cases) {
-    all_layouts<float>(c);
-    all_layouts<BF16>(c);
+    all_layouts<float, int32_t>(c);
+    all_layouts<float, int64_t>(c);
+    all_layouts<BF16, int32_t>(c);
+    all_layouts<BF16, int64_t>(c);
   }
-  for (const auto& c : {cases[1], cases[5], cases[10]}) all_layouts<double>(c);
+  for (const auto& c : {cases[1], cases[5], cases[10]}) {
+    all_layouts<double, int32_t>(c);
+    all_layouts<double, int64_t>(c);
+  }
   std::printf("%d failure(s)\n", g_fails);
   return g_fails ? 1 : 0;
 }

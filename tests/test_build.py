@@ -55,7 +55,9 @@ def test_cuda_kernels_do_not_spill():
     """ptxas's verdict on every CUDA kernel in pydl._C: no stack frame and no local memory
     (the kernels make no calls and index no local arrays dynamically, so either would be
     register spilling -- slow loads and stores in the inner loops), and registers that let
-    the largest block the launchers use (512 threads) fit on an SM."""
+    each kernel's largest block fit on an SM: 512 threads for the optimizers'
+    multi-tensor kernels, at most 256 for every other launcher (the GEMM engines also
+    declare theirs in __launch_bounds__)."""
     if "cuda" not in pydl.BUILD_INFO["compiled_backends"]:
         pytest.skip("pydl._C was built without CUDA")
     tool = _cuobjdump()
@@ -71,8 +73,11 @@ def test_cuda_kernels_do_not_spill():
         elif line.startswith("REG:") and name:
             kernels[name] = dict(tok.split(":", 1) for tok in line.split())
     assert len(kernels) > 50, out[-2000:]
+    def threads(name):
+        return 512 if "optim_detail" in name else 256
+
     bad = [f"{k}: {v}" for k, v in kernels.items()
-           if v["STACK"] != "0" or v["LOCAL"] != "0" or int(v["REG"]) * 512 > 65536]
+           if v["STACK"] != "0" or v["LOCAL"] != "0" or int(v["REG"]) * threads(k) > 65536]
     assert not bad, "\n".join(bad)
 
 

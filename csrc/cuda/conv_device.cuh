@@ -43,7 +43,8 @@
 //
 // Bias gradient: one block per output channel, a block-wide reduction.
 //
-// Every index and offset is int64_t: tensors past 2^31 elements index correctly. Tensors
+// Every index and offset is int64_t: tensors past 2^31 elements index correctly; the
+// divisions of the index decodes run in 32 bits when their operands fit (idiv). Tensors
 // are addressed through their element strides, so NCHW and channels_last (and any other
 // strides) are read and written in place.
 //
@@ -60,6 +61,15 @@
 
 namespace pydl {
 namespace conv_detail {
+
+// a / b, as C++ divides int64_t. Every gather decodes indices by dividing by runtime
+// sizes; on the GPU a 64-bit division is a software routine of ~70 instructions, a 32-bit
+// one a few. So it runs in 32 bits whenever both operands are in [0, 2^31) -- every index
+// of a tensor under 2^31 elements -- and in 64 bits otherwise (a negative operand, or
+// past 2^31), which keeps the indexing exact everywhere.
+__device__ __forceinline__ int64_t idiv(int64_t a, int64_t b) {
+  return ((a | b) >> 31) == 0 ? int64_t(uint32_t(a) / uint32_t(b)) : a / b;
+}
 
 template <typename T>
 __device__ __forceinline__ T zero() {
@@ -86,7 +96,7 @@ struct FwdProblem {
     Row r;
     r.ok = m < M;
     const int64_t mm = r.ok ? m : 0, plane = s.OH * s.OW;
-    const int64_t n = mm / plane, hw = mm - n * plane, oh = hw / s.OW, ow = hw - oh * s.OW;
+    const int64_t n = idiv(mm, plane), hw = mm - n * plane, oh = idiv(hw, s.OW), ow = hw - oh * s.OW;
     r.base = x + n * xs.n + g * s.Cg() * xs.c;
     r.ih0 = oh * s.sh - s.ph;
     r.iw0 = ow * s.sw - s.pw;
@@ -94,7 +104,7 @@ struct FwdProblem {
   }
   __device__ T a(const Row& r, int64_t k) const {
     const int64_t khw = s.KH * s.KW;
-    const int64_t c = k / khw, t = k - c * khw, kh = t / s.KW, kw = t - kh * s.KW;
+    const int64_t c = idiv(k, khw), t = k - c * khw, kh = idiv(t, s.KW), kw = t - kh * s.KW;
     const int64_t ih = r.ih0 + kh * s.dh, iw = r.iw0 + kw * s.dw;
     if (!r.ok || ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) return zero<T>();
     return r.base[c * xs.c + ih * xs.h + iw * xs.w];
@@ -102,17 +112,23 @@ struct FwdProblem {
   __device__ T b_at(int64_t k, int64_t n, int64_t g) const {
     if (n >= N) return zero<T>();
     const int64_t khw = s.KH * s.KW;
-    const int64_t c = k / khw, t = k - c * khw, kh = t / s.KW, kw = t - kh * s.KW;
+    const int64_t c = idiv(k, khw), t = k - c * khw, kh = idiv(t, s.KW), kw = t - kh * s.KW;
     return w[(g * N + n) * ws.n + c * ws.c + kh * ws.h + kw * ws.w];
   }
-  __device__ void store(int64_t m, int64_t n, const Part& p, Acc v) const {
-    if (m >= M || n >= N) return;
+  // The epilogue: output row m's offset (-1: past M) is decoded once per row (out_row),
+  // then store() adds the column's.
+  __device__ int64_t out_row(int64_t m) const {
+    if (m >= M) return -1;
     const int64_t plane = s.OH * s.OW;
-    const int64_t nb = m / plane, hw = m - nb * plane, oh = hw / s.OW, ow = hw - oh * s.OW;
+    const int64_t nb = idiv(m, plane), hw = m - nb * plane, oh = idiv(hw, s.OW), ow = hw - oh * s.OW;
+    return nb * ys.n + oh * ys.h + ow * ys.w;
+  }
+  __device__ void store(int64_t row, int64_t n, const Part& p, Acc v) const {
+    if (row < 0 || n >= N) return;
     const int64_t oc = p.g * N + n;
     if (b) v += to_c(b[oc]);
     if (relu && v < Acc(0)) v = Acc(0);  // NaN stays NaN, as torch's relu
-    y[nb * ys.n + oc * ys.c + oh * ys.h + ow * ys.w] = from_c<T>(v);
+    y[row + oc * ys.c] = from_c<T>(v);
   }
 };
 
@@ -130,34 +146,38 @@ struct DgradProblem {
     Row r;
     r.ok = m < M;
     const int64_t mm = r.ok ? m : 0, plane = s.H * s.W;
-    const int64_t n = mm / plane, hw = mm - n * plane;
-    r.ih = hw / s.W;
+    const int64_t n = idiv(mm, plane), hw = mm - n * plane;
+    r.ih = idiv(hw, s.W);
     r.iw = hw - r.ih * s.W;
     r.base = dy + n * gs.n + g * s.OCg() * gs.c;
     return r;
   }
   __device__ T a(const Row& r, int64_t k) const {
     const int64_t khw = s.KH * s.KW;
-    const int64_t j = k / khw, t = k - j * khw, kh = t / s.KW, kw = t - kh * s.KW;
+    const int64_t j = idiv(k, khw), t = k - j * khw, kh = idiv(t, s.KW), kw = t - kh * s.KW;
     // the tap (kh, kw) reaches input row ih from output row oh = (ih + ph - kh*dh) / sh,
     // but only if that division is exact and oh is inside the output
     const int64_t th = r.ih + s.ph - kh * s.dh, tw = r.iw + s.pw - kw * s.dw;
     if (!r.ok || th < 0 || tw < 0) return zero<T>();
-    const int64_t oh = th / s.sh, ow = tw / s.sw;
+    const int64_t oh = idiv(th, s.sh), ow = idiv(tw, s.sw);
     if (oh * s.sh != th || ow * s.sw != tw || oh >= s.OH || ow >= s.OW) return zero<T>();
     return r.base[j * gs.c + oh * gs.h + ow * gs.w];
   }
   __device__ T b_at(int64_t k, int64_t n, int64_t g) const {
     if (n >= N) return zero<T>();
     const int64_t khw = s.KH * s.KW;
-    const int64_t j = k / khw, t = k - j * khw, kh = t / s.KW, kw = t - kh * s.KW;
+    const int64_t j = idiv(k, khw), t = k - j * khw, kh = idiv(t, s.KW), kw = t - kh * s.KW;
     return w[(g * s.OCg() + j) * ws.n + n * ws.c + kh * ws.h + kw * ws.w];
   }
-  __device__ void store(int64_t m, int64_t n, const Part& p, Acc v) const {
-    if (m >= M || n >= N) return;
+  __device__ int64_t out_row(int64_t m) const {
+    if (m >= M) return -1;
     const int64_t plane = s.H * s.W;
-    const int64_t nb = m / plane, hw = m - nb * plane, ih = hw / s.W, iw = hw - ih * s.W;
-    dx[nb * xs.n + (p.g * N + n) * xs.c + ih * xs.h + iw * xs.w] = from_c<T>(v);
+    const int64_t nb = idiv(m, plane), hw = m - nb * plane, ih = idiv(hw, s.W), iw = hw - ih * s.W;
+    return nb * xs.n + ih * xs.h + iw * xs.w;
+  }
+  __device__ void store(int64_t row, int64_t n, const Part& p, Acc v) const {
+    if (row < 0 || n >= N) return;
+    dx[row + (p.g * N + n) * xs.c] = from_c<T>(v);
   }
 };
 
@@ -184,21 +204,22 @@ struct WgradProblem {
   __device__ T a(const Row& r, int64_t k) const {
     if (!r.ok) return zero<T>();
     const int64_t plane = s.OH * s.OW;
-    const int64_t n = k / plane, hw = k - n * plane, oh = hw / s.OW, ow = hw - oh * s.OW;
+    const int64_t n = idiv(k, plane), hw = k - n * plane, oh = idiv(hw, s.OW), ow = hw - oh * s.OW;
     return r.base[n * gs.n + oh * gs.h + ow * gs.w];
   }
   __device__ T b_at(int64_t k, int64_t col, int64_t g) const {
     if (col >= N) return zero<T>();
     const int64_t khw = s.KH * s.KW;
-    const int64_t c = col / khw, t = col - c * khw, kh = t / s.KW, kw = t - kh * s.KW;
+    const int64_t c = idiv(col, khw), t = col - c * khw, kh = idiv(t, s.KW), kw = t - kh * s.KW;
     const int64_t plane = s.OH * s.OW;
-    const int64_t n = k / plane, hw = k - n * plane, oh = hw / s.OW, ow = hw - oh * s.OW;
+    const int64_t n = idiv(k, plane), hw = k - n * plane, oh = idiv(hw, s.OW), ow = hw - oh * s.OW;
     const int64_t ih = oh * s.sh - s.ph + kh * s.dh, iw = ow * s.sw - s.pw + kw * s.dw;
     if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) return zero<T>();
     return x[n * xs.n + (g * s.Cg() + c) * xs.c + ih * xs.h + iw * xs.w];
   }
+  __device__ int64_t out_row(int64_t m) const { return m < M ? m : -1; }
   __device__ void store(int64_t m, int64_t col, const Part& p, Acc v) const {
-    if (m >= M || col >= N) return;
+    if (m < 0 || col >= N) return;
     work[(p.split * s.OC + p.g * M + m) * N + col] = v;
   }
 };
@@ -217,19 +238,36 @@ struct FwdVecProblem : FwdProblem<T> {
     for (int i = 0; i < 8; ++i) z.v[i] = zero<T>();
     return z;
   }
-  __device__ V a8(const typename FwdProblem<T>::Row& r, int64_t k) const {
+  // Where a thread's k = (kh*KW + kw)*Cg + c is: decoded (two divisions) once per thread,
+  // then moved forward by BK per K step with a subtraction or two (advance): the inner
+  // loop divides nothing.
+  struct Tap { int64_t c, kh, kw; };
+  __device__ Tap tap(int64_t k) const {
     const ConvShape& s = this->s;
-    const int64_t tap = k / s.Cg(), c = k - tap * s.Cg(), kh = tap / s.KW, kw = tap - kh * s.KW;
-    const int64_t ih = r.ih0 + kh * s.dh, iw = r.iw0 + kw * s.dw;
-    if (!r.ok || ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) return zeros();
-    return *reinterpret_cast<const V*>(r.base + c + ih * this->xs.h + iw * this->xs.w);
+    const int64_t t = idiv(k, s.Cg()), kh = idiv(t, s.KW);
+    return {k - t * s.Cg(), kh, t - kh * s.KW};
   }
-  __device__ V b8(int64_t k, int64_t n, int64_t g) const {
+  __device__ void advance(Tap& t, int64_t dk) const {
     const ConvShape& s = this->s;
+    t.c += dk;
+    while (t.c >= s.Cg()) {  // once per Cg channels crossed: at most dk / Cg + 1 times
+      t.c -= s.Cg();
+      if (++t.kw == s.KW) {
+        t.kw = 0;
+        ++t.kh;
+      }
+    }
+  }
+  __device__ V a8(const typename FwdProblem<T>::Row& r, const Tap& t) const {
+    const ConvShape& s = this->s;
+    const int64_t ih = r.ih0 + t.kh * s.dh, iw = r.iw0 + t.kw * s.dw;
+    if (!r.ok || ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) return zeros();
+    return *reinterpret_cast<const V*>(r.base + t.c + ih * this->xs.h + iw * this->xs.w);
+  }
+  __device__ V b8(const Tap& t, int64_t n, int64_t g) const {
     if (n >= this->N) return zeros();
-    const int64_t tap = k / s.Cg(), c = k - tap * s.Cg(), kh = tap / s.KW, kw = tap - kh * s.KW;
-    return *reinterpret_cast<const V*>(this->w + (g * this->N + n) * this->ws.n + c + kh * this->ws.h +
-                                       kw * this->ws.w);
+    return *reinterpret_cast<const V*>(this->w + (g * this->N + n) * this->ws.n + t.c + t.kh * this->ws.h +
+                                       t.kw * this->ws.w);
   }
 };
 
@@ -286,9 +324,11 @@ __global__ void __launch_bounds__(256) gemm_simt_kernel(const P p) {
     __syncthreads();
   }
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < 4; ++i) {
+    const int64_t orow = p.out_row(m0 + ty + 16 * i);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) p.store(m0 + ty + 16 * i, n0 + tx + 16 * j, part, acc[i][j]);
+    for (int j = 0; j < 4; ++j) p.store(orow, n0 + tx + 16 * j, part, acc[i][j]);
+  }
 }
 
 // WMMA (tensor cores, float32 accumulate): 128 threads = 4 warps in a 2 x 2 arrangement,
@@ -366,10 +406,12 @@ __global__ void __launch_bounds__(128) gemm_wmma_kernel(const P p) {
     for (int j = 0; j < 2; ++j)
       wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, c[i][j], LDC,
                               wmma::mem_row_major);
+  __shared__ int64_t orow[kTile];  // each output row's offset, decoded once
+  if (tid < kTile) orow[tid] = p.out_row(m0 + tid);
   __syncthreads();
   for (int e = tid; e < kTile * kTile; e += 128) {  // consecutive threads -> consecutive n
     const int ml = e / kTile, nl = e % kTile;
-    p.store(m0 + ml, n0 + nl, part, Cs[ml * LDC + nl]);
+    p.store(orow[ml], n0 + nl, part, Cs[ml * LDC + nl]);
   }
 #endif
 }
@@ -403,15 +445,17 @@ __global__ void __launch_bounds__(128) gemm_wmma_vec_kernel(const P p) {
 #pragma unroll
     for (int j = 0; j < 2; ++j) wmma::fill_fragment(c[i][j], 0.0f);
 
-  // K is a multiple of 8 here, so a vector is wholly inside or outside [k_lo, k_hi)
+  // K is a multiple of 8 here, so a vector is wholly inside or outside [k_lo, k_hi).
+  // fetch(k0) is called for k0 = k_lo, k_lo + BK, ... in turn; tap tracks k0 + 8 * kq.
   V a0 = zv, a1 = zv, b0 = zv, b1 = zv;
+  auto tap = p.tap(part.k_lo + 8 * kq);
   auto fetch = [&](int64_t k0) {
-    const int64_t k = k0 + 8 * kq;
-    const bool in = k < part.k_hi;
-    a0 = in ? p.a8(row0, k) : zv;
-    a1 = in ? p.a8(row1, k) : zv;
-    b0 = in ? p.b8(k, n0 + r0, part.g) : zv;
-    b1 = in ? p.b8(k, n0 + r0 + 32, part.g) : zv;
+    const bool in = k0 + 8 * kq < part.k_hi;
+    a0 = in ? p.a8(row0, tap) : zv;
+    a1 = in ? p.a8(row1, tap) : zv;
+    b0 = in ? p.b8(tap, n0 + r0, part.g) : zv;
+    b1 = in ? p.b8(tap, n0 + r0 + 32, part.g) : zv;
+    p.advance(tap, BK);
   };
   if (part.k_lo < part.k_hi) fetch(part.k_lo);
   for (int64_t k0 = part.k_lo; k0 < part.k_hi; k0 += BK) {
@@ -442,10 +486,12 @@ __global__ void __launch_bounds__(128) gemm_wmma_vec_kernel(const P p) {
     for (int j = 0; j < 2; ++j)
       wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, c[i][j], LDC,
                               wmma::mem_row_major);
+  __shared__ int64_t orow[kTile];
+  if (tid < kTile) orow[tid] = p.out_row(m0 + tid);
   __syncthreads();
   for (int e = tid; e < kTile * kTile; e += 128) {
     const int ml = e / kTile, nl = e % kTile;
-    p.store(m0 + ml, n0 + nl, part, Cs[ml * LDC + nl]);
+    p.store(orow[ml], n0 + nl, part, Cs[ml * LDC + nl]);
   }
 #endif
 }
@@ -454,10 +500,11 @@ __global__ void __launch_bounds__(128) gemm_wmma_vec_kernel(const P p) {
 // Output element i in the output's memory order (NCHW or NHWC), as (n, c, h, w).
 __device__ __forceinline__ void decode4(int64_t i, bool cl, int64_t C, int64_t H, int64_t W,
                                         int64_t& n, int64_t& c, int64_t& h, int64_t& w) {
+  int64_t t, u;
   if (cl) {
-    c = i % C; i /= C; w = i % W; i /= W; h = i % H; n = i / H;
+    t = idiv(i, C); c = i - t * C; u = idiv(t, W); w = t - u * W; n = idiv(u, H); h = u - n * H;
   } else {
-    w = i % W; i /= W; h = i % H; i /= H; c = i % C; n = i / C;
+    t = idiv(i, W); w = i - t * W; u = idiv(t, H); h = t - u * H; n = idiv(u, C); c = u - n * C;
   }
 }
 
@@ -471,7 +518,7 @@ __global__ void dw_fwd_kernel(const T* x, const T* w, const T* b, T* y, const Co
        i += int64_t(gridDim.x) * blockDim.x) {
     int64_t n, oc, oh, ow;
     decode4(i, cl, s.OC, s.OH, s.OW, n, oc, oh, ow);
-    const T* xp = x + n * xs.n + (oc / mult) * xs.c;
+    const T* xp = x + n * xs.n + idiv(oc, mult) * xs.c;
     const T* wp = w + oc * ws.n;
     Acc acc = b ? to_c(b[oc]) : Acc(0);
     for (int64_t kh = 0; kh < s.KH; ++kh) {
@@ -501,12 +548,12 @@ __global__ void dw_dgrad_kernel(const T* dy, const T* w, T* dx, const ConvShape 
     for (int64_t kh = 0; kh < s.KH; ++kh) {
       const int64_t th = ih + s.ph - kh * s.dh;
       if (th < 0) continue;
-      const int64_t oh = th / s.sh;
+      const int64_t oh = idiv(th, s.sh);
       if (oh * s.sh != th || oh >= s.OH) continue;
       for (int64_t kw = 0; kw < s.KW; ++kw) {
         const int64_t tw = iw + s.pw - kw * s.dw;
         if (tw < 0) continue;
-        const int64_t ow = tw / s.sw;
+        const int64_t ow = idiv(tw, s.sw);
         if (ow * s.sw != tw || ow >= s.OW) continue;
         for (int64_t j = 0; j < mult; ++j) {
           const int64_t oc = ic * mult + j;
@@ -543,7 +590,7 @@ __global__ void __launch_bounds__(kThreads) dw_wgrad_kernel(const T* dy, const T
   const int64_t plane = s.OH * s.OW, total = s.N * plane;
   Acc acc = Acc(0);
   for (int64_t k = threadIdx.x; k < total; k += kThreads) {
-    const int64_t n = k / plane, hw = k - n * plane, oh = hw / s.OW, ow = hw - oh * s.OW;
+    const int64_t n = idiv(k, plane), hw = k - n * plane, oh = idiv(hw, s.OW), ow = hw - oh * s.OW;
     const int64_t ih = oh * s.sh - s.ph + kh * s.dh, iw = ow * s.sw - s.pw + kw * s.dw;
     if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) continue;
     acc = fma(to_c(dy[n * gs.n + oc * gs.c + oh * gs.h + ow * gs.w]),
@@ -563,8 +610,9 @@ __global__ void wgrad_reduce_kernel(const typename OpMath<T>::type* work, T* dw,
        i += int64_t(gridDim.x) * blockDim.x) {
     Acc v = Acc(0);
     for (int64_t sp = 0; sp < splits; ++sp) v += work[sp * total + i];
-    const int64_t oc = i / cols, col = i - oc * cols, c = col / khw, t = col - c * khw;
-    dw[oc * dws.n + c * dws.c + (t / s.KW) * dws.h + (t % s.KW) * dws.w] = from_c<T>(v);
+    const int64_t oc = idiv(i, cols), col = i - oc * cols, c = idiv(col, khw), t = col - c * khw;
+    const int64_t kh = idiv(t, s.KW);
+    dw[oc * dws.n + c * dws.c + kh * dws.h + (t - kh * s.KW) * dws.w] = from_c<T>(v);
   }
 }
 
@@ -575,7 +623,7 @@ __global__ void __launch_bounds__(kThreads) bias_grad_kernel(const T* dy, T* db,
   const int64_t oc = blockIdx.x, plane = OH * OW, total = N * plane;
   Acc acc = Acc(0);
   for (int64_t k = threadIdx.x; k < total; k += kThreads) {
-    const int64_t n = k / plane, hw = k - n * plane, oh = hw / OW, ow = hw - oh * OW;
+    const int64_t n = idiv(k, plane), hw = k - n * plane, oh = idiv(hw, OW), ow = hw - oh * OW;
     acc += to_c(dy[n * gs.n + oc * gs.c + oh * gs.h + ow * gs.w]);
   }
   acc = block_sum(acc);
