@@ -30,13 +30,16 @@
 #   tar xzf results.tar.gz -C bench/results/
 #   python -m bench.report --plots bench/results/<folder> && python -m bench.report --readme
 # With the device tool, the whole check is one call:
-#   run(command="bash bench/gpu_validate.sh all", timeout_s=600)
+#   run(command="PYDL_COMMIT=<short hash> bash bench/gpu_validate.sh all", timeout_s=600)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 step=${1:-all}
 PY=${PYTHON:-python3}
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '-')
-out=${2:-bench/results/$(date +%F)_${gpu:-gpu}_$(git rev-parse --short HEAD 2>/dev/null || echo nocommit)}
+# PYDL_COMMIT names the commit (pass it from the development machine: a copied working tree
+# may carry stale git metadata); else git's HEAD
+export PYDL_COMMIT=${PYDL_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo nocommit)}
+out=${2:-bench/results/$(date +%F)_${gpu:-gpu}_$PYDL_COMMIT}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} PYDL_BUILD_CUDA=1
 TEST_S=${TEST_S:-190} SAN_S=${SAN_S:-100} BENCH_S=${BENCH_S:-120}

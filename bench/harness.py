@@ -177,11 +177,16 @@ def environment() -> dict:
         env["triton"] = triton.__version__
     except ImportError:
         env["triton"] = None
-    try:
-        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                       text=True, cwd=os.path.dirname(__file__)).stdout.strip()
-    except OSError:
-        env["commit"] = ""
+    # PYDL_COMMIT, when set, names the commit: a copy of the working tree on a lent GPU
+    # machine may carry stale git metadata (seen on the first GPU run)
+    env["commit"] = os.environ.get("PYDL_COMMIT", "")
+    if not env["commit"]:
+        try:
+            env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                                           capture_output=True, text=True,
+                                           cwd=os.path.dirname(__file__)).stdout.strip()
+        except OSError:
+            env["commit"] = ""
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         env["gpu"] = p.name

@@ -138,7 +138,11 @@ def latest(gpu_only: bool = True) -> str | None:
     return max(found)[1] if found else None
 
 
-def readme_section(folder: str | None) -> str:
+def readme_section(folder) -> str:
+    """The README's benchmark section for one results folder, or several (a list: e.g. the
+    sweeps of one short GPU lease, each in its own folder), one table each."""
+    if isinstance(folder, (list, tuple)):
+        return "\n".join(readme_section(f) for f in folder) if folder else readme_section(None)
     if folder is None:
         return ("No GPU run is recorded yet: the CUDA and Triton kernels are compiled (and Triton "
                 "runs under the interpreter) in CI, but none has been timed on a GPU.\n")
@@ -150,7 +154,7 @@ def readme_section(folder: str | None) -> str:
             + markdown(result) + ("\nPlots: " + ", ".join(f"[{p}]({rel}/plots/{p})" for p in pngs) + "\n" if pngs else ""))
 
 
-def update_readme(folder: str | None, path: str = README) -> None:
+def update_readme(folder, path: str = README) -> None:
     with open(path) as f:
         text = f.read()
     if START not in text or END not in text:
@@ -163,20 +167,21 @@ def update_readme(folder: str | None, path: str = README) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("folder", nargs="?")
+    ap.add_argument("folder", nargs="*")
     ap.add_argument("--readme", action="store_true")
     ap.add_argument("--plots", action="store_true")
     args = ap.parse_args(argv)
     if args.plots:
         if not args.folder:
             raise SystemExit("--plots needs a results folder")
-        with open(os.path.join(args.folder, "results.json")) as f:
-            print("\n".join(plots(json.load(f), os.path.join(args.folder, "plots"))))
+        for folder in args.folder:
+            with open(os.path.join(folder, "results.json")) as f:
+                print("\n".join(plots(json.load(f), os.path.join(folder, "plots"))))
         return 0
     if args.readme:
         update_readme(args.folder or latest())
         return 0
-    folder = args.folder or latest(gpu_only=False)
+    folder = args.folder[0] if args.folder else latest(gpu_only=False)
     if not folder:
         raise SystemExit("no results folder")
     with open(os.path.join(folder, "results.json")) as f:

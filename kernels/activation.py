@@ -15,6 +15,7 @@ array. Program i owns elements [i*BLOCK, (i+1)*BLOCK), loads them with one maske
 vector load, computes in float32 (float64 stays float64) and stores them back in the
 storage dtype. Offsets are int64 so tensors past 2^31 elements index correctly.
 """
+import torch
 import triton
 import triton.language as tl
 
@@ -83,23 +84,30 @@ def _compute_type(v):
         return v.to(tl.float32)
 
 
+# A Python float reaches a compiled kernel as float32 unless its parameter is annotated
+# tl.float64. alpha comes twice: float64 data uses the float64 copy (0.01 as float32 is
+# off by 2e-10, far above float64's rounding), the rest the float32 one (no float64 math
+# on their path). The choice is on a constexpr flag, F64, written inline at each use:
+# under the interpreter a test on a tensor's dtype, a helper returning the scalar, or an
+# assignment would turn the float64 scalar into a float32 tensor.
 @triton.jit
-def act_fwd_kernel(x_ptr, y_ptr, n, alpha, ACT: tl.constexpr, BLOCK: tl.constexpr):
+def act_fwd_kernel(x_ptr, y_ptr, n, alpha, alpha64: tl.float64, ACT: tl.constexpr,
+                   F64: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = _compute_type(tl.load(x_ptr + offs, mask=mask, other=0.0))
-    y = _forward(x, alpha, ACT)
+    y = _forward(x, (alpha64 if F64 else alpha), ACT)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def act_bwd_kernel(g_ptr, s_ptr, dx_ptr, n, alpha, ACT: tl.constexpr, IS_RESULT: tl.constexpr,
-                   BLOCK: tl.constexpr):
+def act_bwd_kernel(g_ptr, s_ptr, dx_ptr, n, alpha, alpha64: tl.float64, ACT: tl.constexpr,
+                   IS_RESULT: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     g = _compute_type(tl.load(g_ptr + offs, mask=mask, other=0.0))
     s = _compute_type(tl.load(s_ptr + offs, mask=mask, other=0.0))
-    d = _backward(g, s, alpha, ACT, IS_RESULT)
+    d = _backward(g, s, (alpha64 if F64 else alpha), ACT, IS_RESULT)
     tl.store(dx_ptr + offs, d.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -107,12 +115,14 @@ def act_fwd(x, y, act: str, alpha: float) -> None:
     """y = f(x); x and y dense with the same strides (y may be x)."""
     n = x.numel()
     if n:
-        act_fwd_kernel[(triton.cdiv(n, BLOCK),)](x, y, n, alpha, ACT=ACT_IDS[act], BLOCK=BLOCK)
+        act_fwd_kernel[(triton.cdiv(n, BLOCK),)](x, y, n, alpha, alpha, ACT=ACT_IDS[act],
+                                                  F64=x.dtype == torch.float64, BLOCK=BLOCK)
 
 
 def act_bwd(g, s, dx, act: str, alpha: float, is_result: bool) -> None:
     """dx = g * f'(s); all three dense with the same strides."""
     n = s.numel()
     if n:
-        act_bwd_kernel[(triton.cdiv(n, BLOCK),)](g, s, dx, n, alpha, ACT=ACT_IDS[act],
-                                                  IS_RESULT=is_result, BLOCK=BLOCK)
+        act_bwd_kernel[(triton.cdiv(n, BLOCK),)](g, s, dx, n, alpha, alpha, ACT=ACT_IDS[act],
+                                                  IS_RESULT=is_result,
+                                                  F64=s.dtype == torch.float64, BLOCK=BLOCK)

@@ -38,6 +38,12 @@ BLOCK = 1024          # elementwise: elements per program
 TARGET_PROGRAMS = 8 if INTERPRET else 1024  # reduction programs to aim for (fills a GPU)
 
 
+# A Python float reaches a compiled kernel as float32 unless its parameter is annotated
+# tl.float64. eps, alpha and 1/count come twice: float64 statistics use the float64 copy
+# (as float32, 1/count is off by ~1e-8 relative), float32 ones the float32 copy. The
+# choice is on a constexpr flag, F64, written inline at each use: under the interpreter a
+# test on a tensor's dtype, a helper returning the scalar, or an assignment would turn
+# the float64 scalar into a float32 tensor.
 @triton.jit
 def _act(z, alpha, ACT: tl.constexpr):
     if ACT == 1:
@@ -136,9 +142,11 @@ def stats_combine_kernel(x_ptr, pmean_ptr, pm2_ptr, pcnt_ptr, mean_ptr, var_ptr,
 
 # --------------------------------------------------------------- backward reduction
 @triton.jit
-def bwd_reduce_partial_kernel(g_ptr, x_ptr, y_ptr, mean_ptr, pdz_ptr, pdzx_ptr, alpha, C,
-                              inner, M, J_PER, B, ACT: tl.constexpr, BLOCK_J: tl.constexpr,
-                              BLOCK_C: tl.constexpr):
+def bwd_reduce_partial_kernel(g_ptr, x_ptr, y_ptr, mean_ptr, pdz_ptr, pdzx_ptr,
+                              alpha64: tl.float64, alpha, C, inner, M, J_PER, B, ACT: tl.constexpr,
+                              F64: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr):
+    # (alpha64 before alpha: in the other order ptxas gave the float32 leaky-ReLU variant a
+    # 16-byte stack frame; tests/triton_aot.py checks for that)
     pc = tl.program_id(0)
     pb = tl.program_id(1)
     acc_ty = pdz_ptr.dtype.element_ty
@@ -156,7 +164,7 @@ def bwd_reduce_partial_kernel(g_ptr, x_ptr, y_ptr, mean_ptr, pdz_ptr, pdzx_ptr, 
         g = tl.load(g_ptr + off, mask=mask, other=0.0).to(acc_ty)
         if ACT != 0:
             y = tl.load(y_ptr + off, mask=mask, other=0.0).to(acc_ty)
-            g = _act_grad(g, y, alpha, ACT)
+            g = _act_grad(g, y, (alpha64 if F64 else alpha), ACT)
         x = tl.load(x_ptr + off, mask=mask, other=0.0).to(acc_ty)
         sdz += g
         sdzx += tl.where(mask, g * (x - mean), 0.0)
@@ -167,8 +175,9 @@ def bwd_reduce_partial_kernel(g_ptr, x_ptr, y_ptr, mean_ptr, pdz_ptr, pdzx_ptr, 
 
 
 @triton.jit
-def bwd_reduce_combine_kernel(pdz_ptr, pdzx_ptr, var_ptr, sdz_ptr, sdzxh_ptr, eps, C, B,
-                              BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+def bwd_reduce_combine_kernel(pdz_ptr, pdzx_ptr, var_ptr, sdz_ptr, sdzxh_ptr, eps,
+                              eps64: tl.float64, C, B, F64: tl.constexpr, BLOCK_B: tl.constexpr,
+                              BLOCK_C: tl.constexpr):
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     acc_ty = pdz_ptr.dtype.element_ty
@@ -181,7 +190,7 @@ def bwd_reduce_combine_kernel(pdz_ptr, pdzx_ptr, var_ptr, sdz_ptr, sdzxh_ptr, ep
         s1 += tl.sum(tl.load(pdz_ptr + off, mask=m, other=0.0), axis=0)
         s2 += tl.sum(tl.load(pdzx_ptr + off, mask=m, other=0.0), axis=0)
     var = tl.load(var_ptr + c, mask=cmask, other=1.0)
-    invstd = 1.0 / tl.sqrt(var + eps)
+    invstd = 1.0 / tl.sqrt(var + (eps64 if F64 else eps))
     tl.store(sdz_ptr + c, s1, mask=cmask)
     tl.store(sdzxh_ptr + c, s2 * invstd, mask=cmask)
 
@@ -213,14 +222,16 @@ def _tile(nrows, ncols, C, CL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.
 
 
 @triton.jit
-def normalize_kernel(x_ptr, r_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, eps, alpha, C, nrows,
-                     ncols, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
-                     ACT: tl.constexpr, CL: tl.constexpr, BLOCK_R: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+def normalize_kernel(x_ptr, r_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, eps,
+                     eps64: tl.float64, alpha, alpha64: tl.float64, C, nrows, ncols,
+                     HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr,
+                     ACT: tl.constexpr, CL: tl.constexpr, F64: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     offs, mask, c, cmask = _tile(nrows, ncols, C, CL, BLOCK_R, BLOCK_K)
     acc_ty = mean_ptr.dtype.element_ty
     mean = tl.load(mean_ptr + c, mask=cmask, other=0.0)
-    scale = 1.0 / tl.sqrt(tl.load(var_ptr + c, mask=cmask, other=1.0) + eps)
+    var = tl.load(var_ptr + c, mask=cmask, other=1.0)
+    scale = 1.0 / tl.sqrt(var + (eps64 if F64 else eps))
     if HAS_W:
         scale = scale * tl.load(w_ptr + c, mask=cmask, other=1.0)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
@@ -229,32 +240,36 @@ def normalize_kernel(x_ptr, r_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, eps, 
         z = z + tl.load(b_ptr + c, mask=cmask, other=0.0)
     if HAS_R:
         z = z + tl.load(r_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-    z = _act(z, alpha, ACT)
+    z = _act(z, (alpha64 if F64 else alpha), ACT)
     tl.store(y_ptr + offs, z.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def bwd_elemt_kernel(g_ptr, x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, sdz_ptr, sdzxh_ptr, dx_ptr,
-                     dz_ptr, eps, inv_count, alpha, C, nrows, ncols, HAS_W: tl.constexpr,
+                     dz_ptr, eps, eps64: tl.float64, inv_count, inv_count64: tl.float64, alpha,
+                     alpha64: tl.float64, C, nrows, ncols, HAS_W: tl.constexpr,
                      TRAIN: tl.constexpr, WANT_DZ: tl.constexpr, ACT: tl.constexpr,
-                     CL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+                     CL: tl.constexpr, F64: tl.constexpr, BLOCK_R: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
     offs, mask, c, cmask = _tile(nrows, ncols, C, CL, BLOCK_R, BLOCK_K)
     acc_ty = mean_ptr.dtype.element_ty
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(acc_ty)
     if ACT != 0:
         y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-        g = _act_grad(g, y, alpha, ACT)
+        g = _act_grad(g, y, (alpha64 if F64 else alpha), ACT)
     if WANT_DZ:
         tl.store(dz_ptr + offs, g.to(dz_ptr.dtype.element_ty), mask=mask)
-    invstd = 1.0 / tl.sqrt(tl.load(var_ptr + c, mask=cmask, other=1.0) + eps)
+    var = tl.load(var_ptr + c, mask=cmask, other=1.0)
+    invstd = 1.0 / tl.sqrt(var + (eps64 if F64 else eps))
     scale = invstd
     if HAS_W:
         scale = scale * tl.load(w_ptr + c, mask=cmask, other=1.0)
     if TRAIN:
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
         mean = tl.load(mean_ptr + c, mask=cmask, other=0.0)
-        a = tl.load(sdz_ptr + c, mask=cmask, other=0.0) * inv_count
-        b = tl.load(sdzxh_ptr + c, mask=cmask, other=0.0) * inv_count * invstd
+        a = tl.load(sdz_ptr + c, mask=cmask, other=0.0) * (inv_count64 if F64 else inv_count)
+        b = tl.load(sdzxh_ptr + c, mask=cmask, other=0.0) * (inv_count64 if F64 else inv_count)
+        b = b * invstd
         g = g - a - (x - mean) * b
     tl.store(dx_ptr + offs, (g * scale).to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -318,8 +333,9 @@ def bn_normalize(x, mean, var, w, b, r, y, eps, act, alpha):
     nrows, ncols, cl, block_r, block_k, grid = _elem_grid(outer, C, inner)
     normalize_kernel[grid](
         x, r if r is not None else x, y, mean, var, w if w is not None else mean,
-        b if b is not None else mean, eps, alpha, C, nrows, ncols, HAS_W=w is not None,
-        HAS_B=b is not None, HAS_R=r is not None, ACT=ACT_IDS[act], CL=cl, BLOCK_R=block_r,
+        b if b is not None else mean, eps, eps, alpha, alpha, C, nrows, ncols, HAS_W=w is not None,
+        HAS_B=b is not None, HAS_R=r is not None, ACT=ACT_IDS[act], CL=cl,
+        F64=mean.dtype == torch.float64, BLOCK_R=block_r,
         BLOCK_K=block_k)
 
 
@@ -330,11 +346,11 @@ def bn_bwd_reduce(g, x, y, mean, var, eps, act, alpha, sum_dz, sum_dzxh):
     M, block_c, block_j, n_ctiles, B, j_per = _reduce_geometry(outer, C, inner)
     part = torch.empty((2, C, B), dtype=sum_dz.dtype, device=x.device)
     bwd_reduce_partial_kernel[(n_ctiles, B)](
-        g, x, y if y is not None else g, mean, part[0], part[1], alpha, C, inner, M, j_per, B,
-        ACT=ACT_IDS[act], BLOCK_J=block_j, BLOCK_C=block_c)
+        g, x, y if y is not None else g, mean, part[0], part[1], alpha, alpha, C, inner, M, j_per, B,
+        ACT=ACT_IDS[act], F64=mean.dtype == torch.float64, BLOCK_J=block_j, BLOCK_C=block_c)
     cb = min(triton.next_power_of_2(C), 64)
     bwd_reduce_combine_kernel[(triton.cdiv(C, cb),)](
-        part[0], part[1], var, sum_dz, sum_dzxh, eps, C, B,
+        part[0], part[1], var, sum_dz, sum_dzxh, eps, eps, C, B, F64=var.dtype == torch.float64,
         BLOCK_B=min(triton.next_power_of_2(B), 64), BLOCK_C=cb)
 
 
@@ -347,6 +363,7 @@ def bn_bwd_elemt(g, x, y, mean, var, w, sum_dz, sum_dzxh, eps, inv_count, act, a
     bwd_elemt_kernel[grid](
         g, x, y if y is not None else g, mean, var, w if w is not None else mean,
         sum_dz if train else mean, sum_dzxh if train else mean, dx,
-        dz if dz is not None else dx, eps, inv_count, alpha, C, nrows, ncols,
+        dz if dz is not None else dx, eps, eps, inv_count, inv_count, alpha, alpha, C, nrows, ncols,
         HAS_W=w is not None, TRAIN=train, WANT_DZ=dz is not None, ACT=ACT_IDS[act], CL=cl,
+        F64=mean.dtype == torch.float64,
         BLOCK_R=block_r, BLOCK_K=block_k)

@@ -73,6 +73,8 @@ def test_table_and_readme_section(results, tmp_path):
     report.update_readme(str(out), str(readme))
     text = readme.read_text()
     assert "old" not in text and "| relu |" in text and text.endswith("rest\n")
+    report.update_readme([str(out), str(out)], str(readme))  # several folders: a table each
+    assert readme.read_text().count("| relu |") == 2 * text.count("| relu |")
     report.update_readme(None, str(readme))
     assert "No GPU run is recorded yet" in readme.read_text()
 

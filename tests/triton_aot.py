@@ -75,6 +75,10 @@ def _record(fn: JITFunction, args, kwargs):
             sig[name] = "constexpr"
             consts[name] = v
             continue
+        ann = getattr(p, "annotation_type", "")  # e.g. `eps64: tl.float64`: the JIT obeys it
+        if ann and not ann.startswith("*"):
+            sig[name] = ann
+            continue
         t, hint = native_specialize_impl(BaseBackend, v, False, True, True)
         sig[name] = t
         if t == "constexpr":  # None, an int equal to 1, or a tl.dtype passed positionally
