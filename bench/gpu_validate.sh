@@ -58,8 +58,9 @@ tests() {
   # tests spread one by one over 12 workers, except those marked xdist_group("big") (tensors
   # past 2^31 elements), which share one worker so two never hold GPU memory at once
   $PY -c "import xdist" 2>/dev/null && par="-n 12 --dist loadgroup"
-  # SIGINT at the cap: pytest stops, still prints its summary and writes junit.xml
-  timeout -s INT -k 20 "$TEST_S" $PY -m pytest -q -rfEs --tb=short -p no:cacheprovider $par \
+  # SIGINT at the cap: pytest stops, still prints its summary and writes junit.xml.
+  # The Triton tests go last (their JIT compiles are slow the first time: tests/conftest.py)
+  PYDL_TEST_TRITON_LAST=1 timeout -s INT -k 20 "$TEST_S" $PY -m pytest -q -rfEs --tb=short -p no:cacheprovider $par \
     --junitxml="$out/junit.xml" ${PYTEST_ARGS:-} > "$out/pytest.txt" 2>&1
   local rc=$?
   grep -E "^(FAILED|ERROR)|passed|failed" "$out/pytest.txt" | tail -15
