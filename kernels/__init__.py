@@ -11,6 +11,17 @@ import triton  # noqa: F401  (an ImportError here marks the triton backend unava
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
+
+def index_type(*sizes):
+    """The type a kernel decomposes flat indices in (its IDX constexpr): int32 -- a 64-bit
+    division is a long software routine on the GPU, and int64 index tensors take twice the
+    registers -- unless some index space (elements, pixels, reduction length, a window
+    product) comes near 2^31, with margin for a last block and split bounds. Addresses
+    are int64 either way where a kernel widens an index before it meets a stride."""
+    import triton.language as tl
+
+    return tl.int64 if max(sizes) >= 2 ** 30 else tl.int32
+
 if INTERPRET:
     import warnings
 

@@ -49,6 +49,7 @@ import triton
 import triton.language as tl
 
 from . import INTERPRET
+from . import index_type as _idx
 
 
 def _configs(gpu_shapes):
@@ -329,15 +330,6 @@ def _upcast(t) -> bool:
 
 def _precision(tf32: bool) -> str:
     return "tf32" if tf32 else "ieee"
-
-
-def _idx(*sizes):
-    """The type the kernels decompose indices in: int32 -- a 64-bit division is a long
-    software routine on the GPU, and int64 index tensors double the registers a tile
-    needs -- unless an index space (pixels, reduction length, weight elements) comes
-    near 2^31 (with margin for the last block and the split-K bounds). Addresses are
-    int64 either way: each index is widened before it is multiplied by a stride."""
-    return tl.int64 if max(sizes) >= 2 ** 30 else tl.int32
 
 
 def conv2d_fwd(x, w, b, y, stride, padding, dilation, groups, relu: bool, tf32: bool) -> None:

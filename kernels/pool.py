@@ -32,6 +32,8 @@ level of the decoding is one division with the remainder taken by a multiply-sub
 import triton
 import triton.language as tl
 
+from . import index_type as _idx
+
 MODES = {"max": 0, "avg": 1, "adaptive_avg": 2, "adaptive_max": 3}
 BLOCK = 256
 
@@ -248,12 +250,6 @@ def pool_gather_kernel(x_ptr, ind_ptr, out_ptr, n_out, C, HW, OHW, CL: tl.conste
 
 def _cdiv(a, b):
     return -(-a // b)
-
-
-def _idx(*sizes):
-    """int32 index arithmetic unless some size (a tensor's elements, an adaptive window
-    product) comes near 2^31: then int64 throughout."""
-    return tl.int64 if max(sizes) >= 2 ** 30 else tl.int32
 
 
 def _geometry(mode, kernel, stride, padding, dilation):

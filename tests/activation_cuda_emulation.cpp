@@ -37,14 +37,6 @@ using namespace pydl;
 using namespace pydl::act_detail;
 
 static std::mt19937 rng(3);
-static int g_fails = 0;
-
-static void report(const std::string& what, double e, double tol) {
-  const bool ok = e <= tol;
-  std::printf("%-84s err %.1e %s\n", what.c_str(), e, ok ? "ok" : "FAIL");
-  g_fails += !ok;
-}
-
 template <typename T> const char* tname() {
   return sizeof(T) == 8 ? "f64" : std::is_same_v<T, BF16> ? "bf16" : "f32";
 }

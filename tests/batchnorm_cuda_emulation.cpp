@@ -47,13 +47,6 @@ double err(const std::vector<V>& got, const std::vector<double>& ref) {
   return e / scale;
 }
 
-static int g_fails = 0;
-static void report(const std::string& what, double e, double tol) {
-  const bool ok = e <= tol;
-  std::printf("%-72s err %.1e %s\n", what.c_str(), e, ok ? "ok" : "FAIL");
-  g_fails += !ok;
-}
-
 struct Cfg {
   int64_t N, C, HW;
   bool cl;             // channels_last: (N*HW, C, 1); else NCHW: (N, C, HW)

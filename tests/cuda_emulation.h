@@ -35,6 +35,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -264,4 +265,14 @@ void launch(Dim3 grid, Dim3 block, F body) {
 template <typename F>
 void launch(Dim3 grid, unsigned threads, F body) {
   launch(grid, Dim3(threads), body);
+}
+
+// ------------------------------------------------------------------ test results
+// Each check prints one line; a test's main() ends with printf("%d failure(s)\n", g_fails),
+// which tests/conftest.py::run_cuda_emulation looks for.
+inline int g_fails = 0;
+inline void report(const std::string& what, double e, double tol) {
+  const bool ok = e <= tol;
+  std::printf("%-88s err %.1e %s\n", what.c_str(), e, ok ? "ok" : "FAIL");
+  g_fails += !ok;
 }

@@ -49,13 +49,6 @@ using namespace pydl;
 using namespace pydl::optim_detail;
 
 static std::mt19937 rng(5);
-static int g_fails = 0;
-
-static void report(const std::string& what, double e, double tol) {
-  const bool ok = e <= tol;
-  std::printf("%-92s err %.1e %s\n", what.c_str(), e, ok ? "ok" : "FAIL");
-  g_fails += !ok;
-}
 static void check(const std::string& what, bool ok) {
   std::printf("%-92s %s\n", what.c_str(), ok ? "ok" : "FAIL");
   g_fails += !ok;

@@ -29,8 +29,6 @@ using namespace pydl;
 using namespace pydl::pool_detail;
 
 static std::mt19937 rng(11);
-static int g_fails = 0;
-
 template <typename T>
 T poison() {
   return from_c<T>(typename OpMath<T>::type(NAN));
@@ -48,12 +46,6 @@ double err(const std::vector<V>& got, const std::vector<double>& ref) {
     if (!std::isnan(v)) e = std::max(e, std::fabs(v - ref[i]));
   }
   return e / scale;
-}
-
-static void report(const std::string& what, double e, double tol) {
-  const bool ok = e <= tol;
-  std::printf("%-86s err %.1e %s\n", what.c_str(), e, ok ? "ok" : "FAIL");
-  g_fails += !ok;
 }
 
 enum Mode { kMax, kAvg, kAdaAvg, kAdaMax };

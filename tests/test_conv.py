@@ -457,8 +457,8 @@ def test_cuda_kernels_emulated_on_host(tmp_path):
 @pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] == "triton"])
 def test_triton_wide_index_variant(backend, device, monkeypatch):
     """The Triton conv kernels decompose indices in int32 and switch to int64 only when an
-    index space nears 2^31 (kernels/conv.py::_idx) -- sizes no test can allocate on the
-    CPU. Here the int64 variant is forced on small rows (unit and non-unit stride, both
+    index space nears 2^31 (kernels/__init__.py::index_type) -- sizes no test can allocate
+    on the CPU. Here the int64 variant is forced on small rows (unit and non-unit stride, both
     layouts) and must give the same answers; and the switch point is checked."""
     import triton.language as tl
     from pydl.kernels import conv as tc

@@ -118,9 +118,10 @@ def test_channels_last_vector_path(backend, device, dtype):
 @pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] == "triton"])
 def test_triton_wide_index_variant(backend, device, monkeypatch):
     """The Triton pool kernels decode offsets in int32 and switch to int64 only when a size
-    nears 2^31 (kernels/pool.py::_idx) -- tensors no CPU test can allocate. Here the int64
-    variant is forced on small inputs, every mode, both layouts, forward and backward (and
-    the max pools' double backward), and must give the same answers; the switch point too."""
+    nears 2^31 (kernels/__init__.py::index_type) -- tensors no CPU test can allocate. Here
+    the int64 variant is forced on small inputs, every mode, both layouts, forward and
+    backward (and the max pools' double backward), and must give the same answers; the
+    switch point too."""
     import triton.language as tl
     from pydl.kernels import pool as tp
     assert tp._idx(7, 2 ** 30 - 1) == tl.int32 and tp._idx(7, 2 ** 30) == tl.int64
