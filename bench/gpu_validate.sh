@@ -16,6 +16,7 @@
 #                          shrunk if the build ran long
 #   SAN_S (default 100)    compute-sanitizer over tests/gpu_sanitize.py: memcheck (cuda +
 #                          triton, half the time), racecheck and synccheck (cuda, float32)
+#   HOST_S (default 40)    bench/host_overhead.py, host time per call vs torch's (cuda, triton)
 #   BENCH_S (default 120)  the sweep's time budget (bench --budget-s); conv and training-step
 #                          rows first; by default bf16, channels_last, ResNet-50 shapes (the
 #                          layers the conv target is stated on; BENCH_ARGS replaces this); no
@@ -26,7 +27,7 @@
 # (that tool brings back at most 8 files) and the summaries are copied beside it.
 #
 # Writes: build.log, pytest.txt, junit.xml, sanitizer.txt, results.json, table.md,
-# env.json, bench_log.txt. Back on the development machine:
+# env.json, bench_log.txt, host_overhead_{cuda,triton}.{md,json}. Back on the development machine:
 #   tar xzf results.tar.gz -C bench/results/
 #   python -m bench.report --plots bench/results/<folder> && python -m bench.report --readme
 # With the device tool, the whole check is one call:
@@ -42,7 +43,7 @@ export PYDL_COMMIT=${PYDL_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || ec
 out=${2:-bench/results/$(date +%F)_${gpu:-gpu}_$PYDL_COMMIT}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} PYDL_BUILD_CUDA=1
-TEST_S=${TEST_S:-190} SAN_S=${SAN_S:-100} BENCH_S=${BENCH_S:-120}
+TEST_S=${TEST_S:-190} SAN_S=${SAN_S:-100} BENCH_S=${BENCH_S:-120} HOST_S=${HOST_S:-40}
 
 build() {
   local t=$SECONDS
@@ -88,7 +89,12 @@ sanitize() {
 }
 
 bench() {
-  local t=$SECONDS
+  local t=$SECONDS b
+  # host time per call of each op against torch's (bench/host_overhead.py): first, it is short
+  for b in cuda triton; do
+    timeout -k 5 "$((HOST_S / 2))" $PY bench/host_overhead.py --backend $b --repeats 200 \
+      --json "$out/host_overhead_$b.json" > "$out/host_overhead_$b.md" 2>&1
+  done
   $PY -m bench --out "$out" --no-plots $([ "${COMPILE:-0}" = 1 ] || echo --no-compile) --first conv2d,train_step --budget-s "$BENCH_S" \
     ${BENCH_ARGS:---dtype bf16 --layout channels_last --shapes resnet50} > "$out/bench_log.txt" 2>&1
   tail -5 "$out/bench_log.txt"
@@ -110,7 +116,7 @@ case "$step" in
   all)  # each step packs what exists so far: a command killed at its limit still returns it
     build; pack
     # the test cap shrinks if the build took long, so the whole run ends by DEADLINE_S
-    left=$(( ${DEADLINE_S:-570} - SECONDS - SAN_S - BENCH_S - 30 ))
+    left=$(( ${DEADLINE_S:-570} - SECONDS - SAN_S - BENCH_S - HOST_S - 30 ))
     [ "$left" -lt "$TEST_S" ] && TEST_S=$(( left > 60 ? left : 60 ))
     tests; pack; sanitize; pack; bench ;;
   *) echo "usage: $0 build|test|sanitize|bench|all [OUTDIR]" >&2; exit 2 ;;

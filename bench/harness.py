@@ -3,6 +3,10 @@
 GPU timing: CUDA events around each call, after warm-up, with the L2 cache flushed
 before every repeat (a write to a buffer larger than L2) so each run reads its inputs
 from DRAM as a real layer would; the median and the 10th/90th percentiles are kept.
+The host (CPU) time of the same calls is kept too (host_ms): the events time the GPU from
+the first to the last kernel *and any wait between launches*, so a call whose Python and
+launch overhead exceeds its kernels' work is timed at its host speed -- when host_ms is
+close to median_ms the row measures overhead, not kernels (the report marks it).
 CPU timing: wall clock (perf_counter), median of repeats.
 
 Peak memory (training-step rows): on the GPU, the caching allocator's exact peak of
@@ -39,6 +43,7 @@ class Timing:
     p10_ms: float
     p90_ms: float
     repeats_ms: list = field(default_factory=list)
+    host_ms: Optional[float] = None  # median CPU time of the call itself (GPU: enqueueing it)
 
 
 class Timer:
@@ -63,14 +68,16 @@ class Timer:
     def __call__(self, fn: Callable[[], object]) -> Timing:
         for _ in range(self.warmup):
             fn()
-        times = []
+        times, host = [], []
         if self.device == "cuda":
             torch.cuda.synchronize()
             for _ in range(self.repeats):
                 self._flush.zero_()  # evict the inputs from L2
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
+                t0 = time.perf_counter()
                 fn()
+                host.append((time.perf_counter() - t0) * 1e3)
                 end.record()
                 end.synchronize()
                 times.append(start.elapsed_time(end))
@@ -79,8 +86,9 @@ class Timer:
                 t0 = time.perf_counter()
                 fn()
                 times.append((time.perf_counter() - t0) * 1e3)
+            host = times
         q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-        return Timing(statistics.median(times), q[0], q[-1], times)
+        return Timing(statistics.median(times), q[0], q[-1], times, statistics.median(host))
 
 
 def host_time_us(fn: Callable[[], object], repeats: int = 200) -> float:

@@ -31,6 +31,18 @@ def _best_pydl(rs):
     return min(ok, key=lambda r: r["median_ms"]) if ok else None
 
 
+HOST_BOUND = 0.8  # host time / measured time above which a GPU row is marked host-bound
+
+
+def _host_bound(r, gpu: bool) -> bool:
+    """The GPU waited on the host: the call's own CPU time was most of the measured time."""
+    return gpu and r.get("host_ms") is not None and r["host_ms"] >= HOST_BOUND * r["median_ms"]
+
+
+def _ms(r, gpu: bool) -> str:
+    return f"{r['median_ms']:.3f}" + ("\u2020" if _host_bound(r, gpu) else "")
+
+
 def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
@@ -46,13 +58,16 @@ def markdown(result: dict) -> str:
            "| compile ms | x compile | other baselines (ms, x) | GB/s | % copy | TFLOP/s | % mm |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     problems = []
+    gpu = bool(env.get("gpu"))
+    marked = False
     for (op, layer, dt, lay, mode), rs in _groups(result["rows"]).items():
         by = {r["impl"]: r for r in rs}
-        pyd = ", ".join(f"{r['impl'][5:]} {r['median_ms']:.3f}" if r["status"] == "ok" else f"{r['impl'][5:]} {r['status'].split(':')[0]}"
+        pyd = ", ".join(f"{r['impl'][5:]} {_ms(r, gpu)}" if r["status"] == "ok" else f"{r['impl'][5:]} {r['status'].split(':')[0]}"
                         for r in rs if r["impl"].startswith("pydl"))
+        marked |= any(r["status"] == "ok" and _host_bound(r, gpu) for r in rs)
         best = _best_pydl(rs)
         t, c = by.get("torch"), by.get("torch.compile")
-        tm = t["median_ms"] if t and t["status"] == "ok" else None
+        tm = _ms(t, gpu) if t and t["status"] == "ok" else None
         cm = c["median_ms"] if c and c["status"] == "ok" else None
         others = ", ".join(
             f"{r['impl']} {r['median_ms']:.3f} ({_fmt(best and best.get('speedup_vs_' + r['impl']), '.2f')}x)"
@@ -61,7 +76,7 @@ def markdown(result: dict) -> str:
         if best and best.get("host_us") is not None:
             others += f"; host {best['host_us']:.1f} us/step"
         out.append(f"| {op} | {layer} | {dt} | {lay} | {mode} | {pyd} | {best['impl'][5:] if best else '-'} "
-                   f"| {_fmt(tm, '.3f')} | {_fmt(best and best.get('speedup_vs_torch'), '.2f')} "
+                   f"| {tm or '-'} | {_fmt(best and best.get('speedup_vs_torch'), '.2f')} "
                    f"| {_fmt(cm, '.3f')} | {_fmt(best and best.get('speedup_vs_torch.compile'), '.2f')} "
                    f"| {others} | {_fmt(best and best.get('GBps'), '.0f')} | {_fmt(best and best.get('pct_copy'), '.0f')} "
                    f"| {_fmt(best and best.get('TFLOPs'), '.1f')} | {_fmt(best and best.get('pct_matmul'), '.0f')} |")
@@ -78,6 +93,10 @@ def markdown(result: dict) -> str:
                 ratio = r["peak_MB"] / t["peak_MB"] if t and t["peak_MB"] else None
                 out.append(f"| {layer} | {dt} | {lay} | {r['impl']} | {r['median_ms']:.2f} "
                            f"| {_fmt(r.get('speedup_vs_torch'), '.2f')} | {r['peak_MB']:.1f} | {_fmt(ratio, '.3f')} |")
+    if marked:
+        out += ["", f"\u2020 host-bound: the call's own CPU time (Python, dispatch, launches) was at "
+                f"least {HOST_BOUND:.0%} of the measured time, so the GPU waited on the host and the "
+                "figure measures overhead rather than kernels."]
     if problems:
         out += ["", "Rows not timed:"] + problems
     if result.get("not_run_budget"):

@@ -100,7 +100,7 @@ def run_case(case: Case, backends, device, timer, with_compile) -> list[dict]:
                 own = case.repeats and not timer.explicit  # a case's own count, unless --repeats was given
                 t = (timer.with_repeats(case.repeats) if own else timer)(call)
                 row.update(status="ok", median_ms=t.median_ms, p10_ms=t.p10_ms, p90_ms=t.p90_ms,
-                           repeats_ms=t.repeats_ms)
+                           repeats_ms=t.repeats_ms, host_ms=t.host_ms)
                 if case.family == "optim":  # host-side cost of a step (launch overhead)
                     row["host_us"] = host_time_us(call, repeats=50)
                 if case.memory:

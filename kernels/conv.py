@@ -16,8 +16,8 @@ straight from the tensors -- each row/column index is decoded into (n, oh, ow) o
     kernel        GEMM rows (M)        GEMM cols (N)        reduction (K)
     forward       n, oh, ow            oc in the group      c, kh, kw
     input grad    n, ih, iw            c in the group       oc in the group, kh, kw
-                  (a (kh, kw) tap reaches ih only if ih + ph - kh*dh is a multiple of
-                   sh: the other terms are masked out)
+                  (one GEMM per stride phase: the rows ih with the same ih + ph mod sh
+                   are reached by the same taps, and only those are summed)
     weight grad   oc in the group      c, kh, kw            n, oh, ow
 
 The grid's third axis is the group, so grouped and depthwise convolutions are one launch
@@ -35,8 +35,7 @@ Index arithmetic -- what keeps a gather GEMM's registers free for its tiles:
   * an input address is separable: x[n, c, oh*s - p + kh*d, ...] is a per-row offset
     (n, oh, ow) plus a per-column offset (c, kh, kw), each a 1-D int64 vector, so a 2-D
     tile costs one add per element; only the padding mask needs the 2-D (ih, iw).
-    (For the input gradient this holds at stride 1, UNIT_STRIDE; a strided one needs the
-    division by the stride per element.)
+    (The input gradient gets the same form, at any stride, from its phase decomposition.)
   Addresses are int64 (each index is widened before it meets a stride), so tensors past
   2^31 elements index correctly. tests/triton_aot.py compiles these kernels for sm_90 and
   checks they fit the registers (no spilling on the 16-bit channels_last path).
@@ -44,6 +43,8 @@ Block shapes are autotuned on the GPU; under the interpreter (TRITON_INTERPRET=1
 16x16x16 configuration is used (tl.dot needs every block dimension >= 16). float32 uses TF32 tensor cores only
 when the caller says torch would (torch.backends.cudnn.allow_tf32 on the GPU).
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -150,62 +151,84 @@ def conv2d_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
 
 
 # ------------------------------------------------------------------------------ input grad
-@triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "Cg", "K", "K_CL", "IDX", "UNIT_STRIDE"])
+# Stride phases. dx[ih] gathers dy[oh] through the taps with ih + ph = oh*sh + kh*dh: a tap
+# reaches ih only when kh*dh = ih + ph (mod sh). So the input rows split into sh phases
+# r = (ih + ph) mod sh, and all rows of one phase are reached by the same taps -- those with
+# kh*dh = r (mod sh), every (sh / gcd(sh, dh))-th one from the first, kh0(r). Per phase:
+#     ih = ih0(r) + q*sh                                      (q = 0 .. H_r - 1)
+#     kh = kh0(r) + a*kstep,  a = 0 .. nKH(r) - 1,             kstep = sh / gcd(sh, dh)
+#     oh = q + off0(r) - a*doff,  off0(r) = (ih0 + ph - kh0*dh) / sh,  doff = kstep*dh / sh
+# (exact divisions, done once on the host), and the same along the width. Each phase pair is
+# then a plain GEMM without stride: rows (n, q_h, q_w), reduction (kh-step, kw-step, oc),
+# and the dy address is again a per-row plus a per-column offset -- no division by the
+# stride per element, and no work on taps that cannot reach: a stride-2 layer does a
+# quarter of the multiply-adds a masked all-taps loop would (its 1x1 shortcut: the three
+# phases no tap reaches just store zeros). Stride 1 is the one-phase case. Program (i, j, g)
+# takes phase i // TILES_M, row tile i % TILES_M of it (a phase can have fewer rows than the
+# largest: its extra tiles return at once).
+@triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "Cg", "K", "K_CL", "IDX"])
 @triton.jit
-def conv2d_bwd_input_kernel(g_ptr, w_ptr, dx_ptr,
-                            H, W, OH, OW, M, Cg, OCg, K, KH, KW,
+def conv2d_bwd_input_kernel(g_ptr, w_ptr, dx_ptr, phase_ptr,
+                            OH, OW, M, Cg, OCg, K,
                             sgn, sgc, sgh, sgw, swo, swc, swh, sww, sxn, sxc, sxh, sxw,
-                            str_h, str_w, pad_h, pad_w, dil_h, dil_w,
+                            str_h, str_w, kstep_h, kstep_w, doff_h, doff_w,
                             K_CL: tl.constexpr, IS_F64: tl.constexpr, PRECISION: tl.constexpr,
-                            UPCAST: tl.constexpr, IDX: tl.constexpr, UNIT_STRIDE: tl.constexpr,
+                            UPCAST: tl.constexpr, IDX: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_m, pid_n, g = tl.program_id(0).to(IDX), tl.program_id(1).to(IDX), tl.program_id(2).to(IDX)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)   # input pixel (n, ih, iw)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)   # input channel in the group
-    n = rm // (H * W)
-    hw = rm - n * (H * W)
-    ih = hw // W
-    iw = hw - ih * W
-    m_ok = rm < M
+    pid, pid_n, g = tl.program_id(0).to(IDX), tl.program_id(1).to(IDX), tl.program_id(2).to(IDX)
+    tiles_m = (M + BLOCK_M - 1) // BLOCK_M            # row tiles of the largest phase
+    phase = pid // tiles_m
+    pid_m = pid - phase * tiles_m
+    # the phase's geometry (_phases): batch, then (first row, rows, first tap, taps, dy
+    # offset of the first tap) along the height and again along the width
+    tab = phase_ptr + phase * 11
+    n_img = tl.load(tab)
+    ih0, h_r, kh0, nkh, off_h = tl.load(tab + 1), tl.load(tab + 2), tl.load(tab + 3), tl.load(tab + 4), tl.load(tab + 5)
+    iw0, w_r, kw0, nkw, off_w = tl.load(tab + 6), tl.load(tab + 7), tl.load(tab + 8), tl.load(tab + 9), tl.load(tab + 10)
+    m_r = n_img * h_r * w_r                                # rows of this phase
+    # its reduction length: every tap step x every output channel; none for a tile past
+    # the phase's last row (nothing to compute, only masked stores of zeros)
+    k_r = tl.where(pid_m * BLOCK_M < m_r, nkh * nkw * OCg, 0)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(IDX)   # row (n, qh, qw) of the phase
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)           # input channel in the group
+    n = rm // (h_r * w_r)
+    q = rm - n * (h_r * w_r)
+    qh = q // w_r
+    qw = q - qh * w_r
+    m_ok = rm < m_r
     n_ok = rn < Cg
-    th0 = ih + pad_h          # = oh * str_h + kh * dil_h for the taps that reach (ih, iw)
-    tw0 = iw + pad_w
-    g_row = g_ptr + (g * OCg).to(tl.int64) * sgc + n.to(tl.int64) * sgn   # [BLOCK_M] pointers
-    if UNIT_STRIDE:  # oh = th0 - kh*dh: again a row offset plus a column offset
-        g_row += th0.to(tl.int64) * sgh + tw0.to(tl.int64) * sgw
+    # dy[n, j, qh + dh, qw + dw]: a per-row pointer plus a per-column offset
+    g_row = g_ptr + (g * OCg).to(tl.int64) * sgc + n.to(tl.int64) * sgn \
+        + qh.to(tl.int64) * sgh + qw.to(tl.int64) * sgw    # [BLOCK_M] pointers
     w_col = w_ptr + (g * OCg).to(tl.int64) * swo + rn.to(tl.int64) * swc
     acc = _acc_zeros(BLOCK_M, BLOCK_N, IS_F64)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(0, k_r, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K).to(IDX)
-        if K_CL:   # k = (kh, kw, j): output channels contiguous in NHWC dy
+        if K_CL:   # k = (u, v, j): output channels contiguous in NHWC dy
             t = rk // OCg
             j = rk - t * OCg
-            kh = t // KW
-            kw = t - kh * KW
-        else:      # k = (j, kh, kw)
-            t = rk // KW
-            kw = rk - t * KW
-            j = t // KH
-            kh = t - j * KH
-        k_ok = rk < K
-        dh = kh * dil_h
-        dw = kw * dil_w
-        th = th0[:, None] - dh[None, :]
-        tw = tw0[:, None] - dw[None, :]
-        if UNIT_STRIDE:
-            a_ok = m_ok[:, None] & k_ok[None, :] & (th >= 0) & (th < OH) & (tw >= 0) & (tw < OW)
-            g_col = j.to(tl.int64) * sgc - dh.to(tl.int64) * sgh - dw.to(tl.int64) * sgw
-            a = tl.load(g_row[:, None] + g_col[None, :], mask=a_ok, other=0.0)
-        else:      # the tap reaches only if th is a multiple of the stride
-            oh = th // str_h
-            ow = tw // str_w
-            a_ok = (m_ok[:, None] & k_ok[None, :] & (th >= 0) & (tw >= 0) & (oh * str_h == th)
-                    & (ow * str_w == tw) & (oh < OH) & (ow < OW))
-            a = tl.load(g_row[:, None] + (j.to(tl.int64) * sgc)[None, :] + oh.to(tl.int64) * sgh
-                        + ow.to(tl.int64) * sgw, mask=a_ok, other=0.0)
+            u = t // nkw
+            v = t - u * nkw
+        else:      # k = (j, u, v)
+            t = rk // nkw
+            v = rk - t * nkw
+            j = t // nkh
+            u = t - j * nkh
+        k_ok = rk < k_r
+        dh = off_h - u * doff_h                # tap (kh0 + u*kstep_h, kw0 + v*kstep_w) reads
+        dw = off_w - v * doff_w                # dy at (qh + dh, qw + dw)
+        th = qh[:, None] + dh[None, :]
+        tw = qw[:, None] + dw[None, :]
+        a_ok = m_ok[:, None] & k_ok[None, :] & (th >= 0) & (th < OH) & (tw >= 0) & (tw < OW)
+        g_col = j.to(tl.int64) * sgc + dh.to(tl.int64) * sgh + dw.to(tl.int64) * sgw
+        a = tl.load(g_row[:, None] + g_col[None, :], mask=a_ok, other=0.0)
+        kh = kh0 + u * kstep_h
+        kw = kw0 + v * kstep_w
         w_row = j.to(tl.int64) * swo + kh.to(tl.int64) * swh + kw.to(tl.int64) * sww
         b = tl.load(w_col[None, :] + w_row[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _dot(a, b, acc, PRECISION, UPCAST)
+    ih = ih0 + qh * str_h
+    iw = iw0 + qw * str_w
     dx_row = n.to(tl.int64) * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
     dx = dx_ptr + dx_row[:, None] + ((g * Cg + rn).to(tl.int64) * sxc)[None, :]
     tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
@@ -351,21 +374,56 @@ def conv2d_fwd(x, w, b, y, stride, padding, dilation, groups, relu: bool, tf32: 
         PRECISION=_precision(tf32), UPCAST=_upcast(x), IDX=_idx(M, K, OC))
 
 
+def _phase_dim(size: int, k: int, s: int, p: int, d: int):
+    """The stride phases of one dimension: for r = 0 .. s-1, (first input index ih0 with
+    ih0 + p = r mod s, how many such indices, first tap k0 with k0*d = r mod s, how many
+    such taps, dy offset (ih0 + p - k0*d) / s), and (tap step, dy offset step)."""
+    kstep = s // math.gcd(s, d)
+    rows = []
+    for r in range(s):
+        i0 = (r - p) % s
+        taps = [t for t in range(k) if (t * d - r) % s == 0]   # every kstep-th from the first
+        k0 = taps[0] if taps else 0
+        rows.append((i0, max(0, -(-(size - i0) // s)), k0, len(taps), (i0 + p - k0 * d) // s))
+    return rows, kstep, kstep * d // s
+
+
+_PHASES = {}  # geometry -> (device table, M, K, steps): reused, no host-to-device copy per call
+
+
+def _phases(N, H, W, KH, KW, stride, padding, dilation, idx, device):
+    key = (N, H, W, KH, KW, tuple(stride), tuple(padding), tuple(dilation), idx, device)
+    if key not in _PHASES:
+        hs, kstep_h, doff_h = _phase_dim(H, KH, stride[0], padding[0], dilation[0])
+        ws, kstep_w, doff_w = _phase_dim(W, KW, stride[1], padding[1], dilation[1])
+        table = [(N,) + h + w for h in hs for w in ws]   # phase index = rh * sw + rw
+        M = max(N * h[1] * w[1] for h in hs for w in ws)
+        K = max(h[3] * w[3] for h in hs for w in ws)
+        dt = torch.int32 if idx == tl.int32 else torch.int64
+        if len(_PHASES) > 256:
+            _PHASES.clear()
+        _PHASES[key] = (torch.tensor(table, dtype=dt, device=device), len(table), M, K,
+                        (kstep_h, kstep_w, doff_h, doff_w))
+    return _PHASES[key]
+
+
 def conv2d_bwd_input(grad, w, dx, stride, padding, dilation, groups, tf32: bool) -> None:
-    """dx = the transposed convolution of grad with w (dx allocated by the caller)."""
+    """dx = the transposed convolution of grad with w (dx allocated by the caller), one GEMM
+    per stride phase (see conv2d_bwd_input_kernel)."""
     N, C, H, W = dx.shape
     OC, Cg, KH, KW = w.shape
     OH, OW = grad.shape[2], grad.shape[3]
-    M, OCg, K = N * H * W, OC // groups, (OC // groups) * KH * KW
+    OCg = OC // groups
     if dx.numel() == 0:
         return
-    grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]), triton.cdiv(Cg, META["BLOCK_N"]), groups)  # noqa: E731
+    idx = _idx(N * H * W, OCg * KH * KW, C)
+    table, P, M, taps, steps = _phases(N, H, W, KH, KW, stride, padding, dilation, idx, dx.device)
+    grid = lambda META: (P * triton.cdiv(M, META["BLOCK_M"]), triton.cdiv(Cg, META["BLOCK_N"]), groups)  # noqa: E731
     conv2d_bwd_input_kernel[grid](
-        grad, w, dx, H, W, OH, OW, M, Cg, OCg, K, KH, KW,
-        *grad.stride(), *w.stride(), *dx.stride(),
-        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+        grad, w, dx, table, OH, OW, M, Cg, OCg, taps * OCg,
+        *grad.stride(), *w.stride(), *dx.stride(), stride[0], stride[1], *steps,
         K_CL=_is_cl(grad), IS_F64=grad.dtype == torch.float64, PRECISION=_precision(tf32),
-        UPCAST=_upcast(grad), IDX=_idx(M, K, C), UNIT_STRIDE=tuple(stride) == (1, 1))
+        UPCAST=_upcast(grad), IDX=idx)
 
 
 _SMS = {}

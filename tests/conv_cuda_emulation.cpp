@@ -176,8 +176,8 @@ int run(const Cfg& c, double tol) {
     } else {
       gemm(f, f.M, f.N, s.groups);
     }
-    DgradProblem<T> d{G.data(), Wt.data(), DX.data(), s, ys, ws, xs, s.N * s.H * s.W, Cg, OCg * s.KH * s.KW};
-    gemm(d, d.M, d.N, s.groups);
+    const DgradProblem<T> d = make_dgrad(G.data(), Wt.data(), DX.data(), s, ys, ws, xs);
+    gemm(d, d.grid_x() * kTile, d.N, s.groups);
     const int64_t K = s.N * s.OH * s.OW, splits = 3, per = ((K + splits - 1) / splits + 31) / 32 * 32;
     using Acc = typename OpMath<T>::type;
     std::vector<Acc> work(splits * Wt.size(), Acc(NAN));
@@ -208,6 +208,13 @@ int main() {
       {1, 3, 15, 13, 8, 7, 7, 2, 2, 3, 3, 3, 3, 1, 1, 1, false},  // 7x7 stride 2
       {2, 6, 9, 7, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 6, false},    // depthwise
       {2, 4, 8, 9, 8, 3, 3, 2, 1, 1, 1, 1, 1, 2, 1, 4, true},     // depthwise, multiplier 2
+      // input-gradient stride phases: no tap reaches some (1x1 and 2x2 under stride 3,
+      // stride 2 with dilation 2), stride and dilation coprime, a phase with no rows (H = 1)
+      {2, 4, 7, 9, 6, 1, 1, 3, 2, 0, 0, 0, 0, 1, 1, 1, true},
+      {1, 4, 10, 7, 6, 2, 2, 3, 3, 1, 0, 1, 0, 1, 1, 2, false},
+      {2, 4, 9, 9, 6, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 2, true},
+      {1, 3, 13, 12, 5, 7, 7, 2, 3, 3, 3, 3, 3, 1, 2, 1, false},
+      {2, 3, 1, 9, 4, 1, 3, 2, 2, 0, 1, 0, 1, 1, 1, 1, true},
   };
   // channels_last, C/groups a multiple of 8: the 16-byte-load forward
   const std::vector<Cfg> vec_cfgs = {

@@ -656,3 +656,15 @@ def test_bad_input():
 
 if __name__ == "__main__" and len(sys.argv) >= 2 and sys.argv[1] == "--sync-worker":
     _sync_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_second_derivative_raises_clearly(backend, device):
+    """pydl's batch norm has first derivatives only: asking for a second one (a gradient
+    penalty through it) raises NotImplementedError naming it, rather than silently leaving
+    out terms."""
+    x = make_input((3, 4, 3, 2), torch.float32, device).requires_grad_()
+    y = pydl.functional.batch_norm(x, None, None, None, None, True, backend=backend)
+    (g,) = torch.autograd.grad(y.pow(3).sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="second derivatives of batch norm"):
+        g.sum().backward()

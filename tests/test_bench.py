@@ -39,6 +39,7 @@ def test_rows_are_checked_timed_and_scored(results):
     for r in rows:
         assert r["status"] == "ok", r
         assert r["median_ms"] > 0 and len(r["repeats_ms"]) == 3
+        assert r["host_ms"] > 0  # on the CPU the call's own time is the measured time
         if r["flops"]:   # compute-bound rows (conv)
             assert r["TFLOPs"] > 0
         else:            # memory-bound rows
@@ -77,6 +78,23 @@ def test_table_and_readme_section(results, tmp_path):
     assert readme.read_text().count("| relu |") == 2 * text.count("| relu |")
     report.update_readme(None, str(readme))
     assert "No GPU run is recorded yet" in readme.read_text()
+
+
+def test_host_bound_rows_are_marked(results):
+    """On a GPU, a row whose host time (the call's CPU time) is most of the measured time
+    is marked: the GPU waited on Python and launch overhead, not on kernels. CPU rows never
+    are (there the host time is the measured time)."""
+    out, res = results
+    assert "\u2020" not in report.markdown(res)
+    gpu = json.loads(json.dumps(res))
+    gpu["env"]["gpu"] = "NVIDIA Test GPU"
+    ok = [r for r in gpu["rows"] if r["status"] == "ok"]
+    for i, r in enumerate(ok):
+        r["host_ms"] = r["median_ms"] * (0.9 if i == 0 else 0.1)
+    table = report.markdown(gpu)
+    marked = [line for line in table.splitlines() if "\u2020" in line and line.startswith("|")]
+    assert len(marked) == 1 and f"| {ok[0]['op']} | {ok[0]['layer']} |" in marked[0]
+    assert "host-bound" in table
 
 
 def test_plots(results):
@@ -119,3 +137,16 @@ def test_budget_and_first(tmp_path):
     assert {r["op"] for r in res["rows"]} == {"sigmoid"}
     assert res["not_run_budget"] and any(k.startswith("relu|") for k in res["not_run_budget"])
     assert "were not run" in (tmp_path / "table.md").read_text()
+
+
+def test_host_overhead_tool(tmp_path, capsys):
+    """bench/host_overhead.py: host time per call of each op, pydl and torch, forward alone
+    and with its backward (small so CI stays fast)."""
+    from bench import host_overhead
+    out = tmp_path / "host.json"
+    assert host_overhead.main(["--device", "cpu", "--repeats", "5", "--json", str(out)]) == 0
+    rows = json.load(open(out))["rows"]
+    assert {r["mode"] for r in rows} == {"fwd", "fwd+graph", "fwd+bwd"}
+    assert {"conv2d 3x3", "batch_norm train", "max_pool2d 3x3 s2", "relu"} <= {r["op"] for r in rows}
+    assert all(r["torch_us"] > 0 and r["pydl_us"] > 0 for r in rows)
+    assert "| conv2d 3x3 | fwd |" in capsys.readouterr().out

@@ -470,6 +470,47 @@ def test_triton_wide_index_variant(backend, device, monkeypatch):
             _run(row, backend, torch.float32, device, layout)
 
 
+# (input, weight, stride, padding, dilation, groups): stride phases that no tap reaches (1x1
+# and 2x2 kernels under stride 3, stride 2 with dilation 2), stride and dilation coprime,
+# asymmetric strides, padding larger than the stride, a grouped/depthwise one, stride 1
+PHASE_ROWS = [((2, 3, 9, 8), (4, 3, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+              ((1, 4, 11, 10), (6, 2, 3, 2), (3, 2), (2, 0), (2, 1), 2),
+              ((2, 2, 7, 9), (3, 2, 1, 1), (2, 2), (0, 0), (1, 1), 1),
+              ((1, 2, 10, 7), (2, 2, 2, 2), (3, 3), (1, 0), (1, 1), 1),
+              ((1, 3, 9, 9), (3, 1, 3, 3), (2, 2), (2, 2), (2, 2), 3),
+              ((1, 2, 13, 12), (3, 2, 7, 7), (2, 3), (3, 3), (1, 2), 1),
+              ((2, 3, 8, 8), (5, 3, 5, 5), (1, 1), (2, 2), (1, 1), 1)]
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] == "triton"])
+def test_triton_input_grad_stride_phases(backend, device):
+    """The Triton input gradient runs one GEMM per stride phase over only the taps that
+    reach it (kernels/conv.py). Every element of dx belongs to exactly one phase and must be
+    written -- zeros where no tap reaches -- so dx starts as NaN here, and is compared with
+    torch's float64 input gradient, in both layouts."""
+    from pydl.kernels import conv as tc
+    dt = torch.float64 if interpreted(backend, device) else torch.float32
+    tol = 1e-10 if dt == torch.float64 else 1e-4
+    gen = torch.Generator().manual_seed(3)
+    for xs, ws, st, pd, dl, g in PHASE_ROWS:
+        x = torch.randn(xs, dtype=torch.float64, generator=gen)
+        w = torch.randn(ws, dtype=torch.float64, generator=gen)
+        gy = torch.randn_like(TF.conv2d(x, w, None, st, pd, dl, g))
+        ref = torch.nn.grad.conv2d_input(x.shape, w, gy, st, pd, dl, g)
+        for cl in (False, True):
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            dx = torch.full(xs, float("nan"), dtype=dt, device=device).contiguous(memory_format=fmt)
+            gyd = gy.to(device, dt).contiguous(memory_format=fmt)
+            tc.conv2d_bwd_input(gyd, w.to(device, dt), dx, list(st), [pd[0], pd[1], pd[0], pd[1]],
+                                list(dl), g, False)
+            assert not dx.isnan().any(), (xs, ws, st, pd, dl, g, cl)
+            torch.testing.assert_close(dx.double().cpu(), ref, rtol=tol, atol=tol)
+    # the phase geometry of a stride-2 7x7 layer (the ResNet stem): 4 phases, 16/12/12/9 taps
+    table, P, M, taps, steps = tc._phases(2, 224, 224, 7, 7, [2, 2], [3, 3], [1, 1], None, "cpu")
+    assert P == 4 and taps == 16 and steps == (2, 2, 1, 1)
+    assert sorted(int(r[4] * r[9]) for r in table) == [9, 12, 12, 16]
+
+
 # ----------------------------------------------------------------------- nn.Conv2d
 @pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])

@@ -92,3 +92,71 @@ def test_auto_on_cuda_prefers_measured_then_what_is_usable(monkeypatch):
         _dispatch.resolve("relu", dev)
     with pytest.raises(BackendUnavailable, match="cuda backend"):
         _dispatch.resolve("relu", dev, "cuda")   # asked for: never replaced
+
+
+def _library_autograd_frames(fn):
+    """The Python functions of torch.library's generic autograd layer (torch/_library/
+    autograd.py: its per-call argument filling and aliasing checks) that run during fn()."""
+    import sys
+    seen = []
+
+    def prof(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.replace("\\", "/").endswith("torch/_library/autograd.py"):
+            seen.append(frame.f_code.co_name)
+    sys.setprofile(prof)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "triton")
+                                     if "cpu" in pydl.backends()[b].devices])
+def test_eager_calls_skip_torch_library_autograd(backend):
+    """In eager mode every op goes through pydl.ops._util.differentiable's fast path: an
+    autograd.Function when a gradient is needed, straight below autograd when not --
+    never through torch.library's generic Python autograd kernel, which costs tens of us
+    of host time per call (on a GPU, time the device sits idle for a small layer)."""
+    F = pydl.functional
+    x = torch.randn(2, 4, 6, 6).to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(4, 4, 3, 3, requires_grad=True)
+    rm, rv = torch.zeros(4), torch.ones(4)
+    g, b = torch.randn(4, requires_grad=True), torch.randn(4, requires_grad=True)
+
+    def step():
+        y = F.conv2d(x, w, None, padding=1, backend=backend)
+        y = F.batch_norm(y, rm, rv, g, b, True, backend=backend)
+        y = F.relu(y, backend=backend)
+        y = F.max_pool2d(y, 2, backend=backend)
+        y = F.adaptive_avg_pool2d(y, 1, backend=backend)
+        y.sum().backward()
+        with torch.no_grad():
+            F.batch_norm(x, rm, rv, g, b, False, backend=backend)
+            F.avg_pool2d(x, 2, backend=backend)
+
+    step()  # first calls may compile or cache
+    assert _library_autograd_frames(step) == []
+    assert x.grad is not None and w.grad is not None and g.grad is not None
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "triton")
+                                     if "cpu" in pydl.backends()[b].devices])
+def test_torch_func_grad(backend):
+    """The ops' autograd.Functions keep forward and setup_context apart, the form torch.func
+    transforms accept: torch.func.grad through conv, batch norm, pooling and activations
+    gives torch's gradients."""
+    F, TF = pydl.functional, torch.nn.functional
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, generator=gen)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=gen)
+
+    def net(f, a, **kw):
+        y = f.conv2d(a, w, padding=1, **kw)
+        y = f.batch_norm(y, None, None, None, None, True, **kw)
+        y = f.max_pool2d(f.relu(y, **kw), 2, **kw)
+        return f.adaptive_avg_pool2d(y, 1, **kw).pow(2).sum()
+
+    ours = torch.func.grad(lambda a: net(F, a, backend=backend))(x)
+    ref = torch.func.grad(lambda a: net(TF, a))(x)
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12)

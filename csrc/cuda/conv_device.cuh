@@ -17,10 +17,12 @@
 //     weight grad   oc (in group)     c, kh, kw        n, oh, ow          dy         x patch
 //
 // A "problem" struct below knows how to fetch A[m, k] and B[k, n] for its convolution (the
-// padding, and for the input gradient the stride divisibility, become zeros) and how to
-// store C[m, n] (the epilogue). One GEMM engine runs all three:
+// padding becomes zeros) and how to store C[m, n] (the epilogue). The input gradient is
+// split into stride phases, one GEMM each over only the taps that reach its rows (see
+// DgradProblem). One GEMM engine runs all three:
 //   - a thread block computes a 64 x 64 tile of C; blockIdx.z is the group (and the
-//     split-K slice for the weight gradient);
+//     split-K slice for the weight gradient), blockIdx.x the row tile (and the stride
+//     phase for the input gradient): the problem's part() says which;
 //   - per K step the block stages a 64 x BK tile of A and a BK x 64 tile of B in shared
 //     memory (each element fetched once from global memory, then reused 64 times);
 //   - float32 / float64 (SIMT engine): 256 threads, each accumulating a 4 x 4 sub-tile with
@@ -55,6 +57,7 @@
 // for CUDA threads, to check these kernels' indexing on machines without a GPU.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "conv_shape.h"
@@ -76,9 +79,20 @@ __device__ __forceinline__ T zero() {
   return from_c<T>(typename OpMath<T>::type(0));
 }
 
-// Which group and which K range a thread block works on.
+constexpr int kTile = 64;  // BM = BN = 64 in both GEMM engines below
+
+// One dimension of an input-gradient stride phase (DgradProblem): the input rows
+// i0, i0 + s, ... (n of them) and the taps k0, k0 + kstep, ... (taps of them) that reach
+// them, the first tap reading dy at row q + off0 for input row i0 + q*s.
+struct PhaseDim {
+  int64_t i0, n, k0, taps, off0;
+};
+
+// Which rows, group and K range a thread block works on: row tile m0, group g, split-K
+// slice `split` covering [k_lo, k_hi), and for the input gradient its stride phase.
 struct Part {
-  int64_t g, split, k_lo, k_hi;
+  int64_t g, split, k_lo, k_hi, m0;
+  PhaseDim ph{}, pw{};
 };
 
 // ------------------------------------------------------------------------------ problems
@@ -91,8 +105,9 @@ struct FwdProblem {
 
   struct Row { const T* base; int64_t ih0, iw0; bool ok; };
 
-  __device__ Part part(int64_t z) const { return {z, 0, 0, K}; }
-  __device__ Row row(int64_t m, int64_t g) const {
+  __device__ Part part(int64_t bx, int64_t z) const { return {z, 0, 0, K, bx * kTile}; }
+  __device__ Row row(int64_t m, const Part& p) const {
+    const int64_t g = p.g;
     Row r;
     r.ok = m < M;
     const int64_t mm = r.ok ? m : 0, plane = s.OH * s.OW;
@@ -109,15 +124,15 @@ struct FwdProblem {
     if (!r.ok || ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) return zero<T>();
     return r.base[c * xs.c + ih * xs.h + iw * xs.w];
   }
-  __device__ T b_at(int64_t k, int64_t n, int64_t g) const {
+  __device__ T b_at(int64_t k, int64_t n, const Part& p) const {
     if (n >= N) return zero<T>();
     const int64_t khw = s.KH * s.KW;
     const int64_t c = idiv(k, khw), t = k - c * khw, kh = idiv(t, s.KW), kw = t - kh * s.KW;
-    return w[(g * N + n) * ws.n + c * ws.c + kh * ws.h + kw * ws.w];
+    return w[(p.g * N + n) * ws.n + c * ws.c + kh * ws.h + kw * ws.w];
   }
   // The epilogue: output row m's offset (-1: past M) is decoded once per row (out_row),
   // then store() adds the column's.
-  __device__ int64_t out_row(int64_t m) const {
+  __device__ int64_t out_row(int64_t m, const Part&) const {
     if (m >= M) return -1;
     const int64_t plane = s.OH * s.OW;
     const int64_t nb = idiv(m, plane), hw = m - nb * plane, oh = idiv(hw, s.OW), ow = hw - oh * s.OW;
@@ -132,54 +147,109 @@ struct FwdProblem {
   }
 };
 
+// The input gradient, one GEMM per stride phase. A tap kh reaches input row ih only when
+// kh*dh = ih + ph (mod sh), so the rows ih of one phase r = (ih + ph) mod sh are all reached
+// by the same taps -- kh0(r), kh0(r) + kstep, ... with kstep = sh / gcd(sh, dh) -- and for
+// ih = i0 + q*sh and kh = kh0 + u*kstep the output row is oh = q + off0 - u*doff (off0 =
+// (i0 + ph - kh0*dh) / sh and doff = kstep*dh / sh, exact divisions). So per phase pair
+// (rows, columns) the problem is a GEMM without stride: rows (n, qh, qw), reduction
+// (j, u, v) over only the taps that reach -- a quarter of the work of a masked all-taps
+// loop at stride 2, nothing at all for the phases no tap reaches (a 1x1 stride-2 shortcut:
+// three quarters of dx are zeros) -- and no division by the stride per element. Blocks
+// (bx, by, g): phase bx / tiles_m, row tile bx % tiles_m of it. Stride 1 is one phase.
+__host__ __device__ inline PhaseDim phase_dim(int64_t r, int64_t size, int64_t k, int64_t s, int64_t p,
+                                              int64_t d, int64_t kstep) {
+  PhaseDim q;
+  q.i0 = ((r - p) % s + s) % s;  // the first input row with (ih + p) mod s == r
+  q.n = size > q.i0 ? (size - q.i0 + s - 1) / s : 0;
+  q.k0 = -1;                     // the first tap with k0*d mod s == r, if any (< kstep)
+  for (int64_t t = 0; t < kstep && q.k0 < 0; ++t)
+    if ((t * d - r) % s == 0) q.k0 = t;
+  q.taps = q.k0 >= 0 && q.k0 < k ? (k - q.k0 + kstep - 1) / kstep : 0;
+  if (q.k0 < 0) q.k0 = 0;
+  q.off0 = (q.i0 + p - q.k0 * d) / s;  // exact when taps > 0 (unused otherwise)
+  return q;
+}
+
 template <typename T>
 struct DgradProblem {
   using Acc = typename OpMath<T>::type;
   const T* dy; const T* w; T* dx;
   ConvShape s; Strides4 gs, ws, xs;
-  int64_t M, N, K;  // N*H*W, C/groups, OC/groups*KH*KW
+  int64_t M, N, K;          // rows of the largest phase, C/groups, its reduction length
+  int64_t kstep_h, kstep_w, doff_h, doff_w, tiles_m;
 
-  struct Row { const T* base; int64_t ih, iw; bool ok; };
+  struct Row { const T* base; int64_t oh0, ow0, taps, taps_w; bool ok; };
 
-  __device__ Part part(int64_t z) const { return {z, 0, 0, K}; }
-  __device__ Row row(int64_t m, int64_t g) const {
+  __device__ Part part(int64_t bx, int64_t z) const {
+    const int64_t phase = idiv(bx, tiles_m), rh = idiv(phase, s.sw), rw = phase - rh * s.sw;
+    Part p{z, 0, 0, 0, (bx - phase * tiles_m) * kTile};
+    p.ph = phase_dim(rh, s.H, s.KH, s.sh, s.ph, s.dh, kstep_h);
+    p.pw = phase_dim(rw, s.W, s.KW, s.sw, s.pw, s.dw, kstep_w);
+    p.k_hi = p.ph.taps * p.pw.taps * s.OCg();
+    return p;
+  }
+  __device__ Row row(int64_t m, const Part& p) const {
     Row r;
-    r.ok = m < M;
-    const int64_t mm = r.ok ? m : 0, plane = s.H * s.W;
-    const int64_t n = idiv(mm, plane), hw = mm - n * plane;
-    r.ih = idiv(hw, s.W);
-    r.iw = hw - r.ih * s.W;
-    r.base = dy + n * gs.n + g * s.OCg() * gs.c;
+    const int64_t plane = p.ph.n * p.pw.n;
+    r.ok = m < s.N * plane;
+    const int64_t mm = r.ok ? m : 0;
+    const int64_t n = r.ok ? idiv(mm, plane) : 0, q = mm - n * plane;
+    const int64_t qh = r.ok ? idiv(q, p.pw.n) : 0, qw = q - qh * p.pw.n;
+    r.base = dy + n * gs.n + p.g * s.OCg() * gs.c;
+    r.oh0 = qh + p.ph.off0;  // the dy row and column the phase's first tap reads
+    r.ow0 = qw + p.pw.off0;
+    r.taps = p.ph.taps * p.pw.taps;
+    r.taps_w = p.pw.taps;
     return r;
   }
-  __device__ T a(const Row& r, int64_t k) const {
-    const int64_t khw = s.KH * s.KW;
-    const int64_t j = idiv(k, khw), t = k - j * khw, kh = idiv(t, s.KW), kw = t - kh * s.KW;
-    // the tap (kh, kw) reaches input row ih from output row oh = (ih + ph - kh*dh) / sh,
-    // but only if that division is exact and oh is inside the output
-    const int64_t th = r.ih + s.ph - kh * s.dh, tw = r.iw + s.pw - kw * s.dw;
-    if (!r.ok || th < 0 || tw < 0) return zero<T>();
-    const int64_t oh = idiv(th, s.sh), ow = idiv(tw, s.sw);
-    if (oh * s.sh != th || ow * s.sw != tw || oh >= s.OH || ow >= s.OW) return zero<T>();
+  __device__ T a(const Row& r, int64_t k) const {  // k = (j, u, v), v fastest
+    const int64_t j = idiv(k, r.taps), t = k - j * r.taps, u = idiv(t, r.taps_w), v = t - u * r.taps_w;
+    const int64_t oh = r.oh0 - u * doff_h, ow = r.ow0 - v * doff_w;
+    if (!r.ok || oh < 0 || oh >= s.OH || ow < 0 || ow >= s.OW) return zero<T>();
     return r.base[j * gs.c + oh * gs.h + ow * gs.w];
   }
-  __device__ T b_at(int64_t k, int64_t n, int64_t g) const {
+  __device__ T b_at(int64_t k, int64_t n, const Part& p) const {
     if (n >= N) return zero<T>();
-    const int64_t khw = s.KH * s.KW;
-    const int64_t j = idiv(k, khw), t = k - j * khw, kh = idiv(t, s.KW), kw = t - kh * s.KW;
-    return w[(g * s.OCg() + j) * ws.n + n * ws.c + kh * ws.h + kw * ws.w];
+    const int64_t taps = p.ph.taps * p.pw.taps;
+    const int64_t j = idiv(k, taps), t = k - j * taps, u = idiv(t, p.pw.taps), v = t - u * p.pw.taps;
+    const int64_t kh = p.ph.k0 + u * kstep_h, kw = p.pw.k0 + v * kstep_w;
+    return w[(p.g * s.OCg() + j) * ws.n + n * ws.c + kh * ws.h + kw * ws.w];
   }
-  __device__ int64_t out_row(int64_t m) const {
-    if (m >= M) return -1;
-    const int64_t plane = s.H * s.W;
-    const int64_t nb = idiv(m, plane), hw = m - nb * plane, ih = idiv(hw, s.W), iw = hw - ih * s.W;
-    return nb * xs.n + ih * xs.h + iw * xs.w;
+  __device__ int64_t out_row(int64_t m, const Part& p) const {
+    const int64_t plane = p.ph.n * p.pw.n;
+    if (m >= s.N * plane) return -1;
+    const int64_t nb = idiv(m, plane), q = m - nb * plane, qh = idiv(q, p.pw.n), qw = q - qh * p.pw.n;
+    return nb * xs.n + (p.ph.i0 + qh * s.sh) * xs.h + (p.pw.i0 + qw * s.sw) * xs.w;
   }
   __device__ void store(int64_t row, int64_t n, const Part& p, Acc v) const {
     if (row < 0 || n >= N) return;
     dx[row + (p.g * N + n) * xs.c] = from_c<T>(v);
   }
+  // blocks along x: every phase's row tiles
+  int64_t grid_x() const { return s.sh * s.sw * tiles_m; }
 };
+
+// The input-gradient problem with its phase geometry (host side).
+template <typename T>
+DgradProblem<T> make_dgrad(const T* dy, const T* w, T* dx, const ConvShape& s, Strides4 gs, Strides4 ws,
+                           Strides4 xs) {
+  auto gcd = [](int64_t a, int64_t b) { while (b) { const int64_t t = a % b; a = b; b = t; } return a; };
+  DgradProblem<T> p{dy, w, dx, s, gs, ws, xs, 0, s.Cg(), 0};
+  p.kstep_h = s.sh / gcd(s.sh, s.dh);
+  p.kstep_w = s.sw / gcd(s.sw, s.dw);
+  p.doff_h = p.kstep_h * s.dh / s.sh;
+  p.doff_w = p.kstep_w * s.dw / s.sw;
+  for (int64_t rh = 0; rh < s.sh; ++rh)
+    for (int64_t rw = 0; rw < s.sw; ++rw) {
+      const PhaseDim h = phase_dim(rh, s.H, s.KH, s.sh, s.ph, s.dh, p.kstep_h);
+      const PhaseDim v = phase_dim(rw, s.W, s.KW, s.sw, s.pw, s.dw, p.kstep_w);
+      p.M = std::max(p.M, s.N * h.n * v.n);
+      p.K = std::max(p.K, h.taps * v.taps * s.OCg());
+    }
+  p.tiles_m = (p.M + kTile - 1) / kTile;
+  return p;
+}
 
 template <typename T>
 struct WgradProblem {
@@ -191,14 +261,14 @@ struct WgradProblem {
 
   struct Row { const T* base; bool ok; };
 
-  __device__ Part part(int64_t z) const {
+  __device__ Part part(int64_t bx, int64_t z) const {
     const int64_t split = z % splits, lo = split * k_per_split;
-    return {z / splits, split, lo, lo + k_per_split < K ? lo + k_per_split : K};
+    return {z / splits, split, lo, lo + k_per_split < K ? lo + k_per_split : K, bx * kTile};
   }
-  __device__ Row row(int64_t m, int64_t g) const {
+  __device__ Row row(int64_t m, const Part& p) const {
     Row r;
     r.ok = m < M;
-    r.base = dy + (g * M + (r.ok ? m : 0)) * gs.c;
+    r.base = dy + (p.g * M + (r.ok ? m : 0)) * gs.c;
     return r;
   }
   __device__ T a(const Row& r, int64_t k) const {
@@ -207,8 +277,9 @@ struct WgradProblem {
     const int64_t n = idiv(k, plane), hw = k - n * plane, oh = idiv(hw, s.OW), ow = hw - oh * s.OW;
     return r.base[n * gs.n + oh * gs.h + ow * gs.w];
   }
-  __device__ T b_at(int64_t k, int64_t col, int64_t g) const {
+  __device__ T b_at(int64_t k, int64_t col, const Part& p) const {
     if (col >= N) return zero<T>();
+    const int64_t g = p.g;
     const int64_t khw = s.KH * s.KW;
     const int64_t c = idiv(col, khw), t = col - c * khw, kh = idiv(t, s.KW), kw = t - kh * s.KW;
     const int64_t plane = s.OH * s.OW;
@@ -217,7 +288,7 @@ struct WgradProblem {
     if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) return zero<T>();
     return x[n * xs.n + (g * s.Cg() + c) * xs.c + ih * xs.h + iw * xs.w];
   }
-  __device__ int64_t out_row(int64_t m) const { return m < M ? m : -1; }
+  __device__ int64_t out_row(int64_t m, const Part&) const { return m < M ? m : -1; }
   __device__ void store(int64_t m, int64_t col, const Part& p, Acc v) const {
     if (m < 0 || col >= N) return;
     work[(p.split * s.OC + p.g * M + m) * N + col] = v;
@@ -272,7 +343,6 @@ struct FwdVecProblem : FwdProblem<T> {
 };
 
 // ---------------------------------------------------------------------- GEMM engines
-constexpr int kTile = 64;  // BM = BN = 64 in both engines
 
 // SIMT: 256 threads, BK = 16, thread (ty, tx) owns rows ty + 16*i and columns tx + 16*j
 // (i, j < 4) of the tile: the interleaving makes a warp's shared-memory reads of one k
@@ -284,11 +354,11 @@ __global__ void __launch_bounds__(256) gemm_simt_kernel(const P p) {
   __shared__ Acc As[BK][kTile];
   __shared__ Acc Bs[BK][kTile + 1];  // +1: the column-wise stores below avoid bank conflicts
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-  const Part part = p.part(blockIdx.z);
-  const int64_t m0 = int64_t(blockIdx.x) * kTile, n0 = int64_t(blockIdx.y) * kTile;
+  const Part part = p.part(blockIdx.x, blockIdx.z);
+  const int64_t m0 = part.m0, n0 = int64_t(blockIdx.y) * kTile;
   // every thread loads A elements of one row (tid % 64): decode that row once
   const int am = tid % kTile;
-  const auto row = p.row(m0 + am, part.g);
+  const auto row = p.row(m0 + am, part);
   Acc acc[4][4];
 #pragma unroll
   for (int i = 0; i < 4; ++i)
@@ -306,7 +376,7 @@ __global__ void __launch_bounds__(256) gemm_simt_kernel(const P p) {
     for (int i = 0; i < 4; ++i) {  // B: 16 x 64, consecutive threads -> consecutive k
       const int e = tid + 256 * i, kl = e % BK, nl = e / BK;
       const int64_t k = k0 + kl;
-      Bs[kl][nl] = k < part.k_hi ? to_c(p.b_at(k, n0 + nl, part.g)) : Acc(0);
+      Bs[kl][nl] = k < part.k_hi ? to_c(p.b_at(k, n0 + nl, part)) : Acc(0);
     }
     __syncthreads();
 #pragma unroll
@@ -325,7 +395,7 @@ __global__ void __launch_bounds__(256) gemm_simt_kernel(const P p) {
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const int64_t orow = p.out_row(m0 + ty + 16 * i);
+    const int64_t orow = p.out_row(m0 + ty + 16 * i, part);
 #pragma unroll
     for (int j = 0; j < 4; ++j) p.store(orow, n0 + tx + 16 * j, part, acc[i][j]);
   }
@@ -351,10 +421,10 @@ __global__ void __launch_bounds__(128) gemm_wmma_kernel(const P p) {
   __shared__ __align__(32) T Bs[BK * LDB];      // B tile, row-major [k][n]
   __shared__ __align__(32) float Cs[kTile * LDC];
   const int tid = threadIdx.x, warp = tid / 32, wm = warp / 2, wn = warp % 2;
-  const Part part = p.part(blockIdx.z);
-  const int64_t m0 = int64_t(blockIdx.x) * kTile, n0 = int64_t(blockIdx.y) * kTile;
+  const Part part = p.part(blockIdx.x, blockIdx.z);
+  const int64_t m0 = part.m0, n0 = int64_t(blockIdx.y) * kTile;
   const int am = tid % kTile;
-  const auto row = p.row(m0 + am, part.g);
+  const auto row = p.row(m0 + am, part);
   const T z = zero<T>();
 
   wmma::fragment<wmma::accumulator, 16, 16, FK, float> c[2][2];
@@ -374,7 +444,7 @@ __global__ void __launch_bounds__(128) gemm_wmma_kernel(const P p) {
     for (int i = 0; i < 16; ++i) {  // B: 32 x 64
       const int kl = tid % BK, nl = tid / BK + 4 * i;
       const int64_t k = k0 + kl;
-      Bs[kl * LDB + nl] = k < part.k_hi ? p.b_at(k, n0 + nl, part.g) : z;
+      Bs[kl * LDB + nl] = k < part.k_hi ? p.b_at(k, n0 + nl, part) : z;
     }
     __syncthreads();
 #pragma unroll
@@ -407,7 +477,7 @@ __global__ void __launch_bounds__(128) gemm_wmma_kernel(const P p) {
       wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, c[i][j], LDC,
                               wmma::mem_row_major);
   __shared__ int64_t orow[kTile];  // each output row's offset, decoded once
-  if (tid < kTile) orow[tid] = p.out_row(m0 + tid);
+  if (tid < kTile) orow[tid] = p.out_row(m0 + tid, part);
   __syncthreads();
   for (int e = tid; e < kTile * kTile; e += 128) {  // consecutive threads -> consecutive n
     const int ml = e / kTile, nl = e % kTile;
@@ -431,12 +501,12 @@ __global__ void __launch_bounds__(128) gemm_wmma_vec_kernel(const P p) {
   __shared__ __align__(32) T Bs[kTile * LDB];   // B tile, column-major [n][k]
   __shared__ __align__(32) float Cs[kTile * LDC];
   const int tid = threadIdx.x, warp = tid / 32, wm = warp / 2, wn = warp % 2;
-  const Part part = p.part(blockIdx.z);
-  const int64_t m0 = int64_t(blockIdx.x) * kTile, n0 = int64_t(blockIdx.y) * kTile;
+  const Part part = p.part(blockIdx.x, blockIdx.z);
+  const int64_t m0 = part.m0, n0 = int64_t(blockIdx.y) * kTile;
   // this thread's vectors: rows/columns r0 and r0 + 32, k offset 8 * kq within the step
   const int kq = tid % 4, r0 = tid / 4;
-  const auto row0 = p.row(m0 + r0, part.g);
-  const auto row1 = p.row(m0 + r0 + 32, part.g);
+  const auto row0 = p.row(m0 + r0, part);
+  const auto row1 = p.row(m0 + r0 + 32, part);
   const V zv = p.zeros();
 
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2][2];
@@ -487,7 +557,7 @@ __global__ void __launch_bounds__(128) gemm_wmma_vec_kernel(const P p) {
       wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, c[i][j], LDC,
                               wmma::mem_row_major);
   __shared__ int64_t orow[kTile];
-  if (tid < kTile) orow[tid] = p.out_row(m0 + tid);
+  if (tid < kTile) orow[tid] = p.out_row(m0 + tid, part);
   __syncthreads();
   for (int e = tid; e < kTile * kTile; e += 128) {
     const int ml = e / kTile, nl = e % kTile;

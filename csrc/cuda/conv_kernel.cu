@@ -126,8 +126,8 @@ int launch_conv2d_bwd_input(DType dtype, const void* grad, Strides4 gs, const vo
       err = int(cudaGetLastError());
       return;
     }
-    DgradProblem<T> p{gp, wp, xp, s, gs, ws, xs, s.N * s.H * s.W, s.Cg(), s.OCg() * s.KH * s.KW};
-    err = run_gemm<T>(p, p.M, p.N, s.groups, tf32, stream);
+    const DgradProblem<T> p = make_dgrad(gp, wp, xp, s, gs, ws, xs);  // one GEMM per stride phase
+    err = run_gemm<T>(p, p.grid_x() * kTile, p.N, s.groups, tf32, stream);
   });
   return err;
 }

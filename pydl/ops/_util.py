@@ -26,6 +26,24 @@ def check_like(a: torch.Tensor, an: str, b: torch.Tensor, bn: str, op: str) -> N
         raise RuntimeError(f"pydl.{op}: {an} and {bn} must be on the same device, got {a.device} and {b.device}")
 
 
+def is_channels_last(t: torch.Tensor) -> bool:
+    """Whether a 4-D tensor's strides are channels_last-like, i.e. torch's
+    t.suggest_memory_format() == torch.channels_last, by c10's
+    is_channels_last_strides_2d_s4: taken in the order C, W, H, N, each dimension's stride is
+    at least the span (stride x size) of the one before. torch._prims_common's
+    suggest_memory_format computes the same through symbolic-shape guards at ~4 us a call,
+    which a convolution pays several times; this is plain integer arithmetic."""
+    size, stride = t.shape, t.stride()
+    if len(size) != 4 or stride[1] == 0:
+        return False
+    span = 0
+    for d in (1, 3, 2, 0):
+        if size[d] == 0 or stride[d] < span or (d == 0 and span == stride[1]):
+            return False
+        span = stride[d] * size[d]
+    return True
+
+
 def is_non_overlapping_and_dense(t: torch.Tensor) -> bool:
     """Whether t's elements fill a gap-free block of storage (in some dimension order):
     torch's Tensor::is_non_overlapping_and_dense, which the C++ side uses."""
@@ -82,13 +100,16 @@ _BELOW_AUTOGRAD = torch._C._AutoDispatchBelowAutograd
 
 
 def _needs_grad(args) -> bool:
+    """Whether grad mode is on and a tensor argument (or a tensor in a list argument)
+    requires a gradient. Lists of ints (sizes, strides) are passed over after one look at
+    their first element: this runs on every call."""
     if not torch.is_grad_enabled():
         return False
     for a in args:
         if isinstance(a, torch.Tensor):
             if a.requires_grad:
                 return True
-        elif isinstance(a, (list, tuple)):
+        elif isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor):
             if any(isinstance(t, torch.Tensor) and t.requires_grad for t in a):
                 return True
     return False
@@ -123,11 +144,32 @@ def differentiable(qualname: str, setup_context, backward):
         def backward(ctx, *grads):
             return backward(ctx, *grads)
 
+    class FuncFn(torch.autograd.Function):
+        # The same with forward and setup_context apart: the form torch.func transforms
+        # (torch.func.grad, jacrev) require. Only used under them: its apply() binds the
+        # arguments to forward's signature with inspect on every call, ~14 us of host time.
+        @staticmethod
+        def forward(*args):
+            with _BELOW_AUTOGRAD():
+                return op(*args)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            setup_context(ctx, inputs, output)
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
     Fn.__name__ = Fn.__qualname__ = f"{name}_autograd"
+    FuncFn.__name__ = FuncFn.__qualname__ = f"{name}_autograd_func"
+    functorch_active = torch._C._are_functorch_transforms_active
 
     def call(*args):
         if torch.compiler.is_compiling():
             return op(*args)
+        if functorch_active():
+            return FuncFn.apply(*args)
         if _needs_grad(args):
             return Fn.apply(*args)
         with _BELOW_AUTOGRAD():

@@ -27,14 +27,15 @@ format and dw the weight's.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from torch._prims_common import suggest_memory_format
 
 from .. import _dispatch
-from ._util import check_tensor
+from . import activation as _activation
+from ._util import check_tensor, differentiable, is_channels_last
 
 ACTIVATIONS = (None, "relu")
 
@@ -108,7 +109,10 @@ if _dispatch._kernels is not None:
 
 
 # ------------------------------------------------- fake kernels and autograd, both families
-def _register(ns: str) -> None:
+def _register(ns: str, act_bwd) -> SimpleNamespace:
+    """Fake kernels and autograd for one op namespace; returns its ops as differentiable
+    callables (pydl.ops._util.differentiable: the eager fast path). act_bwd: the activation
+    family's differentiable act_bwd on the same backend."""
     @torch.library.register_fake(f"{ns}::conv2d_fwd")
     def _(x, w, b, stride, padding, dilation, groups, act, channels_last):
         oh, ow = _out_size(x.shape[2], x.shape[3], w.shape[2], w.shape[3], stride, padding, dilation)
@@ -126,8 +130,6 @@ def _register(ns: str) -> None:
     def _(grad):
         return grad.new_empty(grad.shape[1])
 
-    ops = getattr(torch.ops, ns)
-
     def setup_context(ctx, inputs, output):
         x, w, b, stride, padding, dilation, groups, act, channels_last = inputs
         ctx.geom = (stride, padding, dilation, groups)
@@ -141,7 +143,7 @@ def _register(ns: str) -> None:
         x, w, y = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if ctx.act == "relu":  # d relu(z)/dz = (y > 0), by the activation family's kernel
-            grad = ops.act_bwd(grad, y, "relu", 0.0, True)
+            grad = act_bwd(grad, y, "relu", 0.0, True)
         dx = dw = db = None
         if need_x:
             dx = ops.conv2d_bwd_input(grad, w, ctx.x_size, *ctx.geom, ctx.x_cl)
@@ -151,7 +153,7 @@ def _register(ns: str) -> None:
             db = ops.conv2d_bwd_bias(grad)
         return dx, dw, db, None, None, None, None, None, None
 
-    torch.library.register_autograd(f"{ns}::conv2d_fwd", backward, setup_context=setup_context)
+    ops = SimpleNamespace(conv2d_fwd=differentiable(f"{ns}::conv2d_fwd", setup_context, backward))
 
     # The backward ops are bilinear in their tensor inputs, so their own derivatives are
     # again convolutions: this makes double backward (e.g. gradient penalties) work.
@@ -191,26 +193,24 @@ def _register(ns: str) -> None:
     def bb_backward(ctx, gdb):  # db = grad summed over n, oh, ow: its derivative broadcasts
         return gdb[None, :, None, None].expand(ctx.shape)
 
-    torch.library.register_autograd(f"{ns}::conv2d_bwd_input", bi_backward, setup_context=bi_setup)
-    torch.library.register_autograd(f"{ns}::conv2d_bwd_weight", bw_backward, setup_context=bw_setup)
-    torch.library.register_autograd(f"{ns}::conv2d_bwd_bias", bb_backward, setup_context=bb_setup)
+    ops.conv2d_bwd_input = differentiable(f"{ns}::conv2d_bwd_input", bi_setup, bi_backward)
+    ops.conv2d_bwd_weight = differentiable(f"{ns}::conv2d_bwd_weight", bw_setup, bw_backward)
+    ops.conv2d_bwd_bias = differentiable(f"{ns}::conv2d_bwd_bias", bb_setup, bb_backward)
+    return ops
 
 
-def _is_cl(t: torch.Tensor) -> bool:
-    return suggest_memory_format(t) == torch.channels_last
+_is_cl = is_channels_last  # torch's suggest_memory_format() == channels_last
 
 
 def _weight_cl(w: torch.Tensor) -> bool:
     return w.shape[1] > 1 and _is_cl(w)
 
 
-_OPS = {}  # backend -> the op namespace holding conv2d_fwd / conv2d_bwd_*
+_OPS = {}  # backend -> its differentiable conv2d_fwd / conv2d_bwd_* (see _register)
 if _dispatch._C is not None:
-    _register("pydl")
-    _OPS["cpu"] = _OPS["cuda"] = torch.ops.pydl
+    _OPS["cpu"] = _OPS["cuda"] = _register("pydl", _activation._BWD["cpu"])
 if _dispatch._kernels is not None:
-    _register("pydl_triton")
-    _OPS["triton"] = torch.ops.pydl_triton
+    _OPS["triton"] = _register("pydl_triton", _activation._BWD["triton"])
 
 
 # ---------------------------------------------------------------------- argument checks

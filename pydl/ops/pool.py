@@ -28,20 +28,20 @@ bit-identical gradients from run to run.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch._prims_common import suggest_memory_format
 
 from .. import _dispatch
-from ._util import _no_zero_grads, check_tensor
+from ._util import _no_zero_grads, check_tensor, differentiable, is_channels_last
 
 
 def _is_cl(x: torch.Tensor) -> bool:
     """Whether torch's pooling would produce channels_last output for 4-D x (the same
     rule as at::Tensor::suggest_memory_format, which the C++ glue uses)."""
-    return x.dim() == 4 and suggest_memory_format(x) == torch.channels_last
+    return is_channels_last(x)
 
 
 def _fmt(channels_last: bool):
@@ -172,8 +172,11 @@ def _need_indices(ctx_indices: torch.Tensor, op: str) -> None:
                            "with_indices=True when a gradient is wanted")
 
 
-def _register(ns: str) -> None:
-    lib = getattr(torch.ops, ns)
+def _register(ns: str) -> SimpleNamespace:
+    """Fake kernels and autograd for one op namespace; returns its ops as differentiable
+    callables (pydl.ops._util.differentiable: the eager fast path), which the backward
+    formulas below call too."""
+    lib = SimpleNamespace()
 
     @torch.library.register_fake(f"{ns}::max_pool2d_fwd")
     def _(x, kernel, stride, padding, dilation, out_size, with_indices):
@@ -227,7 +230,7 @@ def _register(ns: str) -> None:
         _need_indices(ind, "max_pool2d")
         return (lib.max_pool2d_bwd(grad, ind, *ctx.args),) + (None,) * 6
 
-    torch.library.register_autograd(f"{ns}::max_pool2d_fwd", max_backward, setup_context=max_setup)
+    lib.max_pool2d_fwd = differentiable(f"{ns}::max_pool2d_fwd", max_setup, max_backward)
 
     # avg_pool2d: saves nothing but sizes
     def avg_setup(ctx, inputs, output):
@@ -237,7 +240,7 @@ def _register(ns: str) -> None:
     def avg_backward(ctx, grad):
         return (lib.avg_pool2d_bwd(grad, *ctx.args),) + (None,) * 6
 
-    torch.library.register_autograd(f"{ns}::avg_pool2d_fwd", avg_backward, setup_context=avg_setup)
+    lib.avg_pool2d_fwd = differentiable(f"{ns}::avg_pool2d_fwd", avg_setup, avg_backward)
 
     def aavg_setup(ctx, inputs, output):
         x, out_size = inputs
@@ -246,8 +249,8 @@ def _register(ns: str) -> None:
     def aavg_backward(ctx, grad):
         return lib.adaptive_avg_pool2d_bwd(grad, *ctx.args), None
 
-    torch.library.register_autograd(f"{ns}::adaptive_avg_pool2d_fwd", aavg_backward,
-                                    setup_context=aavg_setup)
+    lib.adaptive_avg_pool2d_fwd = differentiable(
+        f"{ns}::adaptive_avg_pool2d_fwd", aavg_setup, aavg_backward)
 
     def amax_setup(ctx, inputs, output):
         x, out_size, with_indices = inputs
@@ -262,8 +265,8 @@ def _register(ns: str) -> None:
         _need_indices(ind, "adaptive_max_pool2d")
         return lib.adaptive_max_pool2d_bwd(grad, ind, *ctx.args), None, None
 
-    torch.library.register_autograd(f"{ns}::adaptive_max_pool2d_fwd", amax_backward,
-                                    setup_context=amax_setup)
+    lib.adaptive_max_pool2d_fwd = differentiable(
+        f"{ns}::adaptive_max_pool2d_fwd", amax_setup, amax_backward)
 
     # Double backward. Each backward is linear in grad, and its adjoint is:
     #   max pools:  gg -> gg gathered at the saved indices (pool_gather)
@@ -279,10 +282,9 @@ def _register(ns: str) -> None:
         (ind,) = ctx.saved_tensors
         return (lib.pool_gather(gg, ind, ctx.cl),) + (None,) * (ctx.n_args - 1)
 
-    torch.library.register_autograd(f"{ns}::max_pool2d_bwd", max_bwd_backward,
-                                    setup_context=bwd_setup_max)
-    torch.library.register_autograd(f"{ns}::adaptive_max_pool2d_bwd", max_bwd_backward,
-                                    setup_context=bwd_setup_max)
+    lib.max_pool2d_bwd = differentiable(f"{ns}::max_pool2d_bwd", bwd_setup_max, max_bwd_backward)
+    lib.adaptive_max_pool2d_bwd = differentiable(
+        f"{ns}::adaptive_max_pool2d_bwd", bwd_setup_max, max_bwd_backward)
 
     def avg_bwd_setup(ctx, inputs, output):
         grad, input_size, kernel, stride, padding, cip, div, cl = inputs
@@ -291,8 +293,7 @@ def _register(ns: str) -> None:
     def avg_bwd_backward(ctx, gg):
         return (lib.avg_pool2d_fwd(gg, *ctx.args),) + (None,) * 7
 
-    torch.library.register_autograd(f"{ns}::avg_pool2d_bwd", avg_bwd_backward,
-                                    setup_context=avg_bwd_setup)
+    lib.avg_pool2d_bwd = differentiable(f"{ns}::avg_pool2d_bwd", avg_bwd_setup, avg_bwd_backward)
 
     def aavg_bwd_setup(ctx, inputs, output):
         ctx.out_size = list(inputs[0].shape[2:])
@@ -300,8 +301,8 @@ def _register(ns: str) -> None:
     def aavg_bwd_backward(ctx, gg):
         return lib.adaptive_avg_pool2d_fwd(gg, ctx.out_size), None, None
 
-    torch.library.register_autograd(f"{ns}::adaptive_avg_pool2d_bwd", aavg_bwd_backward,
-                                    setup_context=aavg_bwd_setup)
+    lib.adaptive_avg_pool2d_bwd = differentiable(
+        f"{ns}::adaptive_avg_pool2d_bwd", aavg_bwd_setup, aavg_bwd_backward)
 
     def gather_setup(ctx, inputs, output):
         pass
@@ -310,17 +311,15 @@ def _register(ns: str) -> None:
         raise NotImplementedError("pydl: third and higher derivatives of max pooling are not "
                                   "implemented (the double backward is)")
 
-    torch.library.register_autograd(f"{ns}::pool_gather", gather_backward,
-                                    setup_context=gather_setup)
+    lib.pool_gather = differentiable(f"{ns}::pool_gather", gather_setup, gather_backward)
+    return lib
 
 
-_OPS = {}  # backend -> the op namespace holding the pool ops
+_OPS = {}  # backend -> its differentiable pool ops (see _register)
 if _dispatch._C is not None:
-    _register("pydl")
-    _OPS["cpu"] = _OPS["cuda"] = torch.ops.pydl
+    _OPS["cpu"] = _OPS["cuda"] = _register("pydl")
 if _dispatch._kernels is not None:
-    _register("pydl_triton")
-    _OPS["triton"] = torch.ops.pydl_triton
+    _OPS["triton"] = _register("pydl_triton")
 
 
 # --------------------------------------------------------------- argument checks (torch's)

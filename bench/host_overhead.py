@@ -1,0 +1,118 @@
+"""Host (CPU) time of one call of each pydl op against torch's, on tiny tensors.
+
+On a GPU an op's kernels run asynchronously: the host only enqueues them, and a call whose
+Python, dispatch and launch overhead takes longer than its kernels leaves the GPU idle --
+for the small layers of a network (ResNet-50's last stages, any inference at batch 1) that
+overhead *is* the op's speed. This measures it directly: the median wall time of one call
+with tensors so small that the kernels cost next to nothing (on a GPU the device is
+synchronized only every 20 calls, so the queue never fills; on the CPU the tiny kernels
+themselves are included, for pydl and torch alike).
+
+    python bench/host_overhead.py [--device cpu|cuda] [--backend cpu|cuda|triton]
+                                  [--repeats 300] [--json FILE]
+
+Prints a markdown table: per op, torch's and pydl's host microseconds per call and their
+ratio, forward alone ("fwd": inputs that need no gradient, and inputs that do: "fwd+graph",
+which records the autograd graph) and forward + backward ("fwd+bwd").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as TF
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pydl  # noqa: E402
+
+F = pydl.functional
+
+
+def median_us(fn, repeats: int, device: str) -> float:
+    for _ in range(20):
+        fn()
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e6)
+        if device == "cuda" and i % 20 == 19:
+            torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def cases(device: str, backend: str):
+    """(name, torch fn, pydl fn) triples on channels_last tensors of a few elements."""
+    cl = torch.channels_last
+
+    def t(*shape, grad=False):
+        x = torch.randn(*shape, device=device)
+        if len(shape) == 4:
+            x = x.contiguous(memory_format=cl)
+        return x.requires_grad_(grad)
+
+    x, xg = t(2, 8, 4, 4), t(2, 8, 4, 4, grad=True)
+    w, wg = t(8, 8, 3, 3), t(8, 8, 3, 3, grad=True)
+    g, b = t(8, grad=True), t(8, grad=True)
+    rm_t, rv_t = torch.zeros(8, device=device), torch.ones(8, device=device)
+    rm_p, rv_p = torch.zeros(8, device=device), torch.ones(8, device=device)
+    B = {"backend": backend}
+
+    def bwd(fn):
+        def run():
+            fn().sum().backward()
+        return run
+
+    ops = [
+        ("conv2d 3x3", lambda a, ww: TF.conv2d(a, ww, padding=1), lambda a, ww: F.conv2d(a, ww, padding=1, **B)),
+        ("batch_norm train", lambda a, ww: TF.batch_norm(a, rm_t, rv_t, g, b, True),
+         lambda a, ww: F.batch_norm(a, rm_p, rv_p, g, b, True, **B)),
+        ("max_pool2d 3x3 s2", lambda a, ww: TF.max_pool2d(a, 3, 2, 1), lambda a, ww: F.max_pool2d(a, 3, 2, 1, **B)),
+        ("adaptive_avg_pool2d 1", lambda a, ww: TF.adaptive_avg_pool2d(a, 1),
+         lambda a, ww: F.adaptive_avg_pool2d(a, 1, **B)),
+        ("relu", lambda a, ww: TF.relu(a), lambda a, ww: F.relu(a, **B)),
+    ]
+    for name, tf, pf in ops:
+        yield name, "fwd", (lambda tf=tf: tf(x, w)), (lambda pf=pf: pf(x, w))
+        yield name, "fwd+graph", (lambda tf=tf: tf(xg, wg)), (lambda pf=pf: pf(xg, wg))
+        yield name, "fwd+bwd", bwd(lambda tf=tf: tf(xg, wg)), bwd(lambda pf=pf: pf(xg, wg))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--backend", default=None, help="pydl backend (default: auto)")
+    ap.add_argument("--repeats", type=int, default=300)
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    a = ap.parse_args(argv)
+    if a.device == "cpu":
+        torch.set_num_threads(1)  # tiny tensors: no thread pool wake-ups in either
+    rows = []
+    for name, mode, tfn, pfn in cases(a.device, a.backend):
+        rows.append({"op": name, "mode": mode, "torch_us": median_us(tfn, a.repeats, a.device),
+                     "pydl_us": median_us(pfn, a.repeats, a.device)})
+    env = {"device": torch.cuda.get_device_name() if a.device == "cuda" else platform.processor() or "cpu",
+           "python": platform.python_version(), "torch": torch.__version__, "backend": a.backend or "auto",
+           "commit": os.environ.get("PYDL_COMMIT", "")}
+    print(f"Host time per call, median of {a.repeats} ({env['device']}, torch {env['torch']}, "
+          f"Python {env['python']}, pydl backend {env['backend']}):\n")
+    print("| op | mode | torch us | pydl us | pydl / torch |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['op']} | {r['mode']} | {r['torch_us']:.1f} | {r['pydl_us']:.1f} | "
+              f"{r['pydl_us'] / r['torch_us']:.1f} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"env": env, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
