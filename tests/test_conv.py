@@ -470,6 +470,48 @@ def test_triton_wide_index_variant(backend, device, monkeypatch):
             _run(row, backend, torch.float32, device, layout)
 
 
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] == "triton"])
+def test_triton_tap_major_paths(backend, device):
+    """channels_last operands with a per-group channel count that is a multiple of every
+    BLOCK_K take the Triton kernels' tap-major K loop (one tap per K step): the forward,
+    against torch in float32 and bfloat16 -- 3x3 with padding, strided and dilated, 1x1,
+    grouped, with bias and ReLU -- and the path is the one taken; then the input gradient."""
+    from pydl.kernels import conv as tc
+    rows = [((2, 32, 5, 6), (8, 32, 3, 3), dict(padding=1)),
+            ((1, 32, 7, 7), (6, 32, 3, 3), dict(stride=2, padding=2, dilation=2)),
+            ((2, 32, 3, 4), (5, 32, 1, 1), dict()),
+            ((1, 64, 5, 5), (4, 32, 3, 2), dict(padding=(1, 0), groups=2))]
+    gen = torch.Generator().manual_seed(5)
+    for dtype in (torch.float32, torch.bfloat16):
+        for xs, ws, kw in rows:
+            x = torch.randn(xs, generator=gen).to(device, dtype).contiguous(memory_format=torch.channels_last)
+            w = torch.randn(ws, generator=gen).to(device, dtype)
+            b = torch.randn(ws[0], generator=gen).to(device, dtype)
+            assert tc._tap_major(x, ws[1])
+            y = F.conv2d(x, w, b, activation="relu", backend=backend, **kw)
+            ref = TF.relu(TF.conv2d(x.double().cpu(), w.double().cpu(), b.double().cpu(), **kw))
+            tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+            torch.testing.assert_close(y.double().cpu(), ref, rtol=tol, atol=tol)
+            assert y.is_contiguous(memory_format=torch.channels_last)
+    assert not tc._tap_major(torch.randn(1, 24, 3, 3).contiguous(memory_format=torch.channels_last), 24)
+    assert not tc._tap_major(torch.randn(1, 32, 3, 3), 32)  # NCHW
+    # the input gradient's tap-major loop (output channels per group a multiple of BLOCK_K),
+    # over stride phases; dx starts as NaN so an unwritten element shows
+    for xs, ws, st, pd, dl, g in [((2, 8, 7, 6), (32, 8, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+                                  ((1, 8, 5, 7), (32, 8, 1, 1), (2, 2), (0, 0), (1, 1), 1),
+                                  ((1, 8, 6, 5), (64, 4, 3, 3), (1, 1), (2, 2), (2, 2), 2)]:
+        x = torch.randn(xs, dtype=torch.float64, generator=gen)
+        w = torch.randn(ws, dtype=torch.float64, generator=gen)
+        gy = torch.randn_like(TF.conv2d(x, w, None, st, pd, dl, g))
+        ref = torch.nn.grad.conv2d_input(x.shape, w, gy, st, pd, dl, g)
+        gyd = gy.to(device, torch.float32).contiguous(memory_format=torch.channels_last)
+        assert tc._tap_major(gyd, ws[0] // g)
+        dx = torch.full(xs, float("nan"), device=device).contiguous(memory_format=torch.channels_last)
+        tc.conv2d_bwd_input(gyd, w.to(device, torch.float32), dx, list(st), [pd[0], pd[1], pd[0], pd[1]],
+                            list(dl), g, False)
+        torch.testing.assert_close(dx.double().cpu(), ref, rtol=1e-4, atol=1e-4)
+
+
 # (input, weight, stride, padding, dilation, groups): stride phases that no tap reaches (1x1
 # and 2x2 kernels under stride 3, stride 2 with dilation 2), stride and dilation coprime,
 # asymmetric strides, padding larger than the stride, a grouped/depthwise one, stride 1
