@@ -334,6 +334,23 @@ def _resources(cubin: bytes, tool: str):
     return (max(regs) if regs else -1), (max(stack) if stack else -1)
 
 
+def _loop_bodies(cubin: bytes, tool: str):
+    """The SASS instructions of each loop (a backward branch to an earlier address)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
+    code = [(int(m.group(1), 16), m.group(2)) for m in
+            re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    loops = []
+    for at, ins in code:
+        target = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", ins)
+        if target and int(target.group(1), 16) < at:
+            start = int(target.group(1), 16)
+            loops.append([i for a, i in code if start <= a <= at])
+    return loops
+
+
 # the GEMM kernels' channel count that is contiguous in channels_last memory
 _VECTOR_DIM = {"conv2d_fwd_kernel": "Cg", "conv2d_bwd_input_kernel": "OCg",
                "conv2d_bwd_weight_kernel": "Cg"}
@@ -381,6 +398,11 @@ def compile_all(records) -> int:
             div64 = len(re.findall(r"\b(?:div|rem)\.[su]64", k.asm["ptx"]))
             if consts.get("IDX") == tl.int32 and div64:
                 problems.append("64-bit integer division in an IDX=int32 kernel")
+            # A tap-major K loop carries its tap as counters: no integer division (on the GPU
+            # a reciprocal-and-correct sequence, MUFU.RCP) may be left inside any loop.
+            if consts.get("TAP_MAJOR") and any("MUFU.RCP" in i for body in _loop_bodies(k.asm["cubin"], tool)
+                                               for i in body):
+                problems.append("integer division inside the tap-major K loop")
             if smem > SMEM_LIMIT:
                 problems.append(f"shared memory {smem} B > {SMEM_LIMIT}")
             if regs * threads > REGS_PER_SM:
