@@ -221,14 +221,16 @@ def conv2d_bwd_input_kernel(g_ptr, w_ptr, dx_ptr, phase_ptr,
     n_img = tl.load(tab)
     ih0, h_r, kh0, nkh, off_h = tl.load(tab + 1), tl.load(tab + 2), tl.load(tab + 3), tl.load(tab + 4), tl.load(tab + 5)
     iw0, w_r, kw0, nkw, off_w = tl.load(tab + 6), tl.load(tab + 7), tl.load(tab + 8), tl.load(tab + 9), tl.load(tab + 10)
-    m_r = n_img * h_r * w_r                                # rows of this phase
+    m_r = n_img.to(IDX) * h_r * w_r                        # rows of this phase
     # its reduction length: every tap step x every output channel; none for a tile past
-    # the phase's last row (nothing to compute, only masked stores of zeros)
-    k_r = tl.where(pid_m * BLOCK_M < m_r, nkh * nkw * OCg, 0)
+    # the phase's last row (nothing to compute, only masked stores of zeros). The reduction
+    # index is int32 even when the rows need int64 (the launcher checks it fits): its
+    # per-element decode then divides in 32 bits.
+    k_r = tl.where(pid_m * BLOCK_M < m_r, nkh * nkw * OCg, 0).to(tl.int32)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(IDX)   # row (n, qh, qw) of the phase
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)           # input channel in the group
     n = rm // (h_r * w_r)
-    q = rm - n * (h_r * w_r)
+    q = (rm - n * (h_r * w_r)).to(tl.int32)   # within one plane: int32 (the launcher checks)
     qh = q // w_r
     qw = q - qh * w_r
     m_ok = rm < m_r
@@ -242,9 +244,9 @@ def conv2d_bwd_input_kernel(g_ptr, w_ptr, dx_ptr, phase_ptr,
         # as the forward's: channels_last dy, OCg a multiple of every BLOCK_K -- one tap step
         # (u, v) and BLOCK_K output channels from tj per K step, carried as counters
         rj = tl.arange(0, BLOCK_K)
-        tj = pid * 0
-        tu = pid * 0
-        tv = pid * 0
+        tj = k_r * 0
+        tu = k_r * 0
+        tv = k_r * 0
         for step in range(0, k_r // BLOCK_K):
             dh = off_h - tu * doff_h
             dw = off_w - tv * doff_w
@@ -266,7 +268,7 @@ def conv2d_bwd_input_kernel(g_ptr, w_ptr, dx_ptr, phase_ptr,
             tv = tl.where(wrap, 0, tv)
             tu = tl.where(wrap, tu + 1, tu)
     for k0 in range(0, 0 if TAP_MAJOR else k_r, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K).to(IDX)
+        rk = k0 + tl.arange(0, BLOCK_K)
         if K_CL:   # k = (u, v, j): output channels contiguous in NHWC dy
             t = rk // OCg
             j = rk - t * OCg
@@ -476,18 +478,18 @@ def _phase_dim(size: int, k: int, s: int, p: int, d: int):
 _PHASES = {}  # geometry -> (device table, M, K, steps): reused, no host-to-device copy per call
 
 
-def _phases(N, H, W, KH, KW, stride, padding, dilation, idx, device):
-    key = (N, H, W, KH, KW, tuple(stride), tuple(padding), tuple(dilation), idx, device)
+def _phases(N, H, W, KH, KW, stride, padding, dilation, device):
+    key = (N, H, W, KH, KW, tuple(stride), tuple(padding), tuple(dilation), device)
     if key not in _PHASES:
         hs, kstep_h, doff_h = _phase_dim(H, KH, stride[0], padding[0], dilation[0])
         ws, kstep_w, doff_w = _phase_dim(W, KW, stride[1], padding[1], dilation[1])
         table = [(N,) + h + w for h in hs for w in ws]   # phase index = rh * sw + rw
         M = max(N * h[1] * w[1] for h in hs for w in ws)
         K = max(h[3] * w[3] for h in hs for w in ws)
-        dt = torch.int32 if idx == tl.int32 else torch.int64
         if len(_PHASES) > 256:
             _PHASES.clear()
-        _PHASES[key] = (torch.tensor(table, dtype=dt, device=device), len(table), M, K,
+        # every entry is below 2^31 (a count or an index along one dimension): int32
+        _PHASES[key] = (torch.tensor(table, dtype=torch.int32, device=device), len(table), M, K,
                         (kstep_h, kstep_w, doff_h, doff_w))
     return _PHASES[key]
 
@@ -501,8 +503,11 @@ def conv2d_bwd_input(grad, w, dx, stride, padding, dilation, groups, tf32: bool)
     OCg = OC // groups
     if dx.numel() == 0:
         return
-    idx = _idx(N * H * W, OCg * KH * KW, C)
-    table, P, M, taps, steps = _phases(N, H, W, KH, KW, stride, padding, dilation, idx, dx.device)
+    if OCg * KH * KW >= 2 ** 31 or H * W >= 2 ** 31:
+        raise RuntimeError(f"pydl.conv2d (triton): the input gradient needs out_channels/groups x "
+                           f"kH x kW ({OCg * KH * KW}) and H x W ({H * W}) below 2^31")
+    idx = _idx(N * H * W, C)
+    table, P, M, taps, steps = _phases(N, H, W, KH, KW, stride, padding, dilation, dx.device)
     grid = lambda META: (P * triton.cdiv(M, META["BLOCK_M"]), triton.cdiv(Cg, META["BLOCK_N"]), groups)  # noqa: E731
     conv2d_bwd_input_kernel[grid](
         grad, w, dx, table, OH, OW, M, Cg, OCg, taps * OCg,

@@ -548,7 +548,7 @@ def test_triton_input_grad_stride_phases(backend, device):
             assert not dx.isnan().any(), (xs, ws, st, pd, dl, g, cl)
             torch.testing.assert_close(dx.double().cpu(), ref, rtol=tol, atol=tol)
     # the phase geometry of a stride-2 7x7 layer (the ResNet stem): 4 phases, 16/12/12/9 taps
-    table, P, M, taps, steps = tc._phases(2, 224, 224, 7, 7, [2, 2], [3, 3], [1, 1], None, "cpu")
+    table, P, M, taps, steps = tc._phases(2, 224, 224, 7, 7, [2, 2], [3, 3], [1, 1], "cpu")
     assert P == 4 and taps == 16 and steps == (2, 2, 1, 1)
     assert sorted(int(r[4] * r[9]) for r in table) == [9, 12, 12, 16]
 
