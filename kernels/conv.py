@@ -342,9 +342,10 @@ def conv2d_bwd_weight_kernel(g_ptr, x_ptr, work_ptr,
     # The reduction index rk = (n, oh, ow) is decoded once, then advanced by BLOCK_K per step
     # as a mixed-radix sum with carries -- BLOCK_K = dn*OH*OW + doh*OW + dow -- instead of two
     # divisions per element per step (the loop's largest cost after the loads).
+    # (n and rk in IDX; oh, ow stay inside one plane: int32 -- the launcher checks OH*OW)
     rk = k_lo + tl.arange(0, BLOCK_K).to(IDX)
     n = rk // (OH * OW)
-    ohw = rk - n * (OH * OW)
+    ohw = (rk - n * (OH * OW)).to(tl.int32)
     oh = ohw // OW
     ow = ohw - oh * OW
     dn = BLOCK_K // (OH * OW)
@@ -367,7 +368,7 @@ def conv2d_bwd_weight_kernel(g_ptr, x_ptr, work_ptr,
         ow += dow
         carry = ow >= OW
         ow = tl.where(carry, ow - OW, ow)
-        oh += doh + carry.to(IDX)
+        oh += doh + carry.to(tl.int32)
         carry = oh >= OH
         oh = tl.where(carry, oh - OH, oh)
         n += dn + carry.to(IDX)
@@ -540,6 +541,9 @@ def conv2d_bwd_weight(grad, x, dw, stride, padding, dilation, groups, tf32: bool
     OCg, NCOL, K = OC // groups, Cg * KH * KW, N * OH * OW
     if dw.numel() == 0:
         return
+    if OH * OW >= 2 ** 31:
+        raise RuntimeError(f"pydl.conv2d (triton): the weight gradient needs OH x OW ({OH * OW}) "
+                           "below 2^31")
     splits = _wgrad_splits(K, triton.cdiv(OCg, 64) * triton.cdiv(NCOL, 64) * groups, groups, x.device)
     k_per = triton.cdiv(K, splits)
     splits = triton.cdiv(K, k_per) if K else 1
