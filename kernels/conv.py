@@ -428,10 +428,13 @@ def _is_cl(t) -> bool:
     return t.stride(1) == 1 and t.shape[1] > 1
 
 
+_GEMM_MAX_BLOCK_K = max(c.kwargs["BLOCK_K"] for c in _configs(_GEMM_SHAPES))
+
+
 def _tap_major(t, channels: int) -> bool:
     """The tap-major K loop: channels_last operand whose per-group channel count is a
     multiple of every BLOCK_K of the configurations (so no K step straddles two taps)."""
-    return _is_cl(t) and channels % max(c.kwargs["BLOCK_K"] for c in _configs(_GEMM_SHAPES)) == 0
+    return _is_cl(t) and channels % _GEMM_MAX_BLOCK_K == 0
 
 
 def _upcast(t) -> bool:

@@ -24,7 +24,10 @@
 //     split-K slice for the weight gradient), blockIdx.x the row tile (and the stride
 //     phase for the input gradient): the problem's part() says which;
 //   - per K step the block stages a 64 x BK tile of A and a BK x 64 tile of B in shared
-//     memory (each element fetched once from global memory, then reused 64 times);
+//     memory (each element fetched once from global memory, then reused 64 times); the
+//     step's BK reduction indices are decoded once each (the problem's kinfo, into shared
+//     memory) and the block's 64 columns once per block (ninfo), so the element loads do
+//     additions and bounds tests, no divisions;
 //   - float32 / float64 (SIMT engine): 256 threads, each accumulating a 4 x 4 sub-tile with
 //     FMAs in registers -- float32 when TF32 is not allowed (torch's cuDNN conv setting,
 //     torch.backends.cudnn.allow_tf32 / cudnn.conv.fp32_precision), and float64;
@@ -117,18 +120,26 @@ struct FwdProblem {
     r.iw0 = ow * s.sw - s.pw;
     return r;
   }
-  __device__ T a(const Row& r, int64_t k) const {
+  // Column k = (c, kh, kw) of a K step, decoded once per step for the whole block (kinfo,
+  // kept in shared memory by the engine) instead of once per element: its offset inside a
+  // row's window and in the weight, and its tap displacement for the window test.
+  struct KInfo { int64_t xoff, woff, dh, dw; };
+  __device__ KInfo kinfo(int64_t k, const Part&) const {
     const int64_t khw = s.KH * s.KW;
     const int64_t c = idiv(k, khw), t = k - c * khw, kh = idiv(t, s.KW), kw = t - kh * s.KW;
-    const int64_t ih = r.ih0 + kh * s.dh, iw = r.iw0 + kw * s.dw;
-    if (!r.ok || ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) return zero<T>();
-    return r.base[c * xs.c + ih * xs.h + iw * xs.w];
+    const int64_t dh = kh * s.dh, dw = kw * s.dw;
+    return {c * xs.c + dh * xs.h + dw * xs.w, c * ws.c + kh * ws.h + kw * ws.w, dh, dw};
   }
-  __device__ T b_at(int64_t k, int64_t n, const Part& p) const {
-    if (n >= N) return zero<T>();
-    const int64_t khw = s.KH * s.KW;
-    const int64_t c = idiv(k, khw), t = k - c * khw, kh = idiv(t, s.KW), kw = t - kh * s.KW;
-    return w[(p.g * N + n) * ws.n + c * ws.c + kh * ws.h + kw * ws.w];
+  // Column n of the block (an output channel), decoded once per block.
+  struct NInfo { int64_t woff; bool ok; };
+  __device__ NInfo ninfo(int64_t n, const Part& p) const { return {(p.g * N + n) * ws.n, n < N}; }
+  __device__ T a(const Row& r, const KInfo& k) const {
+    const int64_t ih = r.ih0 + k.dh, iw = r.iw0 + k.dw;
+    if (!r.ok || ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) return zero<T>();
+    return r.base[r.ih0 * xs.h + r.iw0 * xs.w + k.xoff];
+  }
+  __device__ T b_at(const KInfo& k, const NInfo& n, const Part&) const {
+    return n.ok ? w[n.woff + k.woff] : zero<T>();
   }
   // The epilogue: output row m's offset (-1: past M) is decoded once per row (out_row),
   // then store() adds the column's.
@@ -179,7 +190,7 @@ struct DgradProblem {
   int64_t M, N, K;          // rows of the largest phase, C/groups, its reduction length
   int64_t kstep_h, kstep_w, doff_h, doff_w, tiles_m;
 
-  struct Row { const T* base; int64_t oh0, ow0, taps, taps_w; bool ok; };
+  struct Row { const T* base; int64_t oh0, ow0; bool ok; };
 
   __device__ Part part(int64_t bx, int64_t z) const {
     const int64_t phase = idiv(bx, tiles_m), rh = idiv(phase, s.sw), rw = phase - rh * s.sw;
@@ -199,22 +210,26 @@ struct DgradProblem {
     r.base = dy + n * gs.n + p.g * s.OCg() * gs.c;
     r.oh0 = qh + p.ph.off0;  // the dy row and column the phase's first tap reads
     r.ow0 = qw + p.pw.off0;
-    r.taps = p.ph.taps * p.pw.taps;
-    r.taps_w = p.pw.taps;
     return r;
   }
-  __device__ T a(const Row& r, int64_t k) const {  // k = (j, u, v), v fastest
-    const int64_t j = idiv(k, r.taps), t = k - j * r.taps, u = idiv(t, r.taps_w), v = t - u * r.taps_w;
-    const int64_t oh = r.oh0 - u * doff_h, ow = r.ow0 - v * doff_w;
-    if (!r.ok || oh < 0 || oh >= s.OH || ow < 0 || ow >= s.OW) return zero<T>();
-    return r.base[j * gs.c + oh * gs.h + ow * gs.w];
-  }
-  __device__ T b_at(int64_t k, int64_t n, const Part& p) const {
-    if (n >= N) return zero<T>();
+  // k = (j, u, v), v fastest: output channel j through the phase's tap (kh0 + u*kstep_h,
+  // kw0 + v*kstep_w), which reads dy at (oh0 - du, ow0 - dv); decoded once per K step.
+  struct KInfo { int64_t gyoff, woff, du, dv; };
+  __device__ KInfo kinfo(int64_t k, const Part& p) const {
     const int64_t taps = p.ph.taps * p.pw.taps;
     const int64_t j = idiv(k, taps), t = k - j * taps, u = idiv(t, p.pw.taps), v = t - u * p.pw.taps;
-    const int64_t kh = p.ph.k0 + u * kstep_h, kw = p.pw.k0 + v * kstep_w;
-    return w[(p.g * s.OCg() + j) * ws.n + n * ws.c + kh * ws.h + kw * ws.w];
+    const int64_t kh = p.ph.k0 + u * kstep_h, kw = p.pw.k0 + v * kstep_w, du = u * doff_h, dv = v * doff_w;
+    return {j * gs.c - du * gs.h - dv * gs.w, (p.g * s.OCg() + j) * ws.n + kh * ws.h + kw * ws.w, du, dv};
+  }
+  struct NInfo { int64_t woff; bool ok; };  // input channel n
+  __device__ NInfo ninfo(int64_t n, const Part&) const { return {n * ws.c, n < N}; }
+  __device__ T a(const Row& r, const KInfo& k) const {
+    const int64_t oh = r.oh0 - k.du, ow = r.ow0 - k.dv;
+    if (!r.ok || oh < 0 || oh >= s.OH || ow < 0 || ow >= s.OW) return zero<T>();
+    return r.base[r.oh0 * gs.h + r.ow0 * gs.w + k.gyoff];
+  }
+  __device__ T b_at(const KInfo& k, const NInfo& n, const Part&) const {
+    return n.ok ? w[k.woff + n.woff] : zero<T>();
   }
   __device__ int64_t out_row(int64_t m, const Part& p) const {
     const int64_t plane = p.ph.n * p.pw.n;
@@ -271,22 +286,28 @@ struct WgradProblem {
     r.base = dy + (p.g * M + (r.ok ? m : 0)) * gs.c;
     return r;
   }
-  __device__ T a(const Row& r, int64_t k) const {
-    if (!r.ok) return zero<T>();
+  // k = (n, oh, ow), decoded once per K step: its dy offset, and the x offset and position
+  // of the top-left of its window.
+  struct KInfo { int64_t gyoff, xoff, ih0, iw0; };
+  __device__ KInfo kinfo(int64_t k, const Part&) const {
     const int64_t plane = s.OH * s.OW;
     const int64_t n = idiv(k, plane), hw = k - n * plane, oh = idiv(hw, s.OW), ow = hw - oh * s.OW;
-    return r.base[n * gs.n + oh * gs.h + ow * gs.w];
+    const int64_t ih0 = oh * s.sh - s.ph, iw0 = ow * s.sw - s.pw;
+    return {n * gs.n + oh * gs.h + ow * gs.w, n * xs.n + ih0 * xs.h + iw0 * xs.w, ih0, iw0};
   }
-  __device__ T b_at(int64_t k, int64_t col, const Part& p) const {
-    if (col >= N) return zero<T>();
-    const int64_t g = p.g;
-    const int64_t khw = s.KH * s.KW;
-    const int64_t c = idiv(col, khw), t = col - c * khw, kh = idiv(t, s.KW), kw = t - kh * s.KW;
-    const int64_t plane = s.OH * s.OW;
-    const int64_t n = idiv(k, plane), hw = k - n * plane, oh = idiv(hw, s.OW), ow = hw - oh * s.OW;
-    const int64_t ih = oh * s.sh - s.ph + kh * s.dh, iw = ow * s.sw - s.pw + kw * s.dw;
-    if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) return zero<T>();
-    return x[n * xs.n + (g * s.Cg() + c) * xs.c + ih * xs.h + iw * xs.w];
+  // col = (c, kh, kw), decoded once per block: its x offset and tap displacement.
+  struct NInfo { int64_t xoff, dh, dw; bool ok; };
+  __device__ NInfo ninfo(int64_t col, const Part& p) const {
+    const int64_t khw = s.KH * s.KW, cc = col < N ? col : 0;
+    const int64_t c = idiv(cc, khw), t = cc - c * khw, kh = idiv(t, s.KW), kw = t - kh * s.KW;
+    const int64_t dh = kh * s.dh, dw = kw * s.dw;
+    return {(p.g * s.Cg() + c) * xs.c + dh * xs.h + dw * xs.w, dh, dw, col < N};
+  }
+  __device__ T a(const Row& r, const KInfo& k) const { return r.ok ? r.base[k.gyoff] : zero<T>(); }
+  __device__ T b_at(const KInfo& k, const NInfo& n, const Part&) const {
+    const int64_t ih = k.ih0 + n.dh, iw = k.iw0 + n.dw;
+    if (!n.ok || ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) return zero<T>();
+    return x[k.xoff + n.xoff];
   }
   __device__ int64_t out_row(int64_t m, const Part&) const { return m < M ? m : -1; }
   __device__ void store(int64_t m, int64_t col, const Part& p, Acc v) const {
@@ -353,12 +374,15 @@ __global__ void __launch_bounds__(256) gemm_simt_kernel(const P p) {
   constexpr int BK = 16;
   __shared__ Acc As[BK][kTile];
   __shared__ Acc Bs[BK][kTile + 1];  // +1: the column-wise stores below avoid bank conflicts
+  __shared__ typename P::KInfo Ks[BK];     // this K step's columns of A / rows of B, decoded
+  __shared__ typename P::NInfo Ns[kTile];  // the block's columns of B, decoded
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const Part part = p.part(blockIdx.x, blockIdx.z);
   const int64_t m0 = part.m0, n0 = int64_t(blockIdx.y) * kTile;
   // every thread loads A elements of one row (tid % 64): decode that row once
   const int am = tid % kTile;
   const auto row = p.row(m0 + am, part);
+  if (tid < kTile) Ns[tid] = p.ninfo(n0 + tid, part);
   Acc acc[4][4];
 #pragma unroll
   for (int i = 0; i < 4; ++i)
@@ -366,17 +390,17 @@ __global__ void __launch_bounds__(256) gemm_simt_kernel(const P p) {
     for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
 
   for (int64_t k0 = part.k_lo; k0 < part.k_hi; k0 += BK) {
+    if (tid < BK && k0 + tid < part.k_hi) Ks[tid] = p.kinfo(k0 + tid, part);
+    __syncthreads();
 #pragma unroll
     for (int i = 0; i < 4; ++i) {  // A: 64 x 16, consecutive threads -> consecutive rows
       const int kl = tid / kTile + 4 * i;
-      const int64_t k = k0 + kl;
-      As[kl][am] = k < part.k_hi ? to_c(p.a(row, k)) : Acc(0);
+      As[kl][am] = k0 + kl < part.k_hi ? to_c(p.a(row, Ks[kl])) : Acc(0);
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {  // B: 16 x 64, consecutive threads -> consecutive k
       const int e = tid + 256 * i, kl = e % BK, nl = e / BK;
-      const int64_t k = k0 + kl;
-      Bs[kl][nl] = k < part.k_hi ? to_c(p.b_at(k, n0 + nl, part)) : Acc(0);
+      Bs[kl][nl] = k0 + kl < part.k_hi ? to_c(p.b_at(Ks[kl], Ns[nl], part)) : Acc(0);
     }
     __syncthreads();
 #pragma unroll
@@ -420,12 +444,15 @@ __global__ void __launch_bounds__(128) gemm_wmma_kernel(const P p) {
   __shared__ __align__(32) T As[kTile * LDA];   // A tile, row-major [m][k]
   __shared__ __align__(32) T Bs[BK * LDB];      // B tile, row-major [k][n]
   __shared__ __align__(32) float Cs[kTile * LDC];
+  __shared__ typename P::KInfo Ks[BK];     // this K step's columns of A / rows of B, decoded
+  __shared__ typename P::NInfo Ns[kTile];  // the block's columns of B, decoded
   const int tid = threadIdx.x, warp = tid / 32, wm = warp / 2, wn = warp % 2;
   const Part part = p.part(blockIdx.x, blockIdx.z);
   const int64_t m0 = part.m0, n0 = int64_t(blockIdx.y) * kTile;
   const int am = tid % kTile;
   const auto row = p.row(m0 + am, part);
   const T z = zero<T>();
+  if (tid < kTile) Ns[tid] = p.ninfo(n0 + tid, part);
 
   wmma::fragment<wmma::accumulator, 16, 16, FK, float> c[2][2];
 #pragma unroll
@@ -434,17 +461,21 @@ __global__ void __launch_bounds__(128) gemm_wmma_kernel(const P p) {
     for (int j = 0; j < 2; ++j) wmma::fill_fragment(c[i][j], 0.0f);
 
   for (int64_t k0 = part.k_lo; k0 < part.k_hi; k0 += BK) {
+    // Each k of the step is decoded once, by one thread, for the whole block: the loads
+    // below then read its offsets from shared memory instead of dividing per element.
+    if (tid < BK && k0 + tid < part.k_hi) Ks[tid] = p.kinfo(k0 + tid, part);
+    __syncthreads();
 #pragma unroll 4
     for (int i = 0; i < 16; ++i) {  // A: 64 x 32
       const int kl = tid / kTile + 2 * i;
-      const int64_t k = k0 + kl;
-      As[am * LDA + kl] = k < part.k_hi ? p.a(row, k) : z;
+      As[am * LDA + kl] = k0 + kl < part.k_hi ? p.a(row, Ks[kl]) : z;
     }
+    const int kb = tid % BK;        // B: 32 x 64, this thread's k row fixed
+    const bool kb_ok = k0 + kb < part.k_hi;
 #pragma unroll 4
-    for (int i = 0; i < 16; ++i) {  // B: 32 x 64
-      const int kl = tid % BK, nl = tid / BK + 4 * i;
-      const int64_t k = k0 + kl;
-      Bs[kl * LDB + nl] = k < part.k_hi ? p.b_at(k, n0 + nl, part) : z;
+    for (int i = 0; i < 16; ++i) {
+      const int nl = tid / BK + 4 * i;
+      Bs[kb * LDB + nl] = kb_ok ? p.b_at(Ks[kb], Ns[nl], part) : z;
     }
     __syncthreads();
 #pragma unroll
