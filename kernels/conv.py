@@ -48,7 +48,8 @@ Index arithmetic -- what keeps a gather GEMM's registers free for its tiles:
   Addresses are int64 (each index is widened before it meets a stride), so tensors past
   2^31 elements index correctly. tests/triton_aot.py compiles these kernels for sm_90 and
   checks they fit the registers (no spilling on the 16-bit channels_last path).
-Block shapes are autotuned on the GPU; under the interpreter (TRITON_INTERPRET=1) a single
+Block shapes are autotuned on the GPU (configurations pruned by _fits_smem: shared memory
+for the element size, BLOCK_K = 64 only on tap-major loops); under the interpreter (TRITON_INTERPRET=1) a single
 16x16x16 configuration is used (tl.dot needs every block dimension >= 16). float32 uses TF32 tensor cores only
 when the caller says torch would (torch.backends.cudnn.allow_tf32 on the GPU).
 """
@@ -72,8 +73,24 @@ def _configs(gpu_shapes):
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): big tiles for wide layers, a narrow-N one for
 # few output channels per group. Kept to a few: every config is compiled for every
 # constexpr combination (dtype, layout, bias, relu) the first time it is tuned.
-_GEMM_SHAPES = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 64, 32, 4, 4), (128, 16, 32, 4, 3)]
+# The two BLOCK_K = 64 ones halve the per-step overhead of the tap-major loops (twice the
+# tensor-core work per step); they are pruned elsewhere (_fits_smem).
+_GEMM_SHAPES = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 64, 32, 4, 4), (128, 16, 32, 4, 3),
+                (128, 128, 64, 8, 3), (128, 64, 64, 8, 3)]
 _WGRAD_SHAPES = [(64, 64, 64, 4, 3), (128, 64, 32, 8, 3), (16, 64, 64, 4, 3)]
+SMEM_BUDGET = 200 * 1024  # bytes of operand tiles a config may stage (an H100 block has 227 KiB)
+
+
+def _fits_smem(configs, named_args, **kwargs):
+    """Autotuner pruning: the configurations whose staged A and B tiles (num_stages deep) fit
+    the shared memory for this element size -- float64 doubles float32's -- and, for the
+    forward and input-gradient kernels, BLOCK_K = 64 only on their tap-major path (the
+    gather path's 2-D index tiles at that width no longer fit the registers)."""
+    size = next(v for v in named_args.values() if isinstance(v, torch.Tensor)).element_size()
+    ok = [c for c in configs if (c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * c.kwargs["BLOCK_K"]
+          * size * c.num_stages <= SMEM_BUDGET
+          and (kwargs.get("TAP_MAJOR", True) or c.kwargs["BLOCK_K"] <= 32)]
+    return ok or configs[:1]
 
 
 @triton.jit
@@ -99,7 +116,8 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 # --------------------------------------------------------------------------------- forward
-@triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "OCg", "K", "K_CL", "IDX", "TAP_MAJOR"])
+@triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "OCg", "K", "K_CL", "IDX", "TAP_MAJOR"],
+                 prune_configs_by={"early_config_prune": _fits_smem})
 @triton.jit
 def conv2d_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                       H, W, OH, OW, M, Cg, OCg, K, KH, KW,
@@ -202,7 +220,8 @@ def conv2d_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
 # phases no tap reaches just store zeros). Stride 1 is the one-phase case. Program (i, j, g)
 # takes phase i // TILES_M, row tile i % TILES_M of it (a phase can have fewer rows than the
 # largest: its extra tiles return at once).
-@triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "Cg", "K", "K_CL", "IDX", "TAP_MAJOR"])
+@triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "Cg", "K", "K_CL", "IDX", "TAP_MAJOR"],
+                 prune_configs_by={"early_config_prune": _fits_smem})
 @triton.jit
 def conv2d_bwd_input_kernel(g_ptr, w_ptr, dx_ptr, phase_ptr,
                             OH, OW, M, Cg, OCg, K,
@@ -304,7 +323,8 @@ def conv2d_bwd_input_kernel(g_ptr, w_ptr, dx_ptr, phase_ptr,
 # is split into SPLITS slices (split-K): program (i, j, g*SPLITS + s) writes the partial
 # sums of its slice to a float32 (float64) workspace [SPLITS, OC, NCOL], and
 # conv2d_wgrad_reduce_kernel adds the slices in a fixed order (deterministic) into dw.
-@triton.autotune(configs=_configs(_WGRAD_SHAPES), key=["OCg", "NCOL", "K_PER", "N_CL", "IDX"])
+@triton.autotune(configs=_configs(_WGRAD_SHAPES), key=["OCg", "NCOL", "K_PER", "N_CL", "IDX"],
+                 prune_configs_by={"early_config_prune": _fits_smem})
 @triton.jit
 def conv2d_bwd_weight_kernel(g_ptr, x_ptr, work_ptr,
                              H, W, OH, OW, Cg, OCg, OC, NCOL, K, K_PER, SPLITS, KH, KW,

@@ -477,10 +477,10 @@ def test_triton_tap_major_paths(backend, device):
     against torch in float32 and bfloat16 -- 3x3 with padding, strided and dilated, 1x1,
     grouped, with bias and ReLU -- and the path is the one taken; then the input gradient."""
     from pydl.kernels import conv as tc
-    rows = [((2, 32, 5, 6), (8, 32, 3, 3), dict(padding=1)),
-            ((1, 32, 7, 7), (6, 32, 3, 3), dict(stride=2, padding=2, dilation=2)),
-            ((2, 32, 3, 4), (5, 32, 1, 1), dict()),
-            ((1, 64, 5, 5), (4, 32, 3, 2), dict(padding=(1, 0), groups=2))]
+    rows = [((2, 64, 5, 6), (8, 64, 3, 3), dict(padding=1)),
+            ((1, 64, 7, 7), (6, 64, 3, 3), dict(stride=2, padding=2, dilation=2)),
+            ((2, 64, 3, 4), (5, 64, 1, 1), dict()),
+            ((1, 128, 5, 5), (4, 64, 3, 2), dict(padding=(1, 0), groups=2))]
     gen = torch.Generator().manual_seed(5)
     for dtype in (torch.float32, torch.bfloat16):
         for xs, ws, kw in rows:
@@ -497,9 +497,9 @@ def test_triton_tap_major_paths(backend, device):
     assert not tc._tap_major(torch.randn(1, 32, 3, 3), 32)  # NCHW
     # the input gradient's tap-major loop (output channels per group a multiple of BLOCK_K),
     # over stride phases; dx starts as NaN so an unwritten element shows
-    for xs, ws, st, pd, dl, g in [((2, 8, 7, 6), (32, 8, 3, 3), (2, 2), (1, 1), (1, 1), 1),
-                                  ((1, 8, 5, 7), (32, 8, 1, 1), (2, 2), (0, 0), (1, 1), 1),
-                                  ((1, 8, 6, 5), (64, 4, 3, 3), (1, 1), (2, 2), (2, 2), 2)]:
+    for xs, ws, st, pd, dl, g in [((2, 8, 7, 6), (64, 8, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+                                  ((1, 8, 5, 7), (64, 8, 1, 1), (2, 2), (0, 0), (1, 1), 1),
+                                  ((1, 8, 6, 5), (128, 4, 3, 3), (1, 1), (2, 2), (2, 2), 2)]:
         x = torch.randn(xs, dtype=torch.float64, generator=gen)
         w = torch.randn(ws, dtype=torch.float64, generator=gen)
         gy = torch.randn_like(TF.conv2d(x, w, None, st, pd, dl, g))
@@ -510,6 +510,28 @@ def test_triton_tap_major_paths(backend, device):
         tc.conv2d_bwd_input(gyd, w.to(device, torch.float32), dx, list(st), [pd[0], pd[1], pd[0], pd[1]],
                             list(dl), g, False)
         torch.testing.assert_close(dx.double().cpu(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_triton_config_pruning():
+    """The GPU autotuner's pruning (kernels/conv.py::_fits_smem): float64 drops the tiles whose
+    staged operands exceed the shared-memory budget, and BLOCK_K = 64 runs only on the
+    tap-major path (tests/triton_aot.py compiles what is left and checks registers)."""
+    triton = pytest.importorskip("triton")
+    from pydl.kernels import conv as tc
+    cfgs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
+            for m, n, k, w, st in tc._GEMM_SHAPES]
+
+    def kept(dtype, tap_major):
+        args = {"x_ptr": torch.empty(1, dtype=dtype)}
+        return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"])
+                for c in tc._fits_smem(cfgs, args, TAP_MAJOR=tap_major)}
+
+    assert (128, 128, 64) in kept(torch.bfloat16, True) and (128, 128, 64) in kept(torch.float32, True)
+    assert all(k <= 32 for _, _, k in kept(torch.bfloat16, False))
+    for m, n, k in kept(torch.float64, True):
+        stages = next(st for mm, nn, kk, _, st in tc._GEMM_SHAPES if (mm, nn, kk) == (m, n, k))
+        assert (m + n) * k * 8 * stages <= tc.SMEM_BUDGET
+    assert kept(torch.float64, True) and (128, 128, 64) not in kept(torch.float64, True)
 
 
 # (input, weight, stride, padding, dilation, groups): stride phases that no tap reaches (1x1

@@ -111,8 +111,11 @@ def _jit_run(self, *args, grid, warmup, **kwargs):
 
 
 def _autotune_run(self, *args, **kwargs):
-    # every config the tuner would time (or the pinned one), each recorded as a launch
-    for cfg in self.configs:
+    # every config the tuner would time (after its pruning; or the pinned one), each
+    # recorded as a launch
+    self.nargs = dict(zip(self.arg_names, args))
+    configs = self.prune_configs(kwargs) if len(self.configs) > 1 else self.configs
+    for cfg in configs:
         self.fn.run(*args, **kwargs, **cfg.all_kwargs())
 
 
