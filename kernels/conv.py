@@ -115,6 +115,21 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
 
 
+@triton.jit
+def _next_tap(c, col, row, C, COLS, BLOCK_K: tl.constexpr):
+    """The tap-major loops' counters one K step on: the next BLOCK_K channels c of the tap
+    (row, col), or channel 0 of the next tap (col, then row, wrapping at COLS) -- a mixed-radix
+    increment with compares instead of divisions."""
+    c += BLOCK_K
+    wrap = c >= C
+    c = tl.where(wrap, 0, c)
+    col = tl.where(wrap, col + 1, col)
+    wrap = col >= COLS
+    col = tl.where(wrap, 0, col)
+    row = tl.where(wrap, row + 1, row)
+    return c, col, row
+
+
 # --------------------------------------------------------------------------------- forward
 @triton.autotune(configs=_configs(_GEMM_SHAPES), key=["M", "OCg", "K", "K_CL", "IDX", "TAP_MAJOR"],
                  prune_configs_by={"early_config_prune": _fits_smem})
@@ -165,13 +180,7 @@ def conv2d_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
             w_off = tc * swc + th.to(tl.int64) * swh + tw.to(tl.int64) * sww
             b = tl.load((w_col + w_off)[None, :] + (rc * swc)[:, None], mask=n_ok[None, :], other=0.0)
             acc = _dot(a, b, acc, PRECISION, UPCAST)
-            tc += BLOCK_K                      # next channel chunk, or the next tap
-            wrap = tc >= Cg
-            tc = tl.where(wrap, 0, tc)
-            tw = tl.where(wrap, tw + 1, tw)
-            wrap = tw >= KW
-            tw = tl.where(wrap, 0, tw)
-            th = tl.where(wrap, th + 1, th)
+            tc, tw, th = _next_tap(tc, tw, th, Cg, KW, BLOCK_K)
     for k0 in range(0, 0 if TAP_MAJOR else K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K).to(IDX)
         if K_CL:   # k = (kh, kw, c): channels contiguous in NHWC memory
@@ -279,13 +288,7 @@ def conv2d_bwd_input_kernel(g_ptr, w_ptr, dx_ptr, phase_ptr,
             b = tl.load((w_col + w_off)[None, :] + (rj.to(tl.int64) * swo)[:, None], mask=n_ok[None, :],
                         other=0.0)
             acc = _dot(a, b, acc, PRECISION, UPCAST)
-            tj += BLOCK_K                      # next channel chunk, or the next tap step
-            wrap = tj >= OCg
-            tj = tl.where(wrap, 0, tj)
-            tv = tl.where(wrap, tv + 1, tv)
-            wrap = tv >= nkw
-            tv = tl.where(wrap, 0, tv)
-            tu = tl.where(wrap, tu + 1, tu)
+            tj, tv, tu = _next_tap(tj, tv, tu, OCg, nkw, BLOCK_K)
     for k0 in range(0, 0 if TAP_MAJOR else k_r, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         if K_CL:   # k = (u, v, j): output channels contiguous in NHWC dy

@@ -490,6 +490,8 @@ def test_triton_tap_major_paths(backend, device):
             assert tc._tap_major(x, ws[1])
             y = F.conv2d(x, w, b, activation="relu", backend=backend, **kw)
             ref = TF.relu(TF.conv2d(x.double().cpu(), w.double().cpu(), b.double().cpu(), **kw))
+            # bfloat16 operands carry 8 mantissa bits (output rounded once, K up to 576
+            # float32-accumulated terms); float32 in IEEE mode (tf32=False on these tensors)
             tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
             torch.testing.assert_close(y.double().cpu(), ref, rtol=tol, atol=tol)
             assert y.is_contiguous(memory_format=torch.channels_last)
@@ -509,6 +511,7 @@ def test_triton_tap_major_paths(backend, device):
         dx = torch.full(xs, float("nan"), device=device).contiguous(memory_format=torch.channels_last)
         tc.conv2d_bwd_input(gyd, w.to(device, torch.float32), dx, list(st), [pd[0], pd[1], pd[0], pd[1]],
                             list(dl), g, False)
+        # float32 with float32 accumulation over at most 128 terms
         torch.testing.assert_close(dx.double().cpu(), ref, rtol=1e-4, atol=1e-4)
 
 
@@ -554,7 +557,7 @@ def test_triton_input_grad_stride_phases(backend, device):
     torch's float64 input gradient, in both layouts."""
     from pydl.kernels import conv as tc
     dt = torch.float64 if interpreted(backend, device) else torch.float32
-    tol = 1e-10 if dt == torch.float64 else 1e-4
+    tol = 1e-10 if dt == torch.float64 else 1e-4  # float32 on the GPU: float32 accumulation
     gen = torch.Generator().manual_seed(3)
     for xs, ws, st, pd, dl, g in PHASE_ROWS:
         x = torch.randn(xs, dtype=torch.float64, generator=gen)
