@@ -5,6 +5,9 @@
 #
 #   bench/gpu_validate.sh STEP [OUTDIR]
 #     STEP:   build | test | sanitize | bench | all (= the four, in that order)
+#             | configs (after `all`, on the same warm machine: bench/conv_configs.py, each
+#               Triton conv block configuration timed alone on a few ResNet-50 layers, CONF_S
+#               default 150 s; with the build's pydl already installed)
 #     OUTDIR: default bench/results/<date>_<gpu>_<commit>
 #
 # Sized for a short lease (a GPU session here has 15 minutes of device time, 10 per
@@ -27,7 +30,8 @@
 # (that tool brings back at most 8 files) and the summaries are copied beside it.
 #
 # Writes: build.log, pytest.txt, junit.xml, sanitizer.txt, results.json, table.md,
-# env.json, bench_log.txt, host_overhead_{cuda,triton}.{md,json}. Back on the development machine:
+# env.json, bench_log.txt, host_overhead_{cuda,triton}.{md,json}; configs: conv_configs.{md,json}.
+# Back on the development machine:
 #   tar xzf results.tar.gz -C bench/results/
 #   python -m bench.report --plots bench/results/<folder> && python -m bench.report --readme
 # With the device tool, the whole check is one call:
@@ -101,6 +105,15 @@ bench() {
   echo "bench: $((SECONDS - t)) s"
 }
 
+configs() {
+  local t=$SECONDS
+  $PY -c "import pydl._C" 2>/dev/null || build   # a fresh machine: build first
+  timeout -k 10 "$((${CONF_S:-150} + 30))" $PY bench/conv_configs.py --budget-s "${CONF_S:-150}" \
+    ${CONF_ARGS:-} --json "$out/conv_configs.json" > "$out/conv_configs.md" 2>&1
+  tail -40 "$out/conv_configs.md"
+  echo "configs: $((SECONDS - t)) s"
+}
+
 pack() {
   [ -n "${OUT:-}" ] || return 0
   tar czf "$OUT/results.tar.gz" -C "$(dirname "$out")" "$(basename "$out")"
@@ -113,13 +126,14 @@ case "$step" in
   test) tests ;;
   sanitize) sanitize ;;
   bench) bench ;;
+  configs) configs; pack ;;
   all)  # each step packs what exists so far: a command killed at its limit still returns it
     build; pack
     # the test cap shrinks if the build took long, so the whole run ends by DEADLINE_S
     left=$(( ${DEADLINE_S:-570} - SECONDS - SAN_S - BENCH_S - HOST_S - 30 ))
     [ "$left" -lt "$TEST_S" ] && TEST_S=$(( left > 60 ? left : 60 ))
     tests; pack; sanitize; pack; bench ;;
-  *) echo "usage: $0 build|test|sanitize|bench|all [OUTDIR]" >&2; exit 2 ;;
+  *) echo "usage: $0 build|test|sanitize|bench|all|configs [OUTDIR]" >&2; exit 2 ;;
 esac
 pack
 echo "results in $out"

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+import pydl
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -150,3 +152,20 @@ def test_host_overhead_tool(tmp_path, capsys):
     assert {"conv2d 3x3", "batch_norm train", "max_pool2d 3x3 s2", "relu"} <= {r["op"] for r in rows}
     assert all(r["torch_us"] > 0 and r["pydl_us"] > 0 for r in rows)
     assert "| conv2d 3x3 | fwd |" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(pydl._dispatch._kernels is None, reason="Triton kernels not available")
+def test_conv_configs_tool(tmp_path, capsys):
+    """bench/conv_configs.py: each Triton conv configuration timed alone beside torch, for
+    the forward, input gradient and weight gradient, with its error against torch's result
+    (under the interpreter on the tiny layers: the script works; timings mean nothing)."""
+    from bench import conv_configs
+    out = tmp_path / "cc.json"
+    assert conv_configs.main(["--device", "cpu", "--repeats", "1", "--json", str(out)]) == 0
+    rows = json.load(open(out))["rows"]
+    for which in conv_configs.PASSES:
+        mine = [r for r in rows if r["which"] == which and r["config"] != "torch"]
+        assert mine and any(r["config"].startswith("autotuned") for r in mine)
+        assert all(r["rel_err"] < 2e-2 for r in mine)   # bf16 results against torch's bf16
+        assert any(r["config"] == "torch" for r in rows if r["which"] == which)
+    assert "| tiny.3x3 | dgrad |" in capsys.readouterr().out
