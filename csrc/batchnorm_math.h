@@ -17,8 +17,9 @@
 //                                                                  k = 0 in eval
 //   dresidual = dz
 //
-// The statistics are accumulated with Welford's update and merged with Chan's
-// formula: both work on deviations from a running mean, so a channel with mean 1e4 and
+// The statistics are accumulated with Welford's update (the GPU kernels: its form for a
+// group of values, welford_add_group) and merged with Chan's formula: all work on
+// deviations from a running mean, so a channel with mean 1e4 and
 // std 1e-2 keeps its variance (the textbook E[x^2] - E[x]^2 would cancel it away in
 // float32).
 //
@@ -78,6 +79,22 @@ PYDL_BN_HD void welford_add(Welford<C>& w, C x) {
   const C d = x - w.mean;
   w.mean += d / C(w.n);
   w.m2 += d * (x - w.mean);
+}
+
+// Adds a group of ng values at once: s1 and s2 are the sum and the sum of squares of their
+// deviations d_i = x_i - w.mean from the current mean. With n' = n + ng:
+//   mean' = mean + s1 / n'          m2' = m2 + s2 - s1^2 / n'
+// (Chan's merge of the group's own (ng, mean + s1/ng, s2 - s1^2/ng) into w, simplified:
+// 1/ng - n/(ng n') = 1/n'). For ng = 1 it is welford_add. The GPU kernels use it so that a
+// thread loads a whole group before using any value -- several loads in flight -- and pays
+// one division per group instead of one per value; the deviations are still taken from a
+// running mean, so nothing cancels that welford_add would keep.
+template <typename C>
+PYDL_BN_HD void welford_add_group(Welford<C>& w, C s1, C s2, int64_t ng) {
+  w.n += ng;
+  const C r = C(1) / C(w.n);
+  w.mean += s1 * r;
+  w.m2 += s2 - s1 * s1 * r;
 }
 
 // Chan et al.'s merge of two partial results: exact in exact arithmetic, and stable

@@ -149,22 +149,27 @@ void run(const Cfg& cf, int sms) {
           if (affine) z = z * W[c] + Bi[c] + to_c(R[i]);
           yr[i] = bn_act<A, double>(z, alpha);
         }
-      auto fwd = [&](auto vec) {
+      // narrow: a grid one block tall, so every thread walks many groups of rows (the
+      // launchers' grids give a thread of these small tensors a single group)
+      auto fwd = [&](auto vec, bool narrow = false) {
         constexpr int VEC = decltype(vec)::value;
         std::vector<T> y(total, poison<T>());
-        const ElemGrid eg = elem_grid(outer, C, inner / std::max(VEC, 1));
+        ElemGrid eg = elem_grid(outer, C, inner / std::max(VEC, 1));
+        if (narrow) eg.grid.y = 1;
         launch(eg.grid, eg.block, [&] {
           normalize_kernel<A, T, (VEC == 0), (VEC == 0 ? 1 : VEC)>(
               X.data(), affine ? R.data() : nullptr, y.data(), meanC.data(), varC.data(),
               affine ? W.data() : nullptr, affine ? Bi.data() : nullptr, Cc(eps), Cc(alpha), outer, C, inner);
         });
-        report(base + " fwd " + aname(A) + (affine ? " w,b,r" : " plain") + " vec" + std::to_string(VEC), err(y, yr),
-               tol_t);
-        if (affine) Yact[int(A)] = y;
+        report(base + " fwd " + aname(A) + (affine ? " w,b,r" : " plain") + " vec" + std::to_string(VEC) +
+                   (narrow ? " narrow" : ""), err(y, yr), tol_t);
+        if (affine && !narrow) Yact[int(A)] = y;
       };
       // VEC: 0 = the channels-last walk; 1 = planes, scalar; vec_width = planes, Pack
-      if (cf.cl) fwd(std::integral_constant<int, 0>{});
-      else {
+      if (cf.cl) {
+        fwd(std::integral_constant<int, 0>{});
+        fwd(std::integral_constant<int, 0>{}, true);
+      } else {
         fwd(std::integral_constant<int, 1>{});
         if (inner % vec_width<T>() == 0) fwd(std::integral_constant<int, vec_width<T>()>{});
       }
@@ -218,10 +223,11 @@ void run(const Cfg& cf, int sms) {
           const double xh = (to_c(X[i]) - km[c]) * kis[c];
           dxr[i] = train ? W[c] * kis[c] * (dz[i] - (sdz[c] + xh * sdzxh[c]) / double(M)) : kis[c] * dz[i];
         }
-      auto bwd = [&](auto vec) {
+      auto bwd = [&](auto vec, bool narrow = false) {
         constexpr int VEC = decltype(vec)::value;
         std::vector<T> dx(total, poison<T>()), dzo(total, poison<T>());
-        const ElemGrid eg = elem_grid(outer, C, inner / std::max(VEC, 1));
+        ElemGrid eg = elem_grid(outer, C, inner / std::max(VEC, 1));
+        if (narrow) eg.grid.y = 1;
         launch(eg.grid, eg.block, [&] {
           bwd_elemt_kernel<A, T, (VEC == 0), (VEC == 0 ? 1 : VEC)>(
               G.data(), X.data(), A == BnAct::None ? nullptr : Y.data(), meanC.data(), varC.data(),
@@ -229,12 +235,14 @@ void run(const Cfg& cf, int sms) {
               Cc(1.0 / double(M)), Cc(alpha), dx.data(), train ? dzo.data() : nullptr, outer, C, inner);
         });
         const std::string w = base + " bwd-elemt " + aname(A) + (train ? " train" : " eval") + " vec" +
-                              std::to_string(VEC);
+                              std::to_string(VEC) + (narrow ? " narrow" : "");
         report(w + " dx", err(dx, dxr), tol_t);
         if (train) report(w + " dz", err(dzo, dz), tol_t);
       };
-      if (cf.cl) bwd(std::integral_constant<int, 0>{});
-      else {
+      if (cf.cl) {
+        bwd(std::integral_constant<int, 0>{});
+        bwd(std::integral_constant<int, 0>{}, true);
+      } else {
         bwd(std::integral_constant<int, 1>{});
         if (inner % vec_width<T>() == 0) bwd(std::integral_constant<int, vec_width<T>()>{});
       }

@@ -19,10 +19,16 @@
 //   CL:     a block is TX x TY threads, TX = the channel tile (power of two <= 32),
 //           TY rows; a warp reads TX consecutive channels of a row (coalesced for
 //           C >= 32), and each thread keeps its channel.
+//   Either way a thread takes its values kGroup (8) at a time: it issues the group's loads,
+//   then uses them (walk_channel) -- eight loads in flight where a one-at-a-time loop has
+//   one, which is what a channels-last thread reading 2 bytes a row needs to come near the
+//   memory bandwidth.
 // Inside a block the per-thread states are merged by a shared-memory tree over the
 // rows (fixed order). Statistics: Welford per thread on x - K, K = the channel's first
 // value (every block reads the same K), so a channel with mean 1e4 and std 1e-2 keeps its
-// precision in float32; Chan's merge for the partials; K is added back at the end.
+// precision in float32 -- updated once per group (welford_add_group: the group's sums of
+// deviations from the running mean, one division a group instead of one a value); Chan's
+// merge for the partials; K is added back at the end.
 //
 // Elementwise passes (normalize, input gradient):
 //   planes: 16-byte vector loads/stores (Pack) when the plane size allows;
@@ -31,7 +37,8 @@
 //           does not leave 4/5 of the threads idle), by planes; a thread loads its
 //           channel's coefficients once per plane and streams along it.
 //   CL:     the same TX x TY blocks as the reductions; each thread keeps its channel's
-//           coefficients in registers and walks rows.
+//           coefficients in registers and walks rows, kGroup rows a step: their loads
+//           first, then the results.
 // Indices are 64-bit throughout. float16/bfloat16 are computed in float.
 //
 // This header holds the device code and the launch geometry (so the emulation launches
@@ -83,23 +90,74 @@ inline ReduceGrid reduce_grid(int64_t outer, int64_t C, int64_t inner) {
   return g;
 }
 
-// Calls f(offset) for the values j = jb + lane, jb + lane + step, ... < je of channel c.
+// A thread reads its values kGroup at a time: the group's loads are issued together, then
+// used -- kGroup loads in flight per thread instead of one. A channels-last thread reads one
+// 2-byte (bf16) value per row, and with one load outstanding at a time a GPU holds too few
+// bytes in flight to reach its memory bandwidth (Little's law: ~4.8 TB/s x ~0.7 us is ~25 KB
+// per SM, against 64 warps x 32 lanes x 2 B = 4 KB).
+constexpr int kGroup = 8;
+
+// Calls f(off, cnt) for the values j = jb + lane, jb + lane + step, ... < je of channel c, in
+// groups: off[0 .. cnt-1] are the offsets of the next cnt <= kGroup of them. A full group
+// passes cnt as the constant kGroup (std::integral_constant), so f's tests u < cnt fold
+// away there; only a thread's last group pays them.
+template <typename F>
+__device__ __forceinline__ void call_group(F& f, const int64_t* off, int cnt) {
+  if (cnt == kGroup) f(off, std::integral_constant<int, kGroup>{});
+  else f(off, cnt);
+}
+
+// How many of i, i + step, ... lie below end, at most kGroup: counted, not divided (a 64-bit
+// division is a long software routine on the GPU; this runs once per group).
+__device__ __forceinline__ int group_count(int64_t i, int64_t end, int64_t step) {
+  if (i + (kGroup - 1) * step < end) return kGroup;
+  int cnt = 0;
+  for (; i < end; i += step) ++cnt;
+  return cnt;
+}
+
 template <bool CL, typename F>
 __device__ __forceinline__ void walk_channel(int64_t jb, int64_t je, int lane, int step, int64_t C,
                                              int64_t inner, int64_t c, F&& f) {
   int64_t j = jb + lane;
-  if (CL) {
-    for (; j < je; j += step) f(j * C + c);
+  if (j >= je) return;
+  int64_t off[kGroup];
+  if (CL) {  // value j of channel c sits at j*C + c: offsets advance by step*C
+    const int64_t d = int64_t(step) * C;
+    for (int64_t base = j * C + c; j < je; j += int64_t(kGroup) * step, base += kGroup * d) {
+      const int cnt = group_count(j, je, step);
+      off[0] = base;
+#pragma unroll
+      for (int u = 1; u < kGroup; ++u) off[u] = off[u - 1] + d;
+      call_group(f, off, cnt);
+    }
   } else {
-    if (j >= je) return;
     int64_t o = j / inner, i = j - o * inner;  // one division; then step incrementally
     const int64_t dq = step / inner, dr = step - dq * inner;
-    for (; j < je; j += step) {
-      f((o * C + c) * inner + i);
-      i += dr;
-      o += dq;
-      if (i >= inner) { i -= inner; ++o; }
+    while (j < je) {
+      int cnt = 0;
+      for (; cnt < kGroup && j < je; ++cnt, j += step) {
+        off[cnt] = (o * C + c) * inner + i;
+        i += dr;
+        o += dq;
+        if (i >= inner) { i -= inner; ++o; }
+      }
+      call_group(f, off, cnt);
     }
+  }
+}
+
+// The channels-last elementwise walk: thread rows o0, o0 + stride, ... < outer (a grid-
+// stride loop over rows), kGroup rows a step; calls f(e, d, cnt) with e the element index
+// of the group's first row (o*C + c), d = stride*C the distance to the next, cnt as above.
+template <typename F>
+__device__ __forceinline__ void walk_rows(int64_t outer, int64_t C, int64_t c, F&& f) {
+  const int64_t stride = int64_t(gridDim.y) * blockDim.y, d = stride * C;
+  int64_t o = int64_t(blockIdx.y) * blockDim.y + threadIdx.y;
+  for (int64_t e = o * C + c; o < outer; o += kGroup * stride, e += kGroup * d) {
+    const int cnt = group_count(o, outer, stride);
+    if (cnt == kGroup) f(e, d, std::integral_constant<int, kGroup>{});
+    else f(e, d, cnt);
   }
 }
 
@@ -119,8 +177,19 @@ __global__ void stats_partial_kernel(const T* __restrict__ x, int64_t C, int64_t
   Welford<Cc> w{Cc(0), Cc(0), 0};
   if (c < C) {
     const Cc k = to_c(x[c * inner]);  // the shift K: value j = 0 of channel c
-    walk_channel<CL>(jb, je, ty, blockDim.y, C, inner, c,
-                     [&](int64_t off) { welford_add(w, to_c(x[off]) - k); });
+    walk_channel<CL>(jb, je, ty, blockDim.y, C, inner, c, [&](const int64_t* off, auto cnt) {
+      Cc v[kGroup];
+#pragma unroll
+      for (int u = 0; u < kGroup; ++u) v[u] = u < cnt ? to_c(x[off[u]]) - k : Cc(0);  // loads first
+      Cc s1 = 0, s2 = 0;  // the group's deviations from the running mean
+#pragma unroll
+      for (int u = 0; u < kGroup; ++u) {
+        const Cc d = u < cnt ? v[u] - w.mean : Cc(0);
+        s1 += d;
+        s2 += d * d;
+      }
+      welford_add_group(w, s1, s2, cnt);
+    });
   }
   const int idx = ty * blockDim.x + tx;
   s_mean[idx] = w.mean;
@@ -198,11 +267,20 @@ __global__ void bwd_reduce_partial_kernel(const T* __restrict__ g, const T* __re
   Cc sa = 0, sb = 0;
   if (c < C) {
     const Cc m = mean[c];
-    walk_channel<CL>(jb, je, ty, blockDim.y, C, inner, c, [&](int64_t off) {
-      const Cc dz = bn_act_grad<A, Cc>(to_c(g[off]), A == BnAct::None ? Cc(0) : to_c(y[off]),
-                                       alpha);
-      sa += dz;
-      sb += dz * (to_c(x[off]) - m);
+    walk_channel<CL>(jb, je, ty, blockDim.y, C, inner, c, [&](const int64_t* off, auto cnt) {
+      Cc gv[kGroup], yv[kGroup], xv[kGroup];
+#pragma unroll
+      for (int u = 0; u < kGroup; ++u) {  // loads first
+        gv[u] = u < cnt ? to_c(g[off[u]]) : Cc(0);
+        yv[u] = u < cnt && A != BnAct::None ? to_c(y[off[u]]) : Cc(0);
+        xv[u] = u < cnt ? to_c(x[off[u]]) : m;
+      }
+#pragma unroll
+      for (int u = 0; u < kGroup; ++u) {  // then the sums, in the values' order
+        const Cc dz = bn_act_grad<A, Cc>(gv[u], yv[u], alpha);
+        sa += u < cnt ? dz : Cc(0);
+        sb += u < cnt ? dz * (xv[u] - m) : Cc(0);
+      }
     });
   }
   const int idx = ty * blockDim.x + tx;
@@ -271,13 +349,23 @@ __global__ void normalize_kernel(const T* __restrict__ x, const T* __restrict__ 
     if (r) z += to_c(r[idx]);
     y[idx] = from_c<T>(bn_act<A, Cc>(z, alpha));
   };
-  if constexpr (CL) {
+  if constexpr (CL) {  // kGroup rows a step: their loads, then their results
     const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (c >= C) return;
     const FwdCoef<Cc> k(mean, var, w, b, eps, c);
-    for (int64_t o = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; o < outer;
-         o += int64_t(gridDim.y) * blockDim.y)
-      one(o * C + c, k);
+    walk_rows(outer, C, c, [&](int64_t e, int64_t d, auto cnt) {
+      Cc z[kGroup];
+#pragma unroll
+      for (int u = 0; u < kGroup; ++u) {
+        if (u < cnt) {
+          z[u] = (to_c(x[e + u * d]) - k.mean) * k.scale + k.shift;
+          if (r) z[u] += to_c(r[e + u * d]);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kGroup; ++u)
+        if (u < cnt) y[e + u * d] = from_c<T>(bn_act<A, Cc>(z[u], alpha));
+    });
   } else {
     const int64_t nv = inner / VEC;
     for (int64_t p = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; p < outer * C;
@@ -336,13 +424,29 @@ __global__ void bwd_elemt_kernel(const T* __restrict__ g, const T* __restrict__ 
     if (dzo) dzo[idx] = from_c<T>(dz);
     dx[idx] = from_c<T>((dz - q.a - (to_c(x[idx]) - q.mean) * q.bb) * q.scale);
   };
-  if constexpr (CL) {
+  if constexpr (CL) {  // kGroup rows a step, loads first (as in normalize_kernel)
     const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (c >= C) return;
     const BwdCoef<Cc> q(mean, var, w, sdz, sdzxh, eps, k, c);
-    for (int64_t o = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; o < outer;
-         o += int64_t(gridDim.y) * blockDim.y)
-      one(o * C + c, q);
+    walk_rows(outer, C, c, [&](int64_t e, int64_t d, auto cnt) {
+      Cc gv[kGroup], yv[kGroup], xv[kGroup];
+#pragma unroll
+      for (int u = 0; u < kGroup; ++u) {
+        if (u < cnt) {
+          gv[u] = to_c(g[e + u * d]);
+          yv[u] = A != BnAct::None ? to_c(y[e + u * d]) : Cc(0);
+          xv[u] = to_c(x[e + u * d]);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kGroup; ++u) {
+        if (u < cnt) {
+          const Cc dz = bn_act_grad<A, Cc>(gv[u], yv[u], alpha);
+          if (dzo) dzo[e + u * d] = from_c<T>(dz);
+          dx[e + u * d] = from_c<T>((dz - q.a - (xv[u] - q.mean) * q.bb) * q.scale);
+        }
+      }
+    });
   } else {
     const int64_t nv = inner / VEC;
     for (int64_t p = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; p < outer * C;
