@@ -51,7 +51,7 @@ if __name__ == "__main__":
     # process group destroyed). Now and then a rank aborted printing only "terminate called
     # without an active exception" -- no Python traceback, so in C++: a thread object
     # destroyed while still joinable, most likely gloo/c10d objects torn down at exit. The
-    # CI run of 5bd57bd failed on it once; one run in ~270 here (not caught in a debugger).
+    # CI run of 5bd57bd failed on it once; one run in ~300 here (never under a debugger).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
