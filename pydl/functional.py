@@ -78,7 +78,6 @@ def batch_norm_act(input: torch.Tensor, running_mean: Optional[torch.Tensor],
                           eps, residual=residual, act=act,
                           alpha=negative_slope if act == "leaky_relu" else 0.0,
                           backend=backend)
-    return ops.act(input, "tanh", 0.0, False, backend)
 
 
 # ---------------------------------------------------------------------------- pooling
@@ -106,7 +105,6 @@ def adaptive_max_pool2d(input: torch.Tensor, output_size, return_indices: bool =
                         backend: Optional[str] = None):
     """torch.nn.functional.adaptive_max_pool2d; (output, indices) with return_indices=True."""
     return ops.adaptive_max_pool2d(input, output_size, return_indices, backend)
-    return ops.act(input, "tanh", 0.0, False, backend)
 
 
 # ---------------------------------------------------------------------------- convolution
