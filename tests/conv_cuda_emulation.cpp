@@ -170,7 +170,8 @@ int run(const Cfg& c, double tol) {
     FwdProblem<T> f{X.data(), Wt.data(), B.data(), Y.data(), s, xs, ws, ys, true, s.N * s.OH * s.OW, OCg,
                     Cg * s.KH * s.KW};
     if constexpr (VEC) {
-      const FwdVecProblem<T> fv{f};
+      FwdVecProblem<T> fv{f};
+      fv.vec_out = fwd_out_vec_ok(Y.data(), ys, s);  // as the launcher decides
       launch({unsigned((f.M + kTile - 1) / kTile), unsigned((f.N + kTile - 1) / kTile), unsigned(s.groups)}, 128,
              [&] { gemm_wmma_vec_kernel<FwdVecProblem<T>, T>(fv); });
     } else {
@@ -221,6 +222,9 @@ int main() {
       {2, 16, 9, 7, 70, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, true},   // K = 144: 5 K steps, 2 column tiles
       {2, 16, 9, 11, 12, 3, 2, 2, 1, 1, 0, 1, 1, 1, 2, 2, true},  // grouped, Cg = 8
       {3, 24, 5, 5, 20, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, true},   // 1x1
+      // 8 | OC/groups: the 16-byte epilogue (store8), a partial last column tile, rows past M
+      {2, 16, 9, 7, 72, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, true},
+      {3, 16, 5, 7, 32, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 2, true},   // grouped 1x1, OC/groups = 16
   };
   int fails = 0;
   // idiv: C++'s int64_t division, in 32 bits only where that gives the same quotient

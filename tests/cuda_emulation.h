@@ -231,6 +231,10 @@ template <typename T, int N> struct Pack {
     return *this;
   }
 };
+// csrc/cuda/elementwise.cuh's one-instruction 16-byte store: here a checked Pack copy.
+template <typename T, int N> inline void store_pack16(T* dst, const Pack<T, N>& v) {
+  *reinterpret_cast<Pack<T, N>*>(dst) = v;
+}
 // Elements per 16-byte vector on the GPU (the stand-in for bfloat16 is wider on the host).
 template <typename T> constexpr int vec_width() { return std::is_same_v<T, BF16> ? 8 : 16 / int(sizeof(T)); }
 // The multiprocessor count the launch geometry sees; tests set it to vary the grids.

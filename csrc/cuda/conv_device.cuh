@@ -319,10 +319,15 @@ struct WgradProblem {
 // Forward for channels_last input and weight with Cg % 8 == 0 (the launcher checks this
 // and 16-byte alignment): K is ordered (kh, kw, c) with the channel fastest, so 8
 // consecutive k are 8 consecutive channels of one tap -- one 16-byte load (a8 / b8) instead
-// of 8 scalar ones. The epilogue is the generic forward's.
+// of 8 scalar ones. The epilogue is the generic forward's, or 16-byte stores of 8 output
+// channels (store8) when the output allows.
 template <typename T>
 struct FwdVecProblem : FwdProblem<T> {
   using V = Pack<T, 8>;
+  // The epilogue stores 8 output channels as one 16-byte vector (store8) when the output
+  // is channels_last with 8 | OC/groups and every such run 16-byte aligned (fwd_out_vec_ok);
+  // else element by element (the generic store).
+  bool vec_out = false;
 
   __device__ V zeros() const {
     V z;
@@ -361,7 +366,30 @@ struct FwdVecProblem : FwdProblem<T> {
     return *reinterpret_cast<const V*>(this->w + (g * this->N + n) * this->ws.n + t.c + t.kh * this->ws.h +
                                        t.kw * this->ws.w);
   }
+  // Output channels n .. n+7 of row `row` (vec_out only: all 8 in or out of the group).
+  __device__ void store8(int64_t row, int64_t n, const Part& p, const float* v) const {
+    if (row < 0 || n >= this->N) return;
+    const int64_t oc = p.g * this->N + n;
+    V out;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      float a = v[i];
+      if (this->b) a += to_c(this->b[oc + i]);
+      if (this->relu && a < 0.0f) a = 0.0f;  // NaN stays NaN, as torch's relu
+      out.v[i] = from_c<T>(a);
+    }
+    store_pack16(this->y + row + oc, out);  // channels_last: channel stride 1
+  }
 };
+
+// Whether FwdVecProblem may store whole 8-channel vectors: channels_last output, 8 | OC/groups
+// (so a vector never straddles two groups or the end), row strides multiples of 8 and the
+// output 16-byte aligned (so every vector is).
+inline bool fwd_out_vec_ok(const void* y, const Strides4& ys, const ConvShape& s) {
+  auto m8 = [](int64_t v) { return v % 8 == 0; };
+  return ys.c == 1 && m8(s.OCg()) && m8(ys.n) && m8(ys.h) && m8(ys.w) &&
+         (reinterpret_cast<uintptr_t>(y) & 15) == 0;
+}
 
 // ---------------------------------------------------------------------- GEMM engines
 
@@ -521,7 +549,10 @@ __global__ void __launch_bounds__(128) gemm_wmma_kernel(const P p) {
 // thread moves 2 A and 2 B vectors of 8 elements per K step. B is staged column-major
 // ([n][k], a WMMA col_major matrix_b) so that a vector of 8 consecutive k is one 16-byte
 // shared-memory store. The next K step's vectors are fetched into registers before the
-// tensor cores work on the current one, so global-memory latency overlaps the MMAs.
+// tensor cores work on the current one, so global-memory latency overlaps the MMAs. The
+// epilogue writes 16-byte vectors where the output allows (p.vec_out): for a 1x1 layer with
+// 64 channels the two K steps are little work, and 32 scalar 2-byte stores a thread were
+// most of the block's instructions; now 4 vector stores.
 template <typename P, typename T>
 __global__ void __launch_bounds__(128) gemm_wmma_vec_kernel(const P p) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
@@ -590,9 +621,16 @@ __global__ void __launch_bounds__(128) gemm_wmma_vec_kernel(const P p) {
   __shared__ int64_t orow[kTile];
   if (tid < kTile) orow[tid] = p.out_row(m0 + tid, part);
   __syncthreads();
-  for (int e = tid; e < kTile * kTile; e += 128) {
-    const int ml = e / kTile, nl = e % kTile;
-    p.store(orow[ml], n0 + nl, part, Cs[ml * LDC + nl]);
+  if (p.vec_out) {  // 16-byte stores: 8 threads cover a row's 64 channels (128 bytes)
+    for (int e = tid; e < kTile * kTile / 8; e += 128) {
+      const int ml = e / (kTile / 8), nl = e % (kTile / 8) * 8;
+      p.store8(orow[ml], n0 + nl, part, Cs + ml * LDC + nl);
+    }
+  } else {
+    for (int e = tid; e < kTile * kTile; e += 128) {
+      const int ml = e / kTile, nl = e % kTile;
+      p.store(orow[ml], n0 + nl, part, Cs[ml * LDC + nl]);
+    }
   }
 #endif
 }

@@ -101,7 +101,9 @@ int launch_conv2d_fwd(DType dtype, const void* x, Strides4 xs, const void* w, St
                     s.Cg() * s.KH * s.KW};
     if constexpr (is_16bit<T>()) {
       if (fwd_vec_ok(x, w, xs, ws, s)) {
-        err = run_gemm_vec<T>(FwdVecProblem<T>{p}, p.M, p.N, s.groups, stream);
+        FwdVecProblem<T> pv{p};
+        pv.vec_out = fwd_out_vec_ok(y, ys, s);
+        err = run_gemm_vec<T>(pv, p.M, p.N, s.groups, stream);
         return;
       }
     }
