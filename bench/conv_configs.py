@@ -6,9 +6,9 @@ good and was not picked, none is good (the kernel), or the layer is simply memor
 This times each configuration of the forward, input-gradient and weight-gradient kernels
 alone (pydl.kernels.conv.pin_config, the launch helpers called directly: no autograd, no
 op layer), beside the autotuner's own pick and torch's kernels for the same pass
-(F.conv2d and aten.convolution_backward, cuDNN with cudnn.benchmark=True); for a 1x1
-stride-1 layer also torch.matmul on the same GEMM ([N*H*W, C] x [C, OC]), the ceiling a
-1x1 convolution can reach. Each row also gives the kernel's ideal memory time (bytes it
+(F.conv2d and aten.convolution_backward, cuDNN with cudnn.benchmark=True) and pydl's CUDA C++
+kernels for the same pass; for a 1x1 stride-1 layer also torch.matmul on the same GEMM
+([N*H*W, C] x [C, OC]), the ceiling a 1x1 convolution can reach. Each row also gives the kernel's ideal memory time (bytes it
 must move / the copy bandwidth measured in the run), so a memory-bound layer shows as one.
 
     python bench/conv_configs.py [--layers l1.1x1a,l1.3x3] [--dtype bf16] [--budget-s 60]
@@ -72,6 +72,19 @@ def _launchers(kc, x, w, gy, stride, pad):
     }
 
 
+def _cuda_calls(x, w, gy, stride, pad):
+    """pass -> pydl's CUDA C++ kernels for it (torch.ops.pydl, the op the cuda backend calls),
+    or {} where this build has no CUDA kernels for the device."""
+    import pydl
+    if "cuda" not in pydl.backends() or x.device.type not in pydl.backends()["cuda"].devices:
+        return {}
+    ops = torch.ops.pydl
+    g = ([stride] * 2, [pad] * 4, [1, 1], 1)
+    return {"fwd": lambda: ops.conv2d_fwd(x, w, None, *g, "none", True),
+            "dgrad": lambda: ops.conv2d_bwd_input(gy, w, list(x.shape), *g, True),
+            "wgrad": lambda: ops.conv2d_bwd_weight(gy, x, list(w.shape), *g, True)}
+
+
 def _rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
     """max |ours - ref| / max |ref|: a configuration that computes something else shows."""
     return float((ours.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-30))
@@ -107,6 +120,7 @@ def run(args) -> list:
         nbytes = {"fwd": x.nbytes + w.nbytes + gy.nbytes, "dgrad": gy.nbytes + w.nbytes + x.nbytes,
                   "wgrad": gy.nbytes + x.nbytes + w.nbytes}
         calls = _launchers(kc, x, w, gy, stride, pad)
+        cuda_calls = _cuda_calls(x, w, gy, stride, pad)
         gemm = None
         if r == 1 and stride == 1 and pad == 0:   # a 1x1 convolution is this GEMM
             xa, wb = x.permute(0, 2, 3, 1).reshape(n * h * wd, c), w.reshape(oc, c).t()
@@ -124,6 +138,11 @@ def run(args) -> list:
             if gemm is not None and which == "fwd":
                 t = timer(gemm)
                 rows.append(dict(base, config="torch.matmul, same GEMM", ms=t.median_ms, host_ms=t.host_ms))
+            if which in cuda_calls:   # the CUDA C++ backend's kernels, for comparison
+                out = cuda_calls[which]()
+                t = timer(cuda_calls[which])
+                rows.append(dict(base, config="pydl cuda (C++)", ms=t.median_ms, host_ms=t.host_ms,
+                                 rel_err=_rel_err(out, ref)))
             kern = _kernel(kc, which)
             configs = kc._ALL_CONFIGS[id(kern)]
             for i, cfg in enumerate(configs):
