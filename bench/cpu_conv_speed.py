@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import os
+import sys
 
 import torch
 import torch.nn.functional as TF
 
 import pydl  # noqa: F401  (registers torch.ops.pydl)
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.harness import host_time_us  # noqa: E402
 
 # (name, N, C, H, W, OC, (KH, KW), stride, padding, groups)
 LAYERS = [
@@ -36,14 +39,7 @@ LAYERS = [
 
 
 def _median_ms(fn, repeats):
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts)
+    return host_time_us(fn, repeats, warmup=3) / 1e3
 
 
 def layer_rows(repeats):

@@ -91,9 +91,13 @@ class Timer:
         return Timing(statistics.median(times), q[0], q[-1], times, statistics.median(host))
 
 
-def host_time_us(fn: Callable[[], object], repeats: int = 200) -> float:
-    """Median CPU-side time of one call (launch overhead; the GPU work is not waited for
-    except every 20 calls, to keep the queue from filling)."""
+def host_time_us(fn: Callable[[], object], repeats: int = 200, warmup: int = 0) -> float:
+    """Median CPU-side time of one call, after `warmup` untimed calls (launch overhead; the
+    GPU work is not waited for except every 20 calls, to keep the queue from filling, and
+    once at the end, so the next measurement starts on an idle GPU). On the CPU, the wall
+    time of the call, its kernels included."""
+    for _ in range(warmup):
+        fn()
     times = []
     for i in range(repeats):
         t0 = time.perf_counter()
@@ -101,6 +105,8 @@ def host_time_us(fn: Callable[[], object], repeats: int = 200) -> float:
         times.append((time.perf_counter() - t0) * 1e6)
         if i % 20 == 19 and torch.cuda.is_available():
             torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return statistics.median(times)
 
 

@@ -21,32 +21,16 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as TF
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pydl  # noqa: E402
+from bench.harness import host_time_us  # noqa: E402
 
 F = pydl.functional
-
-
-def median_us(fn, repeats: int, device: str) -> float:
-    for _ in range(20):
-        fn()
-    times = []
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e6)
-        if device == "cuda" and i % 20 == 19:
-            torch.cuda.synchronize()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return statistics.median(times)
 
 
 def cases(device: str, backend: str):
@@ -97,8 +81,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)  # tiny tensors: no thread pool wake-ups in either
     rows = []
     for name, mode, tfn, pfn in cases(a.device, a.backend):
-        rows.append({"op": name, "mode": mode, "torch_us": median_us(tfn, a.repeats, a.device),
-                     "pydl_us": median_us(pfn, a.repeats, a.device)})
+        rows.append({"op": name, "mode": mode, "torch_us": host_time_us(tfn, a.repeats, warmup=20),
+                     "pydl_us": host_time_us(pfn, a.repeats, warmup=20)})
     env = {"device": torch.cuda.get_device_name() if a.device == "cuda" else platform.processor() or "cpu",
            "python": platform.python_version(), "torch": torch.__version__, "backend": a.backend or "auto",
            "commit": os.environ.get("PYDL_COMMIT", "")}

@@ -331,6 +331,7 @@ struct FwdCoef {
     scale = bn_invstd<Cc>(v[c], eps) * (w ? w[c] : Cc(1));
     shift = b ? b[c] : Cc(0);
   }
+  __device__ Cc z(Cc x) const { return (x - mean) * scale + shift; }  // before r and act
 };
 
 // VEC > 1 (planes only): VEC consecutive values of a plane move as one 16-byte Pack;
@@ -345,7 +346,7 @@ __global__ void normalize_kernel(const T* __restrict__ x, const T* __restrict__ 
                                  int64_t outer, int64_t C, int64_t inner) {
   using Cc = typename OpMath<T>::type;
   auto one = [&](int64_t idx, const FwdCoef<Cc>& k) {
-    Cc z = (to_c(x[idx]) - k.mean) * k.scale + k.shift;
+    Cc z = k.z(to_c(x[idx]));
     if (r) z += to_c(r[idx]);
     y[idx] = from_c<T>(bn_act<A, Cc>(z, alpha));
   };
@@ -358,7 +359,7 @@ __global__ void normalize_kernel(const T* __restrict__ x, const T* __restrict__ 
 #pragma unroll
       for (int u = 0; u < kGroup; ++u) {
         if (u < cnt) {
-          z[u] = (to_c(x[e + u * d]) - k.mean) * k.scale + k.shift;
+          z[u] = k.z(to_c(x[e + u * d]));
           if (r) z[u] += to_c(r[e + u * d]);
         }
       }
@@ -383,7 +384,7 @@ __global__ void normalize_kernel(const T* __restrict__ x, const T* __restrict__ 
           Pack<T, VEC> yp;
 #pragma unroll
           for (int e = 0; e < VEC; ++e) {
-            Cc z = (to_c(xp.v[e]) - k.mean) * k.scale + k.shift;
+            Cc z = k.z(to_c(xp.v[e]));
             if (r) z += to_c(rp.v[e]);
             yp.v[e] = from_c<T>(bn_act<A, Cc>(z, alpha));
           }
@@ -406,6 +407,7 @@ struct BwdCoef {
     a = sdz ? k * sdz[c] : Cc(0);            // eval: the statistics do not depend on x
     bb = sdz ? k * sdzxh[c] * invstd : Cc(0);
   }
+  __device__ Cc dx(Cc dz, Cc x) const { return (dz - a - (x - mean) * bb) * scale; }
 };
 
 template <BnAct A, typename T, bool CL, int VEC>
@@ -422,7 +424,7 @@ __global__ void bwd_elemt_kernel(const T* __restrict__ g, const T* __restrict__ 
   auto one = [&](int64_t idx, const BwdCoef<Cc>& q) {
     const Cc dz = bn_act_grad<A, Cc>(to_c(g[idx]), A == BnAct::None ? Cc(0) : to_c(y[idx]), alpha);
     if (dzo) dzo[idx] = from_c<T>(dz);
-    dx[idx] = from_c<T>((dz - q.a - (to_c(x[idx]) - q.mean) * q.bb) * q.scale);
+    dx[idx] = from_c<T>(q.dx(dz, to_c(x[idx])));
   };
   if constexpr (CL) {  // kGroup rows a step, loads first (as in normalize_kernel)
     const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -443,7 +445,7 @@ __global__ void bwd_elemt_kernel(const T* __restrict__ g, const T* __restrict__ 
         if (u < cnt) {
           const Cc dz = bn_act_grad<A, Cc>(gv[u], yv[u], alpha);
           if (dzo) dzo[e + u * d] = from_c<T>(dz);
-          dx[e + u * d] = from_c<T>((dz - q.a - (xv[u] - q.mean) * q.bb) * q.scale);
+          dx[e + u * d] = from_c<T>(q.dx(dz, xv[u]));
         }
       }
     });
@@ -467,7 +469,7 @@ __global__ void bwd_elemt_kernel(const T* __restrict__ g, const T* __restrict__ 
           for (int e = 0; e < VEC; ++e) {
             const Cc dz = bn_act_grad<A, Cc>(to_c(gp.v[e]), to_c(yp.v[e]), alpha);
             dzp.v[e] = from_c<T>(dz);
-            dxp.v[e] = from_c<T>((dz - q.a - (to_c(xp.v[e]) - q.mean) * q.bb) * q.scale);
+            dxp.v[e] = from_c<T>(q.dx(dz, to_c(xp.v[e])));
           }
           if (dzo) *reinterpret_cast<Pack<T, VEC>*>(dzo + base) = dzp;
           *reinterpret_cast<Pack<T, VEC>*>(dx + base) = dxp;

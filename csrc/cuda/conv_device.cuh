@@ -149,12 +149,15 @@ struct FwdProblem {
     const int64_t nb = idiv(m, plane), hw = m - nb * plane, oh = idiv(hw, s.OW), ow = hw - oh * s.OW;
     return nb * ys.n + oh * ys.h + ow * ys.w;
   }
+  __device__ T epilogue(Acc v, int64_t oc) const {  // bias, relu, rounding to T
+    if (b) v += to_c(b[oc]);
+    if (relu && v < Acc(0)) v = Acc(0);  // NaN stays NaN, as torch's relu
+    return from_c<T>(v);
+  }
   __device__ void store(int64_t row, int64_t n, const Part& p, Acc v) const {
     if (row < 0 || n >= N) return;
     const int64_t oc = p.g * N + n;
-    if (b) v += to_c(b[oc]);
-    if (relu && v < Acc(0)) v = Acc(0);  // NaN stays NaN, as torch's relu
-    y[row + oc * ys.c] = from_c<T>(v);
+    y[row + oc * ys.c] = epilogue(v, oc);
   }
 };
 
@@ -372,12 +375,7 @@ struct FwdVecProblem : FwdProblem<T> {
     const int64_t oc = p.g * this->N + n;
     V out;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      float a = v[i];
-      if (this->b) a += to_c(this->b[oc + i]);
-      if (this->relu && a < 0.0f) a = 0.0f;  // NaN stays NaN, as torch's relu
-      out.v[i] = from_c<T>(a);
-    }
+    for (int i = 0; i < 8; ++i) out.v[i] = this->epilogue(v[i], oc + i);
     store_pack16(this->y + row + oc, out);  // channels_last: channel stride 1
   }
 };
