@@ -367,6 +367,8 @@ CPU_GEMM = [
     ("gemm_mixed_g3", 2, 12, 11, 13, 12, (3, 5), {"stride": (2, 1), "padding": (1, 2), "dilation": (2, 1),
                                                 "groups": 3}, True),
     ("gemm_stem_7x7_s2", 2, 3, 20, 18, 16, (7, 7), {"stride": 2, "padding": 3}, False),
+    # weight gradient: 18 depth chunks of 256 -> 9 slices of 2 chunks (split-K)
+    ("gemm_wgrad_slices", 2, 4, 48, 48, 8, (3, 3), {"padding": 1}, True),
 ]
 
 
@@ -419,17 +421,23 @@ def test_cpu_deterministic_any_thread_count():
     if not pydl.backends()["cpu"].usable:
         pytest.skip("the C++ extension is not built")
     ops = torch.ops.pydl
-    x = make_input((5, 24, 13, 11), torch.float32)
-    w = make_input((40, 12, 3, 3), torch.float32, seed=1)
-    geom = ([1, 2], [1, 1, 1, 1], [1, 1], 2)
-    y = ops.conv2d_fwd(x, w, None, *geom, "none", False)
-    g = make_input(y.shape, torch.float32, seed=2)
+    # (x shape, w shape, geometry): the second has 18 depth chunks, so its weight gradient
+    # sums 9 slices of 2 chunks (the first: 2 slices of one)
+    cases = [((5, 24, 13, 11), (40, 12, 3, 3), ([1, 2], [1, 1, 1, 1], [1, 1], 2)),
+             ((2, 4, 48, 48), (24, 4, 3, 3), ([1, 1], [1, 1, 1, 1], [1, 1], 1))]
+    tensors = []
+    for i, (xs, ws, geom) in enumerate(cases):
+        x = make_input(xs, torch.float32, seed=3 * i)
+        w = make_input(ws, torch.float32, seed=3 * i + 1)
+        y = ops.conv2d_fwd(x, w, None, *geom, "none", False)
+        tensors.append((x, w, make_input(y.shape, torch.float32, seed=3 * i + 2), geom))
 
     def run():
-        return [ops.conv2d_fwd(x, w, None, *geom, "relu", False),
-                ops.conv2d_bwd_input(g, w, list(x.shape), *geom, False),
-                ops.conv2d_bwd_weight(g, x, list(w.shape), *geom, False),
-                ops.conv2d_bwd_bias(g)]
+        return [out for x, w, g, geom in tensors
+                for out in (ops.conv2d_fwd(x, w, None, *geom, "relu", False),
+                            ops.conv2d_bwd_input(g, w, list(x.shape), *geom, False),
+                            ops.conv2d_bwd_weight(g, x, list(w.shape), *geom, False),
+                            ops.conv2d_bwd_bias(g))]
 
     old = torch.get_num_threads()
     try:
