@@ -403,7 +403,7 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("isa", ["default", "avx2"])
+@pytest.mark.parametrize("isa", ["default", "avx2", "avx512-narrow"])
 def test_cpu_gemm_other_isas(isa):
     """The micro-kernel is chosen at run time (AVX-512, AVX2, baseline): PYDL_CPU_GEMM caps
     the choice, so the kernels this machine would not pick are checked here too."""
@@ -413,6 +413,43 @@ def test_cpu_gemm_other_isas(isa):
     run = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], capture_output=True, text=True, env=env,
                          timeout=300)
     assert run.returncode == 0 and "ok" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
+
+
+_KERNELS_SCRIPT = r"""
+import sys, torch
+import pydl  # noqa: F401
+from pydl.testing import make_input
+ops, out = torch.ops.pydl, []
+# tile columns: 2 x 8 x 8 = 128 (the wide kernel where AVX-512 runs), 2 x 2 x 2 = 8 (narrow)
+for (n, c, h, oc, k, pad) in [(2, 24, 8, 40, 3, 1), (2, 24, 2, 40, 3, 1), (3, 20, 6, 18, 1, 0)]:
+    for dt in (torch.float32, torch.float64):
+        x = make_input((n, c, h, h), dt, seed=1)
+        w = make_input((oc, c, k, k), dt, seed=2)
+        geom = ([1, 1], [pad] * 4, [1, 1], 1)
+        y = ops.conv2d_fwd(x, w, None, *geom, "none", False)
+        g = make_input(y.shape, dt, seed=3)
+        out += [y, ops.conv2d_bwd_input(g, w, list(x.shape), *geom, False),
+                ops.conv2d_bwd_weight(g, x, list(w.shape), *geom, False)]
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_cpu_gemm_kernels_agree_bitwise(tmp_path):
+    """With AVX-512 a GEMM runs the 12 x 32 or the 16 x 16 micro-kernel by its column count;
+    both add each output's terms in the same order, so forcing the 16 x 16 one everywhere
+    (PYDL_CPU_GEMM=avx512-narrow) must give bitwise the same results."""
+    if not pydl.backends()["cpu"].usable:
+        pytest.skip("the C++ extension is not built")
+    results = []
+    for cap in ("", "avx512-narrow"):
+        path = tmp_path / f"out{cap}.pt"
+        env = dict(os.environ, PYDL_CPU_GEMM=cap)
+        run = subprocess.run([sys.executable, "-c", _KERNELS_SCRIPT, str(path)], capture_output=True, text=True,
+                             env=env, timeout=300)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        results.append(torch.load(path))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 def test_cpu_deterministic_any_thread_count():

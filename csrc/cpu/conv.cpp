@@ -481,10 +481,11 @@ void bwd_weight_direct(const T* dy, const T* x, T* dw, const ConvShape s, const 
 template <typename T>
 void fwd_gemm(const T* x, const T* w, const T* b, T* y, const ConvShape s, const Strides4 ys, bool relu) {
   using C = at::opmath_type<T>;
-  const auto& uk = gemm::micro_kernel<C>();
-  const int64_t mr = uk.mr, nr = uk.nr;
   const int64_t G = s.groups, Cg = s.Cg(), OCg = s.OCg(), KK = s.KH * s.KW, K = Cg * KK;
   const int64_t P = s.OH * s.OW, plane = s.H * s.W;
+  const std::vector<ColTile> tiles = col_tiles(s.N, P, s.OW, kColTile);
+  const auto& uk = gemm::micro_kernel_for<C>(tiles.front().cols());  // B: a tile's columns
+  const int64_t mr = uk.mr, nr = uk.nr;
 
   // A = W[g] (OCg x K), read in place as a row-major matrix; a 16-bit weight is converted
   // to C once.
@@ -502,7 +503,6 @@ void fwd_gemm(const T* x, const T* w, const T* b, T* y, const ConvShape s, const
 
   // Tasks: (group, column tile, block of output channels). Blocks of channels only when
   // groups x tiles alone are too few tasks: each block re-gathers its tile's columns.
-  const std::vector<ColTile> tiles = col_tiles(s.N, P, s.OW, kColTile);
   const int64_t ntiles = tiles.size(), mpanels = ceil_div(OCg, mr);
   const int64_t nblocks = std::clamp<int64_t>(ceil_div(task_target(), G * ntiles), 1, mpanels);
   const int64_t block_rows = ceil_div(mpanels, nblocks) * mr;
@@ -576,10 +576,11 @@ at::Tensor conv2d_fwd(const at::Tensor& x_in, const at::Tensor& w_in, const std:
 template <typename T>
 void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Strides4 xs) {
   using C = at::opmath_type<T>;
-  const auto& uk = gemm::micro_kernel<C>();
-  const int64_t mr = uk.mr, nr = uk.nr;
   const int64_t G = s.groups, Cg = s.Cg(), OCg = s.OCg(), KK = s.KH * s.KW, K = Cg * KK;
   const int64_t P = s.OH * s.OW, plane = s.H * s.W;
+  const std::vector<ColTile> tiles = col_tiles(s.N, P, s.OW, kColTile);
+  const auto& uk = gemm::micro_kernel_for<C>(tiles.front().cols());  // B: a tile's columns
+  const int64_t mr = uk.mr, nr = uk.nr;
 
   // A = W[g]^T (K x OCg), packed once: panels of MR rows (c, kh, kw) over the depth OCg.
   // (Read in place it would stride K elements per depth step: no locality at all.) The
@@ -596,7 +597,6 @@ void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Str
 
   // Tasks: (group, sample set, block of input channels). A sample set is one tile of
   // whole samples, or all the tiles of one large sample (done in order by one task).
-  const std::vector<ColTile> tiles = col_tiles(s.N, P, s.OW, kColTile);
   std::vector<int64_t> set_begin;  // the first tile of each sample set
   for (int64_t i = 0; i < static_cast<int64_t>(tiles.size()); ++i)
     if (tiles[i].p0 == 0) set_begin.push_back(i);
@@ -665,9 +665,9 @@ at::Tensor conv2d_bwd_input(const at::Tensor& grad_in, const at::Tensor& w_in, a
 template <typename T>
 void bwd_weight_gemm(const T* dy, const T* x, T* dw, const ConvShape s, const Strides4 wst) {
   using C = at::opmath_type<T>;
-  const auto& uk = gemm::micro_kernel<C>();
-  const int64_t mr = uk.mr, nr = uk.nr;
   const int64_t G = s.groups, Cg = s.Cg(), OCg = s.OCg(), KK = s.KH * s.KW, K = Cg * KK;
+  const auto& uk = gemm::micro_kernel_for<C>(std::min<int64_t>(K, 256));  // B: a block of K columns
+  const int64_t mr = uk.mr, nr = uk.nr;
   const int64_t P = s.OH * s.OW, plane = s.H * s.W;
 
   // The depth (all samples and positions) in fixed chunks: the summation order.
@@ -686,9 +686,10 @@ void bwd_weight_gemm(const T* dy, const T* x, T* dw, const ConvShape s, const St
   const int64_t per_slice = std::max<int64_t>(1, ceil_div(nchunks, nslices));
   const int64_t slices = std::max<int64_t>(1, ceil_div(nchunks, per_slice));
   // Tasks: (slice, group, block of output channels, block of K), a tile of a partial dW
-  // each. Tiles of up to 128 x 256 (the B operand, gathered per tile, is shared by its 128
-  // rows), made smaller when there are too few of them for the threads.
-  int64_t mt = std::min(round_up(OCg, mr), std::max<int64_t>(mr, 128 / mr * mr));
+  // each. Tiles of up to ~256 x 256: the B operand, gathered per tile, is shared by all its
+  // rows, so the output channels are cut into as few equal blocks as that allows (every
+  // block gathers x again); made smaller when there are too few tiles for the threads.
+  int64_t mt = round_up(ceil_div(OCg, ceil_div(OCg, 256)), mr);
   int64_t kt = std::min(round_up(K, nr), std::max<int64_t>(nr, 256 / nr * nr));
   auto ntasks = [&] { return slices * G * ceil_div(OCg, mt) * ceil_div(K, kt); };
   while (ntasks() < task_target() && (kt > nr || mt > mr)) {

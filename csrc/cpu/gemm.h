@@ -25,11 +25,15 @@
 // cover the FMA latency (~4 cycles x 2 pipes = 8 independent chains), and the loads per
 // step (NR/L + MR broadcasts) must not outnumber what the load ports do while the FMA
 // pipes work (2-3 per cycle, so about one per FMA at most). Per ISA:
-//   AVX-512 (32 zmm): 16 x 16 floats / 16 x 8 doubles, 16 accumulators, 1 B vector,
-//                     17 loads per 16 FMAs. NR = one vector keeps the column edge waste
-//                     small: the small-image layers this serves have as few as 16 columns
-//                     (batch 4 x 2 x 2); 8 x 32 would waste half of each tile there.
-//                     Measured ~140 GFLOP/s per core (float) on a Sapphire Rapids core.
+//   AVX-512 (32 zmm): two kernels, chosen per GEMM by its column count (micro_kernel_for):
+//                     12 x 32 floats / 12 x 16 doubles ("wide"): 24 accumulators, 2 B
+//                     vectors, 14 loads per 24 FMAs -- ~178 GFLOP/s per Sapphire Rapids
+//                     core (float; 200 is its FMA peak), also when A streams from L2;
+//                     16 x 16 floats / 16 x 8 doubles: 16 accumulators, 1 B vector, 17
+//                     loads per 16 FMAs -- ~145 GFLOP/s with A from L2 (one broadcast per
+//                     FMA: the A stream is twice the wide kernel's per FMA), but its one
+//                     vector of columns wastes little on the small-image layers with as
+//                     few as 16 columns (batch 4 x 2 x 2), where 32 would waste half.
 //   AVX2 (16 ymm):    6 x 16 floats / 6 x 8 doubles, 12 accumulators, 2 B vectors.
 //   default (SSE2 on x86-64, NEON on aarch64, 16 x 128-bit): 6 x 8 floats / 6 x 4 doubles.
 // The vectors are GCC/Clang vector extensions (`vector_size`), so the one template below
@@ -39,15 +43,19 @@
 // the AVX2 and AVX-512 micro-kernels are compiled as separate functions with
 // __attribute__((target(...))) and chosen once with __builtin_cpu_supports (only on
 // x86-64 with GCC/Clang; elsewhere only the default kernel exists). The environment
-// variable PYDL_CPU_GEMM=avx512|avx2|default caps the choice (tests use it to check
-// every kernel on one machine). Only the micro-kernel is multi-versioned: the packing
-// and gather loops around it are mostly loads and stores, where wider vectors gain
-// little (their short loops get a compile-time trip count instead: for_lanes).
+// variable PYDL_CPU_GEMM=avx512|avx512-narrow|avx2|default caps the choice
+// (avx512-narrow: the 16 x 16 kernel only; tests use it to check every kernel on one
+// machine). Besides the micro-kernels, only the conv's row gathers are multi-versioned
+// (AVX-512 gather instructions, csrc/cpu/conv.cpp); the packing loops are mostly loads and
+// stores, where wider vectors gain little (their short loops get a compile-time trip
+// count instead: for_lanes).
 //
 // Summation order. Within one call of micro_tile, each C element is ONE accumulator lane
 // that adds its depth terms in order d = 0, 1, ..., then is added to C once. Callers
 // split the depth into fixed chunks and call in chunk order, so the result depends only
-// on the chunk size -- not on how M and N are tiled nor on the number of threads.
+// on the chunk size -- not on how M and N are tiled, nor on the number of threads, nor on
+// which of the two AVX-512 kernels runs (both fuse each multiply-add; the ISAs differ there:
+// SSE2 has no FMA).
 #pragma once
 
 #include <algorithm>
@@ -72,7 +80,7 @@
 namespace pydl {
 namespace gemm {
 
-constexpr int kMaxTile = 16 * 16;  // largest MR * NR of any kernel below (scratch for edge tiles)
+constexpr int kMaxTile = 12 * 32;  // largest MR * NR of any kernel below (scratch for edge tiles)
 
 // One MR x NR tile: c[i * ldc + j] += sum_{d < depth} A(i, d) * b[d * NR + j], where A is
 // a packed panel, A(i, d) = a[d * MR + i] (lda unused), or rows of a row-major matrix read
@@ -139,6 +147,11 @@ __attribute__((target("avx512f,avx2,fma"))) void micro_avx512(int64_t depth, con
                                                               const C* b, C* c, int64_t ldc) {
   micro_tile<C, 16, 1, 64 / sizeof(C), kRowMajorA>(depth, a, lda, b, c, ldc);
 }
+template <class C, bool kRowMajorA>
+__attribute__((target("avx512f,avx2,fma"))) void micro_avx512_wide(int64_t depth, const C* a, int64_t lda,
+                                                                   const C* b, C* c, int64_t ldc) {
+  micro_tile<C, 12, 2, 64 / sizeof(C), kRowMajorA>(depth, a, lda, b, c, ldc);
+}
 #endif
 
 #else  // not GCC/Clang: a plain scalar tile, the compiler may vectorize it
@@ -155,7 +168,7 @@ void micro_default(int64_t depth, const C* a, int64_t lda, const C* b, C* c, int
 #endif
 
 template <class C>
-MicroKernel<C> pick_kernel() {
+MicroKernel<C> pick_kernel(bool wide) {
 #if defined(__GNUC__)
   const MicroKernel<C> fallback{6, int(2 * 16 / sizeof(C)), &micro_default<C, false>, &micro_default<C, true>,
                                 "default"};
@@ -167,19 +180,38 @@ MicroKernel<C> pick_kernel() {
   const std::string cap = env ? env : "";
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (cap != "avx2" && cap != "default" && avx2 && __builtin_cpu_supports("avx512f"))
+  if (cap != "avx2" && cap != "default" && avx2 && __builtin_cpu_supports("avx512f")) {
+    if (wide && cap != "avx512-narrow")
+      return {12, int(2 * 64 / sizeof(C)), &micro_avx512_wide<C, false>, &micro_avx512_wide<C, true>, "avx512"};
     return {16, int(64 / sizeof(C)), &micro_avx512<C, false>, &micro_avx512<C, true>, "avx512"};
+  }
   if (cap != "default" && avx2)
     return {6, int(2 * 32 / sizeof(C)), &micro_avx2<C, false>, &micro_avx2<C, true>, "avx2"};
 #endif
   return fallback;
 }
 
-// The kernel for this machine, chosen on first use.
+// The kernel for this machine, chosen on first use (the wide one: the same where no
+// AVX-512 kernel runs).
 template <class C>
-const MicroKernel<C>& micro_kernel() {
-  static const MicroKernel<C> k = pick_kernel<C>();
-  return k;
+const MicroKernel<C>& micro_kernel(bool wide = false) {
+  static const MicroKernel<C> k = pick_kernel<C>(false), kw = pick_kernel<C>(true);
+  return wide ? kw : k;
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// The kernel for GEMMs whose B operand has about `cols` columns: the wide one where it is
+// faster after its column edge waste (its ~1.2x speed against the tiles it computes in
+// vain), else the narrow one. Both add every C element's terms in the same order (one
+// lane, depth in order), so the choice never changes a result.
+template <class C>
+const MicroKernel<C>& micro_kernel_for(int64_t cols) {
+  const MicroKernel<C>& narrow = micro_kernel<C>(false);
+  const MicroKernel<C>& wide = micro_kernel<C>(true);
+  if (wide.nr == narrow.nr) return narrow;
+  return round_up(cols, wide.nr) * 5 <= round_up(cols, narrow.nr) * 6 ? wide : narrow;
 }
 
 // ----------------------------------------------------------------------- the block loop
@@ -245,7 +277,9 @@ struct Strided2D {
 template <class F>
 PYDL_ALWAYS_INLINE void for_lanes(int lanes, F&& body) {
   switch (lanes) {
+    case 32: for (int l = 0; l < 32; ++l) body(l); return;
     case 16: for (int l = 0; l < 16; ++l) body(l); return;
+    case 12: for (int l = 0; l < 12; ++l) body(l); return;
     case 8: for (int l = 0; l < 8; ++l) body(l); return;
     case 6: for (int l = 0; l < 6; ++l) body(l); return;
     case 4: for (int l = 0; l < 4; ++l) body(l); return;
@@ -307,9 +341,6 @@ void pack_row_lanes(const Strided2D<Src>& src, int64_t r0, int64_t rows, int lan
       }
   }
 }
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 }  // namespace gemm
 }  // namespace pydl
