@@ -369,6 +369,9 @@ CPU_GEMM = [
     ("gemm_stem_7x7_s2", 2, 3, 20, 18, 16, (7, 7), {"stride": 2, "padding": 3}, False),
     # weight gradient: 18 depth chunks of 256 -> 9 slices of 2 chunks (split-K)
     ("gemm_wgrad_slices", 2, 4, 48, 48, 8, (3, 3), {"padding": 1}, True),
+    # forward: one column tile (2 x 8 x 8) of K = 576 rows, gathered once and shared by the
+    # channel blocks (kSharedColMin)
+    ("gemm_shared_col", 2, 64, 8, 8, 40, (3, 3), {"padding": 1}, True),
 ]
 
 
@@ -459,9 +462,11 @@ def test_cpu_deterministic_any_thread_count():
         pytest.skip("the C++ extension is not built")
     ops = torch.ops.pydl
     # (x shape, w shape, geometry): the second has 18 depth chunks, so its weight gradient
-    # sums 9 slices of 2 chunks (the first: 2 slices of one)
+    # sums 9 slices of 2 chunks (the first: 2 slices of one); the third's forward gathers its
+    # one column tile once for all threads (kSharedColMin)
     cases = [((5, 24, 13, 11), (40, 12, 3, 3), ([1, 2], [1, 1, 1, 1], [1, 1], 2)),
-             ((2, 4, 48, 48), (24, 4, 3, 3), ([1, 1], [1, 1, 1, 1], [1, 1], 1))]
+             ((2, 4, 48, 48), (24, 4, 3, 3), ([1, 1], [1, 1, 1, 1], [1, 1], 1)),
+             ((2, 64, 8, 8), (40, 64, 3, 3), ([1, 1], [1, 1, 1, 1], [1, 1], 1))]
     tensors = []
     for i, (xs, ws, geom) in enumerate(cases):
         x = make_input(xs, torch.float32, seed=3 * i)

@@ -50,6 +50,8 @@
 // Parallel decomposition (at::parallel_for over tasks; every task writes its own outputs,
 // so there are no atomics and no races):
 //   forward:     task = (group, column tile, block of output channels) -> those y values.
+//                With few tiles (small maps) the blocks of a tile share its column matrix,
+//                gathered once by all threads first (else each block would gather it).
 //   input grad:  task = (group, set of whole samples, block of input channels) -> those
 //                dx planes. Channel blocks start on a (c, kh, kw) row that begins an A
 //                panel, and a dx channel only receives dcol rows of its own channel, so
@@ -102,6 +104,7 @@ using gemm::Strided2D;
 
 constexpr int64_t kDepth = 256;    // depth chunk of one micro-kernel call (see above)
 constexpr int64_t kColTile = 256;  // output columns (samples x positions) per task
+constexpr int64_t kSharedColMin = 1 << 16;     // forward: gather a tile once for all its blocks from here
 constexpr int64_t kMaxSlices = 16;             // weight gradient: most partial sums of dW...
 constexpr int64_t kSliceBudget = int64_t(1) << 22;  // ...and their most values in all (16 MiB of float)
 
@@ -251,17 +254,19 @@ GatherFn<T, C> row_gather() {
 
 // im2col fused with packing, for the B operand of the forward: rows [k0, k0 + depth) of
 // the tile's column matrix as panels of NR columns,
-//   dst[q * depth * nr + kk * nr + l] = col(k0 + kk, q * nr + l),   0 past the last column.
-// xg is x[n0, g*Cg] (the tile's first sample, the group's first channel).
+//   dst[q * ps + kk * nr + l] = col(k0 + kk, q * nr + l),   0 past the last column,
+// with panel stride ps = depth * nr unless given. xg is x[n0, g*Cg] (the tile's first
+// sample, the group's first channel).
 template <class T, class C>
 void gather_col_lanes(const T* xg, const ConvShape& s, const std::vector<int64_t>& tab, int64_t cols,
-                      int64_t k0, int64_t depth, int nr, C* dst) {
+                      int64_t k0, int64_t depth, int nr, C* dst, int64_t ps = 0) {
   const GatherFn<T, C> gather = row_gather<T, C>();
+  if (ps == 0) ps = depth * nr;  // panel stride: a slice of longer panels when given
   RowIter k(k0, s.KH, s.KW);
   for (int64_t kk = 0; kk < depth; ++kk, k.next()) {
-    gather(xg + k.c * s.H * s.W, tab.data() + k.tap * cols, dst + kk * nr, cols, nr, depth * nr);
+    gather(xg + k.c * s.H * s.W, tab.data() + k.tap * cols, dst + kk * nr, cols, nr, ps);
     if (cols % nr != 0) {  // the last panel's lanes past the last column
-      C* o = dst + cols / nr * depth * nr + kk * nr;
+      C* o = dst + cols / nr * ps + kk * nr;
       for (int64_t l = cols % nr; l < nr; ++l) o[l] = C(0);
     }
   }
@@ -502,55 +507,100 @@ void fwd_gemm(const T* x, const T* w, const T* b, T* y, const ConvShape s, const
   }
 
   // Tasks: (group, column tile, block of output channels). Blocks of channels only when
-  // groups x tiles alone are too few tasks: each block re-gathers its tile's columns.
+  // groups x tiles alone are too few tasks (the small maps of late layers: one or two
+  // tiles); then the blocks share their tile's column matrix, gathered once, by all
+  // threads, before they multiply -- each block gathering it for itself would do the
+  // gather (as long as the GEMM on a 3x3 layer) once per block.
   const int64_t ntiles = tiles.size(), mpanels = ceil_div(OCg, mr);
   const int64_t nblocks = std::clamp<int64_t>(ceil_div(task_target(), G * ntiles), 1, mpanels);
   const int64_t block_rows = ceil_div(mpanels, nblocks) * mr;
   const bool direct_col = col_is_x(s);
 
-  at::parallel_for(0, G * ntiles * nblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> tab;
-    std::vector<C> bpack, acc;
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t g = task / (ntiles * nblocks), ti = task / nblocks % ntiles, bi = task % nblocks;
-      const ColTile& t = tiles[ti];
-      const int64_t m0 = bi * block_rows;
-      if (m0 >= OCg) continue;
-      const int64_t rows = std::min(OCg, m0 + block_rows) - m0, cols = t.cols();
-      const T* xg = x + (t.n0 * s.C + g * Cg) * plane;  // the tile's first sample, group g
-      if (!direct_col) tap_table(s, t, s.C * plane, tab);
-      acc.assign(rows * cols, C(0));
-      bpack.resize(round_up(cols, nr) * std::min(kDepth, K));
-      for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
-        const int64_t kc = std::min(kDepth, K - k0);
-        if (direct_col) {
-          gemm::pack_col_lanes(rows_view(x, s.C, P, g * Cg, t), k0, kc, nr, bpack.data());
-        } else {
-          gather_col_lanes(xg, s, tab, cols, k0, kc, nr, bpack.data());
-        }
-        const gemm::OperandA<C> A{wc + (g * OCg + m0) * K + k0, K, /*row_major=*/true};
-        gemm::gemm(uk, rows, cols, kc, A, bpack.data(), kc * nr, acc.data(), cols);
-      }
-      // epilogue: bias, ReLU, one rounding to T, stored through y's strides
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t oc = g * OCg + m0 + i;
-        const C bv = b ? static_cast<C>(b[oc]) : C(0);
-        for (int64_t si = 0; si < t.ns; ++si) {
-          T* yp = y + (t.n0 + si) * ys.n + oc * ys.c;
-          const C* a = acc.data() + i * cols + si * t.len;
-          for (const RowSeg& r : t.rows) {
-            const C* ar = a + r.q;
-            T* yr = yp + r.oh * ys.h;
-            for (int64_t ow = r.owa; ow < r.owb; ++ow) {
-              C v = ar[ow - r.owa] + bv;
-              if (relu && v < C(0)) v = C(0);  // NaN stays NaN, as torch's relu
-              yr[ow * ys.w] = static_cast<T>(v);
-            }
+  // rows [k0, k0 + kc) of tile t's column matrix (group g) as B panels, ps apart
+  auto gather_b = [&](int64_t g, const ColTile& t, const std::vector<int64_t>& tab, int64_t k0, int64_t kc,
+                      C* dst, int64_t ps) {
+    if (direct_col) {
+      gemm::pack_col_lanes(rows_view(x, s.C, P, g * Cg, t), k0, kc, nr, dst, ps);
+    } else {
+      gather_col_lanes(x + (t.n0 * s.C + g * Cg) * plane, s, tab, t.cols(), k0, kc, nr, dst, ps);
+    }
+  };
+  // y[rows m0.., tile t] = W[g] rows * col, depth chunk by chunk; bpanels(k0) are the B
+  // panels of the chunk at k0, ps apart
+  auto multiply = [&](int64_t g, const ColTile& t, int64_t m0, int64_t rows, auto&& bpanels, int64_t ps,
+                      std::vector<C>& acc) {
+    const int64_t cols = t.cols();
+    acc.assign(rows * cols, C(0));
+    for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
+      const int64_t kc = std::min(kDepth, K - k0);
+      const gemm::OperandA<C> A{wc + (g * OCg + m0) * K + k0, K, /*row_major=*/true};
+      gemm::gemm(uk, rows, cols, kc, A, bpanels(k0, kc), ps ? ps : kc * nr, acc.data(), cols);
+    }
+    // epilogue: bias, ReLU, one rounding to T, stored through y's strides
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t oc = g * OCg + m0 + i;
+      const C bv = b ? static_cast<C>(b[oc]) : C(0);
+      for (int64_t si = 0; si < t.ns; ++si) {
+        T* yp = y + (t.n0 + si) * ys.n + oc * ys.c;
+        const C* a = acc.data() + i * cols + si * t.len;
+        for (const RowSeg& r : t.rows) {
+          const C* ar = a + r.q;
+          T* yr = yp + r.oh * ys.h;
+          for (int64_t ow = r.owa; ow < r.owb; ++ow) {
+            C v = ar[ow - r.owa] + bv;
+            if (relu && v < C(0)) v = C(0);  // NaN stays NaN, as torch's relu
+            yr[ow * ys.w] = static_cast<T>(v);
           }
         }
       }
     }
-  });
+  };
+
+  if (nblocks == 1 || K * tiles.front().cols() < kSharedColMin) {
+    // a task per (group, tile, block), gathering its columns chunk by chunk (a small
+    // gather done once per block costs less than two more parallel regions)
+    at::parallel_for(0, G * ntiles * nblocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> tab;
+      std::vector<C> bpack, acc;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t g = task / (ntiles * nblocks), bi = task % nblocks, m0 = bi * block_rows;
+        const ColTile& t = tiles[task / nblocks % ntiles];
+        if (m0 >= OCg) continue;
+        if (!direct_col) tap_table(s, t, s.C * plane, tab);
+        bpack.resize(round_up(t.cols(), nr) * std::min(kDepth, K));
+        auto chunk = [&](int64_t k0, int64_t kc) {
+          gather_b(g, t, tab, k0, kc, bpack.data(), 0);
+          return bpack.data();
+        };
+        multiply(g, t, m0, std::min(OCg, m0 + block_rows) - m0, chunk, 0, acc);
+      }
+    });
+    return;
+  }
+  // few tiles: per tile, all threads gather its whole column matrix (B panels over all
+  // of K, ps = K * nr apart), then all multiply, a block of output channels each
+  std::vector<int64_t> tab;
+  std::vector<C> bfull;
+  for (int64_t gt = 0; gt < G * ntiles; ++gt) {
+    const int64_t g = gt / ntiles;
+    const ColTile& t = tiles[gt % ntiles];
+    if (!direct_col) tap_table(s, t, s.C * plane, tab);
+    const int64_t ps = K * nr;
+    bfull.resize(round_up(t.cols(), nr) * K);
+    at::parallel_for(0, ceil_div(K, kDepth), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c)
+        gather_b(g, t, tab, c * kDepth, std::min(kDepth, K - c * kDepth), bfull.data() + c * kDepth * nr, ps);
+    });
+    at::parallel_for(0, nblocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<C> acc;
+      for (int64_t bi = begin; bi < end; ++bi) {
+        const int64_t m0 = bi * block_rows;
+        if (m0 >= OCg) continue;
+        auto chunk = [&](int64_t k0, int64_t) { return bfull.data() + k0 * nr; };
+        multiply(g, t, m0, std::min(OCg, m0 + block_rows) - m0, chunk, ps, acc);
+      }
+    });
+  }
 }
 
 at::Tensor conv2d_fwd(const at::Tensor& x_in, const at::Tensor& w_in, const std::optional<at::Tensor>& b_in,
