@@ -372,6 +372,9 @@ CPU_GEMM = [
     # forward: one column tile (2 x 8 x 8) of K = 576 rows, gathered once and shared by the
     # channel blocks (kSharedColMin)
     ("gemm_shared_col", 2, 64, 8, 8, 40, (3, 3), {"padding": 1}, True),
+    # input gradient: few columns (4 x 3 x 3), so W^T is read in place (kPackWeightCols),
+    # K = 45 rows per group: a partial last panel
+    ("gemm_wt_in_place_g2", 4, 10, 3, 3, 12, (3, 3), {"padding": 1, "groups": 2}, True),
 ]
 
 

@@ -23,16 +23,17 @@
 // MR or NR times, whatever the spatial size.
 //
 // The GEMM (csrc/cpu/gemm.h) is the classic Goto/BLIS one: the micro-kernel keeps an
-// MR x NR tile of the result in registers (16 x 16 floats with AVX-512, 6 x 16 with AVX2,
-// chosen at run time; gemm.h says why these shapes) while it runs through one chunk of
-// the depth, kDepth = 256 steps: its B panel (256 x 16 floats = 16 KiB) stays in the
-// 48 KiB L1 while the A panels stream past from L2. How the operands reach it:
+// MR x NR tile of the result in registers (12 x 32 or 16 x 16 floats with AVX-512 by the
+// GEMM's width, 6 x 16 with AVX2, chosen at run time; gemm.h says why these shapes) while
+// it runs through one chunk of the depth, kDepth = 256 steps: its B panel (256 x NR
+// values) stays in the 48 KiB L1 while the A panels stream past from L2. How the operands
+// reach it:
 //   forward:     A = W[g], read in place as a row-major matrix (A is the operand the
 //                micro-kernel broadcasts, so it needs no transposition, and copying the
 //                weight would cost as much as the GEMM on the 2x2 layers);
 //                B = col(x), gathered straight into panels of NR columns.
-//   input grad:  A = W[g]^T, packed once per call into panels of MR rows (in place it
-//                would be read with a stride of K elements per step); B = dY[g].
+//   input grad:  A = W[g]^T, packed once per call into panels of MR rows -- or, when the
+//                maps are small, read in place (W[g] is W^T column-major); B = dY[g].
 //   weight grad: A = dY[g] and B = col(x)^T, both packed per depth chunk; the depth is
 //                the samples x positions.
 // The column matrix is never built whole: a task gathers kDepth rows x one tile of about
@@ -104,6 +105,7 @@ using gemm::Strided2D;
 
 constexpr int64_t kDepth = 256;    // depth chunk of one micro-kernel call (see above)
 constexpr int64_t kColTile = 256;  // output columns (samples x positions) per task
+constexpr int64_t kPackWeightCols = 64;        // input grad: pack W^T from this many tile columns
 constexpr int64_t kSharedColMin = 1 << 16;     // forward: gather a tile once for all its blocks from here
 constexpr int64_t kMaxSlices = 16;             // weight gradient: most partial sums of dW...
 constexpr int64_t kSliceBudget = int64_t(1) << 22;  // ...and their most values in all (16 MiB of float)
@@ -632,18 +634,28 @@ void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Str
   const auto& uk = gemm::micro_kernel_for<C>(tiles.front().cols());  // B: a tile's columns
   const int64_t mr = uk.mr, nr = uk.nr;
 
-  // A = W[g]^T (K x OCg), packed once: panels of MR rows (c, kh, kw) over the depth OCg.
-  // (Read in place it would stride K elements per depth step: no locality at all.) The
-  // columns of W[g] become the lanes; 16 rows of W at a time, so W is read row by row.
+  // A = W[g]^T (K x OCg): W[g] is W^T stored column-major (MR consecutive rows of W^T at
+  // depth step d are MR consecutive values of W's row d). With many output columns it is
+  // packed once into panels of MR rows (c, kh, kw) over the depth OCg -- contiguous streams,
+  // reused by every B panel; the columns of W[g] become the lanes, 16 rows of W at a time,
+  // so W is read row by row. With few (small maps), it is read in place, K values between
+  // steps: each weight value then serves one or two B panels, and the transposing copy of
+  // all of W would cost as much as the GEMM (on ResNet's 2x2 layers at batch 4, 9 MB per
+  // call). A 16-bit weight is always packed (converted to C on the way).
+  const C* w_in_place = nullptr;
+  if constexpr (std::is_same_v<T, C>)
+    if (tiles.front().cols() < kPackWeightCols) w_in_place = w;
   const int64_t kpanels = ceil_div(K, mr), a_ps = OCg * mr, dblocks = ceil_div(OCg, 16);
-  std::unique_ptr<C[]> wpack(new C[G * kpanels * a_ps]);  // uninitialized: every entry is written
-  at::parallel_for(0, G * dblocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t g = i / dblocks, d0 = i % dblocks * 16;
-      gemm::pack_col_lanes(Strided2D<T>{w + g * OCg * K, K, 0, K, 1}, d0, std::min<int64_t>(16, OCg - d0), mr,
-                           wpack.get() + g * kpanels * a_ps + d0 * mr, a_ps);
-    }
-  });
+  std::unique_ptr<C[]> wpack(w_in_place ? nullptr : new C[G * kpanels * a_ps]);  // every entry is written
+  if (!w_in_place) {
+    at::parallel_for(0, G * dblocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t g = i / dblocks, d0 = i % dblocks * 16;
+        gemm::pack_col_lanes(Strided2D<T>{w + g * OCg * K, K, 0, K, 1}, d0, std::min<int64_t>(16, OCg - d0), mr,
+                             wpack.get() + g * kpanels * a_ps + d0 * mr, a_ps);
+      }
+    });
+  }
 
   // Tasks: (group, sample set, block of input channels). A sample set is one tile of
   // whole samples, or all the tiles of one large sample (done in order by one task).
@@ -669,7 +681,10 @@ void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Str
       const int64_t nch = std::min(Cg, c0 + block_ch) - c0, rows = nch * KK;
       const ColTile& first = tiles[set_begin[si]];
       acc.assign(first.ns * nch * plane, C(0));  // dx of the task: [samples][nch][H][W]
-      const gemm::OperandA<C> A{wpack.get() + (g * kpanels + c0 * KK / mr) * a_ps, a_ps, false};
+      // W^T from row c0 * KK (a panel boundary) on; Ad below: from depth step o0 on
+      const gemm::OperandA<C> A = w_in_place
+          ? gemm::OperandA<C>{w_in_place + g * OCg * K + c0 * KK, mr, false, K}
+          : gemm::OperandA<C>{wpack.get() + (g * kpanels + c0 * KK / mr) * a_ps, a_ps, false};
       for (int64_t ti = set_begin[si]; ti < set_begin[si + 1]; ++ti) {
         const ColTile& t = tiles[ti];
         const int64_t cols = t.cols();
@@ -678,7 +693,7 @@ void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Str
         for (int64_t o0 = 0; o0 < OCg; o0 += kDepth) {
           const int64_t oc = std::min(kDepth, OCg - o0);
           gemm::pack_col_lanes(rows_view(dy, s.OC, P, g * OCg, t), o0, oc, nr, bpack.data());
-          const gemm::OperandA<C> Ad{A.p + o0 * mr, A.ld, false};
+          const gemm::OperandA<C> Ad{A.p + o0 * (w_in_place ? K : mr), A.ld, false, A.step};
           gemm::gemm(uk, rows, cols, oc, Ad, bpack.data(), oc * nr, dcol.data(), cols);
         }
         tap_table(s, t, nch * plane, tab);

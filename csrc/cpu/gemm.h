@@ -83,10 +83,14 @@ namespace gemm {
 constexpr int kMaxTile = 12 * 32;  // largest MR * NR of any kernel below (scratch for edge tiles)
 
 // One MR x NR tile: c[i * ldc + j] += sum_{d < depth} A(i, d) * b[d * NR + j], where A is
-// a packed panel, A(i, d) = a[d * MR + i] (lda unused), or rows of a row-major matrix read
-// in place, A(i, d) = a[i * lda + d]. The second form lets the forward use the weight
-// as it is: the broadcast operand needs no transposition (packing the weight would be a
-// pass over all of it per call, as long as the GEMM itself on ResNet's 2x2 layers).
+// read in one of two forms:
+//   "packed" (column-major): A(i, d) = a[d * lda + i] -- a packed panel (lda = MR), or MR
+//            consecutive rows of a column-major matrix read in place (lda = its column
+//            stride: the input gradient reads W^T so from the weight itself);
+//   "row_major": A(i, d) = a[i * lda + d] -- rows of a row-major matrix read in place (the
+//            forward reads the weight so).
+// Read in place, the broadcast operand needs no copy: packing the weight would be a pass
+// over all of it per call, as long as the GEMM itself on ResNet's 2x2 layers.
 template <class C>
 using MicroFn = void (*)(int64_t depth, const C* a, int64_t lda, const C* b, C* c, int64_t ldc);
 
@@ -113,7 +117,7 @@ PYDL_ALWAYS_INLINE void micro_tile(int64_t depth, const C* a, int64_t lda, const
   V acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) acc[i][v] = V{};
-  for (int64_t d = 0; d < depth; ++d, a += kRowMajorA ? 1 : MR, b += NV * L) {
+  for (int64_t d = 0; d < depth; ++d, a += kRowMajorA ? 1 : lda, b += NV * L) {
     V bv[NV];
     for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + v * L, sizeof(V));  // an unaligned load
 #pragma GCC unroll 32
@@ -159,7 +163,7 @@ template <class C, bool kRowMajorA>
 void micro_default(int64_t depth, const C* a, int64_t lda, const C* b, C* c, int64_t ldc) {
   constexpr int MR = 4, NR = 4;
   C acc[MR][NR] = {};
-  for (int64_t d = 0; d < depth; ++d, a += kRowMajorA ? 1 : MR, b += NR)
+  for (int64_t d = 0; d < depth; ++d, a += kRowMajorA ? 1 : lda, b += NR)
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j) acc[i][j] += (kRowMajorA ? a[i * lda] : a[i]) * b[j];
   for (int i = 0; i < MR; ++i)
@@ -215,13 +219,17 @@ const MicroKernel<C>& micro_kernel_for(int64_t cols) {
 }
 
 // ----------------------------------------------------------------------- the block loop
-// The A operand of gemm(): packed panels (panel p at p[p * ld], see the top of the file),
-// or a row-major matrix read in place (row i at p[i * ld]).
+// The A operand of gemm(): column-major panels, panel p at p[p * ld] and its step d at
+// [d * step] -- packed panels (see the top of the file: step 0, meaning MR, and zero rows
+// past M), or a column-major matrix read in place (ld = MR, step = its column stride, not
+// 0) -- or a row-major matrix read in place (row i at p[i * ld]). An in-place A's last
+// panel is copied out when partial: its rows past M must not be read.
 template <class C>
 struct OperandA {
   const C* p;
   int64_t ld;
   bool row_major;
+  int64_t step = 0;
 };
 
 // C (M x N, ldc) += A (M x depth) * B (depth x N), B packed (panels b_ps apart). Loop
@@ -231,7 +239,9 @@ template <class C>
 void gemm(const MicroKernel<C>& uk, int64_t M, int64_t N, int64_t depth, const OperandA<C>& A, const C* Bp,
           int64_t b_ps, C* c, int64_t ldc) {
   const int mr = uk.mr, nr = uk.nr;
-  std::vector<C> edge;  // a row-major A's last, partial panel, packed with zero rows
+  const int64_t step = A.step ? A.step : mr;  // the column form's stride between steps
+  const bool in_place = A.row_major || A.step != 0;
+  std::vector<C> edge;  // an in-place A's last, partial panel, packed with zero rows
   for (int64_t q = 0; q * nr < N; ++q) {
     const int64_t n = std::min<int64_t>(nr, N - q * nr);
     const C* b = Bp + q * b_ps;
@@ -239,21 +249,23 @@ void gemm(const MicroKernel<C>& uk, int64_t M, int64_t N, int64_t depth, const O
       const int64_t m = std::min<int64_t>(mr, M - p * mr);
       MicroFn<C> fn = A.row_major ? uk.row_major : uk.packed;
       const C* a = A.row_major ? A.p + p * mr * A.ld : A.p + p * A.ld;
-      if (A.row_major && m < mr) {  // rows past M do not exist: never read them
+      int64_t lda = A.row_major ? A.ld : step;
+      if (in_place && m < mr) {  // rows past M do not exist: never read them
         if (edge.empty()) {
           edge.assign(mr * depth, C(0));
           for (int64_t i = 0; i < m; ++i)
-            for (int64_t d = 0; d < depth; ++d) edge[d * mr + i] = a[i * A.ld + d];
+            for (int64_t d = 0; d < depth; ++d) edge[d * mr + i] = A.row_major ? a[i * lda + d] : a[d * lda + i];
         }
         fn = uk.packed;
         a = edge.data();
+        lda = mr;
       }
       C* ct = c + p * mr * ldc + q * nr;
       if (m == mr && n == nr) {
-        fn(depth, a, A.ld, b, ct, ldc);
+        fn(depth, a, lda, b, ct, ldc);
       } else {  // an edge tile: compute the full tile aside, add the part inside C
         C tmp[kMaxTile] = {};
-        fn(depth, a, A.ld, b, tmp, nr);
+        fn(depth, a, lda, b, tmp, nr);
         for (int64_t i = 0; i < m; ++i)
           for (int64_t j = 0; j < n; ++j) ct[i * ldc + j] += tmp[i * nr + j];
       }
