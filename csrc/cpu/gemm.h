@@ -25,7 +25,7 @@
 // cover the FMA latency (~4 cycles x 2 pipes = 8 independent chains), and the loads per
 // step (NR/L + MR broadcasts) must not outnumber what the load ports do while the FMA
 // pipes work (2-3 per cycle, so about one per FMA at most). Per ISA:
-//   AVX-512 (32 zmm): two kernels, chosen per GEMM by its column count (micro_kernel_for):
+//   AVX-512 (32 zmm): two kernels, chosen per GEMM by its shape (micro_kernel_for):
 //                     12 x 32 floats / 12 x 16 doubles ("wide"): 24 accumulators, 2 B
 //                     vectors, 14 loads per 24 FMAs -- ~178 GFLOP/s per Sapphire Rapids
 //                     core (float; 200 is its FMA peak), also when A streams from L2;
@@ -206,16 +206,20 @@ const MicroKernel<C>& micro_kernel(bool wide = false) {
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
-// The kernel for GEMMs whose B operand has about `cols` columns: the wide one where it is
-// faster after its column edge waste (its ~1.2x speed against the tiles it computes in
-// vain), else the narrow one. Both add every C element's terms in the same order (one
-// lane, depth in order), so the choice never changes a result.
+// The kernel for GEMMs of about `rows` x `cols` (C's size): the wide one where it is faster
+// after the edge waste of its 12 x 32 tiles against the narrow one's 16 x 16 (its ~1.2x
+// speed against the tile parts computed in vain: 64 rows fill 16-row panels but not 12-row
+// ones; 16 columns fill half a 32-column panel), else the narrow one. Both add every C
+// element's terms in the same order (one lane, depth in order), so the choice never
+// changes a result.
 template <class C>
-const MicroKernel<C>& micro_kernel_for(int64_t cols) {
+const MicroKernel<C>& micro_kernel_for(int64_t rows, int64_t cols) {
   const MicroKernel<C>& narrow = micro_kernel<C>(false);
   const MicroKernel<C>& wide = micro_kernel<C>(true);
   if (wide.nr == narrow.nr) return narrow;
-  return round_up(cols, wide.nr) * 5 <= round_up(cols, narrow.nr) * 6 ? wide : narrow;
+  const int64_t narrow_tiles = round_up(rows, narrow.mr) * round_up(cols, narrow.nr);
+  const int64_t wide_tiles = round_up(rows, wide.mr) * round_up(cols, wide.nr);
+  return wide_tiles * 5 <= narrow_tiles * 6 ? wide : narrow;
 }
 
 // ----------------------------------------------------------------------- the block loop
