@@ -545,21 +545,26 @@ void fwd_gemm(const T* x, const T* w, const T* b, T* y, const ConvShape s, const
       const gemm::OperandA<C> A{wc + (g * OCg + m0) * K + k0, K, /*row_major=*/true};
       gemm::gemm(uk, rows, cols, kc, A, bpanels(k0, kc), ps ? ps : kc * nr, acc.data(), cols);
     }
-    // epilogue: bias, ReLU, one rounding to T, stored through y's strides
-    for (int64_t i = 0; i < rows; ++i) {
-      const int64_t oc = g * OCg + m0 + i;
-      const C bv = b ? static_cast<C>(b[oc]) : C(0);
-      for (int64_t si = 0; si < t.ns; ++si) {
-        T* yp = y + (t.n0 + si) * ys.n + oc * ys.c;
-        const C* a = acc.data() + i * cols + si * t.len;
-        for (const RowSeg& r : t.rows) {
-          const C* ar = a + r.q;
-          T* yr = yp + r.oh * ys.h;
-          for (int64_t ow = r.owa; ow < r.owb; ++ow) {
-            C v = ar[ow - r.owa] + bv;
-            if (relu && v < C(0)) v = C(0);  // NaN stays NaN, as torch's relu
-            yr[ow * ys.w] = static_cast<T>(v);
-          }
+    // epilogue: bias, ReLU, one rounding to T, stored through y's strides -- in the order
+    // of y's memory: along the pixels of each channel (NCHW), or along the channels of each
+    // pixel when they are adjacent (channels_last; by channel, each store would touch
+    // another cache line, and each line would be written once per channel)
+    auto out = [&](int64_t i, int64_t col) {
+      C v = acc[i * cols + col] + (b ? static_cast<C>(b[g * OCg + m0 + i]) : C(0));
+      if (relu && v < C(0)) v = C(0);  // NaN stays NaN, as torch's relu
+      return static_cast<T>(v);
+    };
+    for (int64_t si = 0; si < t.ns; ++si) {
+      T* yp = y + (t.n0 + si) * ys.n + (g * OCg + m0) * ys.c;
+      for (const RowSeg& r : t.rows) {
+        const int64_t col0 = si * t.len + r.q - r.owa;  // the column of (r.oh, ow) is col0 + ow
+        T* yr = yp + r.oh * ys.h;
+        if (ys.c == 1) {
+          for (int64_t ow = r.owa; ow < r.owb; ++ow)
+            for (int64_t i = 0; i < rows; ++i) yr[ow * ys.w + i] = out(i, col0 + ow);
+        } else {
+          for (int64_t i = 0; i < rows; ++i)
+            for (int64_t ow = r.owa; ow < r.owb; ++ow) yr[i * ys.c + ow * ys.w] = out(i, col0 + ow);
         }
       }
     }
@@ -706,13 +711,21 @@ void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Str
         tap_table(s, t, nch * plane, tab);
         col2im_add(dcol.data(), s, rows, cols, tab, acc.data());
       }
-      for (int64_t sn = 0; sn < first.ns; ++sn)
-        for (int64_t c = 0; c < nch; ++c) {
-          T* xp = dx + (first.n0 + sn) * xs.n + (g * Cg + c0 + c) * xs.c;
-          const C* a = acc.data() + (sn * nch + c) * plane;
+      // dx of the task, in the order of dx's memory (as the forward's epilogue)
+      for (int64_t sn = 0; sn < first.ns; ++sn) {
+        T* xp = dx + (first.n0 + sn) * xs.n + (g * Cg + c0) * xs.c;
+        const C* a = acc.data() + sn * nch * plane;
+        if (xs.c == 1) {
           for (int64_t h = 0; h < s.H; ++h)
-            for (int64_t x = 0; x < s.W; ++x) xp[h * xs.h + x * xs.w] = static_cast<T>(a[h * s.W + x]);
+            for (int64_t x = 0; x < s.W; ++x)
+              for (int64_t c = 0; c < nch; ++c) xp[h * xs.h + x * xs.w + c] = static_cast<T>(a[c * plane + h * s.W + x]);
+        } else {
+          for (int64_t c = 0; c < nch; ++c)
+            for (int64_t h = 0; h < s.H; ++h)
+              for (int64_t x = 0; x < s.W; ++x)
+                xp[c * xs.c + h * xs.h + x * xs.w] = static_cast<T>(a[c * plane + h * s.W + x]);
         }
+      }
     }
   });
 }
