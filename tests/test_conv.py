@@ -381,10 +381,13 @@ CPU_GEMM = [
 @pytest.mark.parametrize("row", CPU_GEMM, ids=_ids(CPU_GEMM))
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_cpu_gemm_path(row, dtype, layout):
+@pytest.mark.parametrize("weight_layout", LAYOUTS)
+def test_cpu_gemm_path(row, dtype, layout, weight_layout):
+    """Every GEMM path of the CPU conv; a channels_last weight is read in place with the
+    reduction in tap-major order (and dW, then channels_last too, written so)."""
     if not pydl.backends()["cpu"].usable:
         pytest.skip("the C++ extension is not built")
-    _run(row, "cpu", dtype, "cpu", layout)
+    _run(row, "cpu", dtype, "cpu", layout, weight_layout=weight_layout)
 
 
 _ISA_SCRIPT = r"""

@@ -191,16 +191,28 @@ void tap_table(const ConvShape& s, const ColTile& t, int64_t sample_stride, std:
   }
 }
 
-// Steps row k = (c, kh, kw) of the column matrix (tap = kh*KW + kw) without divisions.
+// Steps row k of the column matrix, which is (c, kh, kw) -- the order of an NCHW weight's
+// K values -- or, in tap-major order, (kh, kw, c) -- a channels_last weight's (then the
+// kernels read that weight in place, and a channels_last dW is written in place). Cn: the
+// channels the rows run over. No divisions per step.
 struct RowIter {
-  int64_t c, kh, kw, tap, KH, KW;
-  RowIter(int64_t k, int64_t KH_, int64_t KW_)
-      : c(k / (KH_ * KW_)), kh(k % (KH_ * KW_) / KW_), kw(k % KW_), tap(k % (KH_ * KW_)), KH(KH_), KW(KW_) {}
+  int64_t c, kh, kw, tap, KH, KW, Cn;
+  bool tap_major;
+  RowIter(int64_t k, int64_t KH_, int64_t KW_, int64_t Cn_, bool tap_major_)
+      : c(tap_major_ ? k % Cn_ : k / (KH_ * KW_)), tap(tap_major_ ? k / Cn_ : k % (KH_ * KW_)), KH(KH_), KW(KW_),
+        Cn(Cn_), tap_major(tap_major_) {
+    kh = tap / KW;
+    kw = tap % KW;
+  }
   void next() {
+    if (tap_major) {
+      if (++c < Cn) return;
+      c = 0;
+    }
     ++tap;
     if (++kw == KW) {
       kw = 0;
-      if (++kh == KH) kh = 0, tap = 0, ++c;
+      if (++kh == KH) kh = 0, tap = 0, ++c;  // (tap-major rows end before this wraps)
     }
   }
 };
@@ -264,14 +276,14 @@ GatherFn<T, C> row_gather() {
 // im2col fused with packing, for the B operand of the forward: rows [k0, k0 + depth) of
 // the tile's column matrix as panels of NR columns,
 //   dst[q * ps + kk * nr + l] = col(k0 + kk, q * nr + l),   0 past the last column,
-// with panel stride ps = depth * nr unless given. xg is x[n0, g*Cg] (the tile's first
-// sample, the group's first channel).
+// with panel stride ps = depth * nr unless given; rows in tap-major order when asked
+// (RowIter). xg is x[n0, g*Cg] (the tile's first sample, the group's first channel).
 template <class T, class C>
 void gather_col_lanes(const T* xg, const ConvShape& s, const std::vector<int64_t>& tab, int64_t cols,
-                      int64_t k0, int64_t depth, int nr, C* dst, int64_t ps = 0) {
+                      int64_t k0, int64_t depth, int nr, C* dst, int64_t ps, bool tap_major) {
   const GatherFn<T, C> gather = row_gather<T, C>();
   if (ps == 0) ps = depth * nr;  // panel stride: a slice of longer panels when given
-  RowIter k(k0, s.KH, s.KW);
+  RowIter k(k0, s.KH, s.KW, s.Cg(), tap_major);
   for (int64_t kk = 0; kk < depth; ++kk, k.next()) {
     gather(xg + k.c * s.H * s.W, tab.data() + k.tap * cols, dst + kk * nr, cols, nr, ps);
     if (cols % nr != 0) {  // the last panel's lanes past the last column
@@ -290,9 +302,9 @@ void gather_col_lanes(const T* xg, const ConvShape& s, const std::vector<int64_t
 // (column by column, each value would cost two more loads: its lane's plane and table row).
 template <class T, class C>
 void gather_row_lanes(const T* xg, const ConvShape& s, const std::vector<int64_t>& tab, int64_t cols,
-                      int64_t k0, int64_t rows, int nr, C* dst) {
+                      int64_t k0, int64_t rows, int nr, C* dst, bool tap_major) {
   constexpr int64_t kBlock = 64;
-  RowIter k(k0, s.KH, s.KW);
+  RowIter k(k0, s.KH, s.KW, s.Cg(), tap_major);
   for (int64_t p = 0; p * nr < rows; ++p, dst += cols * nr) {
     const int64_t n = std::min<int64_t>(nr, rows - p * nr);
     const RowIter first = k;  // the panel's first lane
@@ -338,20 +350,21 @@ __attribute__((target("avx512f"))) void scatter_add_run_avx512(C* a, const int64
 }
 #endif
 
-// The transpose of im2col for `rows` rows of the column matrix starting at channel c0
-// (dcol is rows x cols, row kk = (c0 + c, tap)): adds each entry to the pixel it was read
-// from. acc is [t.ns][channels][H][W] from channel c0 on, and tab was built with
-// sample_stride = channels * H * W to match. Each pixel's adds come in row order, whichever
-// form of the row add runs.
+// The transpose of im2col for the rows of `nch` channels from c0 (dcol is nch*KH*KW x
+// cols, row kk = (c0 + c, tap), or (tap, c0 + c) tap-major): adds each entry to the pixel
+// it was read from. acc is [t.ns][nch][H][W], and tab was built with sample_stride =
+// nch * H * W to match. Each pixel's adds come in row order, whichever form of the row
+// add runs.
 template <class C>
-void col2im_add(const C* dcol, const ConvShape& s, int64_t rows, int64_t cols, const std::vector<int64_t>& tab,
-                C* acc) {
+void col2im_add(const C* dcol, const ConvShape& s, int64_t nch, bool tap_major, int64_t cols,
+                const std::vector<int64_t>& tab, C* acc) {
+  const int64_t rows = nch * s.KH * s.KW;
   void (*add_row)(C*, const int64_t*, const C*, int64_t) = &scatter_add_run<C>;
 #if PYDL_GEMM_X86
   if (avx512_gathers<C>()) add_row = &scatter_add_run_avx512<C>;
 #endif
   const int64_t plane = s.H * s.W;
-  RowIter k(0, s.KH, s.KW);
+  RowIter k(0, s.KH, s.KW, nch, tap_major);
   for (int64_t kk = 0; kk < rows; ++kk, k.next())
     add_row(acc + k.c * plane, tab.data() + k.tap * cols, dcol + kk * cols, cols);
 }
@@ -491,9 +504,18 @@ void bwd_weight_direct(const T* dy, const T* x, T* dw, const ConvShape s, const 
   });
 }
 
+// A channels_last weight [OC, Cg, kH, kW] is, in memory, [OC][kH][kW][Cg]: a row-major
+// OC x K matrix with K in tap-major order (RowIter), which the GEMM paths read in place
+// instead of an NCHW copy per call (in a channels_last model every weight is so). When
+// Cg, or kH x kW, is 1, both orders are one, and the NCHW view is used.
+inline bool tap_major_weight(const at::Tensor& w) {
+  return w.is_contiguous(at::MemoryFormat::ChannelsLast) && !w.is_contiguous();
+}
+
 // ------------------------------------------------------------------------------ forward
 template <typename T>
-void fwd_gemm(const T* x, const T* w, const T* b, T* y, const ConvShape s, const Strides4 ys, bool relu) {
+void fwd_gemm(const T* x, const T* w, const T* b, T* y, const ConvShape s, const Strides4 ys, bool relu,
+              bool tap_major) {
   using C = at::opmath_type<T>;
   const int64_t G = s.groups, Cg = s.Cg(), OCg = s.OCg(), KK = s.KH * s.KW, K = Cg * KK;
   const int64_t P = s.OH * s.OW, plane = s.H * s.W;
@@ -501,8 +523,9 @@ void fwd_gemm(const T* x, const T* w, const T* b, T* y, const ConvShape s, const
   const auto& uk = gemm::micro_kernel_for<C>(OCg, tiles.front().cols());  // C: channels x a tile
   const int64_t mr = uk.mr, nr = uk.nr;
 
-  // A = W[g] (OCg x K), read in place as a row-major matrix; a 16-bit weight is converted
-  // to C once.
+  // A = W[g] (OCg x K), read in place as a row-major matrix -- K in tap-major order for a
+  // channels_last weight, and the column matrix's rows in the same order; a 16-bit weight
+  // is converted to C once.
   const C* wc = nullptr;
   std::unique_ptr<C[]> wconv;
   if constexpr (std::is_same_v<T, C>) {
@@ -531,7 +554,7 @@ void fwd_gemm(const T* x, const T* w, const T* b, T* y, const ConvShape s, const
     if (direct_col) {
       gemm::pack_col_lanes(rows_view(x, s.C, P, g * Cg, t), k0, kc, nr, dst, ps);
     } else {
-      gather_col_lanes(x + (t.n0 * s.C + g * Cg) * plane, s, tab, t.cols(), k0, kc, nr, dst, ps);
+      gather_col_lanes(x + (t.n0 * s.C + g * Cg) * plane, s, tab, t.cols(), k0, kc, nr, dst, ps, tap_major);
     }
   };
   // y[rows m0.., tile t] = W[g] rows * col, depth chunk by chunk; bpanels(k0) are the B
@@ -623,22 +646,29 @@ at::Tensor conv2d_fwd(const at::Tensor& x_in, const at::Tensor& w_in, const std:
   const bool relu = check_fwd_args(x_in, w_in, b_in, stride, padding, dilation, groups, act);
   const bool has_b = b_in.has_value() && b_in->defined();
   const auto [OH, OW] = conv_out_size(x_in.sizes(), w_in.sizes(), stride, padding, dilation);
-  at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
+  at::Tensor x = x_in.contiguous();
   at::Tensor b = has_b ? b_in->contiguous() : at::Tensor();
-  at::Tensor y = conv_alloc4({x.size(0), w.size(0), OH, OW}, x.options(), channels_last);
+  at::Tensor y = conv_alloc4({x.size(0), w_in.size(0), OH, OW}, x.options(), channels_last);
   if (y.numel() == 0) return y;
-  const ConvShape s = make_shape(x.sizes(), w.sizes(), y.sizes(), stride, padding, dilation, groups);
+  const ConvShape s = make_shape(x.sizes(), w_in.sizes(), y.sizes(), stride, padding, dilation, groups);
+  const bool direct = use_direct(s), w_cl = !direct && tap_major_weight(w_in);
+  at::Tensor w = w_cl ? w_in : w_in.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pydl_conv2d_fwd", [&] {
-    auto impl = use_direct(s) ? &fwd_direct<scalar_t> : &fwd_gemm<scalar_t>;
-    impl(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-         has_b ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), s, strides_of(y), relu);
+    const scalar_t* bp = has_b ? b.const_data_ptr<scalar_t>() : nullptr;
+    if (direct) {
+      fwd_direct(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), s,
+                 strides_of(y), relu);
+    } else {
+      fwd_gemm(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), s,
+               strides_of(y), relu, w_cl);
+    }
   });
   return y;
 }
 
 // --------------------------------------------------------------------------- input grad
 template <typename T>
-void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Strides4 xs) {
+void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Strides4 xs, bool tap_major) {
   using C = at::opmath_type<T>;
   const int64_t G = s.groups, Cg = s.Cg(), OCg = s.OCg(), KK = s.KH * s.KW, K = Cg * KK;
   const int64_t P = s.OH * s.OW, plane = s.H * s.W;
@@ -654,12 +684,15 @@ void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Str
   // steps: each weight value then serves one or two B panels, and the transposing copy of
   // all of W would cost as much as the GEMM (on ResNet's 2x2 layers at batch 4, 9 MB per
   // call). A 16-bit weight is always packed (converted to C on the way).
+  // A channels_last weight (tap_major) has a channel block's rows (tap, c) apart in K: each
+  // task packs its own block's panels instead (see below).
   const C* w_in_place = nullptr;
   if constexpr (std::is_same_v<T, C>)
-    if (tiles.front().cols() < kPackWeightCols) w_in_place = w;
+    if (!tap_major && tiles.front().cols() < kPackWeightCols) w_in_place = w;
   const int64_t kpanels = ceil_div(K, mr), a_ps = OCg * mr, dblocks = ceil_div(OCg, 16);
-  std::unique_ptr<C[]> wpack(w_in_place ? nullptr : new C[G * kpanels * a_ps]);  // every entry is written
-  if (!w_in_place) {
+  const bool pack_all = !w_in_place && !tap_major;
+  std::unique_ptr<C[]> wpack(pack_all ? new C[G * kpanels * a_ps] : nullptr);  // every entry is written
+  if (pack_all) {
     at::parallel_for(0, G * dblocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t g = i / dblocks, d0 = i % dblocks * 16;
@@ -685,7 +718,7 @@ void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Str
 
   at::parallel_for(0, G * nsets * nblocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> tab;
-    std::vector<C> bpack, dcol, acc;
+    std::vector<C> bpack, dcol, acc, tpack;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / (nsets * nblocks), si = task / nblocks % nsets, bi = task % nblocks;
       const int64_t c0 = bi * block_ch;
@@ -693,10 +726,15 @@ void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Str
       const int64_t nch = std::min(Cg, c0 + block_ch) - c0, rows = nch * KK;
       const ColTile& first = tiles[set_begin[si]];
       acc.assign(first.ns * nch * plane, C(0));  // dx of the task: [samples][nch][H][W]
+      if (tap_major) {  // the block's rows of W^T, (tap, c0 + c): KK runs of nch values Cg apart in W's rows
+        tpack.resize(ceil_div(rows, mr) * a_ps);
+        gemm::pack_col_lanes(Strided2D<T>{w + g * OCg * K + c0, K, Cg, nch, KK}, 0, OCg, mr, tpack.data(), a_ps);
+      }
       // W^T from row c0 * KK (a panel boundary) on; Ad below: from depth step o0 on
-      const gemm::OperandA<C> A = w_in_place
-          ? gemm::OperandA<C>{w_in_place + g * OCg * K + c0 * KK, mr, false, K}
-          : gemm::OperandA<C>{wpack.get() + (g * kpanels + c0 * KK / mr) * a_ps, a_ps, false};
+      const gemm::OperandA<C> A =
+          tap_major    ? gemm::OperandA<C>{tpack.data(), a_ps, false}
+          : w_in_place ? gemm::OperandA<C>{w_in_place + g * OCg * K + c0 * KK, mr, false, K}
+                       : gemm::OperandA<C>{wpack.get() + (g * kpanels + c0 * KK / mr) * a_ps, a_ps, false};
       for (int64_t ti = set_begin[si]; ti < set_begin[si + 1]; ++ti) {
         const ColTile& t = tiles[ti];
         const int64_t cols = t.cols();
@@ -709,7 +747,7 @@ void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Str
           gemm::gemm(uk, rows, cols, oc, Ad, bpack.data(), oc * nr, dcol.data(), cols);
         }
         tap_table(s, t, nch * plane, tab);
-        col2im_add(dcol.data(), s, rows, cols, tab, acc.data());
+        col2im_add(dcol.data(), s, nch, tap_major, cols, tab, acc.data());
       }
       // dx of the task, in the order of dx's memory (as the forward's epilogue)
       for (int64_t sn = 0; sn < first.ns; ++sn) {
@@ -734,21 +772,27 @@ at::Tensor conv2d_bwd_input(const at::Tensor& grad_in, const at::Tensor& w_in, a
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                             int64_t groups, bool channels_last) {
   check_bwd_input_args(grad_in, w_in, input_size, stride, padding, dilation, groups);
-  at::Tensor dy = grad_in.contiguous(), w = w_in.contiguous();
+  at::Tensor dy = grad_in.contiguous();
   at::Tensor dx = conv_alloc4(input_size, dy.options(), channels_last);
   if (dx.numel() == 0) return dx;
-  const ConvShape s = make_shape(input_size, w.sizes(), dy.sizes(), stride, padding, dilation, groups);
+  const ConvShape s = make_shape(input_size, w_in.sizes(), dy.sizes(), stride, padding, dilation, groups);
+  const bool direct = use_direct(s), w_cl = !direct && tap_major_weight(w_in);
+  at::Tensor w = w_cl ? w_in : w_in.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "pydl_conv2d_bwd_input", [&] {
-    auto impl = use_direct(s) ? &bwd_input_direct<scalar_t> : &bwd_input_gemm<scalar_t>;
-    impl(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), s,
-         strides_of(dx));
+    if (direct) {
+      bwd_input_direct(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+                       s, strides_of(dx));
+    } else {
+      bwd_input_gemm(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+                     s, strides_of(dx), w_cl);
+    }
   });
   return dx;
 }
 
 // -------------------------------------------------------------------------- weight grad
 template <typename T>
-void bwd_weight_gemm(const T* dy, const T* x, T* dw, const ConvShape s, const Strides4 wst) {
+void bwd_weight_gemm(const T* dy, const T* x, T* dw, const ConvShape s, const Strides4 wst, bool tap_major) {
   using C = at::opmath_type<T>;
   const int64_t G = s.groups, Cg = s.Cg(), OCg = s.OCg(), KK = s.KH * s.KW, K = Cg * KK;
   const auto& uk = gemm::micro_kernel_for<C>(OCg, std::min<int64_t>(K, 256));  // C: channels x a block of K
@@ -787,16 +831,19 @@ void bwd_weight_gemm(const T* dy, const T* x, T* dw, const ConvShape s, const St
   // slice's tiles stay in their task's accumulator until the end
   std::unique_ptr<C[]> part(slices > 1 ? new C[(slices - 1) * dw_size] : nullptr);
 
-  // dW row (g, oc) over k in [k0, k0 + kn) from `a`: contiguous when dW is NCHW, else
-  // through its strides (with k = (c, kh, kw) stepped without divisions)
-  const bool nchw = wst.w == 1 && wst.h == s.KW && wst.c == KK;
+  // dW row (g, oc) over k in [k0, k0 + kn) from `a`: contiguous when K's order is dW's
+  // memory order -- (c, kh, kw) for an NCHW dW, tap-major (kh, kw, c) for a channels_last
+  // one, which this call then runs (tap_major) -- else through its strides, k stepped
+  // without divisions
+  const bool k_order = tap_major ? wst.c == 1 && wst.w == Cg && wst.h == s.KW * Cg
+                                 : wst.w == 1 && wst.h == s.KW && wst.c == KK;
   auto store_row = [&](int64_t oc, int64_t k0, int64_t kn, const C* a) {
     T* out = dw + oc * wst.n;
-    if (nchw) {
+    if (k_order) {
       for (int64_t j = 0; j < kn; ++j) out[k0 + j] = static_cast<T>(a[j]);
       return;
     }
-    RowIter k(k0, s.KH, s.KW);
+    RowIter k(k0, s.KH, s.KW, Cg, tap_major);
     for (int64_t j = 0; j < kn; ++j, k.next()) out[k.c * wst.c + k.kh * wst.h + k.kw * wst.w] = static_cast<T>(a[j]);
   };
 
@@ -822,7 +869,7 @@ void bwd_weight_gemm(const T* dy, const T* x, T* dw, const ConvShape s, const St
           gemm::pack_row_lanes(rows_view(x, s.C, P, g * Cg, t), k0, kn, nr, bpack.data());
         } else {
           tap_table(s, t, s.C * plane, tab);
-          gather_row_lanes(x + (t.n0 * s.C + g * Cg) * plane, s, tab, depth, k0, kn, nr, bpack.data());
+          gather_row_lanes(x + (t.n0 * s.C + g * Cg) * plane, s, tab, depth, k0, kn, nr, bpack.data(), tap_major);
         }
         gemm::gemm(uk, rows, kn, depth, gemm::OperandA<C>{apack.data(), depth * mr, false}, bpack.data(),
                    depth * nr, out.data(), kn);
@@ -860,10 +907,16 @@ at::Tensor conv2d_bwd_weight(const at::Tensor& grad_in, const at::Tensor& x_in, 
   at::Tensor dw = conv_alloc4(weight_size, dy.options(), channels_last);
   if (dw.numel() == 0) return dw;
   const ConvShape s = make_shape(x.sizes(), weight_size, dy.sizes(), stride, padding, dilation, groups);
+  // a channels_last dW is computed with K tap-major, its memory order (tap_major_weight)
+  const bool direct = use_direct(s), dw_cl = !direct && tap_major_weight(dw);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "pydl_conv2d_bwd_weight", [&] {
-    auto impl = use_direct(s) ? &bwd_weight_direct<scalar_t> : &bwd_weight_gemm<scalar_t>;
-    impl(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), dw.mutable_data_ptr<scalar_t>(), s,
-         strides_of(dw));
+    if (direct) {
+      bwd_weight_direct(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), dw.mutable_data_ptr<scalar_t>(),
+                        s, strides_of(dw));
+    } else {
+      bwd_weight_gemm(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), dw.mutable_data_ptr<scalar_t>(),
+                      s, strides_of(dw), dw_cl);
+    }
   });
   return dw;
 }
