@@ -75,10 +75,12 @@
 // dimension of 1 to 3 -- most of a 16 x 16 register tile wasted -- or a depth too short
 // to pay for loading and storing the tile.
 //
-// Layout: the kernels read NCHW-contiguous operands (a channels_last operand is made
-// contiguous first -- a copy, no arithmetic) and write the output through its strides, so
-// the output may be NCHW or channels_last as the caller asks (pydl/ops/conv.py decides,
-// following torch's rule).
+// Layout: the kernels read NCHW-contiguous activations (a channels_last x or dY is made
+// contiguous first -- a copy, no arithmetic) and write the output through its strides, in
+// its memory order, so the output may be NCHW or channels_last as the caller asks
+// (pydl/ops/conv.py decides, following torch's rule). A channels_last weight is read in
+// place: the GEMM paths then run the reduction K in tap-major order (kh, kw, c), which is
+// its memory order (RowIter, tap_major_weight), and write a channels_last dW the same way.
 #include "common.h"
 #include "conv_common.h"
 #include "cpu/gemm.h"
