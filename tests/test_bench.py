@@ -154,6 +154,23 @@ def test_host_overhead_tool(tmp_path, capsys):
     assert "| conv2d 3x3 | fwd |" in capsys.readouterr().out
 
 
+def test_cpu_conv_speed_tool(tmp_path, capsys):
+    """bench/cpu_conv_speed.py: each pass of the CPU conv on every layer timed beside torch's
+    (two rounds, each row's fastest kept), and a saved table shown as the 'before' column."""
+    if not pydl.backends()["cpu"].usable:
+        pytest.skip("the C++ extension is not built")
+    from bench import cpu_conv_speed
+    out = tmp_path / "cpu.json"
+    assert cpu_conv_speed.main(["--repeats", "2", "--rounds", "2", "--no-train-step", "--json", str(out)]) == 0
+    rows = json.load(open(out))
+    assert {r["pass"] for r in rows} == {"fwd", "bwd_input", "bwd_weight"}
+    assert len(rows) == 3 * len(cpu_conv_speed.LAYERS)
+    assert all(r["pydl_ms"] > 0 and r["torch_ms"] > 0 for r in rows)
+    assert "fastest of 2 rounds" in capsys.readouterr().out
+    assert cpu_conv_speed.main(["--repeats", "1", "--no-train-step", "--before", str(out)]) == 0
+    assert "before ms" in capsys.readouterr().out
+
+
 @pytest.mark.skipif(pydl._dispatch._kernels is None, reason="Triton kernels not available")
 def test_conv_configs_tool(tmp_path, capsys):
     """bench/conv_configs.py: each Triton conv configuration timed alone beside torch, for
