@@ -140,6 +140,23 @@ def test_eager_calls_skip_torch_library_autograd(backend):
     assert x.grad is not None and w.grad is not None and g.grad is not None
 
 
+def test_needs_grad_looks_at_the_schema_tensor_arguments():
+    """The eager fast path decides autograd or not from the arguments the op's schema types
+    as tensors (Tensor, Tensor?, Tensor[]) -- their positions found once per op."""
+    from pydl.ops._util import _needs_grad, _tensor_positions
+    schema = torch._C.parse_schema("f(Tensor x, Tensor w, Tensor? b, int[] s, Tensor[] ts, float a) -> Tensor")
+    single, lists = _tensor_positions(schema)
+    assert single == (0, 1, 2) and lists == (4,)
+    x, w = torch.randn(2), torch.randn(2)
+    wg, tg = torch.randn(2, requires_grad=True), torch.randn(2, requires_grad=True)
+    assert not _needs_grad((x, w, None, [1], [x], 1.0), single, lists)
+    assert _needs_grad((x, wg, None, [1], [x], 1.0), single, lists)
+    assert _needs_grad((x, w, wg, [1], [x], 1.0), single, lists)
+    assert _needs_grad((x, w, None, [1], [x, tg], 1.0), single, lists)
+    with torch.no_grad():
+        assert not _needs_grad((x, wg, None, [1], [tg], 1.0), single, lists)
+
+
 @pytest.mark.parametrize("backend", [b for b in ("cpu", "triton")
                                      if "cpu" in pydl.backends()[b].devices])
 def test_torch_func_grad(backend):

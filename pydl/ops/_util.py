@@ -99,19 +99,33 @@ def _no_zero_grads(ctx, *aux_outputs) -> None:
 _BELOW_AUTOGRAD = torch._C._AutoDispatchBelowAutograd
 
 
-def _needs_grad(args) -> bool:
+def _tensor_positions(schema):
+    """From an op's schema, the positions of its arguments that can require a gradient:
+    (Tensor and Tensor? ones, Tensor[] ones)."""
+    single, lists = [], []
+    for i, a in enumerate(schema.arguments):
+        t = str(a.type)
+        if t in ("Tensor", "Optional[Tensor]"):
+            single.append(i)
+        elif t in ("List[Tensor]", "List[Optional[Tensor]]"):
+            lists.append(i)
+    return tuple(single), tuple(lists)
+
+
+def _needs_grad(args, single, lists) -> bool:
     """Whether grad mode is on and a tensor argument (or a tensor in a list argument)
-    requires a gradient. Lists of ints (sizes, strides) are passed over after one look at
-    their first element: this runs on every call."""
+    requires a gradient. Only the positions the schema types as tensors are looked at
+    (_tensor_positions): this runs on every call, and testing every argument's type cost
+    more than the rest of the check (a pool call: ~30 isinstance tests)."""
     if not torch.is_grad_enabled():
         return False
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            if a.requires_grad:
-                return True
-        elif isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor):
-            if any(isinstance(t, torch.Tensor) and t.requires_grad for t in a):
-                return True
+    n = len(args)
+    for i in single:  # (getattr: None, or a wrong argument the op itself will reject)
+        if i < n and getattr(args[i], "requires_grad", False):
+            return True
+    for i in lists:
+        if i < n and any(getattr(t, "requires_grad", False) for t in args[i]):
+            return True
     return False
 
 
@@ -131,6 +145,7 @@ def differentiable(qualname: str, setup_context, backward):
     torch.library.register_autograd(qualname, backward, setup_context=setup_context)
     ns, name = qualname.split("::")
     op = getattr(getattr(torch.ops, ns), name).default
+    single, lists = _tensor_positions(op._schema)
 
     class Fn(torch.autograd.Function):
         @staticmethod
@@ -170,7 +185,7 @@ def differentiable(qualname: str, setup_context, backward):
             return op(*args)
         if functorch_active():
             return FuncFn.apply(*args)
-        if _needs_grad(args):
+        if _needs_grad(args, single, lists):
             return Fn.apply(*args)
         with _BELOW_AUTOGRAD():
             return op(*args)
