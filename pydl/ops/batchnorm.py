@@ -164,8 +164,6 @@ def _register(ns: str) -> SimpleNamespace:
           want_dz):
         return _empty_like_x(x), (_empty_like_x(x) if want_dz else x.new_empty((0,)))
 
-    ops = getattr(torch.ops, ns)
-
     def _grads(ctx, gy, x, w, mean, var, y, train):
         """(dx, dweight, dbias, dresidual) for the saved forward; None where not needed."""
         need_x, need_w, need_b, need_r = ctx.needs_input_grad_4
