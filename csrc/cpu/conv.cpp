@@ -808,8 +808,8 @@ void bwd_weight_gemm(const T* dy, const T* x, T* dw, const ConvShape s, const St
   // added slice by slice at the end. Their number depends on the shapes only (one chunk
   // each, at most kMaxSlices, partials within kSliceBudget values), so the summation order
   // does not depend on the threads. Without it, the only parallelism is tiling dW, and every
-  // tile packs dY and gathers x for every chunk again: the stem (dW 64 x 147, 16 chunks
-  // at batch 4) spent three quarters of its time re-packing and re-gathering.
+  // tile packs dY and builds the tap tables for every chunk again (the stem at batch 4: dW
+  // 64 x 147, 16 chunks, cut into 4 tiles for 2 threads).
   const int64_t dw_size = G * OCg * K;
   // (An empty batch has no chunks: one slice of none, and dW is zeros.)
   const int64_t nslices = std::clamp<int64_t>(kSliceBudget / std::max<int64_t>(dw_size, 1), 1,
