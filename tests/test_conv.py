@@ -444,7 +444,7 @@ torch.save(out, sys.argv[1])
 
 
 def test_cpu_gemm_kernels_agree_bitwise(tmp_path):
-    """With AVX-512 a GEMM runs the 12 x 32 or the 16 x 16 micro-kernel by its column count;
+    """With AVX-512 a GEMM runs the 12 x 32 or the 16 x 16 micro-kernel by its shape;
     both add each output's terms in the same order, so forcing the 16 x 16 one everywhere
     (PYDL_CPU_GEMM=avx512-narrow) must give bitwise the same results."""
     if not pydl.backends()["cpu"].usable:

@@ -93,8 +93,8 @@
 
 #include <algorithm>
 #include <memory>
-#include <string>
 #include <numeric>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -257,15 +257,16 @@ __attribute__((target("avx512f"))) void gather_run_avx512(const C* src, const in
 template <class T, class C>
 using GatherFn = void (*)(const T*, const int64_t*, C*, int64_t, int64_t, int64_t);
 
-// The row gather for this machine: the AVX-512 one where the GEMM runs AVX-512 (the same
-// choice, under the same PYDL_CPU_GEMM cap) and the source needs no conversion, else the
-// loop.
+// The AVX-512 gathers run where the GEMM runs AVX-512 (the same choice, under the same
+// PYDL_CPU_GEMM cap).
 template <class C>
-bool avx512_gathers() {  // the AVX-512 gathers run where the AVX-512 GEMM does
+bool avx512_gathers() {
   static const bool yes = std::string(gemm::micro_kernel<C>().isa) == "avx512";
   return yes;
 }
 
+// The row gather for this machine: the AVX-512 one where those run and the source needs
+// no conversion, else the loop.
 template <class T, class C>
 GatherFn<T, C> row_gather() {
 #if PYDL_GEMM_X86
@@ -732,7 +733,8 @@ void bwd_input_gemm(const T* dy, const T* w, T* dx, const ConvShape s, const Str
         tpack.resize(ceil_div(rows, mr) * a_ps);
         gemm::pack_col_lanes(Strided2D<T>{w + g * OCg * K + c0, K, Cg, nch, KK}, 0, OCg, mr, tpack.data(), a_ps);
       }
-      // W^T from row c0 * KK (a panel boundary) on; Ad below: from depth step o0 on
+      // the block's rows of W^T (from row c0 * KK, a panel boundary, of W^T or of wpack; the
+      // whole of tpack); Ad below: from depth step o0 on
       const gemm::OperandA<C> A =
           tap_major    ? gemm::OperandA<C>{tpack.data(), a_ps, false}
           : w_in_place ? gemm::OperandA<C>{w_in_place + g * OCg * K + c0 * KK, mr, false, K}
