@@ -16,18 +16,25 @@
 //    chunks (stable for mean >> std, see stats_kernel).
 //  * Elementwise passes (normalize, input gradient) precompute the per-channel
 //    coefficients once, then stream: over planes (NCHW) or rows (channels-last).
-// The reductions accumulate in double, as torch's own CPU kernels do (at::acc_type on
-// CPU): cheap on a CPU, and it keeps a channel with mean 1e4 / std 1e-2 or a nearly
-// cancelling gradient as accurate as torch. Their results -- mean, var, the two sums --
-// are stored in float32 (float64 for float64 input), like torch under autocast.
-// Elementwise math is float for float32/float16/bfloat16 (rounded once on store) and
-// double for float64.
+// The reductions' totals are double, as torch's own CPU kernels keep theirs (at::acc_type
+// on CPU), added from float sums of short blocks (<= 32 values a lane; double ones for
+// float64 input) -- torch sums a whole channel plane in float first. Together with the
+// shift by K this keeps a channel with mean 1e4 / std 1e-2 or a nearly cancelling gradient
+// as accurate as torch. Their results -- mean, var, the two sums -- are stored in float32
+// (float64 for float64 input), like torch under autocast. Elementwise math is float for
+// float32/float16/bfloat16 (rounded once on store) and double for float64.
+// The innermost loops are in csrc/cpu/batchnorm_loops.h, compiled for AVX-512, AVX2 and
+// the baseline, the widest this CPU has chosen at run time (PYDL_CPU_SIMD caps it).
 #include "batchnorm.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <type_traits>
 #include <tuple>
 #include <vector>
 
@@ -37,11 +44,70 @@ namespace {
 constexpr int64_t GRAIN = 32768;  // elements below which a thread's work does not pay off
 constexpr int64_t CHUNK = 16384;  // values of one channel per reduction partial
 
-constexpr int L = 4;  // independent accumulators in the per-plane reduction loops
+// The innermost loops, one copy per instruction set (see csrc/cpu/batchnorm_loops.h).
+// Each struct holds the same static member templates; the kernels below take the struct
+// as a template argument, and the glue picks it once per call (with_cpu_simd).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PYDL_BN_X86 1
+// (-Wpsabi: GCC notes that functions passing 32/64-byte vectors have a different ABI
+// with and without AVX; these are all inlined into their own target's loops)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")
+#define PYDL_BN_VEC_BYTES 64
+struct LoopsAvx512 {
+#include "batchnorm_loops.h"
+};
+#undef PYDL_BN_VEC_BYTES
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#define PYDL_BN_VEC_BYTES 32
+struct LoopsAvx2 {
+#include "batchnorm_loops.h"
+};
+#undef PYDL_BN_VEC_BYTES
+#pragma GCC pop_options
+#endif
+#define PYDL_BN_VEC_BYTES 16
+struct LoopsDefault {
+#include "batchnorm_loops.h"
+};
+#undef PYDL_BN_VEC_BYTES
 
-template <typename A>
-A lane_sum(const A (&a)[L]) {
-  return (a[0] + a[1]) + (a[2] + a[3]);
+enum class CpuSimd { Default, Avx2, Avx512 };
+
+// The widest instruction set this CPU has, chosen once; PYDL_CPU_SIMD=avx2|default caps
+// it (the tests use it to run every copy of the loops on one machine).
+CpuSimd cpu_simd() {
+  static const CpuSimd isa = [] {
+#if PYDL_BN_X86
+    const char* env = std::getenv("PYDL_CPU_SIMD");
+    const std::string cap = env ? env : "";
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                      __builtin_cpu_supports("f16c");
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                        __builtin_cpu_supports("avx512vl");
+    if (cap != "avx2" && cap != "default" && avx512) return CpuSimd::Avx512;
+    if (cap != "default" && avx2) return CpuSimd::Avx2;
+#endif
+    return CpuSimd::Default;
+  }();
+  return isa;
+}
+
+// Calls fn(Loops{}) with the loops struct for this CPU.
+template <typename Fn>
+void with_cpu_simd(Fn&& fn) {
+  switch (cpu_simd()) {
+#if PYDL_BN_X86
+    case CpuSimd::Avx512: fn(LoopsAvx512{}); return;
+    case CpuSimd::Avx2: fn(LoopsAvx2{}); return;
+#endif
+    default: fn(LoopsDefault{}); return;
+  }
 }
 
 // Rows per reduction chunk: planes hold `inner` values of a channel per row,
@@ -70,13 +136,26 @@ void for_each_partial(const BnShape& s, int64_t P, int64_t R, Body&& body) {
   }
 }
 
+// Runs an elementwise pass: body(o_begin, o_end) for channels-last row ranges, or
+// body(plane) for each (n, c) plane of NCHW; at least GRAIN values per task.
+template <typename Rows, typename Plane>
+void for_each_block(const BnShape& s, Rows&& rows, Plane&& plane) {
+  if (s.inner == 1) {
+    at::parallel_for(0, s.outer, std::max<int64_t>(1, GRAIN / std::max<int64_t>(1, s.C)), rows);
+  } else {
+    at::parallel_for(0, s.outer * s.C, std::max<int64_t>(1, GRAIN / s.inner), [&](int64_t b, int64_t e) {
+      for (int64_t pl = b; pl < e; ++pl) plane(pl);
+    });
+  }
+}
+
 // ------------------------------------------------------------------------ statistics
-// Each chunk accumulates s1 = sum (x - K) and s2 = sum (x - K)^2 in double, K = the
-// channel's first value: a straight loop of adds (a per-value Welford update would
-// chain a division per value, ~3x slower here). Shifting by K keeps s2 - s1^2/n
+// Each chunk accumulates s1 = sum (x - K) and s2 = sum (x - K)^2, K = the channel's first
+// value: a straight loop of adds (a per-value Welford update would chain a division per
+// value, ~3x slower here). Shifting by K keeps s2 - s1^2/n
 // from cancelling when |mean| >> std. Each chunk then becomes a Welford state
 // (n, mean, M2) and the chunks are merged with Chan's formula in chunk order.
-template <typename T, typename C>
+template <class L, typename T, typename C>
 void stats_kernel(const T* x, const BnShape& s, C* mean, C* var) {
   using A = double;  // CPU accumulation type (see the file comment)
   const int64_t R = rows_per_chunk(s);
@@ -93,36 +172,12 @@ void stats_kernel(const T* x, const BnShape& s, C* mean, C* var) {
   for_each_partial(s, P, R, [&](int64_t p, int64_t c, int64_t ob, int64_t oe) {
     if (c < 0) {
       std::vector<A> s1(s.C, A(0)), s2(s.C, A(0));
-      for (int64_t o = ob; o < oe; ++o) {
-        const T* row = x + o * s.C;
-        for (int64_t k = 0; k < s.C; ++k) {
-          const A v = static_cast<A>(row[k]) - K[k];
-          s1[k] += v;
-          s2[k] += v * v;
-        }
-      }
+      L::stats_rows(x + ob * s.C, oe - ob, s.C, K.data(), s1.data(), s2.data());
       for (int64_t k = 0; k < s.C; ++k) part[p * s.C + k] = finish(K[k], s1[k], s2[k], oe - ob);
     } else {
-      // L independent accumulators (a fixed split, so still deterministic): the adds
-      // no longer wait on each other and the compiler can use SIMD lanes
-      A s1[L] = {}, s2[L] = {};
-      const A kc = K[c];
-      for (int64_t o = ob; o < oe; ++o) {
-        const T* plane = x + (o * s.C + c) * s.inner;
-        int64_t i = 0;
-        for (; i + L <= s.inner; i += L)
-          for (int l = 0; l < L; ++l) {
-            const A v = static_cast<A>(plane[i + l]) - kc;
-            s1[l] += v;
-            s2[l] += v * v;
-          }
-        for (; i < s.inner; ++i) {
-          const A v = static_cast<A>(plane[i]) - kc;
-          s1[0] += v;
-          s2[0] += v * v;
-        }
-      }
-      part[p * s.C + c] = finish(kc, lane_sum(s1), lane_sum(s2), (oe - ob) * s.inner);
+      A sums[2];
+      L::stats_planes(x + (ob * s.C + c) * s.inner, oe - ob, s.C * s.inner, s.inner, K[c], sums);
+      part[p * s.C + c] = finish(K[c], sums[0], sums[1], (oe - ob) * s.inner);
     }
   });
   at::parallel_for(0, s.C, 64, [&](int64_t b, int64_t e) {
@@ -137,76 +192,43 @@ void stats_kernel(const T* x, const BnShape& s, C* mean, C* var) {
 
 // ------------------------------------------------------------------ forward (normalize)
 // y = act((x - mean) * scale + shift [+ r]) with scale = invstd * w, shift = b.
-template <BnAct A, typename T, typename C>
+template <class L, BnAct A, typename T, typename C>
 void normalize_kernel(const T* x, const T* r, T* y, const BnShape& s, const C* mean,
                       const C* scale, const C* shift, C alpha) {
-  auto one = [&](int64_t idx, int64_t c) {
-    C z = (static_cast<C>(x[idx]) - mean[c]) * scale[c] + shift[c];
-    if (r) z += static_cast<C>(r[idx]);
-    y[idx] = static_cast<T>(bn_act<A, C>(z, alpha));
-  };
-  if (s.inner == 1) {
-    at::parallel_for(0, s.outer, std::max<int64_t>(1, GRAIN / std::max<int64_t>(1, s.C)),
-                     [&](int64_t b, int64_t e) {
-      for (int64_t o = b; o < e; ++o)
-        for (int64_t c = 0; c < s.C; ++c) one(o * s.C + c, c);
-    });
-  } else {
-    at::parallel_for(0, s.outer * s.C, std::max<int64_t>(1, GRAIN / s.inner),
-                     [&](int64_t b, int64_t e) {
-      for (int64_t pl = b; pl < e; ++pl) {
-        const int64_t c = pl % s.C;
-        for (int64_t i = 0; i < s.inner; ++i) one(pl * s.inner + i, c);
-      }
-    });
-  }
+  for_each_block(
+      s,
+      [&](int64_t b, int64_t e) {
+        L::template normalize_rows<A>(x + b * s.C, r ? r + b * s.C : nullptr, y + b * s.C, e - b, s.C,
+                                      mean, scale, shift, alpha);
+      },
+      [&](int64_t pl) {
+        const int64_t c = pl % s.C, off = pl * s.inner;
+        L::template normalize_plane<A>(x + off, r ? r + off : nullptr, y + off, s.inner, mean[c],
+                                       scale[c], shift[c], alpha);
+      });
 }
 
 // --------------------------------------------------------------- backward reduction
 // sum_dz[c] = sum dz, sum_dzxh[c] = invstd_c * sum dz * (x - mean_c), dz = g * act'(y).
-template <BnAct A, typename T, typename C>
+template <class L, BnAct A, typename T, typename C>
 void bwd_reduce_kernel(const T* g, const T* x, const T* y, const BnShape& s, const C* mean,
                        const C* invstd, C alpha, C* sum_dz, C* sum_dzxh) {
   using D = double;  // CPU accumulation type (see the file comment)
   const int64_t R = rows_per_chunk(s);
   const int64_t P = std::max<int64_t>(1, (s.outer + R - 1) / R);
-  std::vector<D> pd(P * s.C, D(0)), px(P * s.C, D(0));
-  auto dz_at = [&](int64_t idx) {
-    // y is read only when the activation needs it (A is a compile-time constant)
-    return bn_act_grad<A, C>(static_cast<C>(g[idx]),
-                             A == BnAct::None ? C(0) : static_cast<C>(y[idx]), alpha);
-  };
+  std::vector<D> pd(P * s.C, D(0)), px(P * s.C, D(0)), m(mean, mean + s.C);
   for_each_partial(s, P, R, [&](int64_t p, int64_t c, int64_t ob, int64_t oe) {
     if (c < 0) {
-      D* d = &pd[p * s.C];
-      D* dx = &px[p * s.C];
-      for (int64_t o = ob; o < oe; ++o)
-        for (int64_t k = 0; k < s.C; ++k) {
-          const int64_t idx = o * s.C + k;
-          const D dz = dz_at(idx);
-          d[k] += dz;
-          dx[k] += dz * (D(x[idx]) - D(mean[k]));
-        }
+      const int64_t off = ob * s.C;
+      L::template reduce_rows<A>(g + off, x + off, y ? y + off : nullptr, oe - ob, s.C, m.data(), alpha,
+                                 &pd[p * s.C], &px[p * s.C]);
     } else {
-      D d[L] = {}, dx[L] = {};  // L accumulators, as in stats_kernel
-      const D m = mean[c];
-      for (int64_t o = ob; o < oe; ++o) {
-        const int64_t base = (o * s.C + c) * s.inner;
-        int64_t i = 0;
-        for (; i + L <= s.inner; i += L)
-          for (int l = 0; l < L; ++l) {
-            const D dz = dz_at(base + i + l);
-            d[l] += dz;
-            dx[l] += dz * (D(x[base + i + l]) - m);
-          }
-        for (; i < s.inner; ++i) {
-          const D dz = dz_at(base + i);
-          d[0] += dz;
-          dx[0] += dz * (D(x[base + i]) - m);
-        }
-      }
-      pd[p * s.C + c] = lane_sum(d);
-      px[p * s.C + c] = lane_sum(dx);
+      const int64_t off = (ob * s.C + c) * s.inner;
+      D sums[2];
+      L::template reduce_planes<A>(g + off, x + off, y ? y + off : nullptr, oe - ob, s.C * s.inner,
+                                   s.inner, m[c], alpha, sums);
+      pd[p * s.C + c] = sums[0];
+      px[p * s.C + c] = sums[1];
     }
   });
   for (int64_t c = 0; c < s.C; ++c) {
@@ -223,30 +245,22 @@ void bwd_reduce_kernel(const T* g, const T* x, const T* y, const BnShape& s, con
 // ------------------------------------------------------------- backward elementwise
 // dx = (dz - a_c - (x - mean_c) * b_c) * scale_c, with scale = w * invstd and
 // a = k * sum_dz, b = k * sum_dz_xhat * invstd (both 0 in eval). dz is stored when asked.
-template <BnAct A, typename T, typename C>
+template <class L, BnAct A, typename T, typename C>
 void bwd_elemt_kernel(const T* g, const T* x, const T* y, T* dx, T* dzo, const BnShape& s,
                       const C* mean, const C* scale, const C* a, const C* b, C alpha) {
-  auto one = [&](int64_t idx, int64_t c) {
-    const C dz = bn_act_grad<A, C>(static_cast<C>(g[idx]),
-                                   A == BnAct::None ? C(0) : static_cast<C>(y[idx]), alpha);
-    if (dzo) dzo[idx] = static_cast<T>(dz);
-    dx[idx] = static_cast<T>((dz - a[c] - (static_cast<C>(x[idx]) - mean[c]) * b[c]) * scale[c]);
-  };
-  if (s.inner == 1) {
-    at::parallel_for(0, s.outer, std::max<int64_t>(1, GRAIN / std::max<int64_t>(1, s.C)),
-                     [&](int64_t bb, int64_t e) {
-      for (int64_t o = bb; o < e; ++o)
-        for (int64_t c = 0; c < s.C; ++c) one(o * s.C + c, c);
-    });
-  } else {
-    at::parallel_for(0, s.outer * s.C, std::max<int64_t>(1, GRAIN / s.inner),
-                     [&](int64_t bb, int64_t e) {
-      for (int64_t pl = bb; pl < e; ++pl) {
-        const int64_t c = pl % s.C;
-        for (int64_t i = 0; i < s.inner; ++i) one(pl * s.inner + i, c);
-      }
-    });
-  }
+  for_each_block(
+      s,
+      [&](int64_t bb, int64_t e) {
+        const int64_t off = bb * s.C;
+        L::template elemt_rows<A>(g + off, x + off, y ? y + off : nullptr, dx + off,
+                                  dzo ? dzo + off : nullptr, e - bb, s.C, mean, scale, a, b, alpha);
+      },
+      [&](int64_t pl) {
+        const int64_t c = pl % s.C, off = pl * s.inner;
+        L::template elemt_plane<A>(g + off, x + off, y ? y + off : nullptr, dx + off,
+                                   dzo ? dzo + off : nullptr, s.inner, mean[c], scale[c], a[c], b[c],
+                                   alpha);
+      });
 }
 
 // ------------------------------------------------------------------------ torch glue
@@ -265,8 +279,10 @@ std::tuple<at::Tensor, at::Tensor> bn_stats(const at::Tensor& x_in) {
   at::Tensor mean = bn_empty_stats(x), var = bn_empty_stats(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pydl_bn_stats", [&] {
     using C = at::opmath_type<scalar_t>;
-    stats_kernel<scalar_t, C>(x.const_data_ptr<scalar_t>(), s, mean.mutable_data_ptr<C>(),
-                              var.mutable_data_ptr<C>());
+    with_cpu_simd([&](auto loops) {
+      stats_kernel<decltype(loops), scalar_t, C>(x.const_data_ptr<scalar_t>(), s,
+                                                 mean.mutable_data_ptr<C>(), var.mutable_data_ptr<C>());
+    });
   });
   return {mean, var};
 }
@@ -285,11 +301,11 @@ at::Tensor normalize(const at::Tensor& x, const at::Tensor& mean, const at::Tens
     if (b.defined())
       for (int64_t c = 0; c < s.C; ++c) shift[c] = b.const_data_ptr<C>()[c];
     const scalar_t* rp = r.defined() ? r.const_data_ptr<scalar_t>() : nullptr;
-    with_bn_act(act, [&](auto A) {
-      normalize_kernel<decltype(A)::value, scalar_t, C>(
+    with_cpu_simd([&](auto loops) { with_bn_act(act, [&](auto A) {
+      normalize_kernel<decltype(loops), decltype(A)::value, scalar_t, C>(
           x.const_data_ptr<scalar_t>(), rp, y.mutable_data_ptr<scalar_t>(), s,
           mean.const_data_ptr<C>(), scale.data(), shift.data(), C(alpha));
-    });
+    }); });
   });
   return y;
 }
@@ -340,12 +356,12 @@ std::tuple<at::Tensor, at::Tensor> bn_bwd_reduce(
     using C = at::opmath_type<scalar_t>;
     std::vector<C> invstd = invstd_of<C>(var, eps);
     const scalar_t* yp = y.defined() ? y.const_data_ptr<scalar_t>() : nullptr;
-    with_bn_act(a, [&](auto A) {
-      bwd_reduce_kernel<decltype(A)::value, scalar_t, C>(
+    with_cpu_simd([&](auto loops) { with_bn_act(a, [&](auto A) {
+      bwd_reduce_kernel<decltype(loops), decltype(A)::value, scalar_t, C>(
           g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), yp, s,
           mean.const_data_ptr<C>(), invstd.data(), C(alpha), sum_dz.mutable_data_ptr<C>(),
           sum_dzxh.mutable_data_ptr<C>());
-    });
+    }); });
   });
   return {sum_dz, sum_dzxh};
 }
@@ -384,12 +400,12 @@ std::tuple<at::Tensor, at::Tensor> bn_bwd_elemt(
     }
     const scalar_t* yp = y.defined() ? y.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* dzp = want_dz ? dz.mutable_data_ptr<scalar_t>() : nullptr;
-    with_bn_act(a, [&](auto A) {
-      bwd_elemt_kernel<decltype(A)::value, scalar_t, C>(
+    with_cpu_simd([&](auto loops) { with_bn_act(a, [&](auto A) {
+      bwd_elemt_kernel<decltype(loops), decltype(A)::value, scalar_t, C>(
           g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), yp,
           dx.mutable_data_ptr<scalar_t>(), dzp, s, mean.const_data_ptr<C>(), scale.data(),
           ca.data(), cb.data(), C(alpha));
-    });
+    }); });
   });
   return {dx, dz};
 }
