@@ -95,38 +95,42 @@ def train_step_rows(repeats):
     return rows
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def run(argv, description, measure, add_args=None, what="float32") -> int:
+    """The command line shared by the CPU speed tools: parse argv (--repeats, --rounds,
+    --threads, --json, --before, plus add_args(parser)'s), measure(args) -> rows of
+    {layer, pass, pydl_ms, torch_ms} --rounds times keeping each row's fastest, print the
+    table (`what` names the dtype in the header), save it with --json."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--json", help="save the table here")
     ap.add_argument("--before", help="a table saved by --json, shown as the 'before' column")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--rounds", type=int, default=1, help="measure the table this many times, keep each "
                     "row's fastest round")
-    ap.add_argument("--no-train-step", action="store_true")
+    if add_args:
+        add_args(ap)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for _ in range(max(1, args.rounds)):
-        now = layer_rows(args.repeats)
-        if not args.no_train_step:
-            now += train_step_rows(args.repeats)
+        now = measure(args)
         rows = now if not rows else [{**r, "pydl_ms": min(r["pydl_ms"], n["pydl_ms"]),
                                       "torch_ms": min(r["torch_ms"], n["torch_ms"])} for r, n in zip(rows, now)]
     before = {}
     if args.before:
         with open(args.before) as f:
             before = {(r["layer"], r["pass"]): r["pydl_ms"] for r in json.load(f)}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, medians of "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {what}, medians of "
           f"{args.repeats}" + (f", fastest of {args.rounds} rounds" if args.rounds > 1 else ""))
-    head = f"{'layer':<18} {'pass':<11} "
+    width = max([18] + [len(r["layer"]) for r in rows])
+    head = f"{'layer':<{width}} {'pass':<11} "
     if before:
         head += f"{'before ms':>10} "
     head += f"{'pydl ms':>9} {'torch ms':>9} {'pydl/torch':>10}"
     print(head)
     for r in rows:
-        line = f"{r['layer']:<18} {r['pass']:<11} "
+        line = f"{r['layer']:<{width}} {r['pass']:<11} "
         if before:
             b = before.get((r["layer"], r["pass"]))
             line += f"{b:>10.3f} " if b is not None else f"{'-':>10} "
@@ -136,6 +140,13 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     return 0
+
+
+def main(argv=None) -> int:
+    def measure(args):
+        return layer_rows(args.repeats) + ([] if args.no_train_step else train_step_rows(args.repeats))
+    return run(argv, __doc__.split("\n")[0], measure,
+               lambda ap: ap.add_argument("--no-train-step", action="store_true"))
 
 
 if __name__ == "__main__":

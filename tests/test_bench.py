@@ -3,7 +3,6 @@ results folder, table and README section come out well-formed -- so it cannot ro
 between GPU runs."""
 import json
 import os
-import shutil
 import sys
 
 import pytest
@@ -169,6 +168,21 @@ def test_cpu_conv_speed_tool(tmp_path, capsys):
     assert "fastest of 2 rounds" in capsys.readouterr().out
     assert cpu_conv_speed.main(["--repeats", "1", "--no-train-step", "--before", str(out)]) == 0
     assert "before ms" in capsys.readouterr().out
+
+
+def test_cpu_bn_pool_speed_tool(tmp_path, capsys):
+    """bench/cpu_bn_pool_speed.py: forward and backward of the CPU batch norm and pools beside
+    torch's, every shape x dtype x layout, through cpu_conv_speed.run's table."""
+    if not pydl.backends()["cpu"].usable:
+        pytest.skip("the C++ extension is not built")
+    from bench import cpu_bn_pool_speed as tool
+    out = tmp_path / "bnpool.json"
+    assert tool.main(["--repeats", "1", "--json", str(out)]) == 0
+    rows = json.load(open(out))
+    assert len(rows) == 2 * len(tool.CASES) * (len(tool.BN_SHAPES) + len(tool.POOLS))
+    assert {r["pass"] for r in rows} == {"fwd", "bwd"}
+    assert all(r["pydl_ms"] > 0 and r["torch_ms"] > 0 for r in rows)
+    assert "bf16 CL" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(pydl._dispatch._kernels is None, reason="Triton kernels not available")

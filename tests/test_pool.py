@@ -308,6 +308,39 @@ def test_backward_bitwise_deterministic(backend, device, layout):
             assert torch.equal(torch.autograd.grad(fn(x), x, g)[0], first)
 
 
+def test_cpu_backward_blocks_and_thread_counts():
+    """The CPU backward scatters per plane (NCHW) or per (image, channel block) (NHWC),
+    accumulating float16/bfloat16 in a float buffer of at most 2^18 values: shapes with
+    several channel blocks and a buffer-capped block, against the float64 oracle, and the
+    same bits with 1 and 2 threads (disjoint windows take the direct-store path)."""
+    if not pydl.backends()["cpu"].usable:
+        pytest.skip("the C++ extension is not built")
+    fns = [(lambda t: F.max_pool2d(t, 3, 2, 1, backend="cpu"), lambda t: TF.max_pool2d(t, 3, 2, 1)),
+           (lambda t: F.avg_pool2d(t, 3, 2, 1, backend="cpu"), lambda t: TF.avg_pool2d(t, 3, 2, 1)),
+           (lambda t: F.avg_pool2d(t, 2, backend="cpu"), lambda t: TF.avg_pool2d(t, 2)),
+           (lambda t: F.adaptive_avg_pool2d(t, 1, backend="cpu"), lambda t: TF.adaptive_avg_pool2d(t, 1)),
+           (lambda t: F.adaptive_max_pool2d(t, (5, 7), backend="cpu"),
+            lambda t: TF.adaptive_max_pool2d(t, (5, 7)))]
+    threads = torch.get_num_threads()
+    try:
+        # (1, 100, ...) channels-last: 4 channel blocks of 25; 100 x 101 planes cap a 16-bit
+        # block's buffer at 25 channels
+        for shape, dt in [((1, 100, 13, 11), torch.float32), ((1, 40, 100, 101), torch.bfloat16),
+                          ((2, 3, 100, 101), torch.float16)]:
+            for layout in ("contiguous", "channels_last"):
+                x = make_input(shape, dt, layout=layout, requires_grad=True, seed=12)
+                for ours, theirs in fns:
+                    torch.set_num_threads(2)
+                    check_against_torch(ours, theirs, [x], what=f"{shape}/{dt}/{layout}")
+                    y = ours(x)
+                    g = make_input(y.shape, dt, seed=13)
+                    two = torch.autograd.grad(y, x, g)[0]
+                    torch.set_num_threads(1)
+                    assert torch.equal(torch.autograd.grad(ours(x), x, g)[0], two)
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ------------------------------------------------------------- gradcheck, opcheck, compile
 @pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[1] == "cpu"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

@@ -4,24 +4,27 @@
 //   max:  y[n,c,oh,ow] = max over the window's taps of x[n,c,ih,iw]   (NaN wins, torch's
 //         rule), ind = ih*IW + iw of the chosen tap (flat index into the input plane)
 //   avg:  y[n,c,oh,ow] = sum over the window of x / divisor(oh, ow)
-//   backward (a gather, one input element at a time):
-//         max: dx[n,c,ih,iw] = sum of g[n,c,oh,ow] over the outputs whose window may
-//              contain (ih,iw) and whose saved index is ih*IW + iw
-//         avg: dx[n,c,ih,iw] = sum of g[n,c,oh,ow] / divisor(oh, ow) over those outputs
+//   backward (a scatter, one output at a time, onto a zeroed dx):
+//         max: dx[n,c,ind[n,c,oh,ow]] += g[n,c,oh,ow]
+//         avg: dx[n,c,ih,iw] += g[n,c,oh,ow] / divisor(oh, ow) for every tap of the window
 //
 // Algorithm and decomposition. The tensors are NCHW-contiguous or channels_last (NHWC)
 // -- the glue makes them so, and allocates outputs in the same memory format, which is
-// the one torch gives.
-//   NCHW: at::parallel_for over output (or, backward, input) rows (n, c, h); a thread
-//         walks a row's w and, for each element, its window -- reads stay in one plane.
-//   NHWC: at::parallel_for over spatial sites (n, h, w); a thread processes the channel
-//         vector of a site CHUNK channels at a time: for every tap of the window, one
-//         straight loop over the chunk's contiguous channels (which vectorizes), with the
-//         running results in a small stack array.
-// The backward visits the candidate outputs in increasing (oh, ow) order for every
-// element, so the gradient is the same bits on every run (no atomics, no races: each
-// thread writes only its own input elements). pool_gather (out[n,c,o] = x[n,c,ind[n,c,o]],
-// the max pools' double backward) is one parallel pass over the indices.
+// the one torch gives. Every output's window and divisor are computed once per call
+// (Windows), not per output.
+//   NCHW forward: at::parallel_for over output rows (n, c, h); a thread walks a row's w
+//         and, for each element, its window -- reads stay in one plane.
+//   NHWC forward: at::parallel_for over spatial sites (n, h, w); a thread processes the
+//         channel vector of a site CHUNK channels at a time: for every tap of the window,
+//         one straight loop over the chunk's contiguous channels (which vectorizes), with
+//         the running results in small stack arrays.
+//   Backward: at::parallel_for over planes (NCHW) or (image, channel block) pairs (NHWC);
+//         a task visits its outputs in increasing (oh, ow) order, so every dx element
+//         receives its terms in that order from one thread: the same bits on every run,
+//         no atomics, no races. Average pooling with disjoint windows (stride >= kernel,
+//         global pooling) stores each value straight instead.
+// pool_gather (out[n,c,o] = x[n,c,ind[n,c,o]], the max pools' double backward) is one
+// parallel pass over the indices.
 // float16/bfloat16 are computed in float32 and rounded once on store; float64 in double.
 #include "common.h"
 #include "pool_math.h"
@@ -30,7 +33,10 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 #include <tuple>
 
@@ -47,6 +53,33 @@ int64_t grain_for(int64_t work_per_item) {
 
 struct Dims {
   int64_t N, C, IH, IW, OH, OW;
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The taps of a typical window along one axis (the middle output's): the work per output.
+template <class Axis>
+int64_t taps_of(const Axis& a) {
+  if (a.O <= 0) return 1;
+  const AxisWin w = a.win(a.O / 2);
+  return std::max<int64_t>(1, ceil_div(std::max<int64_t>(0, w.e - w.b), w.step));
+}
+
+// The taps of every output row and column, and every output's divisor (in the compute
+// type C; 1 for max), computed once per call rather than once per output (the integer
+// arithmetic costs about as much as a small window's taps).
+template <typename C>
+struct Windows {
+  std::vector<AxisWin> h, w;
+  std::vector<C> div;  // (oh, ow) -> divisor, row-major
+  template <class Axis, class Div>
+  Windows(const Dims& d, const Axis& ah, const Axis& aw, const Div& dv)
+      : h(d.OH), w(d.OW), div(d.OH * d.OW) {
+    for (int64_t oh = 0; oh < d.OH; ++oh) h[oh] = ah.win(oh);
+    for (int64_t ow = 0; ow < d.OW; ++ow) w[ow] = aw.win(ow);
+    for (int64_t oh = 0; oh < d.OH; ++oh)
+      for (int64_t ow = 0; ow < d.OW; ++ow) div[oh * d.OW + ow] = static_cast<C>(dv(oh, ow));
+  }
 };
 
 // ------------------------------------------------------------------- forward kernels
@@ -76,16 +109,17 @@ template <typename T, bool MAX, bool WITH_IDX, class Axis, class Div>
 void pool_fwd(const T* x, T* y, int64_t* ind, const Dims& d, bool cl, const Axis& ah,
               const Axis& aw, const Div& div) {
   using C = at::opmath_type<T>;
+  const Windows<C> win(d, ah, aw, div);
   const C neg_inf = -std::numeric_limits<C>::infinity();
   if (!cl) {
     const int64_t rows = d.N * d.C * d.OH;
-    at::parallel_for(0, rows, grain_for(d.OW * 4), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, grain_for(d.OW * taps_of(ah) * taps_of(aw)), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t plane = r / d.OH, oh = r % d.OH;
         const T* xp = x + plane * d.IH * d.IW;
-        const AxisWin hw = ah.win(oh);
+        const AxisWin hw = win.h[oh];
         for (int64_t ow = 0; ow < d.OW; ++ow) {
-          const AxisWin ww = aw.win(ow);
+          const AxisWin ww = win.w[ow];
           const int64_t o = r * d.OW + ow;
           if constexpr (MAX) {
             C best = neg_inf;
@@ -93,8 +127,6 @@ void pool_fwd(const T* x, T* y, int64_t* ind, const Dims& d, bool cl, const Axis
             for (int64_t ih = hw.b; ih < hw.e; ih += hw.step)
               for (int64_t iw = ww.b; iw < ww.e; iw += ww.step) {
                 const C v = static_cast<C>(xp[ih * d.IW + iw]);
-                // selects, not a branch: on random data the running max changes
-                // unpredictably, and a mispredicted branch per tap costs more than the load
                 const bool take = max_takes(v, best);
                 best = take ? v : best;
                 bi = take ? ih * d.IW + iw : bi;
@@ -108,116 +140,228 @@ void pool_fwd(const T* x, T* y, int64_t* ind, const Dims& d, bool cl, const Axis
             else
               for (int64_t ih = hw.b; ih < hw.e; ih += hw.step)
                 sum += row_sum(xp + ih * d.IW, ww);
-            y[o] = static_cast<T>(sum / static_cast<C>(div(oh, ow)));
+            y[o] = static_cast<T>(sum / win.div[oh * d.OW + ow]);
           }
         }
       }
     });
     return;
   }
+  // The running indices are int32 where a plane's indices fit (always, in practice): with
+  // the float values' 32-bit lanes the selects vectorize (64-bit ones do not, on the
+  // baseline x86-64 target: the max pool's forward ran 10x slower with indices).
   const int64_t sites = d.N * d.OH * d.OW;
-  at::parallel_for(0, sites, grain_for(d.C * 4), [&](int64_t s0, int64_t s1) {
-    C acc[CHUNK];
-    int64_t idx[CHUNK];
-    for (int64_t s = s0; s < s1; ++s) {
-      const int64_t n = s / (d.OH * d.OW), oh = (s / d.OW) % d.OH, ow = s % d.OW;
-      const AxisWin hw = ah.win(oh), ww = aw.win(ow);
-      const T* xn = x + n * d.IH * d.IW * d.C;
-      for (int64_t c0 = 0; c0 < d.C; c0 += CHUNK) {
-        const int64_t nc = std::min(CHUNK, d.C - c0);
-        for (int64_t j = 0; j < nc; ++j) {
-          acc[j] = MAX ? neg_inf : C(0);
-          idx[j] = hw.b * d.IW + ww.b;
-        }
-        for (int64_t ih = hw.b; ih < hw.e; ih += hw.step)
-          for (int64_t iw = ww.b; iw < ww.e; iw += ww.step) {
-            const T* xp = xn + (ih * d.IW + iw) * d.C + c0;
-            if constexpr (MAX) {
-              const int64_t flat = ih * d.IW + iw;
-              for (int64_t j = 0; j < nc; ++j) {
-                const C v = static_cast<C>(xp[j]);
-                const bool take = max_takes(v, acc[j]);
-                acc[j] = take ? v : acc[j];
-                idx[j] = take ? flat : idx[j];
+  auto nhwc = [&](auto idx_type) {
+    using I = decltype(idx_type);
+    at::parallel_for(0, sites, grain_for(d.C * taps_of(ah) * taps_of(aw)), [&](int64_t s0, int64_t s1) {
+      C acc[CHUNK];
+      I idx[CHUNK];
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t n = s / (d.OH * d.OW), oh = (s / d.OW) % d.OH, ow = s % d.OW;
+        const AxisWin hw = win.h[oh], ww = win.w[ow];
+        const T* xn = x + n * d.IH * d.IW * d.C;
+        for (int64_t c0 = 0; c0 < d.C; c0 += CHUNK) {
+          const int64_t nc = std::min(CHUNK, d.C - c0);
+          for (int64_t j = 0; j < nc; ++j) {
+            acc[j] = MAX ? neg_inf : C(0);
+            idx[j] = static_cast<I>(hw.b * d.IW + ww.b);
+          }
+          for (int64_t ih = hw.b; ih < hw.e; ih += hw.step)
+            for (int64_t iw = ww.b; iw < ww.e; iw += ww.step) {
+              const T* xp = xn + (ih * d.IW + iw) * d.C + c0;
+              if constexpr (MAX) {
+                const I flat = static_cast<I>(ih * d.IW + iw);
+                for (int64_t j = 0; j < nc; ++j) {
+                  const C v = static_cast<C>(xp[j]);
+                  const bool take = max_takes(v, acc[j]);
+                  acc[j] = take ? v : acc[j];
+                  idx[j] = take ? flat : idx[j];
+                }
+              } else {
+                for (int64_t j = 0; j < nc; ++j) acc[j] += static_cast<C>(xp[j]);
               }
+            }
+          T* yp = y + s * d.C + c0;
+          if constexpr (MAX) {
+            for (int64_t j = 0; j < nc; ++j) yp[j] = static_cast<T>(acc[j]);
+            if constexpr (WITH_IDX)
+              for (int64_t j = 0; j < nc; ++j) ind[s * d.C + c0 + j] = idx[j];
+          } else {
+            const C dv = win.div[oh * d.OW + ow];
+            for (int64_t j = 0; j < nc; ++j) yp[j] = static_cast<T>(acc[j] / dv);
+          }
+        }
+      }
+    });
+  };
+  if (d.IH * d.IW <= std::numeric_limits<int32_t>::max()) nhwc(int32_t{});
+  else nhwc(int64_t{});
+}
+
+// ------------------------------------------------------------------ backward kernels
+// True when no two windows along the axis share an input coordinate (stride >= kernel,
+// global pooling, adaptive pooling with O dividing I, ...).
+template <class Axis>
+bool disjoint_windows(const Axis& a) {
+  for (int64_t o = 0; o + 1 < a.O; ++o)
+    if (a.win(o).e > a.win(o + 1).b) return false;
+  return true;
+}
+
+// True when the windows along the axis cover every input coordinate.
+template <class Axis>
+bool windows_cover(const Axis& a) {
+  if (a.O == 0 || a.win(0).b != 0 || a.win(a.O - 1).e < a.I) return false;
+  for (int64_t o = 0; o + 1 < a.O; ++o)
+    if (a.win(o).e < a.win(o + 1).b) return false;
+  return true;
+}
+
+// std::fill for the element types here; float16/bfloat16 as their 16-bit patterns, which
+// the compiler turns into vector stores (c10's 16-bit classes it fills one at a time).
+template <typename T>
+void fill_n(T* p, int64_t n, T v) {
+  if constexpr (sizeof(T) == 2) {
+    uint16_t bits;
+    std::memcpy(&bits, &v, 2);
+    std::fill_n(reinterpret_cast<uint16_t*>(p), n, bits);
+  } else {
+    std::fill_n(p, n, v);
+  }
+}
+
+// avg backward where every input element is in at most one window: dx = 0 + g / divisor
+// of its window (0 outside all windows), stored straight -- no accumulation, no buffer.
+// (0 + v, not v: the same bits as the general scatter, which starts from +0.)
+template <typename T, class Axis, class Div>
+void avg_bwd_disjoint(const T* g, T* dx, const Dims& d, bool cl, const Axis& ah, const Axis& aw,
+                      const Div& div) {
+  using C = at::opmath_type<T>;
+  const Windows<C> win(d, ah, aw, div);
+  const int64_t IHW = d.IH * d.IW, OHW = d.OH * d.OW;
+  const int64_t per_image = cl ? d.C : 1, images = cl ? d.N : d.N * d.C;  // NCHW: planes
+  const bool cover = windows_cover(ah) && windows_cover(aw);  // every element gets a value
+  at::parallel_for(0, images, grain_for((IHW + OHW) * per_image), [&](int64_t p0, int64_t p1) {
+    std::vector<T> val(per_image);  // the window's value, per channel (NHWC)
+    for (int64_t p = p0; p < p1; ++p) {
+      T* dp = dx + p * IHW * per_image;
+      if (!cover) fill_n(dp, IHW * per_image, T(0));
+      for (int64_t oh = 0; oh < d.OH; ++oh) {
+        const AxisWin hw = win.h[oh];
+        for (int64_t ow = 0; ow < d.OW; ++ow) {
+          const AxisWin ww = win.w[ow];
+          const C dv = win.div[oh * d.OW + ow];
+          const T* gp = g + (p * OHW + oh * d.OW + ow) * per_image;
+          for (int64_t j = 0; j < per_image; ++j) val[j] = static_cast<T>(C(0) + static_cast<C>(gp[j]) / dv);
+          for (int64_t ih = hw.b; ih < hw.e; ih += hw.step) {
+            T* row = dp + ih * d.IW * per_image;
+            if (!cl) {  // a run of the row (avg windows have step 1)
+              fill_n(row + ww.b, ww.e - ww.b, val[0]);
             } else {
-              for (int64_t j = 0; j < nc; ++j) acc[j] += static_cast<C>(xp[j]);
+              for (int64_t iw = ww.b; iw < ww.e; ++iw) std::copy(val.begin(), val.end(), row + iw * d.C);
             }
           }
-        T* yp = y + s * d.C + c0;
-        if constexpr (MAX) {
-          for (int64_t j = 0; j < nc; ++j) yp[j] = static_cast<T>(acc[j]);
-          if constexpr (WITH_IDX)
-            for (int64_t j = 0; j < nc; ++j) ind[s * d.C + c0 + j] = idx[j];
-        } else {
-          const C dv = static_cast<C>(div(oh, ow));
-          for (int64_t j = 0; j < nc; ++j) yp[j] = static_cast<T>(acc[j] / dv);
         }
       }
     }
   });
 }
 
-// ------------------------------------------------------------------ backward kernels
-// A gather over the outputs that may see each input element; MAX tests the saved index.
+// A scatter: dx = 0, then each output adds its gradient to the input elements it came
+// from -- max: the one at its saved index; avg: every tap of its window, g / divisor.
+// A task owns whole planes (NCHW) or a block of channels of one image (NHWC) and visits
+// its outputs in increasing (oh, ow) order, so every dx element receives its terms in
+// that order, one thread adding them: the same bits on every run and for any thread
+// count. (The work is one visit per output -- per window tap for avg --, where gathering
+// per input element would search the outputs whose windows might hold it.)
+// float/double accumulate in dx itself; float16/bfloat16 in a float buffer, stored once.
 template <typename T, bool MAX, class Axis, class Div>
 void pool_bwd(const T* g, const int64_t* ind, T* dx, const Dims& d, bool cl, const Axis& ah,
               const Axis& aw, const Div& div) {
   using C = at::opmath_type<T>;
+  if constexpr (!MAX) {
+    if (disjoint_windows(ah) && disjoint_windows(aw)) return avg_bwd_disjoint(g, dx, d, cl, ah, aw, div);
+  }
+  const Windows<C> win(d, ah, aw, div);
+  constexpr bool direct = std::is_same_v<T, C>;
+  const int64_t IHW = d.IH * d.IW, OHW = d.OH * d.OW;
+  const int64_t taps = MAX ? 1 : taps_of(ah) * taps_of(aw);
   if (!cl) {
-    const int64_t rows = d.N * d.C * d.IH;
-    // the output ranges along w are the same for every row: computed once per thread
-    at::parallel_for(0, rows, grain_for(d.IW * 4), [&](int64_t r0, int64_t r1) {
-      std::vector<AxisRange> wranges(d.IW);
-      for (int64_t iw = 0; iw < d.IW; ++iw) wranges[iw] = aw.outs(iw);
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t plane = r / d.IH, ih = r % d.IH;
-        const T* gp = g + plane * d.OH * d.OW;
-        const int64_t* ip = MAX ? ind + plane * d.OH * d.OW : nullptr;
-        const AxisRange hr = ah.outs(ih);
-        for (int64_t iw = 0; iw < d.IW; ++iw) {
-          const AxisRange wr = wranges[iw];
-          const int64_t flat = ih * d.IW + iw;
-          C acc = 0;
-          for (int64_t oh = hr.b; oh < hr.e; ++oh)
-            for (int64_t ow = wr.b; ow < wr.e; ++ow) {
-              const int64_t o = oh * d.OW + ow;
-              if constexpr (MAX) {
-                acc += ip[o] == flat ? static_cast<C>(gp[o]) : C(0);  // a select: g may be inf/NaN
-              } else {
-                acc += static_cast<C>(gp[o]) / static_cast<C>(div(oh, ow));
-              }
+    at::parallel_for(0, d.N * d.C, grain_for(OHW * taps + IHW), [&](int64_t p0, int64_t p1) {
+      std::vector<C> buf(direct ? 0 : IHW);
+      for (int64_t p = p0; p < p1; ++p) {
+        C* acc;
+        if constexpr (direct) acc = dx + p * IHW; else acc = buf.data();
+        std::fill(acc, acc + IHW, C(0));
+        const T* gp = g + p * OHW;
+        if constexpr (MAX) {
+          const int64_t* ip = ind + p * OHW;
+          for (int64_t o = 0; o < OHW; ++o) {
+            const int64_t k = ip[o];
+            if (k >= 0 && k < IHW) acc[k] += static_cast<C>(gp[o]);  // (a stray index adds nothing)
+          }
+        } else {
+          for (int64_t oh = 0; oh < d.OH; ++oh) {
+            const AxisWin hw = win.h[oh];
+            for (int64_t ow = 0; ow < d.OW; ++ow) {
+              const AxisWin ww = win.w[ow];
+              const C v = static_cast<C>(gp[oh * d.OW + ow]) / win.div[oh * d.OW + ow];
+              for (int64_t ih = hw.b; ih < hw.e; ih += hw.step)
+                for (int64_t iw = ww.b; iw < ww.e; iw += ww.step) acc[ih * d.IW + iw] += v;
             }
-          dx[r * d.IW + iw] = static_cast<T>(acc);
+          }
         }
+        if constexpr (!direct)
+          for (int64_t i = 0; i < IHW; ++i) dx[p * IHW + i] = static_cast<T>(acc[i]);
       }
     });
     return;
   }
-  const int64_t sites = d.N * d.IH * d.IW;
-  at::parallel_for(0, sites, grain_for(d.C * 4), [&](int64_t s0, int64_t s1) {
-    C acc[CHUNK];
-    for (int64_t s = s0; s < s1; ++s) {
-      const int64_t n = s / (d.IH * d.IW), ih = (s / d.IW) % d.IH, iw = s % d.IW;
-      const int64_t flat = ih * d.IW + iw;
-      const AxisRange hr = ah.outs(ih), wr = aw.outs(iw);
-      for (int64_t c0 = 0; c0 < d.C; c0 += CHUNK) {
-        const int64_t nc = std::min(CHUNK, d.C - c0);
-        for (int64_t j = 0; j < nc; ++j) acc[j] = 0;
-        for (int64_t oh = hr.b; oh < hr.e; ++oh)
-          for (int64_t ow = wr.b; ow < wr.e; ++ow) {
-            const int64_t o = ((n * d.OH + oh) * d.OW + ow) * d.C + c0;
-            if constexpr (MAX) {
-              for (int64_t j = 0; j < nc; ++j)
-                acc[j] += ind[o + j] == flat ? static_cast<C>(g[o + j]) : C(0);
-            } else {
-              const C dv = static_cast<C>(div(oh, ow));
-              for (int64_t j = 0; j < nc; ++j) acc[j] += static_cast<C>(g[o + j]) / dv;
-            }
-          }
-        T* dp = dx + s * d.C + c0;
-        for (int64_t j = 0; j < nc; ++j) dp[j] = static_cast<T>(acc[j]);
+  // NHWC: tasks are (image, block of cb channels); a block's accumulators are dx itself
+  // (stride C between sites) or a buffer of IHW x cb floats (stride cb), <= 1 MiB.
+  int64_t cb = ceil_div(d.C, std::clamp<int64_t>(ceil_div(2 * at::get_num_threads(), d.N), 1,
+                                                 ceil_div(d.C, 16)));
+  if (!direct) cb = std::clamp<int64_t>((int64_t(1) << 18) / IHW, 1, cb);
+  const int64_t nblk = ceil_div(d.C, cb);
+  at::parallel_for(0, d.N * nblk, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<C> buf(direct ? 0 : IHW * cb), v(cb);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / nblk, c0 = (t % nblk) * cb, cn = std::min(cb, d.C - c0);
+      C* acc;
+      int64_t ld;
+      if constexpr (direct) {
+        acc = dx + n * IHW * d.C + c0;
+        ld = d.C;
+      } else {
+        acc = buf.data();
+        ld = cn;
       }
+      for (int64_t i = 0; i < IHW; ++i) std::fill(acc + i * ld, acc + i * ld + cn, C(0));
+      for (int64_t oh = 0; oh < d.OH; ++oh)
+        for (int64_t ow = 0; ow < d.OW; ++ow) {
+          const int64_t o = ((n * d.OH + oh) * d.OW + ow) * d.C + c0;
+          const T* gp = g + o;
+          if constexpr (MAX) {
+            const int64_t* ip = ind + o;
+            for (int64_t j = 0; j < cn; ++j) {
+              const int64_t k = ip[j];
+              if (k >= 0 && k < IHW) acc[k * ld + j] += static_cast<C>(gp[j]);
+            }
+          } else {
+            const AxisWin hw = win.h[oh], ww = win.w[ow];
+            const C dv = win.div[oh * d.OW + ow];
+            for (int64_t j = 0; j < cn; ++j) v[j] = static_cast<C>(gp[j]) / dv;
+            for (int64_t ih = hw.b; ih < hw.e; ih += hw.step)
+              for (int64_t iw = ww.b; iw < ww.e; iw += ww.step) {
+                C* a = acc + (ih * d.IW + iw) * ld;
+                for (int64_t j = 0; j < cn; ++j) a[j] += v[j];
+              }
+          }
+        }
+      if constexpr (!direct)
+        for (int64_t i = 0; i < IHW; ++i)
+          for (int64_t j = 0; j < cn; ++j)
+            dx[(n * IHW + i) * d.C + c0 + j] = static_cast<T>(acc[i * cn + j]);
     }
   });
 }
