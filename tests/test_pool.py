@@ -4,6 +4,8 @@ indices equal to torch's and usable by max_unpool2d; NaN propagation; unbatched 
 empty-batch input; gradcheck, opcheck, torch.compile; bitwise run-to-run determinism of
 the backward; bad input; the nn modules as drop-ins."""
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -196,6 +198,31 @@ def test_indices_equal_torch_and_unpool(backend, device, layout):
         y, ind = F.adaptive_max_pool2d(x, size, return_indices=True, backend=backend)
         yt, indt = TF.adaptive_max_pool2d(x, size, return_indices=True)
         assert torch.equal(y, yt) and torch.equal(ind, indt), size
+
+
+def test_cpu_max_forward_vector_path_ties_nan():
+    """The CPU's NCHW max forward takes four outputs at a time where their windows are whole
+    (float or bfloat16, stride 1 or 2): on rows wide enough for it, with ties (a value range of 5 and
+    zeros, as after a ReLU), NaN and -inf, values and indices must be torch's exactly --
+    ties keep the first tap in window order, NaN the last."""
+    if not pydl.backends()["cpu"].usable:
+        pytest.skip("the C++ extension is not built")
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(-2, 3, (2, 3, 19, 45), generator=g).float().clamp_min(0)
+    x[0, 0, 4, 10:14] = float("nan")
+    x[0, 1, 7, 20] = float("nan")
+    x[1, 2, :, 30:] = float("-inf")
+    x[1, 0, 3:9, :] = float("-inf")
+    for (k, s, p, d, ceil), dt in itertools.product(
+            [(3, 2, 1, 1, False), (3, 1, 1, 1, False), (2, 2, 0, 1, False), (3, 2, 0, 1, True),
+             (4, 1, 2, 1, False), (3, 2, 1, 2, False), (3, 1, 0, 3, True), (5, 2, 2, 1, True),
+             (1, 2, 0, 1, False)], (torch.float32, torch.bfloat16)):
+        x = x.to(dt)
+        y, ind = F.max_pool2d(x, k, s, p, d, ceil, return_indices=True, backend="cpu")
+        yt, indt = TF.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+        assert torch.equal(y.isnan(), yt.isnan()), (k, s, p, d, ceil)
+        assert torch.equal(y.nan_to_num(), yt.nan_to_num()) and torch.equal(ind, indt), (k, s, p, d, ceil)
+        assert torch.equal(F.max_pool2d(x, k, s, p, d, ceil, backend="cpu").nan_to_num(), yt.nan_to_num())
 
 
 @pytest.mark.parametrize("backend,device", backend_params())

