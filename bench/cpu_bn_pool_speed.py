@@ -51,7 +51,8 @@ def _input(shape, dt, cl, seed):
 def _fwd_bwd(fn, inputs, seed):
     """(forward, backward) callables for fn on inputs that require grad."""
     y = fn(*inputs)
-    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y.dtype)
+    # the gradient in y's memory format, as the next layer's backward would hand it over
+    g = torch.empty_like(y).copy_(torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)))
     return (lambda: fn(*inputs),
             lambda: torch.autograd.grad(y, inputs, g, retain_graph=True))
 

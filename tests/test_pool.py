@@ -5,6 +5,9 @@ empty-batch input; gradcheck, opcheck, torch.compile; bitwise run-to-run determi
 the backward; bad input; the nn modules as drop-ins."""
 
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -198,6 +201,43 @@ def test_indices_equal_torch_and_unpool(backend, device, layout):
         y, ind = F.adaptive_max_pool2d(x, size, return_indices=True, backend=backend)
         yt, indt = TF.adaptive_max_pool2d(x, size, return_indices=True)
         assert torch.equal(y, yt) and torch.equal(ind, indt), size
+
+
+_SIMD_SCRIPT = r"""
+import torch
+import torch.nn.functional as TF
+import pydl.functional as F
+from pydl.testing import check_against_torch, make_input
+
+fns = [(lambda t: F.max_pool2d(t, 3, 2, 1, backend="cpu"), lambda t: TF.max_pool2d(t, 3, 2, 1)),
+       (lambda t: F.max_pool2d(t, 2, 1, 0, 2, True, backend="cpu"), lambda t: TF.max_pool2d(t, 2, 1, 0, 2, True)),
+       (lambda t: F.avg_pool2d(t, 3, 2, 1, backend="cpu"), lambda t: TF.avg_pool2d(t, 3, 2, 1)),
+       (lambda t: F.adaptive_avg_pool2d(t, 1, backend="cpu"), lambda t: TF.adaptive_avg_pool2d(t, 1)),
+       (lambda t: F.adaptive_avg_pool2d(t, (3, 5), backend="cpu"), lambda t: TF.adaptive_avg_pool2d(t, (3, 5))),
+       (lambda t: F.adaptive_max_pool2d(t, (4, 3), backend="cpu"), lambda t: TF.adaptive_max_pool2d(t, (4, 3)))]
+# 70 channels: a full CHUNK of 64 and a tail of 6; 17 x 23 planes: runs of 16 and more
+for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+    for layout in ("contiguous", "channels_last"):
+        x = make_input((2, 70, 17, 23), dt, layout=layout, requires_grad=True, seed=3)
+        for i, (ours, theirs) in enumerate(fns):
+            check_against_torch(ours, theirs, [x], what=f"{dt}/{layout}/{i}")
+            y, ind = F.max_pool2d(x.detach(), 3, 2, 1, return_indices=True, backend="cpu")
+            assert torch.equal(ind, TF.max_pool2d(x.detach(), 3, 2, 1, return_indices=True)[1])
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["native", "avx2", "default"])
+def test_cpu_simd_copies(isa):
+    """The CPU pools' innermost loops are compiled for AVX-512, AVX2 and the baseline, the
+    widest the CPU has chosen at run time; PYDL_CPU_SIMD caps the choice, so each copy this
+    machine has runs here: every pool, layout and dtype against the oracle."""
+    if not pydl.backends()["cpu"].usable:
+        pytest.skip("the C++ extension is not built")
+    env = dict(os.environ, PYDL_CPU_SIMD="" if isa == "native" else isa)
+    run = subprocess.run([sys.executable, "-c", _SIMD_SCRIPT], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
 
 
 def test_cpu_max_forward_vector_path_ties_nan():

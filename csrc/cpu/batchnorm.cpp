@@ -26,14 +26,13 @@
 // The innermost loops are in csrc/cpu/batchnorm_loops.h, compiled for AVX-512, AVX2 and
 // the baseline, the widest this CPU has chosen at run time (PYDL_CPU_SIMD caps it).
 #include "batchnorm.h"
+#include "simd.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 #include <type_traits>
 #include <tuple>
 #include <vector>
@@ -44,71 +43,10 @@ namespace {
 constexpr int64_t GRAIN = 32768;  // elements below which a thread's work does not pay off
 constexpr int64_t CHUNK = 16384;  // values of one channel per reduction partial
 
-// The innermost loops, one copy per instruction set (see csrc/cpu/batchnorm_loops.h).
-// Each struct holds the same static member templates; the kernels below take the struct
-// as a template argument, and the glue picks it once per call (with_cpu_simd).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PYDL_BN_X86 1
-// (-Wpsabi: GCC notes that functions passing 32/64-byte vectors have a different ABI
-// with and without AVX; these are all inlined into their own target's loops)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")
-#define PYDL_BN_VEC_BYTES 64
-struct LoopsAvx512 {
-#include "batchnorm_loops.h"
-};
-#undef PYDL_BN_VEC_BYTES
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#define PYDL_BN_VEC_BYTES 32
-struct LoopsAvx2 {
-#include "batchnorm_loops.h"
-};
-#undef PYDL_BN_VEC_BYTES
-#pragma GCC pop_options
-#endif
-#define PYDL_BN_VEC_BYTES 16
-struct LoopsDefault {
-#include "batchnorm_loops.h"
-};
-#undef PYDL_BN_VEC_BYTES
-
-enum class CpuSimd { Default, Avx2, Avx512 };
-
-// The widest instruction set this CPU has, chosen once; PYDL_CPU_SIMD=avx2|default caps
-// it (the tests use it to run every copy of the loops on one machine).
-CpuSimd cpu_simd() {
-  static const CpuSimd isa = [] {
-#if PYDL_BN_X86
-    const char* env = std::getenv("PYDL_CPU_SIMD");
-    const std::string cap = env ? env : "";
-    __builtin_cpu_init();
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                      __builtin_cpu_supports("f16c");
-    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
-                        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-                        __builtin_cpu_supports("avx512vl");
-    if (cap != "avx2" && cap != "default" && avx512) return CpuSimd::Avx512;
-    if (cap != "default" && avx2) return CpuSimd::Avx2;
-#endif
-    return CpuSimd::Default;
-  }();
-  return isa;
-}
-
-// Calls fn(Loops{}) with the loops struct for this CPU.
-template <typename Fn>
-void with_cpu_simd(Fn&& fn) {
-  switch (cpu_simd()) {
-#if PYDL_BN_X86
-    case CpuSimd::Avx512: fn(LoopsAvx512{}); return;
-    case CpuSimd::Avx2: fn(LoopsAvx2{}); return;
-#endif
-    default: fn(LoopsDefault{}); return;
-  }
-}
+// The innermost loops, one copy per instruction set (csrc/cpu/batchnorm_loops.h): the
+// kernels below take the loops struct as a template argument, the glue picks it.
+#define PYDL_SIMD_LOOPS "batchnorm_loops.h"
+#include "simd_copies.h"
 
 // Rows per reduction chunk: planes hold `inner` values of a channel per row,
 // channels-last rows hold one.

@@ -1,10 +1,8 @@
 // The innermost loops of the CPU batch norm (csrc/cpu/batchnorm.cpp), written once and
-// compiled once per instruction set: batchnorm.cpp includes this file three times, inside
-// a struct each time, under `#pragma GCC target` for AVX-512, for AVX2 + FMA, and for the
-// baseline x86-64 (SSE2) -- or once, for the baseline, elsewhere -- and picks the struct at
-// run time (cpu_simd() there). No include guard, on purpose, and no includes: everything it
-// uses (c10::BFloat16, bn_act, bn_act_grad, <cstring>, <type_traits>) comes before the
-// first inclusion.
+// compiled for AVX-512, AVX2 + FMA and the baseline x86-64 (SSE2) by csrc/cpu/simd_copies.h,
+// which includes this file three times, inside a struct each time; the widest the CPU has
+// runs (csrc/cpu/simd.h). No include guard, on purpose, and no includes: everything it
+// uses (c10::BFloat16, bn_act, bn_act_grad, <cstring>, <type_traits>) comes before.
 //
 // Why: the extension is built for the baseline target, where a vector is 2 doubles or 4
 // floats; the same source under AVX-512 makes 8-double / 16-float instructions. Every
@@ -29,10 +27,10 @@
 // Element types: T is the stored type (float, double, c10::Half, c10::BFloat16), C the
 // elementwise compute type (float; double for double input).
 
-// Vectors of PYDL_BN_VEC_BYTES bytes (defined before each inclusion: 64 for AVX-512, 32 for
+// Vectors of PYDL_SIMD_VEC_BYTES bytes (defined before each inclusion: 64 for AVX-512, 32 for
 // AVX2, 16 for SSE2), as GCC vector extensions: vec<double> holds DL doubles, vec<float>
 // DL floats, and arithmetic on them is one instruction per vector (or a few, narrowed).
-static constexpr int DL = PYDL_BN_VEC_BYTES / 8;
+static constexpr int DL = PYDL_SIMD_VEC_BYTES / 8;
 template <class E>
 struct VecOf {
   typedef E type __attribute__((vector_size(DL * sizeof(E))));
@@ -82,12 +80,12 @@ static constexpr int kBlock = 32;
 // A full vector of S (16 floats or 8 doubles with AVX-512).
 template <class S>
 struct WideOf {
-  typedef S type __attribute__((vector_size(PYDL_BN_VEC_BYTES)));
+  typedef S type __attribute__((vector_size(PYDL_SIMD_VEC_BYTES)));
 };
 template <class S>
 using wide = typename WideOf<S>::type;
 template <class S>
-static constexpr int kLanes = PYDL_BN_VEC_BYTES / sizeof(S);
+static constexpr int kLanes = PYDL_SIMD_VEC_BYTES / sizeof(S);
 
 // 2 * kLanes<S> consecutive values of p as two vectors of S. bfloat16 is the upper half of
 // a float: one vector of 32-bit words holds 2 * kLanes values, the even ones in the low
@@ -102,7 +100,7 @@ static inline void load2(const T* p, wide<S>& a, wide<S>& b) {
     std::memcpy(&a, p, sizeof a);
     std::memcpy(&b, p + kLanes<S>, sizeof b);
   } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    typedef uint32_t words __attribute__((vector_size(PYDL_BN_VEC_BYTES)));
+    typedef uint32_t words __attribute__((vector_size(PYDL_SIMD_VEC_BYTES)));
     words u;
     std::memcpy(&u, p, sizeof u);
     a = (wide<S>)(u << 16);

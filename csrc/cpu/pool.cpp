@@ -28,6 +28,7 @@
 // float16/bfloat16 are computed in float32 and rounded once on store; float64 in double.
 #include "common.h"
 #include "pool_math.h"
+#include "simd.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -64,6 +65,11 @@ int64_t taps_of(const Axis& a) {
   const AxisWin w = a.win(a.O / 2);
   return std::max<int64_t>(1, ceil_div(std::max<int64_t>(0, w.e - w.b), w.step));
 }
+
+// The innermost loops, one copy per instruction set (csrc/cpu/pool_loops.h): the kernels
+// below take the loops struct as a template argument, the glue picks it.
+#define PYDL_SIMD_LOOPS "pool_loops.h"
+#include "simd_copies.h"
 
 // The taps of every output row and column, and every output's divisor (in the compute
 // type C; 1 for max), computed once per call rather than once per output (the integer
@@ -149,29 +155,19 @@ void max_fwd_4(const T* xp, int64_t IW, const AxisWin& hw, const FixedAxis& aw, 
 }
 
 // ------------------------------------------------------------------- forward kernels
-// Sum of row[ww.b], row[ww.b + step], ... < row[ww.e]. Contiguous runs (step 1, as in
-// global average pooling) use 8 independent accumulators, which the compiler turns
-// into vector adds (one accumulator would be a serial dependency chain that it may not
-// reorder); the combination order is fixed, so results do not vary run to run.
-template <typename T>
+// Sum of row[ww.b], row[ww.b + step], ... < row[ww.e]: contiguous runs of 16 or more (as
+// in global average pooling) by the vectorized run_sum, the rest one by one.
+template <class L, typename T>
 at::opmath_type<T> row_sum(const T* row, const AxisWin& ww) {
   using C = at::opmath_type<T>;
-  if (ww.step != 1 || ww.e - ww.b < 16) {
-    C s = 0;
-    for (int64_t iw = ww.b; iw < ww.e; iw += ww.step) s += static_cast<C>(row[iw]);
-    return s;
-  }
-  C part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t iw = ww.b;
-  for (; iw + 8 <= ww.e; iw += 8)
-    for (int j = 0; j < 8; ++j) part[j] += static_cast<C>(row[iw + j]);
-  C s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-  for (; iw < ww.e; ++iw) s += static_cast<C>(row[iw]);
+  if (ww.step == 1 && ww.e - ww.b >= 16) return L::run_sum(row, ww.b, ww.e);
+  C s = 0;
+  for (int64_t iw = ww.b; iw < ww.e; iw += ww.step) s += static_cast<C>(row[iw]);
   return s;
 }
 
 // MAX: max with indices (WITH_IDX) or values only; else sum / div(oh, ow).
-template <typename T, bool MAX, bool WITH_IDX, class Axis, class Div>
+template <class L, typename T, bool MAX, bool WITH_IDX, class Axis, class Div>
 void pool_fwd(const T* x, T* y, int64_t* ind, const Dims& d, bool cl, const Axis& ah,
               const Axis& aw, const Div& div) {
   using C = at::opmath_type<T>;
@@ -217,10 +213,10 @@ void pool_fwd(const T* x, T* y, int64_t* ind, const Dims& d, bool cl, const Axis
           } else {
             C sum = 0;
             if (ww.b == 0 && ww.e == d.IW && hw.step == 1)  // whole rows: one contiguous run
-              sum = row_sum(xp, AxisWin{hw.b * d.IW, hw.e * d.IW, 1});
+              sum = row_sum<L>(xp, AxisWin{hw.b * d.IW, hw.e * d.IW, 1});
             else
               for (int64_t ih = hw.b; ih < hw.e; ih += hw.step)
-                sum += row_sum(xp + ih * d.IW, ww);
+                sum += row_sum<L>(xp + ih * d.IW, ww);
             y[o] = static_cast<T>(sum / win.div[oh * d.OW + ow]);
           }
         }
@@ -235,43 +231,13 @@ void pool_fwd(const T* x, T* y, int64_t* ind, const Dims& d, bool cl, const Axis
   auto nhwc = [&](auto idx_type) {
     using I = decltype(idx_type);
     at::parallel_for(0, sites, grain_for(d.C * taps_of(ah) * taps_of(aw)), [&](int64_t s0, int64_t s1) {
-      C acc[CHUNK];
-      I idx[CHUNK];
       for (int64_t s = s0; s < s1; ++s) {
         const int64_t n = s / (d.OH * d.OW), oh = (s / d.OW) % d.OH, ow = s % d.OW;
-        const AxisWin hw = win.h[oh], ww = win.w[ow];
         const T* xn = x + n * d.IH * d.IW * d.C;
-        for (int64_t c0 = 0; c0 < d.C; c0 += CHUNK) {
-          const int64_t nc = std::min(CHUNK, d.C - c0);
-          for (int64_t j = 0; j < nc; ++j) {
-            acc[j] = MAX ? neg_inf : C(0);
-            idx[j] = static_cast<I>(hw.b * d.IW + ww.b);
-          }
-          for (int64_t ih = hw.b; ih < hw.e; ih += hw.step)
-            for (int64_t iw = ww.b; iw < ww.e; iw += ww.step) {
-              const T* xp = xn + (ih * d.IW + iw) * d.C + c0;
-              if constexpr (MAX) {
-                const I flat = static_cast<I>(ih * d.IW + iw);
-                for (int64_t j = 0; j < nc; ++j) {
-                  const C v = static_cast<C>(xp[j]);
-                  const bool take = max_takes(v, acc[j]);
-                  acc[j] = take ? v : acc[j];
-                  idx[j] = take ? flat : idx[j];
-                }
-              } else {
-                for (int64_t j = 0; j < nc; ++j) acc[j] += static_cast<C>(xp[j]);
-              }
-            }
-          T* yp = y + s * d.C + c0;
-          if constexpr (MAX) {
-            for (int64_t j = 0; j < nc; ++j) yp[j] = static_cast<T>(acc[j]);
-            if constexpr (WITH_IDX)
-              for (int64_t j = 0; j < nc; ++j) ind[s * d.C + c0 + j] = idx[j];
-          } else {
-            const C dv = win.div[oh * d.OW + ow];
-            for (int64_t j = 0; j < nc; ++j) yp[j] = static_cast<T>(acc[j] / dv);
-          }
-        }
+        for (int64_t c0 = 0; c0 < d.C; c0 += CHUNK)
+          L::template nhwc_window<MAX, WITH_IDX, T, I>(
+              xn + c0, d.C, d.IW, win.h[oh], win.w[ow], std::min(CHUNK, d.C - c0),
+              win.div[oh * d.OW + ow], y + s * d.C + c0, WITH_IDX ? ind + s * d.C + c0 : nullptr);
       }
     });
   };
@@ -356,7 +322,7 @@ void avg_bwd_disjoint(const T* g, T* dx, const Dims& d, bool cl, const Axis& ah,
 // count. (The work is one visit per output -- per window tap for avg --, where gathering
 // per input element would search the outputs whose windows might hold it.)
 // float/double accumulate in dx itself; float16/bfloat16 in a float buffer, stored once.
-template <typename T, bool MAX, class Axis, class Div>
+template <class L, typename T, bool MAX, class Axis, class Div>
 void pool_bwd(const T* g, const int64_t* ind, T* dx, const Dims& d, bool cl, const Axis& ah,
               const Axis& aw, const Div& div) {
   using C = at::opmath_type<T>;
@@ -432,11 +398,7 @@ void pool_bwd(const T* g, const int64_t* ind, T* dx, const Dims& d, bool cl, con
             const AxisWin hw = win.h[oh], ww = win.w[ow];
             const C dv = win.div[oh * d.OW + ow];
             for (int64_t j = 0; j < cn; ++j) v[j] = static_cast<C>(gp[j]) / dv;
-            for (int64_t ih = hw.b; ih < hw.e; ih += hw.step)
-              for (int64_t iw = ww.b; iw < ww.e; iw += ww.step) {
-                C* a = acc + (ih * d.IW + iw) * ld;
-                for (int64_t j = 0; j < cn; ++j) a[j] += v[j];
-              }
+            L::nhwc_add_window(acc, ld, d.IW, hw, ww, v.data(), cn);
           }
         }
       if constexpr (!direct)
@@ -494,6 +456,12 @@ void dispatch_float(at::ScalarType t, Fn&& fn) {
   }
 }
 
+// dispatch_float with the loops struct for this CPU: fn(Loops{}, T{}).
+template <class Fn>
+void dispatch_loops(at::ScalarType t, Fn&& fn) {
+  with_cpu_simd([&](auto loops) { dispatch_float(t, [&](auto tag) { fn(loops, tag); }); });
+}
+
 std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd(const at::Tensor& x_in, at::IntArrayRef kernel,
                                                   at::IntArrayRef stride, at::IntArrayRef padding,
                                                   at::IntArrayRef dilation, at::IntArrayRef out_size,
@@ -512,13 +480,14 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd(const at::Tensor& x_in, at::In
   at::Tensor ind = with_indices
       ? at::empty({d.N, d.C, d.OH, d.OW}, x.options().dtype(at::kLong).memory_format(format_of(cl)))
       : at::empty({0}, x.options().dtype(at::kLong));
-  dispatch_float(x.scalar_type(), [&](auto tag) {
+  dispatch_loops(x.scalar_type(), [&](auto loops, auto tag) {
+    using L = decltype(loops);
     using T = decltype(tag);
     if (with_indices)
-      pool_fwd<T, true, true>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(),
+      pool_fwd<L, T, true, true>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(),
                               ind.mutable_data_ptr<int64_t>(), d, cl, ah, aw, NoDivisor{});
     else
-      pool_fwd<T, true, false>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(), nullptr, d, cl,
+      pool_fwd<L, T, true, false>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(), nullptr, d, cl,
                                ah, aw, NoDivisor{});
   });
   return {y, ind};
@@ -533,9 +502,10 @@ at::Tensor max_bwd_common(const at::Tensor& grad_in, const at::Tensor& ind_in,
   const at::Tensor g = grad_in.contiguous(format_of(cl));
   const at::Tensor ind = ind_in.contiguous(format_of(cl));
   at::Tensor dx = at::empty({d.N, d.C, d.IH, d.IW}, g.options().memory_format(format_of(cl)));
-  dispatch_float(g.scalar_type(), [&](auto tag) {
+  dispatch_loops(g.scalar_type(), [&](auto loops, auto tag) {
+    using L = decltype(loops);
     using T = decltype(tag);
-    pool_bwd<T, true>(g.const_data_ptr<T>(), ind.const_data_ptr<int64_t>(),
+    pool_bwd<L, T, true>(g.const_data_ptr<T>(), ind.const_data_ptr<int64_t>(),
                       dx.mutable_data_ptr<T>(), d, cl, ah, aw, NoDivisor{});
   });
   return dx;
@@ -571,9 +541,10 @@ at::Tensor avg_pool2d_fwd(const at::Tensor& x_in, at::IntArrayRef kernel, at::In
   const FixedAxis aw{d.IW, d.OW, kernel[1], stride[1], padding[1], 1};
   const AvgDivisor div{ah, aw, count_include_pad, divisor_override};
   at::Tensor y = at::empty({d.N, d.C, d.OH, d.OW}, x.options().memory_format(format_of(cl)));
-  dispatch_float(x.scalar_type(), [&](auto tag) {
+  dispatch_loops(x.scalar_type(), [&](auto loops, auto tag) {
+    using L = decltype(loops);
     using T = decltype(tag);
-    pool_fwd<T, false, false>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(), nullptr, d, cl, ah,
+    pool_fwd<L, T, false, false>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(), nullptr, d, cl, ah,
                               aw, div);
   });
   return y;
@@ -591,9 +562,10 @@ at::Tensor avg_pool2d_bwd(const at::Tensor& grad_in, at::IntArrayRef input_size,
   const AvgDivisor div{ah, aw, count_include_pad, divisor_override};
   const at::Tensor g = grad_in.contiguous(format_of(channels_last));
   at::Tensor dx = at::empty({d.N, d.C, d.IH, d.IW}, g.options().memory_format(format_of(channels_last)));
-  dispatch_float(g.scalar_type(), [&](auto tag) {
+  dispatch_loops(g.scalar_type(), [&](auto loops, auto tag) {
+    using L = decltype(loops);
     using T = decltype(tag);
-    pool_bwd<T, false>(g.const_data_ptr<T>(), nullptr, dx.mutable_data_ptr<T>(), d,
+    pool_bwd<L, T, false>(g.const_data_ptr<T>(), nullptr, dx.mutable_data_ptr<T>(), d,
                        channels_last, ah, aw, div);
   });
   return dx;
@@ -607,9 +579,10 @@ at::Tensor adaptive_avg_pool2d_fwd(const at::Tensor& x_in, at::IntArrayRef out_s
   const AdaptiveAxis ah{d.IH, d.OH}, aw{d.IW, d.OW};
   at::Tensor y = at::empty({d.N, d.C, d.OH, d.OW}, x.options().memory_format(format_of(cl)));
   if (y.numel() == 0) return y;
-  dispatch_float(x.scalar_type(), [&](auto tag) {
+  dispatch_loops(x.scalar_type(), [&](auto loops, auto tag) {
+    using L = decltype(loops);
     using T = decltype(tag);
-    pool_fwd<T, false, false>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(), nullptr, d, cl, ah,
+    pool_fwd<L, T, false, false>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(), nullptr, d, cl, ah,
                               aw, AdaptiveDivisor{ah, aw});
   });
   return y;
@@ -622,9 +595,10 @@ at::Tensor adaptive_avg_pool2d_bwd(const at::Tensor& grad_in, at::IntArrayRef in
   const at::Tensor g = grad_in.contiguous(format_of(channels_last));
   at::Tensor dx = at::empty({d.N, d.C, d.IH, d.IW}, g.options().memory_format(format_of(channels_last)));
   if (d.OH == 0 || d.OW == 0) return dx.zero_();
-  dispatch_float(g.scalar_type(), [&](auto tag) {
+  dispatch_loops(g.scalar_type(), [&](auto loops, auto tag) {
+    using L = decltype(loops);
     using T = decltype(tag);
-    pool_bwd<T, false>(g.const_data_ptr<T>(), nullptr, dx.mutable_data_ptr<T>(), d,
+    pool_bwd<L, T, false>(g.const_data_ptr<T>(), nullptr, dx.mutable_data_ptr<T>(), d,
                        channels_last, ah, aw, AdaptiveDivisor{ah, aw});
   });
   return dx;
@@ -643,13 +617,14 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_fwd(const at::Tensor& x_i
       ? at::empty({d.N, d.C, d.OH, d.OW}, x.options().dtype(at::kLong).memory_format(format_of(cl)))
       : at::empty({0}, x.options().dtype(at::kLong));
   if (y.numel() == 0) return {y, ind};
-  dispatch_float(x.scalar_type(), [&](auto tag) {
+  dispatch_loops(x.scalar_type(), [&](auto loops, auto tag) {
+    using L = decltype(loops);
     using T = decltype(tag);
     if (with_indices)
-      pool_fwd<T, true, true>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(),
+      pool_fwd<L, T, true, true>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(),
                               ind.mutable_data_ptr<int64_t>(), d, cl, ah, aw, NoDivisor{});
     else
-      pool_fwd<T, true, false>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(), nullptr, d, cl,
+      pool_fwd<L, T, true, false>(x.const_data_ptr<T>(), y.mutable_data_ptr<T>(), nullptr, d, cl,
                                ah, aw, NoDivisor{});
   });
   return {y, ind};
