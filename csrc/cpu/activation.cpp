@@ -5,10 +5,12 @@
 // pydl::dense), so element i of every operand lives at data[i] and one linear loop
 // covers the tensor in memory order. at::parallel_for splits [0, n) into chunks of at
 // least GRAIN elements across the intra-op threads; each thread's loop is a straight
-// pass the compiler can vectorize. float16 / bfloat16 are computed in float32 and
-// rounded once on store; float64 in double.
+// pass the compiler vectorizes (csrc/cpu/activation_loops.h, compiled for AVX-512, AVX2
+// and the baseline). float16 / bfloat16 are computed in float32 and rounded once on
+// store; float64 in double.
 #include "activation_math.h"
 #include "common.h"
+#include "simd.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -18,6 +20,10 @@ namespace {
 
 constexpr int64_t GRAIN = 32768;  // below this a thread's work does not pay for its wake-up
 
+// The loops, one copy per instruction set (csrc/cpu/activation_loops.h).
+#define PYDL_SIMD_LOOPS "activation_loops.h"
+#include "simd_copies.h"
+
 // y may alias x (the in-place op).
 void forward_into(const at::Tensor& x, at::Tensor& y, Act act, double alpha) {
   const int64_t n = x.numel();
@@ -26,10 +32,11 @@ void forward_into(const at::Tensor& x, at::Tensor& y, Act act, double alpha) {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const C a = static_cast<C>(alpha);
-    with_act(act, [&](auto A) {
-      at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i)
-          yp[i] = static_cast<scalar_t>(act_forward<decltype(A)::value, C>(static_cast<C>(xp[i]), a));
+    with_cpu_simd([&](auto loops) {
+      with_act(act, [&](auto A) {
+        at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
+          decltype(loops)::template act_fwd_run<decltype(A)::value>(xp + begin, yp + begin, end - begin, a);
+        });
       });
     });
   });
@@ -68,11 +75,12 @@ at::Tensor act_bwd(const at::Tensor& grad_in, const at::Tensor& saved_in, c10::s
     const scalar_t* sp = saved.const_data_ptr<scalar_t>();
     scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
     const C al = static_cast<C>(alpha);
-    with_act(a, [&](auto A) {
-      at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i)
-          dp[i] = static_cast<scalar_t>(act_backward<decltype(A)::value, C>(
-              static_cast<C>(gp[i]), static_cast<C>(sp[i]), al, is_result));
+    with_cpu_simd([&](auto loops) {
+      with_act(a, [&](auto A) {
+        at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
+          decltype(loops)::template act_bwd_run<decltype(A)::value>(gp + begin, sp + begin, dp + begin,
+                                                                    end - begin, al, is_result);
+        });
       });
     });
   });

@@ -38,30 +38,6 @@ struct VecOf {
 template <class E>
 using vec = typename VecOf<E>::type;
 
-// bfloat16 <-> float by bit operations the compiler can vectorize (c10's conversion to
-// bfloat16 branches on NaN): identical results -- the upper half of the float's bits, and
-// round to nearest even with NaN made the quiet 0x7FC0 -- as c10::BFloat16's.
-template <class C, class T>
-static inline C load(const T& v) {
-  if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    return static_cast<C>(__builtin_bit_cast(float, uint32_t(v.x) << 16));
-  } else {
-    return static_cast<C>(v);
-  }
-}
-
-template <class T, class C>
-static inline T store(C v) {
-  if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    const uint32_t u = __builtin_bit_cast(uint32_t, static_cast<float>(v));
-    const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-    const uint16_t bits = nan ? uint16_t(0x7FC0) : uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-    return T(bits, T::from_bits());
-  } else {
-    return static_cast<T>(v);
-  }
-}
-
 static inline double vsum(vec<double> v) {
   double s = 0;
   for (int l = 0; l < DL; ++l) s += v[l];
@@ -108,8 +84,8 @@ static inline void load2(const T* p, wide<S>& a, wide<S>& b) {
   } else {  // float into double sums, or c10::Half: lane by lane
     a = b = wide<S>{};
     for (int l = 0; l < kLanes<S>; ++l) {
-      a[l] = load<S>(p[l]);
-      b[l] = load<S>(p[kLanes<S> + l]);
+      a[l] = simd_load<S>(p[l]);
+      b[l] = simd_load<S>(p[kLanes<S> + l]);
     }
   }
 }
@@ -173,7 +149,7 @@ static void stats_planes(const T* __restrict x, int64_t rows, int64_t stride, in
       }
     }
     for (; i < n; ++i) {
-      const double v = load<double>(p[i]) - k;
+      const double v = simd_load<double>(p[i]) - k;
       t1 += v;
       t2 += v * v;
     }
@@ -201,7 +177,7 @@ static void stats_rows(const T* __restrict x, int64_t rows, int64_t C, const dou
       for (int64_t r = r0; r < r1; ++r) {
         const T* __restrict p = x + r * C + c0;
         for (int64_t c = 0; c < cn; ++c) {
-          const S v = load<S>(p[c]) - ks[c];
+          const S v = simd_load<S>(p[c]) - ks[c];
           f1[c] += v;
           f2[c] += v * v;
         }
@@ -221,9 +197,9 @@ static void normalize_plane(const T* __restrict x, const T* __restrict r, T* __r
                             C m, C s, C b, C alpha) {
   if (r) {
     for (int64_t i = 0; i < n; ++i)
-      y[i] = store<T>(bn_act<A, C>((load<C>(x[i]) - m) * s + b + load<C>(r[i]), alpha));
+      y[i] = simd_store<T>(bn_act<A, C>((simd_load<C>(x[i]) - m) * s + b + simd_load<C>(r[i]), alpha));
   } else {
-    for (int64_t i = 0; i < n; ++i) y[i] = store<T>(bn_act<A, C>((load<C>(x[i]) - m) * s + b, alpha));
+    for (int64_t i = 0; i < n; ++i) y[i] = simd_store<T>(bn_act<A, C>((simd_load<C>(x[i]) - m) * s + b, alpha));
   }
 }
 
@@ -238,10 +214,10 @@ static void normalize_rows(const T* __restrict x, const T* __restrict r, T* __re
     if (r) {
       const T* __restrict ro = r + o * Cn;
       for (int64_t c = 0; c < Cn; ++c)
-        yo[c] = store<T>(bn_act<A, C>((load<C>(xo[c]) - m[c]) * s[c] + b[c] + load<C>(ro[c]), alpha));
+        yo[c] = simd_store<T>(bn_act<A, C>((simd_load<C>(xo[c]) - m[c]) * s[c] + b[c] + simd_load<C>(ro[c]), alpha));
     } else {
       for (int64_t c = 0; c < Cn; ++c)
-        yo[c] = store<T>(bn_act<A, C>((load<C>(xo[c]) - m[c]) * s[c] + b[c], alpha));
+        yo[c] = simd_store<T>(bn_act<A, C>((simd_load<C>(xo[c]) - m[c]) * s[c] + b[c], alpha));
     }
   }
 }
@@ -282,9 +258,9 @@ static void reduce_planes(const T* __restrict g, const T* __restrict x, const T*
     }
     for (; i < n; ++i) {
       const int64_t j = base + i;
-      const double dz = bn_act_grad<A, C>(load<C>(g[j]), A == BnAct::None ? C(0) : load<C>(y[j]), alpha);
+      const double dz = bn_act_grad<A, C>(simd_load<C>(g[j]), A == BnAct::None ? C(0) : simd_load<C>(y[j]), alpha);
       td += dz;
-      tx += dz * (load<double>(x[j]) - m);
+      tx += dz * (simd_load<double>(x[j]) - m);
     }
   }
   flush<S>(dt, da + db);
@@ -310,10 +286,10 @@ static void reduce_rows(const T* __restrict g, const T* __restrict x, const T* _
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t base = r * Cn + c0;
         for (int64_t c = 0; c < cn; ++c) {
-          const S dz = bn_act_grad<A, S>(load<S>(g[base + c]),
-                                         A == BnAct::None ? S(0) : load<S>(y[base + c]), S(alpha));
+          const S dz = bn_act_grad<A, S>(simd_load<S>(g[base + c]),
+                                         A == BnAct::None ? S(0) : simd_load<S>(y[base + c]), S(alpha));
           fd[c] += dz;
-          fx[c] += dz * (load<S>(x[base + c]) - ms[c]);
+          fx[c] += dz * (simd_load<S>(x[base + c]) - ms[c]);
         }
       }
       for (int64_t c = 0; c < cn; ++c) {
@@ -330,9 +306,9 @@ template <BnAct A, class T, class C>
 static void elemt_plane(const T* __restrict g, const T* __restrict x, const T* __restrict y,
                         T* __restrict dx, T* __restrict dzo, int64_t n, C m, C s, C a, C b, C alpha) {
   for (int64_t i = 0; i < n; ++i) {
-    const C dz = bn_act_grad<A, C>(load<C>(g[i]), A == BnAct::None ? C(0) : load<C>(y[i]), alpha);
-    if (dzo) dzo[i] = store<T>(dz);
-    dx[i] = store<T>((dz - a - (load<C>(x[i]) - m) * b) * s);
+    const C dz = bn_act_grad<A, C>(simd_load<C>(g[i]), A == BnAct::None ? C(0) : simd_load<C>(y[i]), alpha);
+    if (dzo) dzo[i] = simd_store<T>(dz);
+    dx[i] = simd_store<T>((dz - a - (simd_load<C>(x[i]) - m) * b) * s);
   }
 }
 
@@ -344,8 +320,8 @@ static void elemt_rows(const T* __restrict g, const T* __restrict x, const T* __
   for (int64_t o = 0; o < rows; ++o)
     for (int64_t c = 0; c < Cn; ++c) {
       const int64_t i = o * Cn + c;
-      const C dz = bn_act_grad<A, C>(load<C>(g[i]), A == BnAct::None ? C(0) : load<C>(y[i]), alpha);
-      if (dzo) dzo[i] = store<T>(dz);
-      dx[i] = store<T>((dz - a[c] - (load<C>(x[i]) - m[c]) * b[c]) * s[c]);
+      const C dz = bn_act_grad<A, C>(simd_load<C>(g[i]), A == BnAct::None ? C(0) : simd_load<C>(y[i]), alpha);
+      if (dzo) dzo[i] = simd_store<T>(dz);
+      dx[i] = simd_store<T>((dz - a[c] - (simd_load<C>(x[i]) - m[c]) * b[c]) * s[c]);
     }
 }

@@ -7,8 +7,12 @@
 // PYDL_CPU_GEMM does the same for the conv's GEMM micro-kernels (csrc/cpu/gemm.h).
 #pragma once
 
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PYDL_SIMD_X86 1
@@ -38,6 +42,33 @@ inline CpuSimd cpu_simd() {
     return CpuSimd::Default;
   }();
   return isa;
+}
+
+// Element loads and stores for the loops files, converting to / from the compute type C:
+// bfloat16 <-> float by bit operations the compiler can vectorize (c10's conversion to
+// bfloat16 branches on NaN, which keeps a loop scalar): identical results -- the upper
+// half of the float's bits, and round to nearest even with NaN made the quiet 0x7FC0 --
+// as c10::BFloat16's; other types by their own conversions. (Defined for the baseline
+// target, they are inlined into each copy of a loop and compiled for its target.)
+template <class C, class T>
+inline C simd_load(const T& v) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    return static_cast<C>(__builtin_bit_cast(float, uint32_t(v.x) << 16));
+  } else {
+    return static_cast<C>(v);
+  }
+}
+
+template <class T, class C>
+inline T simd_store(C v) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    const uint32_t u = __builtin_bit_cast(uint32_t, static_cast<float>(v));
+    const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+    const uint16_t bits = nan ? uint16_t(0x7FC0) : uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    return T(bits, T::from_bits());
+  } else {
+    return static_cast<T>(v);
+  }
 }
 
 }  // namespace pydl
