@@ -74,6 +74,9 @@ def _extension():
     macros = [("TORCH_VERSION_BUILT", f'"{torch.__version__}"')]
     cxx = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG"]
     cxx += ["-fvisibility=hidden"]  # the C++ standard is torch's choice (C++20 for torch >= 2.13)
+    # sqrt & co. need not set errno (nothing reads it): a sqrt that must stays a scalar
+    # call, which keeps the CPU optimizer loops from vectorizing (csrc/cpu/optim_loops.h)
+    cxx += ["-fno-math-errno"]
     # at::parallel_for (the CPU kernels' threading) is inline: it runs its tasks on
     # torch's OpenMP threads only where _OPENMP is defined, i.e. when compiled with
     # -fopenmp -- without it every loop runs on one thread. Linking -fopenmp resolves to

@@ -4,6 +4,9 @@ against torch.optim (same gradients; oracle: torch.optim on float64 copies), sta
 state_dict round trips both ways, GradScaler (including a skipped step), LR schedulers,
 param groups, 16-bit and mixed dtypes, bad input, opcheck on the ops."""
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -690,6 +693,21 @@ def test_found_inf_read_on_device_only(backend, device, cfg, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(ps, params_before))
     assert all(torch.equal(v, before[i, k])
                for i, p in enumerate(ps) for k, v in opt.state[p].items())
+
+
+@pytest.mark.parametrize("isa", ["avx2", "default"])
+def test_cpu_simd_copies(isa):
+    """The CPU optimizer loops are compiled for AVX-512, AVX2 and the baseline, the widest
+    the CPU has chosen at run time; PYDL_CPU_SIMD caps the choice, so the copies this
+    machine would not pick run here too: this file's CPU tests of every optimizer, config
+    and dtype against torch, GradScaler and multi-chunk cases, in a capped process."""
+    if not pydl.backends()["cpu"].usable:
+        pytest.skip("the C++ extension is not built")
+    env = dict(os.environ, PYDL_CPU_SIMD=isa)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
+                          "cpu and (matches_torch or dtypes or grad_scaler or master or mixed or multi_chunk)"],
+                         capture_output=True, text=True, env=env, timeout=900, cwd=os.path.dirname(__file__))
+    assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
 
 
 # ------------------------------------------- CUDA kernels, emulated on the host (no GPU)

@@ -8,7 +8,8 @@
 // so many small tensors and one huge tensor are both spread over every core. Inside a
 // chunk one straight loop walks the elements of the parameter, its gradient and its
 // state in lockstep (they all have the same dense strides, checked below), computing in
-// float32 (float64 for float64 parameters) and storing once.
+// float32 (float64 for float64 parameters) and storing once -- the loops of
+// csrc/cpu/optim_loops.h, vectorized and compiled for AVX-512, AVX2 and the baseline.
 //
 // Dtypes: parameters and gradients float32/float16/bfloat16/float64; the state is
 // float32 for 16-bit parameters (so the moments keep their precision), else the
@@ -20,11 +21,13 @@
 #include "common.h"
 #include "optim_common.h"
 #include "optim_math.h"
+#include "simd.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <type_traits>
 #include <optional>
 #include <vector>
 
@@ -32,6 +35,17 @@ namespace pydl {
 namespace {
 
 constexpr int64_t CHUNK = 32768;  // elements per task: big enough to amortize a thread wake-up
+
+// The loops, one copy per instruction set (csrc/cpu/optim_loops.h).
+#define PYDL_SIMD_LOOPS "optim_loops.h"
+#include "simd_copies.h"
+
+// Calls fn(std::bool_constant<b>{}): a runtime flag made a template argument.
+template <typename Fn>
+void with_flag(bool b, Fn&& fn) {
+  if (b) fn(std::true_type{});
+  else fn(std::false_type{});
+}
 
 struct Chunk {
   int64_t tensor, begin, end;
@@ -92,16 +106,6 @@ void for_chunks(at::TensorList params, at::TensorList grads, at::TensorList s0,
   });
 }
 
-// The gradient element divided by the GradScaler scale, written back unscaled like
-// torch's fused optimizers do.
-template <typename T, typename C>
-inline C unscale(T& g, C scale, bool scaled) {
-  if (!scaled) return C(g);
-  const C v = C(g) / scale;
-  g = T(v);
-  return v;
-}
-
 #define PYDL_OPTIM_DISPATCH(dtype, NAME, ...)                                               \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, NAME, [&] {             \
     using T = scalar_t;                                                                   \
@@ -128,16 +132,12 @@ void sgd_step(at::TensorList params, at::TensorList grads, at::TensorList bufs, 
     const C gs = C(*inv);
     const bool scaled = grad_scale.has_value();
     const bool use_buf = momentum != 0.0;
-    for_chunks<T, S>(params, grads, bufs, {}, {}, [&](const Chunk& ch, T* p, T* g, S* b,
-                                                      S*, S*) {
-      for (int64_t i = ch.begin; i < ch.end; ++i) {
-        C pv = C(p[i]);
-        C bv = use_buf ? C(b[i]) : C(0);
-        sgd_update<C>(pv, unscale(g[i], gs, scaled), bv, h);
-        p[i] = T(pv);
-        if (use_buf) b[i] = S(bv);
-      }
-    });
+    with_cpu_simd([&](auto loops) { with_flag(use_buf, [&](auto kBuf) { with_flag(scaled, [&](auto kScaled) {
+      for_chunks<T, S>(params, grads, bufs, {}, {}, [&](const Chunk& ch, T* p, T* g, S* b, S*, S*) {
+        decltype(loops)::template sgd_run<decltype(kBuf)::value, decltype(kScaled)::value>(p + ch.begin, g + ch.begin, kBuf ? b + ch.begin : nullptr,
+                                                         ch.end - ch.begin, h, gs);
+      });
+    }); }); });
   });
 }
 
@@ -171,19 +171,15 @@ void adam_step(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                          C(1.0 - lr * weight_decay), amsgrad, maximize, decoupled};
     const C gs = C(*inv);
     const bool scaled = grad_scale.has_value();
-    for_chunks<T, S>(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                     [&](const Chunk& ch, T* p, T* g, S* m, S* v, S* vmax) {
-      const C ss = C(step_size[ch.tensor]), bc = C(bc2_sqrt[ch.tensor]);
-      for (int64_t i = ch.begin; i < ch.end; ++i) {
-        C pv = C(p[i]), mv = C(m[i]), vv = C(v[i]);
-        C vm = amsgrad ? C(vmax[i]) : C(0);
-        adam_update<C>(pv, unscale(g[i], gs, scaled), mv, vv, vm, h, ss, bc);
-        p[i] = T(pv);
-        m[i] = S(mv);
-        v[i] = S(vv);
-        if (amsgrad) vmax[i] = S(vm);
-      }
-    });
+    with_cpu_simd([&](auto loops) { with_flag(amsgrad, [&](auto kAms) { with_flag(scaled, [&](auto kScaled) {
+      for_chunks<T, S>(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+                       [&](const Chunk& ch, T* p, T* g, S* m, S* v, S* vmax) {
+        const int64_t b = ch.begin;
+        decltype(loops)::template adam_run<decltype(kAms)::value, decltype(kScaled)::value>(
+            p + b, g + b, m + b, v + b, kAms ? vmax + b : nullptr, ch.end - b, h, gs,
+            C(step_size[ch.tensor]), C(bc2_sqrt[ch.tensor]));
+      });
+    }); }); });
   });
 }
 
@@ -212,19 +208,17 @@ void rmsprop_step(at::TensorList params, at::TensorList grads, at::TensorList sq
     const C gs = C(*inv);
     const bool scaled = grad_scale.has_value();
     const bool use_buf = momentum > 0.0;
-    for_chunks<T, S>(params, grads, square_avgs, grad_avgs, bufs,
-                     [&](const Chunk& ch, T* p, T* g, S* sq, S* ga, S* b) {
-      for (int64_t i = ch.begin; i < ch.end; ++i) {
-        C pv = C(p[i]), sv = C(sq[i]);
-        C gav = centered ? C(ga[i]) : C(0);
-        C bv = use_buf ? C(b[i]) : C(0);
-        rmsprop_update<C>(pv, unscale(g[i], gs, scaled), sv, gav, bv, h);
-        p[i] = T(pv);
-        sq[i] = S(sv);
-        if (centered) ga[i] = S(gav);
-        if (use_buf) b[i] = S(bv);
-      }
-    });
+    with_cpu_simd([&](auto loops) { with_flag(centered, [&](auto kCen) { with_flag(use_buf, [&](auto kBuf) {
+      with_flag(scaled, [&](auto kScaled) {
+        for_chunks<T, S>(params, grads, square_avgs, grad_avgs, bufs,
+                         [&](const Chunk& ch, T* p, T* g, S* sq, S* ga, S* b) {
+          const int64_t o = ch.begin;
+          decltype(loops)::template rmsprop_run<decltype(kCen)::value, decltype(kBuf)::value,
+                                                       decltype(kScaled)::value>(
+              p + o, g + o, sq + o, kCen ? ga + o : nullptr, kBuf ? b + o : nullptr, ch.end - o, h, gs);
+        });
+      });
+    }); }); });
   });
 }
 
@@ -247,16 +241,12 @@ void adagrad_step(at::TensorList params, at::TensorList grads, at::TensorList st
     const AdagradHyper<C> h{C(eps), C(weight_decay), maximize};
     const C gs = C(*inv);
     const bool scaled = grad_scale.has_value();
-    for_chunks<T, S>(params, grads, state_sums, {}, {},
-                     [&](const Chunk& ch, T* p, T* g, S* sum, S*, S*) {
-      const C c = C(clr[ch.tensor]);
-      for (int64_t i = ch.begin; i < ch.end; ++i) {
-        C pv = C(p[i]), sv = C(sum[i]);
-        adagrad_update<C>(pv, unscale(g[i], gs, scaled), sv, h, c);
-        p[i] = T(pv);
-        sum[i] = S(sv);
-      }
-    });
+    with_cpu_simd([&](auto loops) { with_flag(scaled, [&](auto kScaled) {
+      for_chunks<T, S>(params, grads, state_sums, {}, {}, [&](const Chunk& ch, T* p, T* g, S* sum, S*, S*) {
+        decltype(loops)::template adagrad_run<decltype(kScaled)::value>(p + ch.begin, g + ch.begin, sum + ch.begin,
+                                                       ch.end - ch.begin, h, gs, C(clr[ch.tensor]));
+      });
+    }); });
   });
 }
 
