@@ -170,19 +170,24 @@ def test_cpu_conv_speed_tool(tmp_path, capsys):
     assert "before ms" in capsys.readouterr().out
 
 
-def test_cpu_bn_pool_speed_tool(tmp_path, capsys):
-    """bench/cpu_bn_pool_speed.py: forward and backward of the CPU batch norm and pools beside
-    torch's, every shape x dtype x layout, through cpu_conv_speed.run's table."""
+def test_cpu_ops_speed_tool(tmp_path, capsys):
+    """bench/cpu_ops_speed.py: forward and backward of the CPU batch norm, pools and
+    activations beside torch's, every shape x dtype x layout, and optimizer steps, through
+    cpu_conv_speed.run's table; --only picks families."""
     if not pydl.backends()["cpu"].usable:
         pytest.skip("the C++ extension is not built")
-    from bench import cpu_bn_pool_speed as tool
-    out = tmp_path / "bnpool.json"
-    assert tool.main(["--repeats", "1", "--json", str(out)]) == 0
+    from bench import cpu_ops_speed as tool
+    out = tmp_path / "ops.json"
+    assert tool.main(["--repeats", "1", "--only", "bn,pool,act", "--json", str(out)]) == 0
     rows = json.load(open(out))
-    assert len(rows) == 2 * len(tool.CASES) * (len(tool.BN_SHAPES) + len(tool.POOLS))
+    assert len(rows) == 2 * len(tool.CASES) * (len(tool.BN_SHAPES) + len(tool.POOLS) + len(tool.ACTS))
     assert {r["pass"] for r in rows} == {"fwd", "bwd"}
     assert all(r["pydl_ms"] > 0 and r["torch_ms"] > 0 for r in rows)
     assert "bf16 CL" in capsys.readouterr().out
+    assert tool.main(["--repeats", "1", "--only", "optim", "--json", str(out)]) == 0
+    assert [r["layer"].split()[0] for r in json.load(open(out))] == [n for n, _ in tool.OPTIMS]
+    with pytest.raises(SystemExit):
+        tool.main(["--only", "nope"])
 
 
 @pytest.mark.skipif(pydl._dispatch._kernels is None, reason="Triton kernels not available")

@@ -1,14 +1,17 @@
-"""pydl's CPU batch norm and pooling against torch's CPU kernels, forward and backward, in
-float32 and bfloat16, NCHW and channels-last, on ResNet-sized activations.
+"""pydl's CPU batch norm, pooling, activations and optimizer steps against torch's CPU
+kernels: forward and backward in float32 and bfloat16, NCHW and channels-last, on
+ResNet-sized activations, and one step of each optimizer over ResNet-18's parameters.
 
-    python bench/cpu_bn_pool_speed.py [--repeats 15] [--rounds 1] [--threads T] [--json out.json]
-                                      [--before before.json]
+    python bench/cpu_ops_speed.py [--only bn,pool,act,optim] [--repeats 15] [--rounds 1]
+                                  [--threads T] [--json out.json] [--before before.json]
 
 What is timed is what a user's code runs: pydl.functional.<op> against
 torch.nn.functional.<op> -- the forward in training mode (batch norm: statistics, normalize,
 running-statistics update) with autograd recording, and the backward as
-torch.autograd.grad of that output (batch norm: input, weight and bias gradients). Medians,
-rounds, --json and --before as in bench/cpu_conv_speed.py, whose table code this uses.
+torch.autograd.grad of that output (batch norm: input, weight and bias gradients), the
+gradient in the output's memory format; pydl.optim.<Opt>.step() against torch.optim's
+default (foreach) implementation. Medians, rounds, --json and --before as in
+bench/cpu_conv_speed.py, whose table code this uses.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as TF
 
 import pydl.functional as F
+import pydl.optim
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.cpu_conv_speed import _median_ms, run  # noqa: E402
@@ -36,6 +40,12 @@ POOLS = [
     ("globalavg", (8, 64, 56, 56), lambda t: F.adaptive_avg_pool2d(t, 1), lambda t: TF.adaptive_avg_pool2d(t, 1)),
 ]
 CASES = [(dt, cl) for dt in (torch.float32, torch.bfloat16) for cl in (False, True)]
+ACTS = [("relu", lambda t: F.relu(t), TF.relu),
+        ("leaky_relu", lambda t: F.leaky_relu(t, 0.1), lambda t: TF.leaky_relu(t, 0.1))]
+ACT_SHAPE = (8, 64, 56, 56)
+# (optimizer, hyper-parameters): one step over ResNet-18's 11.7M parameters
+OPTIMS = [("SGD", {"lr": 0.1, "momentum": 0.9}), ("Adam", {"lr": 1e-3}), ("AdamW", {"lr": 1e-3}),
+          ("RMSprop", {"lr": 1e-3}), ("Adagrad", {"lr": 1e-2})]
 
 
 def _label(name, shape, dt, cl):
@@ -89,14 +99,48 @@ def pool_rows(repeats):
     return rows
 
 
+def act_rows(repeats):
+    rows = []
+    for name, ours, theirs in ACTS:
+        for dt, cl in CASES:
+            x = _input(ACT_SHAPE, dt, cl, 4).requires_grad_()
+            p, t = _fwd_bwd(ours, [x], 5), _fwd_bwd(theirs, [x], 5)
+            for i, pas in enumerate(("fwd", "bwd")):
+                rows.append({"layer": _label(name, ACT_SHAPE, dt, cl), "pass": pas,
+                             "pydl_ms": _median_ms(p[i], repeats), "torch_ms": _median_ms(t[i], repeats)})
+    return rows
+
+
+def optim_rows(repeats):
+    from pydl.models import resnet18
+    rows = []
+    for name, kw in OPTIMS:
+        times = {}
+        for label, module in (("pydl", pydl.optim), ("torch", torch.optim)):
+            torch.manual_seed(0)
+            params = list(resnet18(num_classes=10).parameters())
+            for i, p in enumerate(params):
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(i))
+            opt = getattr(module, name)(params, **kw)
+            times[label] = _median_ms(opt.step, repeats)
+        rows.append({"layer": f"{name} resnet18 params f32", "pass": "step", "pydl_ms": times["pydl"],
+                     "torch_ms": times["torch"]})
+    return rows
+
+
+FAMILIES = {"bn": bn_rows, "pool": pool_rows, "act": act_rows, "optim": optim_rows}
+
+
 def main(argv=None) -> int:
     def measure(args):
-        return (bn_rows(args.repeats) if not args.no_bn else []) + \
-            (pool_rows(args.repeats) if not args.no_pool else [])
+        only = args.only.split(",") if args.only else list(FAMILIES)
+        bad = [f for f in only if f not in FAMILIES]
+        if bad:
+            raise SystemExit(f"--only: unknown {bad}; choose from {', '.join(FAMILIES)}")
+        return [row for f in only for row in FAMILIES[f](args.repeats)]
 
     def add_args(ap):
-        ap.add_argument("--no-bn", action="store_true")
-        ap.add_argument("--no-pool", action="store_true")
+        ap.add_argument("--only", help="comma-separated families: " + ",".join(FAMILIES) + " (default: all)")
     return run(argv, __doc__.split("\n")[0], measure, add_args, what="float32 and bfloat16")
 
 
