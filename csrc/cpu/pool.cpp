@@ -174,6 +174,17 @@ void pool_fwd(const T* x, T* y, int64_t* ind, const Dims& d, bool cl, const Axis
   const Windows<C> win(d, ah, aw, div);
   const C neg_inf = -std::numeric_limits<C>::infinity();
   if (!cl) {
+    if constexpr (!MAX) {
+      const AxisWin h0 = win.h[0], w0 = win.w[0];
+      if (d.OH == 1 && d.OW == 1 && h0.b == 0 && h0.e == d.IH && w0.b == 0 && w0.e == d.IW && h0.step == 1 &&
+          w0.step == 1) {  // global pooling: a plane's mean, the plane one contiguous run
+        const int64_t hw = d.IH * d.IW;
+        at::parallel_for(0, d.N * d.C, grain_for(hw), [&](int64_t p0, int64_t p1) {
+          L::plane_means(x + p0 * hw, y + p0, p1 - p0, hw, win.div[0]);
+        });
+        return;
+      }
+    }
     const int64_t rows = d.N * d.C * d.OH;
     at::parallel_for(0, rows, grain_for(d.OW * taps_of(ah) * taps_of(aw)), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {

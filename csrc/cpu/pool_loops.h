@@ -11,10 +11,11 @@
 
 // Sum of row[b], row[b + 1], ..., row[e - 1] (a contiguous run: global average pooling's
 // whole plane). kParts independent partial sums, value i going to part i % kParts, added in
-// a fixed tree: the compiler turns them into vector adds (one accumulator would be a serial
-// chain it may not reorder), and the order -- the same for every instruction set, no
-// multiply-adds involved -- gives the same bits on every run and every machine.
-static constexpr int kParts = 16;
+// a fixed tree: the compiler turns them into vector adds -- two 16-float vectors with
+// AVX-512, two add chains (one accumulator would be a serial chain it may not reorder) --,
+// and the order, the same for every instruction set (no multiply-adds involved), gives the
+// same bits on every run and every machine.
+static constexpr int kParts = 32;
 template <typename T>
 static at::opmath_type<T> run_sum(const T* __restrict row, int64_t b, int64_t e) {
   using C = at::opmath_type<T>;
@@ -26,6 +27,12 @@ static at::opmath_type<T> run_sum(const T* __restrict row, int64_t b, int64_t e)
   for (int w = kParts / 2; w > 0; w /= 2)
     for (int j = 0; j < w; ++j) part[j] += part[j + w];
   return part[0];
+}
+
+// Global average pooling of n contiguous planes of hw values each: y[p] = sum / dv.
+template <typename T>
+static void plane_means(const T* __restrict x, T* __restrict y, int64_t n, int64_t hw, at::opmath_type<T> dv) {
+  for (int64_t p = 0; p < n; ++p) y[p] = static_cast<T>(run_sum(x + p * hw, 0, hw) / dv);
 }
 
 // NHWC forward of one output site, channels [c0, c0 + nc) (nc <= CHUNK): the window's taps
