@@ -87,28 +87,25 @@ def bn_rows(repeats):
     return rows
 
 
-def pool_rows(repeats):
+def _unary_rows(specs, repeats, seed):
+    """Forward and backward rows of one-input ops: specs are (name, shape, pydl fn, torch fn)."""
     rows = []
-    for name, shape, ours, theirs in POOLS:
+    for name, shape, ours, theirs in specs:
         for dt, cl in CASES:
-            x = _input(shape, dt, cl, 2).requires_grad_()
-            p, t = _fwd_bwd(ours, [x], 3), _fwd_bwd(theirs, [x], 3)
+            x = _input(shape, dt, cl, seed).requires_grad_()
+            p, t = _fwd_bwd(ours, [x], seed + 1), _fwd_bwd(theirs, [x], seed + 1)
             for i, pas in enumerate(("fwd", "bwd")):
                 rows.append({"layer": _label(name, shape, dt, cl), "pass": pas,
                              "pydl_ms": _median_ms(p[i], repeats), "torch_ms": _median_ms(t[i], repeats)})
     return rows
 
 
+def pool_rows(repeats):
+    return _unary_rows(POOLS, repeats, 2)
+
+
 def act_rows(repeats):
-    rows = []
-    for name, ours, theirs in ACTS:
-        for dt, cl in CASES:
-            x = _input(ACT_SHAPE, dt, cl, 4).requires_grad_()
-            p, t = _fwd_bwd(ours, [x], 5), _fwd_bwd(theirs, [x], 5)
-            for i, pas in enumerate(("fwd", "bwd")):
-                rows.append({"layer": _label(name, ACT_SHAPE, dt, cl), "pass": pas,
-                             "pydl_ms": _median_ms(p[i], repeats), "torch_ms": _median_ms(t[i], repeats)})
-    return rows
+    return _unary_rows([(name, ACT_SHAPE, ours, theirs) for name, ours, theirs in ACTS], repeats, 4)
 
 
 def optim_rows(repeats):

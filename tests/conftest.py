@@ -5,6 +5,7 @@ interpreter is chosen when the kernels are *defined*, so TRITON_INTERPRET must b
 before pydl (and so pydl.kernels) is imported -- here, first thing.
 """
 import os
+import sys
 import subprocess
 
 import torch
@@ -125,3 +126,18 @@ def run_cuda_emulation(name: str, tmp_path, timeout: int = 300) -> None:
     assert build.returncode == 0, build.stderr[-4000:]
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=timeout)
     assert run.returncode == 0 and "0 failure(s)" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+def run_with_cpu_simd(isa: str, argv, timeout: int = 600) -> None:
+    """Run `python argv...` with PYDL_CPU_SIMD=isa ("native": no cap), which must exit 0
+    having printed "ok" (a script) or " passed" (pytest). The CPU kernels' innermost loops
+    are compiled for AVX-512, AVX2 and the baseline and the widest the CPU has is chosen at
+    run time (csrc/cpu/simd.h): a capped process runs the copies this machine would not pick."""
+    import pydl
+    if not pydl.backends()["cpu"].usable:
+        pytest.skip("the C++ extension is not built")
+    env = dict(os.environ, PYDL_CPU_SIMD="" if isa == "native" else isa)
+    run = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env,
+                         timeout=timeout, cwd=os.path.join(ROOT, "tests"))
+    assert run.returncode == 0 and ("ok" in run.stdout or " passed" in run.stdout), \
+        run.stdout[-3000:] + run.stderr[-2000:]

@@ -2,8 +2,6 @@
 against the float64 oracle, in-place semantics, gradcheck, opcheck, torch.compile, the
 nn modules as drop-ins."""
 import os
-import subprocess
-import sys
 import zlib
 
 import pytest
@@ -14,7 +12,7 @@ from torch import nn
 import pydl
 import pydl.functional as F
 from pydl.testing import assert_close, check_against_torch, make_input, to_ref
-from conftest import DTYPE_IDS, DTYPES, backend_params, interpreted, needs_gxx, run_cuda_emulation
+from conftest import run_with_cpu_simd, DTYPE_IDS, DTYPES, backend_params, interpreted, needs_gxx, run_cuda_emulation
 
 # (name, pydl function, torch function, parameter)
 ACTS = [
@@ -133,12 +131,7 @@ def test_cpu_simd_copies(isa):
     widest the CPU has chosen at run time; PYDL_CPU_SIMD caps the choice, so each copy this
     machine has runs here: every activation and dtype, with NaN, infinities and signed
     zeros, against the oracle, and in place."""
-    if not pydl.backends()["cpu"].usable:
-        pytest.skip("the C++ extension is not built")
-    env = dict(os.environ, PYDL_CPU_SIMD="" if isa == "native" else isa)
-    run = subprocess.run([sys.executable, "-c", _SIMD_SCRIPT], capture_output=True, text=True,
-                         env=env, timeout=600)
-    assert run.returncode == 0 and "ok" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
+    run_with_cpu_simd(isa, ["-c", _SIMD_SCRIPT])
 
 
 @pytest.mark.parametrize("backend,device", backend_params())

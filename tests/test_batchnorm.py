@@ -20,7 +20,7 @@ import pydl
 import pydl.functional as F
 from pydl.nn.batchnorm import TORCH_HAS_BN_BIAS
 from pydl.testing import check_against_torch, make_input
-from conftest import DTYPE_IDS, DTYPES, backend_params, interpreted, needs_gxx, run_cuda_emulation
+from conftest import run_with_cpu_simd, DTYPE_IDS, DTYPES, backend_params, interpreted, needs_gxx, run_cuda_emulation
 
 LAYOUTS = ["contiguous", "channels_last", "noncontig"]
 
@@ -392,12 +392,7 @@ def test_cpu_simd_copies(isa):
     the CPU has chosen at run time; PYDL_CPU_SIMD caps the choice, so each copy this
     machine has runs here, on shapes that reach every path of the loops (float blocks,
     vector tails, channel strips, several chunks) in every dtype and activation."""
-    if not pydl.backends()["cpu"].usable:
-        pytest.skip("the C++ extension is not built")
-    env = dict(os.environ, PYDL_CPU_SIMD="" if isa == "native" else isa)
-    run = subprocess.run([sys.executable, "-c", _SIMD_SCRIPT], capture_output=True, text=True,
-                         env=env, timeout=600)
-    assert run.returncode == 0 and "ok" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
+    run_with_cpu_simd(isa, ["-c", _SIMD_SCRIPT])
 
 
 def _ops(backend):

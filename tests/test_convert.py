@@ -1,7 +1,6 @@
 """pydl.convert / pydl.revert and the model zoo: converted models compute what the
 originals do (train and eval: outputs, gradients, running stats), checkpoints load both
 ways, torchvision's state_dicts load into pydl.models."""
-import copy
 
 import pytest
 import torch

@@ -4,9 +4,6 @@ against torch.optim (same gradients; oracle: torch.optim on float64 copies), sta
 state_dict round trips both ways, GradScaler (including a skipped step), LR schedulers,
 param groups, 16-bit and mixed dtypes, bad input, opcheck on the ops."""
 import copy
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,7 +12,7 @@ import pydl
 import pydl.optim
 from pydl.ops import optim as ops
 from pydl.testing import assert_close, make_input, poisoned_memory, to_ref
-from conftest import backend_params, interpreted, needs_gxx, run_cuda_emulation
+from conftest import run_with_cpu_simd, backend_params, interpreted, needs_gxx, run_cuda_emulation
 
 SHAPES = [(7, 13), (97,), (3, 5, 7, 2), (1,)]
 
@@ -701,13 +698,9 @@ def test_cpu_simd_copies(isa):
     the CPU has chosen at run time; PYDL_CPU_SIMD caps the choice, so the copies this
     machine would not pick run here too: this file's CPU tests of every optimizer, config
     and dtype against torch, GradScaler and multi-chunk cases, in a capped process."""
-    if not pydl.backends()["cpu"].usable:
-        pytest.skip("the C++ extension is not built")
-    env = dict(os.environ, PYDL_CPU_SIMD=isa)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
-                          "cpu and (matches_torch or dtypes or grad_scaler or master or mixed or multi_chunk)"],
-                         capture_output=True, text=True, env=env, timeout=900, cwd=os.path.dirname(__file__))
-    assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
+    run_with_cpu_simd(isa, ["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
+                            "cpu and (matches_torch or dtypes or grad_scaler or master or mixed or multi_chunk)"],
+                      timeout=900)
 
 
 # ------------------------------------------- CUDA kernels, emulated on the host (no GPU)

@@ -5,9 +5,6 @@ empty-batch input; gradcheck, opcheck, torch.compile; bitwise run-to-run determi
 the backward; bad input; the nn modules as drop-ins."""
 
 import itertools
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +14,7 @@ from torch import nn
 import pydl
 import pydl.functional as F
 from pydl.testing import check_against_torch, make_input
-from conftest import DTYPE_IDS, DTYPES, backend_params, interpreted, needs_gxx, run_cuda_emulation
+from conftest import run_with_cpu_simd, DTYPE_IDS, DTYPES, backend_params, interpreted, needs_gxx, run_cuda_emulation
 
 LAYOUTS = ["contiguous", "channels_last", "noncontig"]
 
@@ -232,12 +229,7 @@ def test_cpu_simd_copies(isa):
     """The CPU pools' innermost loops are compiled for AVX-512, AVX2 and the baseline, the
     widest the CPU has chosen at run time; PYDL_CPU_SIMD caps the choice, so each copy this
     machine has runs here: every pool, layout and dtype against the oracle."""
-    if not pydl.backends()["cpu"].usable:
-        pytest.skip("the C++ extension is not built")
-    env = dict(os.environ, PYDL_CPU_SIMD="" if isa == "native" else isa)
-    run = subprocess.run([sys.executable, "-c", _SIMD_SCRIPT], capture_output=True, text=True,
-                         env=env, timeout=600)
-    assert run.returncode == 0 and "ok" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
+    run_with_cpu_simd(isa, ["-c", _SIMD_SCRIPT])
 
 
 def test_cpu_max_forward_vector_path_ties_nan():

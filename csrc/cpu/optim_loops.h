@@ -18,16 +18,23 @@
 //    built with -fno-math-errno: a sqrt that must set errno stays a scalar call).
 // T: the parameter type; C = S: the compute and state type (float; double for double).
 
+// The gradient element; with GradScaler (kScaled) divided by its scale gs and written back
+// unscaled, as torch's fused optimizers do.
+template <bool kScaled, typename T>
+static inline at::opmath_type<T> grad_at(T& g, at::opmath_type<T> gs) {
+  const at::opmath_type<T> v = simd_load<at::opmath_type<T>>(g);
+  if constexpr (!kScaled) return v;
+  const at::opmath_type<T> u = v / gs;
+  g = simd_store<T>(u);
+  return u;
+}
+
 template <bool kBuf, bool kScaled, typename T>
 static void sgd_run(T* __restrict p, T* __restrict g, at::opmath_type<T>* __restrict b, int64_t n,
                     SgdHyper<at::opmath_type<T>> h, at::opmath_type<T> gs) {
   using C = at::opmath_type<T>;
   for (int64_t i = 0; i < n; ++i) {
-    C pv = simd_load<C>(p[i]), gv = simd_load<C>(g[i]);
-    if constexpr (kScaled) {  // the gradient unscaled, and written back so (torch's fused)
-      gv = gv / gs;
-      g[i] = simd_store<T>(gv);
-    }
+    C pv = simd_load<C>(p[i]), gv = grad_at<kScaled>(g[i], gs);
     C bv = kBuf ? b[i] : C(0);
     sgd_update<C>(pv, gv, bv, h);
     p[i] = simd_store<T>(pv);
@@ -43,11 +50,7 @@ static void adam_run(T* __restrict p, T* __restrict g, at::opmath_type<T>* __res
   using C = at::opmath_type<T>;
   h.amsgrad = kAmsgrad;  // a constant: its branch in adam_update folds away
   for (int64_t i = 0; i < n; ++i) {
-    C pv = simd_load<C>(p[i]), gv = simd_load<C>(g[i]);
-    if constexpr (kScaled) {
-      gv = gv / gs;
-      g[i] = simd_store<T>(gv);
-    }
+    C pv = simd_load<C>(p[i]), gv = grad_at<kScaled>(g[i], gs);
     C mv = m[i], vv = v[i], vm = kAmsgrad ? vmax[i] : C(0);
     adam_update<C>(pv, gv, mv, vv, vm, h, step_size, bc2_sqrt);
     p[i] = simd_store<T>(pv);
@@ -64,11 +67,7 @@ static void rmsprop_run(T* __restrict p, T* __restrict g, at::opmath_type<T>* __
   using C = at::opmath_type<T>;
   h.centered = kCentered;  // a constant: its branch in rmsprop_update folds away
   for (int64_t i = 0; i < n; ++i) {
-    C pv = simd_load<C>(p[i]), gv = simd_load<C>(g[i]);
-    if constexpr (kScaled) {
-      gv = gv / gs;
-      g[i] = simd_store<T>(gv);
-    }
+    C pv = simd_load<C>(p[i]), gv = grad_at<kScaled>(g[i], gs);
     C sv = sq[i], gav = kCentered ? ga[i] : C(0), bv = kBuf ? b[i] : C(0);
     rmsprop_update<C>(pv, gv, sv, gav, bv, h);
     p[i] = simd_store<T>(pv);
@@ -83,11 +82,7 @@ static void adagrad_run(T* __restrict p, T* __restrict g, at::opmath_type<T>* __
                         AdagradHyper<at::opmath_type<T>> h, at::opmath_type<T> gs, at::opmath_type<T> clr) {
   using C = at::opmath_type<T>;
   for (int64_t i = 0; i < n; ++i) {
-    C pv = simd_load<C>(p[i]), gv = simd_load<C>(g[i]);
-    if constexpr (kScaled) {
-      gv = gv / gs;
-      g[i] = simd_store<T>(gv);
-    }
+    C pv = simd_load<C>(p[i]), gv = grad_at<kScaled>(g[i], gs);
     C sv = sum[i];
     adagrad_update<C>(pv, gv, sv, h, clr);
     p[i] = simd_store<T>(pv);
