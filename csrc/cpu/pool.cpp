@@ -130,7 +130,11 @@ void max_fwd_4(const T* xp, int64_t IW, const AxisWin& hw, const FixedAxis& aw, 
           f32x4 a, b;
           std::memcpy(&a, xp + base, sizeof a);
           std::memcpy(&b, xp + base + 4, sizeof b);
+#if defined(__clang__)
           v = __builtin_shufflevector(a, b, 0, 2, 4, 6);
+#else  // (GCC has __builtin_shufflevector only from 12)
+          v = __builtin_shuffle(a, b, i32x4{0, 2, 4, 6});
+#endif
         }
       } else {  // bfloat16: the upper half of a float
         u32x4 w;

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -53,7 +54,10 @@ inline CpuSimd cpu_simd() {
 template <class C, class T>
 inline C simd_load(const T& v) {
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    return static_cast<C>(__builtin_bit_cast(float, uint32_t(v.x) << 16));
+    const uint32_t u = uint32_t(v.x) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);  // (a bit cast; compilers make it a register move)
+    return static_cast<C>(f);
   } else {
     return static_cast<C>(v);
   }
@@ -62,7 +66,9 @@ inline C simd_load(const T& v) {
 template <class T, class C>
 inline T simd_store(C v) {
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    const uint32_t u = __builtin_bit_cast(uint32_t, static_cast<float>(v));
+    const float f = static_cast<float>(v);
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
     const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
     const uint16_t bits = nan ? uint16_t(0x7FC0) : uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
     return T(bits, T::from_bits());
