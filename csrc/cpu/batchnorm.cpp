@@ -19,8 +19,8 @@
 // The reductions' totals are double, as torch's own CPU kernels keep theirs (at::acc_type
 // on CPU), added from float sums of short blocks (<= 32 values a lane; double ones for
 // float64 input) -- torch sums a whole channel plane in float first. Together with the
-// shift by K this keeps a channel with mean 1e4 / std 1e-2 or a nearly cancelling gradient
-// as accurate as torch. Their results -- mean, var, the two sums -- are stored in float32
+// shift by K this keeps a channel with mean 1e4 / std 1e-2 as accurate as torch
+// (test_large_mean_small_std). Their results -- mean, var, the two sums -- are stored in float32
 // (float64 for float64 input), like torch under autocast. Elementwise math is float for
 // float32/float16/bfloat16 (rounded once on store) and double for float64.
 // The innermost loops are in csrc/cpu/batchnorm_loops.h, compiled for AVX-512, AVX2 and

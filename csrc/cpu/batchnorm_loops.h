@@ -2,7 +2,8 @@
 // compiled for AVX-512, AVX2 + FMA and the baseline x86-64 (SSE2) by csrc/cpu/simd_copies.h,
 // which includes this file three times, inside a struct each time; the widest the CPU has
 // runs (csrc/cpu/simd.h). No include guard, on purpose, and no includes: everything it
-// uses (c10::BFloat16, bn_act, bn_act_grad, <cstring>, <type_traits>) comes before.
+// uses (c10::BFloat16, bn_act, bn_act_grad, simd_load, simd_store, <cstring>,
+// <type_traits>) comes before.
 //
 // Why: the extension is built for the baseline target, where a vector is 2 doubles or 4
 // floats; the same source under AVX-512 makes 8-double / 16-float instructions. Every
@@ -48,8 +49,9 @@ static inline double vsum(vec<double> v) {
 // The reductions add in S -- float for float/half/bfloat16 input, double for double -- in
 // blocks of at most kBlock values per lane, and add each block's sums to double totals:
 // float lanes are twice as many per vector as double ones and need no conversion, and a
-// float sum of <= 32 terms loses nothing a float result would keep (each block starts at
-// 0; torch's CPU kernels sum a whole channel plane in float before going to double).
+// float sum of <= 32 terms errs by at most ~32 float ulps of the block's magnitude, errors
+// the double totals then do not compound (each block starts at 0; torch's CPU kernels sum
+// a whole channel plane in float before going to double).
 template <class T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 static constexpr int kBlock = 32;
