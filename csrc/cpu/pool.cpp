@@ -508,8 +508,10 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd(const at::Tensor& x_in, at::In
   return {y, ind};
 }
 
+// (make_axes(d) -> the pair of axes: fixed or adaptive.)
+template <class MakeAxes>
 at::Tensor max_bwd_common(const at::Tensor& grad_in, const at::Tensor& ind_in,
-                          at::IntArrayRef input_size, bool cl, const auto& make_axes) {
+                          at::IntArrayRef input_size, bool cl, const MakeAxes& make_axes) {
   const Dims d = prepare_grad(grad_in, input_size);
   PYDL_CHECK(ind_in.scalar_type() == at::kLong, "indices must be int64, got ", ind_in.scalar_type());
   check_same_shape(grad_in, "grad_output", ind_in, "indices");
