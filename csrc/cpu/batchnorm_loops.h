@@ -162,34 +162,48 @@ static void stats_planes(const T* __restrict x, int64_t rows, int64_t stride, in
   out[1] = vsum(d2) + t2;
 }
 
-// s1[c] += sum (x - k[c]), s2[c] += sum (x - k[c])^2 over the rows: for strips of up to
-// kStrip channels, blocks of kBlock rows summed in S, then added to the totals.
+// Two per-channel sums over `rows` channels-last rows, for strips of up to kStrip
+// channels: blocks of kBlock rows summed in S (f1, f2, zeroed per block), then added to
+// the double totals t1, t2. row(r, c0, cn, sh, f1, f2) adds row r's channels [c0, c0 + cn)
+// -- one straight loop over them, the vector loop -- with sh the strip's `shift` in S.
+// (Inlined into each caller, so the row loop is compiled as the caller's own.)
 static constexpr int64_t kStrip = 256;
+template <class S, class Row>
+__attribute__((always_inline)) static inline void strip_sums(int64_t rows, int64_t C,
+                                                             const double* __restrict shift,
+                                                             double* __restrict t1,
+                                                             double* __restrict t2, Row&& row) {
+  for (int64_t c0 = 0; c0 < C; c0 += kStrip) {
+    const int64_t cn = std::min(kStrip, C - c0);
+    S sh[kStrip], f1[kStrip], f2[kStrip];
+    for (int64_t c = 0; c < cn; ++c) sh[c] = static_cast<S>(shift[c0 + c]);
+    for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+      const int64_t r1 = std::min(rows, r0 + kBlock);
+      for (int64_t c = 0; c < cn; ++c) f1[c] = f2[c] = S(0);
+      for (int64_t r = r0; r < r1; ++r) row(r, c0, cn, sh, f1, f2);
+      for (int64_t c = 0; c < cn; ++c) {
+        t1[c0 + c] += f1[c];
+        t2[c0 + c] += f2[c];
+      }
+    }
+  }
+}
+
+// s1[c] += sum (x - k[c]), s2[c] += sum (x - k[c])^2 over the rows.
 template <class T>
 static void stats_rows(const T* __restrict x, int64_t rows, int64_t C, const double* __restrict k,
                        double* __restrict s1, double* __restrict s2) {
   using S = acc_t<T>;
-  for (int64_t c0 = 0; c0 < C; c0 += kStrip) {
-    const int64_t cn = std::min(kStrip, C - c0);
-    S ks[kStrip], f1[kStrip], f2[kStrip];
-    for (int64_t c = 0; c < cn; ++c) ks[c] = static_cast<S>(k[c0 + c]);
-    for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
-      const int64_t r1 = std::min(rows, r0 + kBlock);
-      for (int64_t c = 0; c < cn; ++c) f1[c] = f2[c] = S(0);
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* __restrict p = x + r * C + c0;
-        for (int64_t c = 0; c < cn; ++c) {
-          const S v = simd_load<S>(p[c]) - ks[c];
-          f1[c] += v;
-          f2[c] += v * v;
-        }
-      }
-      for (int64_t c = 0; c < cn; ++c) {
-        s1[c0 + c] += f1[c];
-        s2[c0 + c] += f2[c];
-      }
-    }
-  }
+  strip_sums<S>(rows, C, k, s1, s2,
+                [&](int64_t r, int64_t c0, int64_t cn, const S* __restrict ks, S* __restrict f1,
+                    S* __restrict f2) {
+                  const T* __restrict p = x + r * C + c0;
+                  for (int64_t c = 0; c < cn; ++c) {
+                    const S v = simd_load<S>(p[c]) - ks[c];
+                    f1[c] += v;
+                    f2[c] += v * v;
+                  }
+                });
 }
 
 // ------------------------------------------------------------------- forward (normalize)
@@ -271,35 +285,24 @@ static void reduce_planes(const T* __restrict g, const T* __restrict x, const T*
   out[1] = vsum(xt) + tx;
 }
 
-// d[c] += sum dz, dx[c] += sum dz * (x - m[c]) over the rows (strips and blocks as in
-// stats_rows).
+// d[c] += sum dz, dx[c] += sum dz * (x - m[c]) over the rows.
 template <BnAct A, class T, class C>
 static void reduce_rows(const T* __restrict g, const T* __restrict x, const T* __restrict y, int64_t rows,
                         int64_t Cn, const double* __restrict m, C alpha, double* __restrict d,
                         double* __restrict dx) {
   using S = acc_t<T>;
-  for (int64_t c0 = 0; c0 < Cn; c0 += kStrip) {
-    const int64_t cn = std::min(kStrip, Cn - c0);
-    S ms[kStrip], fd[kStrip], fx[kStrip];
-    for (int64_t c = 0; c < cn; ++c) ms[c] = static_cast<S>(m[c0 + c]);
-    for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
-      const int64_t r1 = std::min(rows, r0 + kBlock);
-      for (int64_t c = 0; c < cn; ++c) fd[c] = fx[c] = S(0);
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t base = r * Cn + c0;
-        for (int64_t c = 0; c < cn; ++c) {
-          const S dz = bn_act_grad<A, S>(simd_load<S>(g[base + c]),
-                                         A == BnAct::None ? S(0) : simd_load<S>(y[base + c]), S(alpha));
-          fd[c] += dz;
-          fx[c] += dz * (simd_load<S>(x[base + c]) - ms[c]);
-        }
-      }
-      for (int64_t c = 0; c < cn; ++c) {
-        d[c0 + c] += fd[c];
-        dx[c0 + c] += fx[c];
-      }
-    }
-  }
+  strip_sums<S>(rows, Cn, m, d, dx,
+                [&](int64_t r, int64_t c0, int64_t cn, const S* __restrict ms, S* __restrict fd,
+                    S* __restrict fx) {
+                  const int64_t base = r * Cn + c0;
+                  for (int64_t c = 0; c < cn; ++c) {
+                    const S dz = bn_act_grad<A, S>(simd_load<S>(g[base + c]),
+                                                   A == BnAct::None ? S(0) : simd_load<S>(y[base + c]),
+                                                   S(alpha));
+                    fd[c] += dz;
+                    fx[c] += dz * (simd_load<S>(x[base + c]) - ms[c]);
+                  }
+                });
 }
 
 // -------------------------------------------------------------- backward elementwise
