@@ -368,8 +368,9 @@ for shape, layout in [((3, 5, 37, 41), "contiguous"), ((3, 5, 37, 41), "channels
                       ((2, 300, 9, 11), "contiguous"), ((2, 300, 9, 11), "channels_last"),
                       ((35, 2, 31, 33), "channels_last")]:
     for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-        if dt == torch.float16 and shape[0] == 35:
-            continue  # torch's own float16 result (the yardstick) overflows to inf there
+        # torch's own float16 result overflows to inf on the 35805-row shape: there the
+        # yardstick of the same dtype is the float64 oracle rounded to float16 instead
+        own = dt == torch.float16 and shape[0] == 35
         for act in ("none", "relu", "leaky_relu"):
             pdt = torch.float64 if dt == torch.float64 else torch.float32
             C = shape[1]
@@ -380,7 +381,8 @@ for shape, layout in [((3, 5, 37, 41), "contiguous"), ((3, 5, 37, 41), "channels
             check_against_torch(
                 lambda x, w, b, r: F.batch_norm_act(x, None, None, w, b, True, residual=r, act=act,
                                                     negative_slope=0.1, backend="cpu"),
-                lambda x, w, b, r: unfused(x, w, b, r, act), [x, w, b, r],
+                (lambda x, w, b, r: unfused(x.double(), w.double(), b.double(), r.double(), act).to(x.dtype))
+                if own else (lambda x, w, b, r: unfused(x, w, b, r, act)), [x, w, b, r],
                 what=f"{shape}/{layout}/{dt}/{act}")
 print("ok")
 """
