@@ -3,7 +3,9 @@ registers the fake (meta) kernels and the autograd formulas, and exposes plain P
 functions that ``pydl.functional``, ``pydl.nn`` and ``pydl.optim`` call.
 
 C++ ops (cpu + cuda) are ``torch.ops.pydl.*`` (schemas in csrc/pydl.cpp); Triton ops
-are ``torch.ops.pydl_triton.*`` (``torch.library.custom_op``, defined here).
+are ``torch.ops.pydl_triton.*`` (``torch.library.custom_op``, defined here). In eager mode
+the calls skip torch.ops' boxed calling convention where that changes nothing
+(``_util.op_caller``: ``pydl._C.eager`` for the C++ ops, the bare function for Triton's).
 """
 from .activation import act  # noqa: F401
 from . import optim  # noqa: F401  (fused optimizer steps)

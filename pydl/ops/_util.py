@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import _dispatch
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -95,8 +97,64 @@ def _no_zero_grads(ctx, *aux_outputs) -> None:
     ctx.set_materialize_grads(False)
 
 
-
 _BELOW_AUTOGRAD = torch._C._AutoDispatchBelowAutograd
+
+# ------------------------------------------------------------------ eager entry points
+# EAGER[qualname]: a callable that does what torch.ops.<qualname> does, with less host
+# time, used by op_caller for calls made in eager mode with no Python dispatch mode active
+# and no __torch_function__ override among the arguments. For the C++ ops it is
+# pydl._C.eager.<op> (the same dispatcher call made from C++, without torch.ops' boxing:
+# ~3 us less a call on the development machine); for the Triton ops, the Python function
+# custom_op wraps (torch.ops adds ~5 us a call around it: argument boxing, the
+# dispatcher's Python kernel, a check that no output aliases an input -- which opcheck
+# covers in the tests). Anything else (FakeTensor, make_fx, torch.compile, a
+# TorchFunctionMode such as `with torch.device(...)`, a tensor subclass) takes torch.ops.
+EAGER: dict = {}
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_has_torch_function = torch._C._has_torch_function
+
+
+def add_eager_ops(ns: str, module) -> None:
+    """Register every function of `module` (pydl._C.eager) as EAGER[f"{ns}::{name}"]."""
+    for name in dir(module):
+        if not name.startswith("_"):
+            EAGER[f"{ns}::{name}"] = getattr(module, name)
+
+
+if _dispatch._C is not None:
+    add_eager_ops("pydl", _dispatch._C.eager)
+
+
+def custom_op(qualname: str, mutates_args):
+    """torch.library.custom_op that also records the undecorated function in EAGER (the
+    Triton ops' fast path: see EAGER) -- for ops that mutate nothing: for a mutating one,
+    torch.ops also bumps the version counters of the mutated tensors (autograd's check
+    that a saved tensor was not modified), which the bare function would not."""
+    def wrap(fn):
+        if not mutates_args:
+            EAGER[qualname] = fn
+        return torch.library.custom_op(qualname, mutates_args=mutates_args)(fn)
+    return wrap
+
+
+def op_caller(qualname: str):
+    """A function that calls op `qualname` as torch.ops.<qualname> would: by its EAGER entry
+    point when that is the same call (eager mode, no dispatch mode, no __torch_function__
+    override among the arguments), else by torch.ops."""
+    ns, name = qualname.split("::")
+    op = getattr(getattr(torch.ops, ns), name).default
+    eager = EAGER.get(qualname)
+    if eager is None:
+        return op
+    is_compiling = torch.compiler.is_compiling
+
+    def run(*args):
+        if not is_compiling() and not _dispatch_modes() and not _has_torch_function(args):
+            return eager(*args)
+        return op(*args)
+
+    run.op = op
+    return run
 
 
 def _tensor_positions(schema):
@@ -139,19 +197,21 @@ def differentiable(qualname: str, setup_context, backward):
     GPU leaves the device idle. So in eager mode the returned function takes the op
     straight to its backend kernel (below the autograd key) when no input needs a
     gradient, and goes through an autograd.Function built from the same
-    setup_context/backward when one does. Under torch.compile it calls the registered op,
-    so the compiler sees one custom op with its registered formula (opcheck checks that
-    registration)."""
+    setup_context/backward when one does; either way it reaches the kernel by the op's
+    EAGER entry point where that is the same call (op_caller). Under torch.compile it calls
+    the registered op, so the compiler sees one custom op with its registered formula
+    (opcheck checks that registration)."""
     torch.library.register_autograd(qualname, backward, setup_context=setup_context)
     ns, name = qualname.split("::")
     op = getattr(getattr(torch.ops, ns), name).default
     single, lists = _tensor_positions(op._schema)
+    run = op_caller(qualname)  # (always called below the autograd key here)
 
     class Fn(torch.autograd.Function):
         @staticmethod
         def forward(ctx, *args):
             with _BELOW_AUTOGRAD():
-                out = op(*args)
+                out = run(*args)
             setup_context(ctx, args, out)
             return out
 
@@ -188,7 +248,7 @@ def differentiable(qualname: str, setup_context, backward):
         if _needs_grad(args, single, lists):
             return Fn.apply(*args)
         with _BELOW_AUTOGRAD():
-            return op(*args)
+            return run(*args)
 
     call.op = op
     return call

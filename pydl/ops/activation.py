@@ -16,13 +16,15 @@ op, and saving the result keeps the memory saving that inplace=True is for.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from .. import _dispatch
-from ._util import check_like, check_tensor, dense, differentiable, empty_dense_like, like_layout
+from ._util import (check_like, check_tensor, custom_op, dense, differentiable, empty_dense_like,
+                    like_layout, op_caller)
 
 ACTS = ("relu", "leaky_relu", "elu", "sigmoid", "tanh")
 _SAVES_INPUT = ("leaky_relu", "elu")  # out of place; everything else saves the output
@@ -32,21 +34,21 @@ _SAVES_INPUT = ("leaky_relu", "elu")  # out of place; everything else saves the 
 if _dispatch._kernels is not None:
     from ..kernels import activation as _tk
 
-    @torch.library.custom_op("pydl_triton::act_fwd", mutates_args=())
+    @custom_op("pydl_triton::act_fwd", mutates_args=())
     def _triton_act_fwd(x: torch.Tensor, act: str, alpha: float) -> torch.Tensor:
         x = dense(x)
         y = torch.empty_like(x)
         _tk.act_fwd(x, y, act, alpha)
         return y
 
-    @torch.library.custom_op("pydl_triton::act_fwd_", mutates_args=("x",))
+    @custom_op("pydl_triton::act_fwd_", mutates_args=("x",))
     def _triton_act_fwd_(x: torch.Tensor, act: str, alpha: float) -> None:
         t = dense(x)
         _tk.act_fwd(t, t, act, alpha)
         if t is not x:
             x.copy_(t)
 
-    @torch.library.custom_op("pydl_triton::act_bwd", mutates_args=())
+    @custom_op("pydl_triton::act_bwd", mutates_args=())
     def _triton_act_bwd(grad: torch.Tensor, saved: torch.Tensor, act: str, alpha: float,
                         is_result: bool) -> torch.Tensor:
         check_like(grad, "grad_output", saved, "saved", "act_bwd")  # as the C++ op does
@@ -104,16 +106,16 @@ def _register(ns: str):
     return differentiable(f"{ns}::act_fwd", setup_context, backward), bwd
 
 
-_OPS = {}  # backend -> the op namespace holding act_fwd / act_fwd_ / act_bwd
+_OPS = {}  # backend -> its in-place act_fwd_ (op_caller)
 _FWD = {}  # backend -> differentiable act_fwd
 _BWD = {}  # backend -> differentiable act_bwd
 if _dispatch._C is not None:
     _FWD["cpu"], _BWD["cpu"] = _register("pydl")
     _FWD["cuda"], _BWD["cuda"] = _FWD["cpu"], _BWD["cpu"]
-    _OPS["cpu"] = _OPS["cuda"] = torch.ops.pydl
+    _OPS["cpu"] = _OPS["cuda"] = SimpleNamespace(act_fwd_=op_caller("pydl::act_fwd_"))
 if _dispatch._kernels is not None:
     _FWD["triton"], _BWD["triton"] = _register("pydl_triton")
-    _OPS["triton"] = torch.ops.pydl_triton
+    _OPS["triton"] = SimpleNamespace(act_fwd_=op_caller("pydl_triton::act_fwd_"))
 
 
 def _fprime_derivative(act: str, alpha: float, is_result: bool, s: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _dispatch
-from ._util import _no_zero_grads, check_tensor, differentiable, like_layout
+from ._util import _no_zero_grads, check_tensor, custom_op, differentiable, like_layout
 
 ACTS = ("none", "relu", "leaky_relu")
 
@@ -65,7 +65,7 @@ if _dispatch._kernels is not None:
     def _t_channel(t, x):
         return None if t is None else t.to(_stat_dtype(x)).contiguous()
 
-    @torch.library.custom_op("pydl_triton::bn_stats", mutates_args=())
+    @custom_op("pydl_triton::bn_stats", mutates_args=())
     def _triton_bn_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = bn_dense(x)
         mean = x.new_empty((x.size(1),), dtype=_stat_dtype(x))
@@ -73,7 +73,7 @@ if _dispatch._kernels is not None:
         _tk.bn_stats(x, mean, var)
         return mean, var
 
-    @torch.library.custom_op("pydl_triton::bn_fwd_train", mutates_args=())
+    @custom_op("pydl_triton::bn_fwd_train", mutates_args=())
     def _triton_bn_fwd_train(x: torch.Tensor, weight: Optional[torch.Tensor],
                              bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
                              eps: float, act: str, alpha: float
@@ -88,7 +88,7 @@ if _dispatch._kernels is not None:
                          act, alpha)
         return y, mean, var
 
-    @torch.library.custom_op("pydl_triton::bn_fwd_eval", mutates_args=())
+    @custom_op("pydl_triton::bn_fwd_eval", mutates_args=())
     def _triton_bn_fwd_eval(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
                             weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                             residual: Optional[torch.Tensor], eps: float, act: str,
@@ -100,7 +100,7 @@ if _dispatch._kernels is not None:
                          _t_channel(bias, x), r, y, eps, act, alpha)
         return y
 
-    @torch.library.custom_op("pydl_triton::bn_bwd_reduce", mutates_args=())
+    @custom_op("pydl_triton::bn_bwd_reduce", mutates_args=())
     def _triton_bn_bwd_reduce(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
                               var: torch.Tensor, y: Optional[torch.Tensor], eps: float, act: str,
                               alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +113,7 @@ if _dispatch._kernels is not None:
                           sum_dz, sum_dzxh)
         return sum_dz, sum_dzxh
 
-    @torch.library.custom_op("pydl_triton::bn_bwd_elemt", mutates_args=())
+    @custom_op("pydl_triton::bn_bwd_elemt", mutates_args=())
     def _triton_bn_bwd_elemt(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
                              var: torch.Tensor, weight: Optional[torch.Tensor],
                              y: Optional[torch.Tensor], sum_dz: Optional[torch.Tensor],

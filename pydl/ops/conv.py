@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .. import _dispatch
 from . import activation as _activation
-from ._util import check_tensor, differentiable, is_channels_last
+from ._util import check_tensor, custom_op, differentiable, is_channels_last
 
 ACTIVATIONS = (None, "relu")
 
@@ -76,7 +76,7 @@ def _tf32(x: torch.Tensor) -> bool:
 if _dispatch._kernels is not None:
     from ..kernels import conv as _tk
 
-    @torch.library.custom_op("pydl_triton::conv2d_fwd", mutates_args=())
+    @custom_op("pydl_triton::conv2d_fwd", mutates_args=())
     def _triton_fwd(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], stride: List[int],
                     padding: List[int], dilation: List[int], groups: int, act: str,
                     channels_last: bool) -> torch.Tensor:
@@ -85,7 +85,7 @@ if _dispatch._kernels is not None:
         _tk.conv2d_fwd(x, w, b, y, stride, padding, dilation, groups, act == "relu", _tf32(x))
         return y
 
-    @torch.library.custom_op("pydl_triton::conv2d_bwd_input", mutates_args=())
+    @custom_op("pydl_triton::conv2d_bwd_input", mutates_args=())
     def _triton_bwd_input(grad: torch.Tensor, w: torch.Tensor, input_size: List[int], stride: List[int],
                           padding: List[int], dilation: List[int], groups: int,
                           channels_last: bool) -> torch.Tensor:
@@ -93,7 +93,7 @@ if _dispatch._kernels is not None:
         _tk.conv2d_bwd_input(grad, w, dx, stride, padding, dilation, groups, _tf32(grad))
         return dx
 
-    @torch.library.custom_op("pydl_triton::conv2d_bwd_weight", mutates_args=())
+    @custom_op("pydl_triton::conv2d_bwd_weight", mutates_args=())
     def _triton_bwd_weight(grad: torch.Tensor, x: torch.Tensor, weight_size: List[int], stride: List[int],
                            padding: List[int], dilation: List[int], groups: int,
                            channels_last: bool) -> torch.Tensor:
@@ -101,7 +101,7 @@ if _dispatch._kernels is not None:
         _tk.conv2d_bwd_weight(grad, x, dw, stride, padding, dilation, groups, _tf32(grad))
         return dw
 
-    @torch.library.custom_op("pydl_triton::conv2d_bwd_bias", mutates_args=())
+    @custom_op("pydl_triton::conv2d_bwd_bias", mutates_args=())
     def _triton_bwd_bias(grad: torch.Tensor) -> torch.Tensor:
         db = torch.empty(grad.shape[1], dtype=grad.dtype, device=grad.device)
         _tk.conv2d_bwd_bias(grad, db)

@@ -31,12 +31,13 @@ optimizer steps run under no_grad.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import List, Optional, Sequence
 
 import torch
 
 from .. import _dispatch
-from ._util import FLOAT_DTYPES, is_non_overlapping_and_dense
+from ._util import FLOAT_DTYPES, custom_op, is_non_overlapping_and_dense, op_caller
 
 Tensors = List[torch.Tensor]
 
@@ -51,8 +52,7 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
 if _dispatch._kernels is not None:
     from ..kernels import optim as _tk
 
-    @torch.library.custom_op("pydl_triton::sgd_step",
-                             mutates_args=("params", "grads", "momentum_buffers"))
+    @custom_op("pydl_triton::sgd_step", mutates_args=("params", "grads", "momentum_buffers"))
     def _triton_sgd_step(params: List[torch.Tensor], grads: List[torch.Tensor],
                          momentum_buffers: List[torch.Tensor], lr: float, momentum: float,
                          dampening: float, weight_decay: float, nesterov: bool, maximize: bool,
@@ -61,9 +61,9 @@ if _dispatch._kernels is not None:
         _tk.sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay,
                      nesterov, maximize, first, grad_scale, found_inf)
 
-    @torch.library.custom_op("pydl_triton::adam_step",
-                             mutates_args=("params", "grads", "exp_avgs", "exp_avg_sqs",
-                                           "max_exp_avg_sqs", "state_steps"))
+    @custom_op("pydl_triton::adam_step",
+               mutates_args=("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs",
+                             "state_steps"))
     def _triton_adam_step(params: List[torch.Tensor], grads: List[torch.Tensor],
                           exp_avgs: List[torch.Tensor], exp_avg_sqs: List[torch.Tensor],
                           max_exp_avg_sqs: List[torch.Tensor], state_steps: List[torch.Tensor],
@@ -76,9 +76,9 @@ if _dispatch._kernels is not None:
                       beta2, eps, weight_decay, amsgrad, maximize, decoupled, grad_scale,
                       found_inf)
 
-    @torch.library.custom_op("pydl_triton::rmsprop_step",
-                             mutates_args=("params", "grads", "square_avgs", "grad_avgs",
-                                           "momentum_buffers", "state_steps"))
+    @custom_op("pydl_triton::rmsprop_step",
+               mutates_args=("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers",
+                             "state_steps"))
     def _triton_rmsprop_step(params: List[torch.Tensor], grads: List[torch.Tensor],
                              square_avgs: List[torch.Tensor], grad_avgs: List[torch.Tensor],
                              momentum_buffers: List[torch.Tensor],
@@ -90,8 +90,8 @@ if _dispatch._kernels is not None:
                          lr, alpha,
                          eps, weight_decay, momentum, centered, maximize, grad_scale, found_inf)
 
-    @torch.library.custom_op("pydl_triton::adagrad_step",
-                             mutates_args=("params", "grads", "state_sums", "state_steps"))
+    @custom_op("pydl_triton::adagrad_step",
+               mutates_args=("params", "grads", "state_sums", "state_steps"))
     def _triton_adagrad_step(params: List[torch.Tensor], grads: List[torch.Tensor],
                              state_sums: List[torch.Tensor], state_steps: List[torch.Tensor],
                              lr: float,
@@ -104,17 +104,18 @@ if _dispatch._kernels is not None:
 
 # ------------------------------------------------- fake kernels, both families (no outputs)
 def _register(ns: str) -> None:
-    for op in ("sgd_step", "adam_step", "rmsprop_step", "adagrad_step"):
+    for op in _STEPS:
         torch.library.register_fake(f"{ns}::{op}")(lambda *args, **kwargs: None)
 
 
-_OPS = {}  # backend -> the op namespace
+_STEPS = ("sgd_step", "adam_step", "rmsprop_step", "adagrad_step")
+_OPS = {}  # backend -> its step ops (op_caller: torch.ops, or the eager entry point)
 if _dispatch._C is not None:
     _register("pydl")
-    _OPS["cpu"] = _OPS["cuda"] = torch.ops.pydl
+    _OPS["cpu"] = _OPS["cuda"] = SimpleNamespace(**{o: op_caller(f"pydl::{o}") for o in _STEPS})
 if _dispatch._kernels is not None:
     _register("pydl_triton")
-    _OPS["triton"] = torch.ops.pydl_triton
+    _OPS["triton"] = SimpleNamespace(**{o: op_caller(f"pydl_triton::{o}") for o in _STEPS})
 
 
 # ---------------------------------------------------------------------- argument checks

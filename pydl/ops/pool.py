@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _dispatch
-from ._util import _no_zero_grads, check_tensor, differentiable, is_channels_last
+from ._util import _no_zero_grads, check_tensor, custom_op, differentiable, is_channels_last
 
 
 def _is_cl(x: torch.Tensor) -> bool:
@@ -63,7 +63,7 @@ if _dispatch._kernels is not None:
     def _no_idx(x):
         return torch.empty((0,), dtype=torch.int64, device=x.device)
 
-    @torch.library.custom_op("pydl_triton::max_pool2d_fwd", mutates_args=())
+    @custom_op("pydl_triton::max_pool2d_fwd", mutates_args=())
     def _t_max_fwd(x: torch.Tensor, kernel: List[int], stride: List[int], padding: List[int],
                    dilation: List[int], out_size: List[int],
                    with_indices: bool) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +75,7 @@ if _dispatch._kernels is not None:
                      dilation)
         return y, ind
 
-    @torch.library.custom_op("pydl_triton::max_pool2d_bwd", mutates_args=())
+    @custom_op("pydl_triton::max_pool2d_bwd", mutates_args=())
     def _t_max_bwd(grad: torch.Tensor, indices: torch.Tensor, input_size: List[int],
                    kernel: List[int], stride: List[int], padding: List[int],
                    dilation: List[int], channels_last: bool) -> torch.Tensor:
@@ -85,7 +85,7 @@ if _dispatch._kernels is not None:
         _tk.pool_bwd(g, ind, dx, channels_last, "max", kernel, stride, padding, dilation)
         return dx
 
-    @torch.library.custom_op("pydl_triton::avg_pool2d_fwd", mutates_args=())
+    @custom_op("pydl_triton::avg_pool2d_fwd", mutates_args=())
     def _t_avg_fwd(x: torch.Tensor, kernel: List[int], stride: List[int], padding: List[int],
                    out_size: List[int], count_include_pad: bool,
                    divisor_override: int) -> torch.Tensor:
@@ -95,7 +95,7 @@ if _dispatch._kernels is not None:
                      count_include_pad, divisor_override)
         return y
 
-    @torch.library.custom_op("pydl_triton::avg_pool2d_bwd", mutates_args=())
+    @custom_op("pydl_triton::avg_pool2d_bwd", mutates_args=())
     def _t_avg_bwd(grad: torch.Tensor, input_size: List[int], kernel: List[int],
                    stride: List[int], padding: List[int], count_include_pad: bool,
                    divisor_override: int, channels_last: bool) -> torch.Tensor:
@@ -105,14 +105,14 @@ if _dispatch._kernels is not None:
                      count_include_pad, divisor_override)
         return dx
 
-    @torch.library.custom_op("pydl_triton::adaptive_avg_pool2d_fwd", mutates_args=())
+    @custom_op("pydl_triton::adaptive_avg_pool2d_fwd", mutates_args=())
     def _t_aavg_fwd(x: torch.Tensor, out_size: List[int]) -> torch.Tensor:
         x, cl = _prep(x)
         y = _empty4((x.shape[0], x.shape[1], out_size[0], out_size[1]), x, cl)
         _tk.pool_fwd(x, y, None, cl, "adaptive_avg")
         return y
 
-    @torch.library.custom_op("pydl_triton::adaptive_avg_pool2d_bwd", mutates_args=())
+    @custom_op("pydl_triton::adaptive_avg_pool2d_bwd", mutates_args=())
     def _t_aavg_bwd(grad: torch.Tensor, input_size: List[int],
                     channels_last: bool) -> torch.Tensor:
         g = grad.contiguous(memory_format=_fmt(channels_last))
@@ -120,7 +120,7 @@ if _dispatch._kernels is not None:
         _tk.pool_bwd(g, None, dx, channels_last, "adaptive_avg")
         return dx
 
-    @torch.library.custom_op("pydl_triton::adaptive_max_pool2d_fwd", mutates_args=())
+    @custom_op("pydl_triton::adaptive_max_pool2d_fwd", mutates_args=())
     def _t_amax_fwd(x: torch.Tensor, out_size: List[int],
                     with_indices: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         x, cl = _prep(x)
@@ -130,7 +130,7 @@ if _dispatch._kernels is not None:
         _tk.pool_fwd(x, y, ind if with_indices else None, cl, "adaptive_max")
         return y, ind
 
-    @torch.library.custom_op("pydl_triton::adaptive_max_pool2d_bwd", mutates_args=())
+    @custom_op("pydl_triton::adaptive_max_pool2d_bwd", mutates_args=())
     def _t_amax_bwd(grad: torch.Tensor, indices: torch.Tensor, input_size: List[int],
                     channels_last: bool) -> torch.Tensor:
         g = grad.contiguous(memory_format=_fmt(channels_last))
@@ -139,7 +139,7 @@ if _dispatch._kernels is not None:
         _tk.pool_bwd(g, ind, dx, channels_last, "adaptive_max")
         return dx
 
-    @torch.library.custom_op("pydl_triton::pool_gather", mutates_args=())
+    @custom_op("pydl_triton::pool_gather", mutates_args=())
     def _t_gather(x: torch.Tensor, indices: torch.Tensor, channels_last: bool) -> torch.Tensor:
         x = x.contiguous(memory_format=_fmt(channels_last))
         ind = indices.contiguous(memory_format=_fmt(channels_last))
