@@ -106,16 +106,22 @@ def _register(ns: str):
     return differentiable(f"{ns}::act_fwd", setup_context, backward), bwd
 
 
-_OPS = {}  # backend -> its in-place act_fwd_ (op_caller)
+_OPS = {}  # backend -> its ops act_fwd, act_fwd_, act_bwd (op_caller: no autograd)
+
+
+def _op_namespace(ns: str) -> SimpleNamespace:
+    return SimpleNamespace(**{o: op_caller(f"{ns}::{o}") for o in ("act_fwd", "act_fwd_", "act_bwd")})
+
+
 _FWD = {}  # backend -> differentiable act_fwd
 _BWD = {}  # backend -> differentiable act_bwd
 if _dispatch._C is not None:
     _FWD["cpu"], _BWD["cpu"] = _register("pydl")
     _FWD["cuda"], _BWD["cuda"] = _FWD["cpu"], _BWD["cpu"]
-    _OPS["cpu"] = _OPS["cuda"] = SimpleNamespace(act_fwd_=op_caller("pydl::act_fwd_"))
+    _OPS["cpu"] = _OPS["cuda"] = _op_namespace("pydl")
 if _dispatch._kernels is not None:
     _FWD["triton"], _BWD["triton"] = _register("pydl_triton")
-    _OPS["triton"] = SimpleNamespace(act_fwd_=op_caller("pydl_triton::act_fwd_"))
+    _OPS["triton"] = _op_namespace("pydl_triton")
 
 
 def _fprime_derivative(act: str, alpha: float, is_result: bool, s: torch.Tensor) -> torch.Tensor:
