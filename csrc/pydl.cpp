@@ -67,6 +67,10 @@ TORCH_LIBRARY(pydl, m) {
   m.def("bn_bwd_elemt(Tensor grad, Tensor x, Tensor mean, Tensor var, Tensor? weight, "
         "Tensor? y, Tensor? sum_dz, Tensor? sum_dz_xhat, float eps, float inv_count, str act, "
         "float alpha, bool want_dz) -> (Tensor, Tensor)");
+  // The training backward in one op: bn_bwd_reduce, then bn_bwd_elemt with its sums and
+  // inv_count = 1 / values per channel. Returns (dx, dz or empty, sum_dz, sum_dz_xhat).
+  m.def("bn_bwd(Tensor grad, Tensor x, Tensor mean, Tensor var, Tensor? weight, Tensor? y, "
+        "float eps, str act, float alpha, bool want_dz) -> (Tensor, Tensor, Tensor, Tensor)");
 
   m.set_python_module("pydl.ops.pool");
   // 4-D input (N, C, H, W), NCHW or channels_last; outputs in the input's memory format
@@ -197,6 +201,9 @@ void bind_eager(pybind11::module_& m) {
            double)>::bind(m, "bn_bwd_reduce");
   Eager<T2(const Tensor&, const Tensor&, const Tensor&, const Tensor&, OptT, OptT, OptT, OptT,
            double, double, string_view, double, bool)>::bind(m, "bn_bwd_elemt");
+  Eager<std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                   const Tensor&, OptT, OptT, double, string_view,
+                                                   double, bool)>::bind(m, "bn_bwd");
   // pool
   Eager<T2(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef,
            bool)>::bind(m, "max_pool2d_fwd");

@@ -417,6 +417,57 @@ def test_deterministic(backend, device):
         assert all(torch.equal(runs[0], r) for r in runs[1:])
 
 
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_bwd_one_op_equals_the_two(backend, device):
+    """bn_bwd (the training backward in one op; on the CPU both passes per channel for NCHW
+    with channels to spare) gives the same bits as bn_bwd_reduce followed by bn_bwd_elemt,
+    in each layout, dtype and activation, with and without weight and dz; on the CPU also
+    with one thread and two (the per-channel path is chosen by the thread count)."""
+    ops = _ops(backend)
+    small = interpreted(backend, device)
+    cases = [((3, 5, 4, 3), "contiguous"), ((2, 3, 5), "contiguous"), ((3, 5, 4, 3), "channels_last")]
+    if not small:
+        cases += [((5, 37, 11, 9), "contiguous"), ((3, 2, 33, 17), "contiguous"),
+                  ((4, 9, 70), "contiguous"), ((5, 37, 11, 9), "channels_last")]
+    dtypes = [torch.float32, torch.bfloat16] + ([torch.float64] if device == "cpu" else [])
+    acts = [("none", 0.0), ("relu", 0.0), ("leaky_relu", 0.1)]
+    threads = torch.get_num_threads()
+    k = 0
+    for shape, layout in cases:
+        for dt in dtypes:
+            for act, alpha in acts:
+                k += 1
+                C = shape[1]
+                x = make_input(shape, dt, device, layout, seed=k) * 2 + 1
+                g = make_input(shape, dt, device, layout, seed=k + 100)
+                w = make_input((C,), _param_dtype(dt), device, seed=k + 200) if k % 2 else None
+                mean, var = ops.bn_stats(x)
+                y = None if act == "none" else ops.bn_fwd_eval(x, mean, var, w, None, None, 1e-5,
+                                                               act, alpha)
+                want_dz = act != "none" and k % 3 != 0
+                got = ops.bn_bwd(g, x, mean, var, w, y, 1e-5, act, alpha, want_dz)
+                s1, s2 = ops.bn_bwd_reduce(g, x, mean, var, y, 1e-5, act, alpha)
+                n = x.numel() // C
+                dx, dz = ops.bn_bwd_elemt(g, x, mean, var, w, y, s1, s2, 1e-5, 1.0 / n, act, alpha,
+                                          want_dz)
+                what = f"{shape}/{layout}/{dt}/{act}/w={w is not None}/dz={want_dz}"
+                for a, b, name in zip(got, (dx, dz, s1, s2), ("dx", "dz", "sum_dz", "sum_dz_xhat")):
+                    assert a.shape == b.shape and a.dtype == b.dtype, f"{name}: {what}"
+                    assert torch.equal(a, b), f"{name} differs: {what}"
+                assert got[0].stride() == dx.stride(), what
+                if device == "cpu" and backend == "cpu":
+                    torch.set_num_threads(1 if threads > 1 else 2)
+                    try:
+                        other = ops.bn_bwd(g, x, mean, var, w, y, 1e-5, act, alpha, want_dz)
+                    finally:
+                        torch.set_num_threads(threads)
+                    assert all(torch.equal(a, b) for a, b in zip(got, other)), f"threads: {what}"
+    x = make_input((0, 3, 2, 2), torch.float32, device)
+    mean = torch.zeros(3, device=device)
+    with pytest.raises(RuntimeError, match="empty batch"):
+        ops.bn_bwd(x, x, mean, mean + 1, None, None, 1e-5, "none", 0.0, False)
+
+
 # ---------------------------------------------------------------- GPU-sized shapes
 GPU_PARAMS = [p for p in backend_params() if p.values[1] == "cuda"]
 
@@ -516,6 +567,10 @@ def test_opcheck(backend, device, layout):
     torch.library.opcheck(ops.bn_bwd_elemt.default,
                           (g, x.detach(), mean, var, None, None, None, None, 1e-5, 0.0, "none",
                            0.0, False))
+    torch.library.opcheck(ops.bn_bwd.default,
+                          (g, x.detach(), mean, var, w.detach(), y, 1e-5, "relu", 0.0, True))
+    torch.library.opcheck(ops.bn_bwd.default,
+                          (g, x.detach(), mean, var, None, None, 1e-5, "none", 0.0, False))
 
 
 @pytest.mark.parametrize("backend,device", backend_params())

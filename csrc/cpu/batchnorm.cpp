@@ -2,7 +2,8 @@
 //   statistics  mean_c, var_c (biased) over the N * spatial values of channel c
 //   forward     y = act((x - mean) * invstd * w + b [+ residual])
 //   backward    sum_dz_c, sum_dz_xhat_c (one reduction pass), then
-//               dx = w * invstd * (dz - k * (sum_dz + xhat * sum_dz_xhat))  (elementwise)
+//               dx = w * invstd * (dz - k * (sum_dz + xhat * sum_dz_xhat))  (elementwise);
+//               bn_bwd does both (per channel for NCHW: bwd_fused_planes_kernel)
 //
 // Algorithm: the kernels see x as (outer, C, inner) (csrc/batchnorm.h): channel planes
 // for NCHW, channel-fastest rows for channels-last.
@@ -201,6 +202,48 @@ void bwd_elemt_kernel(const T* g, const T* x, const T* y, T* dx, T* dzo, const B
       });
 }
 
+// ------------------------------------------------ backward, both passes per channel
+// The training backward of NCHW input with channels to spare (C >= 2 x threads): one task
+// per channel runs the reduction over that channel's N planes, turns the sums into the
+// elementwise coefficients, and runs the elementwise pass over the same planes while they
+// are still in cache -- torch's CPU kernel does the same. (Apart, the reduction reads all of
+// g, x and y, and the elementwise pass reads them again from memory.) The sums are added in
+// the chunk order of bwd_reduce_kernel and every value goes through the same loops, so the
+// two ways give the same bits.
+template <class L, BnAct A, typename T, typename C>
+void bwd_fused_planes_kernel(const T* g, const T* x, const T* y, T* dx, T* dzo, const BnShape& s,
+                             const C* mean, const C* invstd, const C* w, C alpha, double inv_count,
+                             C* sum_dz, C* sum_dzxh) {
+  using D = double;  // CPU accumulation type (see the file comment)
+  const int64_t R = rows_per_chunk(s);
+  const int64_t P = std::max<int64_t>(1, (s.outer + R - 1) / R);
+  at::parallel_for(0, s.C, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      D d = 0, dxh = 0;
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t ob = p * R, oe = std::min(s.outer, (p + 1) * R);
+        const int64_t off = (ob * s.C + c) * s.inner;
+        D sums[2];
+        L::template reduce_planes<A>(g + off, x + off, y ? y + off : nullptr, oe - ob,
+                                     s.C * s.inner, s.inner, D(mean[c]), alpha, sums);
+        d += sums[0];
+        dxh += sums[1];
+      }
+      sum_dz[c] = C(d);
+      sum_dzxh[c] = C(dxh * D(invstd[c]));
+      // bn_bwd_elemt's coefficients, from the sums as stored
+      const C scale = invstd[c] * (w ? w[c] : C(1));
+      const C ca = C(inv_count) * sum_dz[c], cb2 = C(inv_count) * sum_dzxh[c] * invstd[c];
+      for (int64_t o = 0; o < s.outer; ++o) {
+        const int64_t off = (o * s.C + c) * s.inner;
+        L::template elemt_plane<A>(g + off, x + off, y ? y + off : nullptr, dx + off,
+                                   dzo ? dzo + off : nullptr, s.inner, mean[c], scale, ca, cb2,
+                                   alpha);
+      }
+    }
+  });
+}
+
 // ------------------------------------------------------------------------ torch glue
 template <typename C>
 std::vector<C> invstd_of(const at::Tensor& var, double eps) {
@@ -276,31 +319,80 @@ at::Tensor bn_fwd_eval(const at::Tensor& x_in, const at::Tensor& mean_in,
   return normalize(x, mean, var, w, b, r, eps, a, alpha);
 }
 
+// The checked, dense operands of a backward op.
+struct BwdArgs {
+  BnAct act;
+  at::Tensor x, g, y, mean, var;
+  BnShape s;
+};
+
+BwdArgs bwd_args(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& mean_in,
+                 const at::Tensor& var_in, const c10::optional<at::Tensor>& y_in,
+                 c10::string_view act) {
+  bn_check_input(x_in);
+  BwdArgs b;
+  b.act = bn_act_from_name(act);
+  b.x = bn_dense(x_in);
+  b.g = bn_like_x(grad_in, "grad_output", b.x);
+  b.y = bn_like_x(y_in, "output", b.x);
+  PYDL_CHECK(b.act == BnAct::None || b.y.defined(), "batch_norm backward: the output y is "
+             "needed for act='", std::string(act), "'");
+  b.mean = bn_channel(mean_in, "mean", b.x);
+  b.var = bn_channel(var_in, "var", b.x);
+  b.s = bn_shape(b.x);
+  return b;
+}
+
+// sum_dz, sum_dzxh <- the backward reduction of b.
+void bwd_reduce_into(const BwdArgs& b, double eps, double alpha, at::Tensor& sum_dz,
+                     at::Tensor& sum_dzxh) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.x.scalar_type(), "pydl_bn_bwd_reduce", [&] {
+    using C = at::opmath_type<scalar_t>;
+    std::vector<C> invstd = invstd_of<C>(b.var, eps);
+    const scalar_t* yp = b.y.defined() ? b.y.const_data_ptr<scalar_t>() : nullptr;
+    with_cpu_simd([&](auto loops) { with_bn_act(b.act, [&](auto A) {
+      bwd_reduce_kernel<decltype(loops), decltype(A)::value, scalar_t, C>(
+          b.g.const_data_ptr<scalar_t>(), b.x.const_data_ptr<scalar_t>(), yp, b.s,
+          b.mean.const_data_ptr<C>(), invstd.data(), C(alpha), sum_dz.mutable_data_ptr<C>(),
+          sum_dzxh.mutable_data_ptr<C>());
+    }); });
+  });
+}
+
+// dx (and dz when defined) <- the backward elementwise pass of b, with weight w; training
+// when the sums are given (sdz, sdx defined), eval otherwise.
+void bwd_elemt_into(const BwdArgs& b, const at::Tensor& w, const at::Tensor& sdz,
+                    const at::Tensor& sdx, double eps, double inv_count, double alpha,
+                    at::Tensor& dx, at::Tensor& dz) {
+  const BnShape& s = b.s;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.x.scalar_type(), "pydl_bn_bwd_elemt", [&] {
+    using C = at::opmath_type<scalar_t>;
+    std::vector<C> invstd = invstd_of<C>(b.var, eps), scale(s.C), ca(s.C, C(0)), cb(s.C, C(0));
+    for (int64_t c = 0; c < s.C; ++c) {
+      scale[c] = invstd[c] * (w.defined() ? w.const_data_ptr<C>()[c] : C(1));
+      if (sdz.defined()) {  // training: the batch statistics depend on x
+        ca[c] = C(inv_count) * sdz.const_data_ptr<C>()[c];
+        cb[c] = C(inv_count) * sdx.const_data_ptr<C>()[c] * invstd[c];
+      }
+    }
+    const scalar_t* yp = b.y.defined() ? b.y.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* dzp = dz.defined() ? dz.mutable_data_ptr<scalar_t>() : nullptr;
+    with_cpu_simd([&](auto loops) { with_bn_act(b.act, [&](auto A) {
+      bwd_elemt_kernel<decltype(loops), decltype(A)::value, scalar_t, C>(
+          b.g.const_data_ptr<scalar_t>(), b.x.const_data_ptr<scalar_t>(), yp,
+          dx.mutable_data_ptr<scalar_t>(), dzp, s, b.mean.const_data_ptr<C>(), scale.data(),
+          ca.data(), cb.data(), C(alpha));
+    }); });
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> bn_bwd_reduce(
     const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& mean_in,
     const at::Tensor& var_in, const c10::optional<at::Tensor>& y_in, double eps,
     c10::string_view act, double alpha) {
-  bn_check_input(x_in);
-  const BnAct a = bn_act_from_name(act);
-  at::Tensor x = bn_dense(x_in);
-  at::Tensor g = bn_like_x(grad_in, "grad_output", x);
-  at::Tensor y = bn_like_x(y_in, "output", x);
-  PYDL_CHECK(a == BnAct::None || y.defined(), "batch_norm backward: the output y is needed "
-             "for act='", std::string(act), "'");
-  at::Tensor mean = bn_channel(mean_in, "mean", x), var = bn_channel(var_in, "var", x);
-  const BnShape s = bn_shape(x);
-  at::Tensor sum_dz = bn_empty_stats(x), sum_dzxh = bn_empty_stats(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pydl_bn_bwd_reduce", [&] {
-    using C = at::opmath_type<scalar_t>;
-    std::vector<C> invstd = invstd_of<C>(var, eps);
-    const scalar_t* yp = y.defined() ? y.const_data_ptr<scalar_t>() : nullptr;
-    with_cpu_simd([&](auto loops) { with_bn_act(a, [&](auto A) {
-      bwd_reduce_kernel<decltype(loops), decltype(A)::value, scalar_t, C>(
-          g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), yp, s,
-          mean.const_data_ptr<C>(), invstd.data(), C(alpha), sum_dz.mutable_data_ptr<C>(),
-          sum_dzxh.mutable_data_ptr<C>());
-    }); });
-  });
+  const BwdArgs b = bwd_args(grad_in, x_in, mean_in, var_in, y_in, act);
+  at::Tensor sum_dz = bn_empty_stats(b.x), sum_dzxh = bn_empty_stats(b.x);
+  bwd_reduce_into(b, eps, alpha, sum_dz, sum_dzxh);
   return {sum_dz, sum_dzxh};
 }
 
@@ -310,42 +402,54 @@ std::tuple<at::Tensor, at::Tensor> bn_bwd_elemt(
     const c10::optional<at::Tensor>& y_in, const c10::optional<at::Tensor>& sum_dz_in,
     const c10::optional<at::Tensor>& sum_dzxh_in, double eps, double inv_count,
     c10::string_view act, double alpha, bool want_dz) {
-  bn_check_input(x_in);
-  const BnAct a = bn_act_from_name(act);
-  at::Tensor x = bn_dense(x_in);
-  at::Tensor g = bn_like_x(grad_in, "grad_output", x);
-  at::Tensor y = bn_like_x(y_in, "output", x);
-  PYDL_CHECK(a == BnAct::None || y.defined(), "batch_norm backward: the output y is needed "
-             "for act='", std::string(act), "'");
-  at::Tensor mean = bn_channel(mean_in, "mean", x), var = bn_channel(var_in, "var", x);
-  at::Tensor w = bn_channel(weight, "weight", x);
-  at::Tensor sdz = bn_channel(sum_dz_in, "sum_dz", x);
-  at::Tensor sdx = bn_channel(sum_dzxh_in, "sum_dz_xhat", x);
+  const BwdArgs b = bwd_args(grad_in, x_in, mean_in, var_in, y_in, act);
+  at::Tensor w = bn_channel(weight, "weight", b.x);
+  at::Tensor sdz = bn_channel(sum_dz_in, "sum_dz", b.x);
+  at::Tensor sdx = bn_channel(sum_dzxh_in, "sum_dz_xhat", b.x);
   PYDL_CHECK(sdz.defined() == sdx.defined(), "batch_norm backward: sum_dz and sum_dz_xhat "
              "must be given together");
-  const BnShape s = bn_shape(x);
-  at::Tensor dx = at::empty_like(x);
-  at::Tensor dz = want_dz ? at::empty_like(x) : at::empty({0}, x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pydl_bn_bwd_elemt", [&] {
-    using C = at::opmath_type<scalar_t>;
-    std::vector<C> invstd = invstd_of<C>(var, eps), scale(s.C), ca(s.C, C(0)), cb(s.C, C(0));
-    for (int64_t c = 0; c < s.C; ++c) {
-      scale[c] = invstd[c] * (w.defined() ? w.const_data_ptr<C>()[c] : C(1));
-      if (sdz.defined()) {  // training: the batch statistics depend on x
-        ca[c] = C(inv_count) * sdz.const_data_ptr<C>()[c];
-        cb[c] = C(inv_count) * sdx.const_data_ptr<C>()[c] * invstd[c];
-      }
-    }
-    const scalar_t* yp = y.defined() ? y.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* dzp = want_dz ? dz.mutable_data_ptr<scalar_t>() : nullptr;
-    with_cpu_simd([&](auto loops) { with_bn_act(a, [&](auto A) {
-      bwd_elemt_kernel<decltype(loops), decltype(A)::value, scalar_t, C>(
-          g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), yp,
-          dx.mutable_data_ptr<scalar_t>(), dzp, s, mean.const_data_ptr<C>(), scale.data(),
-          ca.data(), cb.data(), C(alpha));
-    }); });
-  });
-  return {dx, dz};
+  at::Tensor dx = at::empty_like(b.x);
+  at::Tensor dz = want_dz ? at::empty_like(b.x) : at::Tensor();
+  bwd_elemt_into(b, w, sdz, sdx, eps, inv_count, alpha, dx, dz);
+  return {dx, want_dz ? dz : at::empty({0}, b.x.options())};
+}
+
+// The training backward in one call: bn_bwd_reduce's sums, then bn_bwd_elemt's dx (and dz)
+// with inv_count = 1 / values per channel -- fused per channel where that pays
+// (bwd_fused_planes_kernel), one pass after the other otherwise; the same bits either way.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_bwd(
+    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& mean_in,
+    const at::Tensor& var_in, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& y_in, double eps, c10::string_view act, double alpha,
+    bool want_dz) {
+  const BwdArgs b = bwd_args(grad_in, x_in, mean_in, var_in, y_in, act);
+  at::Tensor w = bn_channel(weight, "weight", b.x);
+  const BnShape& s = b.s;
+  PYDL_CHECK(s.count() > 0, "batch_norm backward: the training backward needs values in "
+             "every channel (an empty batch has no batch statistics)");
+  at::Tensor sum_dz = bn_empty_stats(b.x), sum_dzxh = bn_empty_stats(b.x);
+  at::Tensor dx = at::empty_like(b.x);
+  at::Tensor dz = want_dz ? at::empty_like(b.x) : at::Tensor();
+  const double inv_count = 1.0 / double(s.count());
+  if (s.inner > 1 && s.C >= 2 * at::get_num_threads()) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.x.scalar_type(), "pydl_bn_bwd", [&] {
+      using C = at::opmath_type<scalar_t>;
+      std::vector<C> invstd = invstd_of<C>(b.var, eps);
+      const scalar_t* yp = b.y.defined() ? b.y.const_data_ptr<scalar_t>() : nullptr;
+      with_cpu_simd([&](auto loops) { with_bn_act(b.act, [&](auto A) {
+        bwd_fused_planes_kernel<decltype(loops), decltype(A)::value, scalar_t, C>(
+            b.g.const_data_ptr<scalar_t>(), b.x.const_data_ptr<scalar_t>(), yp,
+            dx.mutable_data_ptr<scalar_t>(), want_dz ? dz.mutable_data_ptr<scalar_t>() : nullptr,
+            s, b.mean.const_data_ptr<C>(), invstd.data(),
+            w.defined() ? w.const_data_ptr<C>() : nullptr, C(alpha), inv_count,
+            sum_dz.mutable_data_ptr<C>(), sum_dzxh.mutable_data_ptr<C>());
+      }); });
+    });
+  } else {
+    bwd_reduce_into(b, eps, alpha, sum_dz, sum_dzxh);
+    bwd_elemt_into(b, w, sum_dz, sum_dzxh, eps, inv_count, alpha, dx, dz);
+  }
+  return {dx, want_dz ? dz : at::empty({0}, b.x.options()), sum_dz, sum_dzxh};
 }
 
 }  // namespace
@@ -356,6 +460,7 @@ TORCH_LIBRARY_IMPL(pydl, CPU, m) {
   m.impl("bn_fwd_eval", &bn_fwd_eval);
   m.impl("bn_bwd_reduce", &bn_bwd_reduce);
   m.impl("bn_bwd_elemt", &bn_bwd_elemt);
+  m.impl("bn_bwd", &bn_bwd);
 }
 
 }  // namespace pydl

@@ -10,6 +10,9 @@ float32 -- float64 for float64 x):
   bn_bwd_reduce(grad, x, mean, var, y?, eps, act, alpha) -> (sum_dz, sum_dz_xhat)
   bn_bwd_elemt(grad, x, mean, var, weight?, y?, sum_dz?, sum_dz_xhat?, eps, inv_count,
                act, alpha, want_dz) -> (dx, dz | empty)
+  bn_bwd(grad, x, mean, var, weight?, y?, eps, act, alpha, want_dz)
+        -> (dx, dz | empty, sum_dz, sum_dz_xhat)    the training backward in one op:
+        bn_bwd_reduce, then bn_bwd_elemt with inv_count = 1 / values per channel
 act is "none" | "relu" | "leaky_relu" (alpha = negative_slope >= 0), dz = grad * act'(y).
 cpu/cuda: torch.ops.pydl.* (csrc/cpu/batchnorm.cpp, csrc/cuda/batchnorm*.{cpp,cu});
 triton:   torch.ops.pydl_triton.* (defined below, kernels in kernels/batchnorm.py).
@@ -130,6 +133,28 @@ if _dispatch._kernels is not None:
                          eps, inv_count, act, alpha, dx, dz if want_dz else None)
         return dx, dz
 
+    @custom_op("pydl_triton::bn_bwd", mutates_args=())
+    def _triton_bn_bwd(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
+                       var: torch.Tensor, weight: Optional[torch.Tensor],
+                       y: Optional[torch.Tensor], eps: float, act: str, alpha: float,
+                       want_dz: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = bn_dense(x)
+        if _count(x) == 0:
+            raise RuntimeError("pydl: batch_norm backward: the training backward needs values "
+                               "in every channel (an empty batch has no batch statistics)")
+        grad = like_layout(grad, x)
+        y = None if y is None else like_layout(y, x)
+        mean, var = _t_channel(mean, x), _t_channel(var, x)
+        sum_dz = x.new_empty((x.size(1),), dtype=_stat_dtype(x))
+        sum_dzxh = torch.empty_like(sum_dz)
+        _tk.bn_bwd_reduce(grad, x, y, mean, var, eps, act, alpha, sum_dz, sum_dzxh)
+        dx = torch.empty_like(x)
+        dz = torch.empty_like(x) if want_dz else x.new_empty((0,))
+        _tk.bn_bwd_elemt(grad, x, y, mean, var, _t_channel(weight, x), sum_dz, sum_dzxh, eps,
+                         1.0 / _count(x), act, alpha, dx, dz if want_dz else None)
+        return dx, dz, sum_dz, sum_dzxh
+
 
 # ------------------------------------------------- fake kernels and autograd, both families
 def _count(x: torch.Tensor) -> int:
@@ -164,25 +189,35 @@ def _register(ns: str) -> SimpleNamespace:
           want_dz):
         return _empty_like_x(x), (_empty_like_x(x) if want_dz else x.new_empty((0,)))
 
+    @torch.library.register_fake(f"{ns}::bn_bwd")
+    def _(grad, x, mean, var, weight, y, eps, act, alpha, want_dz):
+        return (_empty_like_x(x), (_empty_like_x(x) if want_dz else x.new_empty((0,))),
+                stats_like(x), stats_like(x))
+
     def _grads(ctx, gy, x, w, mean, var, y, train):
         """(dx, dweight, dbias, dresidual) for the saved forward; None where not needed."""
         need_x, need_w, need_b, need_r = ctx.needs_input_grad_4
         act, alpha, eps = ctx.act, ctx.alpha, ctx.eps
         fused = act != "none"
-        sum_dz = sum_dzxh = None
-        if _count(x) == 0:  # empty batch: zero parameter gradients, as torch (stats are NaN)
-            sum_dz, sum_dzxh = torch.zeros_like(mean), torch.zeros_like(mean)
-        elif train or need_w or need_b:
-            sum_dz, sum_dzxh = lib.bn_bwd_reduce(gy, x, mean, var, y, eps, act, alpha)
-        dx = dr = None
         want_dz = need_r and fused
-        if need_x or want_dz:
-            n = _count(x)
-            dx, dz = lib.bn_bwd_elemt(gy, x, mean, var, w, y, sum_dz if train else None,
-                                      sum_dzxh if train else None, eps,
-                                      1.0 / n if n else 0.0, act, alpha, want_dz)
-            if want_dz:
-                dr = dz
+        n = _count(x)
+        sum_dz = sum_dzxh = dx = dr = None
+        if train and n > 0 and (need_x or want_dz):
+            # the common case: both passes in one op (on the CPU, per channel while the
+            # channel's planes are in cache)
+            dx, dz, sum_dz, sum_dzxh = lib.bn_bwd(gy, x, mean, var, w, y, eps, act, alpha,
+                                                  want_dz)
+        else:
+            if n == 0:  # empty batch: zero parameter gradients, as torch (stats are NaN)
+                sum_dz, sum_dzxh = torch.zeros_like(mean), torch.zeros_like(mean)
+            elif train or need_w or need_b:
+                sum_dz, sum_dzxh = lib.bn_bwd_reduce(gy, x, mean, var, y, eps, act, alpha)
+            if need_x or want_dz:
+                dx, dz = lib.bn_bwd_elemt(gy, x, mean, var, w, y, sum_dz if train else None,
+                                          sum_dzxh if train else None, eps,
+                                          1.0 / n if n else 0.0, act, alpha, want_dz)
+        if want_dz:
+            dr = dz
         if need_r and not fused:
             dr = gy
         dw = sum_dzxh.to(w.dtype) if need_w else None
@@ -217,7 +252,7 @@ def _register(ns: str) -> SimpleNamespace:
                                   "(its first derivatives are)")
 
     lib = SimpleNamespace(**{name: differentiable(f"{ns}::{name}", no_setup, no_derivative)
-                             for name in ("bn_stats", "bn_bwd_reduce", "bn_bwd_elemt")})
+                             for name in ("bn_stats", "bn_bwd_reduce", "bn_bwd_elemt", "bn_bwd")})
     lib.bn_fwd_train = differentiable(f"{ns}::bn_fwd_train", train_setup, train_backward)
 
     # eval: inputs (x, mean, var, weight, bias, residual, eps, act, alpha)
