@@ -13,7 +13,9 @@ themselves are included, for pydl and torch alike).
 
 Prints a markdown table: per op, torch's and pydl's host microseconds per call and their
 ratio, forward alone ("fwd": inputs that need no gradient, and inputs that do: "fwd+graph",
-which records the autograd graph) and forward + backward ("fwd+bwd").
+which records the autograd graph) and forward + backward ("fwd+bwd"); and one optimizer
+step ("step") of Adam and SGD with momentum over 161 tiny tensors (ResNet-50's parameter
+count) against torch.optim with fused=True.
 """
 from __future__ import annotations
 
@@ -68,6 +70,17 @@ def cases(device: str, backend: str):
         yield name, "fwd", (lambda tf=tf: tf(x, w)), (lambda pf=pf: pf(x, w))
         yield name, "fwd+graph", (lambda tf=tf: tf(xg, wg)), (lambda pf=pf: pf(xg, wg))
         yield name, "fwd+bwd", bwd(lambda tf=tf: tf(xg, wg)), bwd(lambda pf=pf: pf(xg, wg))
+    # optimizer steps over ResNet-50's number of parameter tensors (161), each tiny: the
+    # per-tensor host work of a step, against torch.optim's fused=True implementation
+    for name, kw in (("Adam", {}), ("SGD", {"momentum": 0.9})):
+        tp = [torch.randn(8, device=device, requires_grad=True) for _ in range(161)]
+        pp = [t.detach().clone().requires_grad_() for t in tp]
+        for a, b in zip(tp, pp):
+            a.grad = torch.randn(8, device=device)
+            b.grad = a.grad.clone()
+        topt = getattr(torch.optim, name)(tp, lr=1e-3, fused=True, **kw)
+        popt = getattr(pydl.optim, name)(pp, lr=1e-3, **kw, **B)
+        yield f"{name} step (161 tensors)", "step", topt.step, popt.step
 
 
 def main(argv=None) -> int:

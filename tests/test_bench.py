@@ -142,13 +142,14 @@ def test_budget_and_first(tmp_path):
 
 def test_host_overhead_tool(tmp_path, capsys):
     """bench/host_overhead.py: host time per call of each op, pydl and torch, forward alone
-    and with its backward (small so CI stays fast)."""
+    and with its backward, and of an optimizer step (small so CI stays fast)."""
     from bench import host_overhead
     out = tmp_path / "host.json"
     assert host_overhead.main(["--device", "cpu", "--repeats", "5", "--json", str(out)]) == 0
     rows = json.load(open(out))["rows"]
-    assert {r["mode"] for r in rows} == {"fwd", "fwd+graph", "fwd+bwd"}
-    assert {"conv2d 3x3", "batch_norm train", "max_pool2d 3x3 s2", "relu"} <= {r["op"] for r in rows}
+    assert {r["mode"] for r in rows} == {"fwd", "fwd+graph", "fwd+bwd", "step"}
+    assert {"conv2d 3x3", "batch_norm train", "max_pool2d 3x3 s2", "relu",
+            "Adam step (161 tensors)", "SGD step (161 tensors)"} <= {r["op"] for r in rows}
     assert all(r["torch_us"] > 0 and r["pydl_us"] > 0 for r in rows)
     assert "| conv2d 3x3 | fwd |" in capsys.readouterr().out
 

@@ -436,6 +436,70 @@ def test_op_bad_input():
         torch.ops.pydl.sgd_step(p, g, [], 0.1, 0.0, 0.0, 0.0, False, False, False, None, None)
 
 
+@pytest.mark.parametrize("name,kw", [("SGD", {"momentum": 0.9}), ("SGD", {}), ("Adam", {}),
+                                     ("RMSprop", {"centered": True, "momentum": 0.5}),
+                                     ("Adagrad", {})], ids=["SGD-mom", "SGD", "Adam", "RMSprop", "Adagrad"])
+def test_cpp_steps_skip_the_python_tensor_checks(name, kw, monkeypatch):
+    """On the C++ backends the op checks every tensor itself before it touches any
+    (csrc/optim_common.h), so a valid step runs none of the Python per-tensor checks and
+    layout tests (~3 us of host time a parameter) -- and still matches torch.optim."""
+    def fail(*args, **kwargs):
+        raise AssertionError("the Python per-tensor checks ran")
+    for f in ("_check", "_check_steps", "_dense_work"):
+        monkeypatch.setattr(ops, f, fail)
+    pp = [make_input(s, torch.float32, "cpu", seed=i, requires_grad=True) for i, s in enumerate(SHAPES)]
+    pt = [p.detach().clone().requires_grad_() for p in pp]
+    op = getattr(pydl.optim, name)(pp, backend="cpu", **kw)
+    ot = getattr(torch.optim, name)(pt, **kw)
+    for s in range(3):
+        for i, (a, b) in enumerate(zip(pp, pt)):
+            a.grad = _grad_like(a, 10 * s + i)
+            b.grad = a.grad.clone()
+        op.step()
+        ot.step()
+    for a, b in zip(pp, pt):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_refused_step_changes_nothing():
+    """Tensors the op refuses: nothing is updated (the op checks them all before touching
+    any), then the Python checks raise their error, which names the argument."""
+    p = [torch.randn(7, 13), torch.randn(5)]
+    g = [torch.randn(7, 13), torch.randn(5)]
+    m = [torch.zeros(7, 13), torch.zeros(5, dtype=torch.float64)]  # the second: wrong dtype
+    v = [torch.zeros(7, 13), torch.zeros(5)]
+    steps = [torch.zeros(()), torch.zeros(())]
+    before = [t.clone() for t in p + m + v + steps]
+    with pytest.raises(ValueError, match=r"exp_avgs\[1\] must be a torch.float32"):
+        ops.adam_step(p, g, m, v, [], steps, lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8,
+                      backend="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(p + m + v + steps, before))
+    # a one-element sparse gradient (the op's shape and stride tests pass it by)
+    q = torch.randn(1)
+    before = q.clone()
+    with pytest.raises(RuntimeError, match="sparse"):
+        ops.sgd_step([q], [torch.randn(1).to_sparse()], [], lr=0.1, backend="cpu")
+    assert torch.equal(q, before)
+
+
+def test_op_failure_with_valid_tensors_is_raised_once(monkeypatch):
+    """When the op fails on tensors the Python checks find valid and laid out as the
+    kernels need, its own error is raised; the step is not retried (it could run twice)."""
+    calls = []
+
+    class Failing:
+        def __getattr__(self, name):
+            def f(*args):
+                calls.append(name)
+                raise RuntimeError("pydl: launch failed")
+            return f
+
+    monkeypatch.setitem(ops._OPS, "cpu", Failing())
+    with pytest.raises(RuntimeError, match="launch failed"):
+        ops.sgd_step([torch.randn(4)], [torch.randn(4)], [], lr=0.1, backend="cpu")
+    assert calls == ["sgd_step"]
+
+
 # ------------------------------------------------------------- the ops: found_inf, opcheck
 def _op_args(op, device, dtype=torch.float32, scaled=False, inf=0.0):
     sd = ops.state_dtype(dtype)

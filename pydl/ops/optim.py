@@ -119,9 +119,9 @@ if _dispatch._kernels is not None:
 
 
 # ---------------------------------------------------------------------- argument checks
-def _check(op: str, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
-           states: dict, scalars: dict, grad_scale, found_inf) -> None:
-    """Clear Python errors, naming the argument, before any kernel runs."""
+def _check_structure(op: str, params, grads, states: dict, scalars: dict) -> None:
+    """The checks that do not look at each tensor: argument types, list lengths, and the
+    state lists a configuration does not use being empty."""
     for name, v in scalars.items():
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             raise TypeError(f"pydl.{op}: {name} must be a float, got {type(v).__name__}")
@@ -130,6 +130,21 @@ def _check(op: str, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
     if len(grads) != len(params):
         raise ValueError(f"pydl.{op}: grads must have one tensor per parameter "
                          f"({len(params)}), got {len(grads)}")
+    for name, (lst, needed) in states.items():
+        if not isinstance(lst, (list, tuple)):
+            raise TypeError(f"pydl.{op}: {name} must be a list of tensors")
+        if not needed:
+            if len(lst):
+                raise ValueError(f"pydl.{op}: {name} must be empty in this configuration")
+        elif len(lst) != len(params):
+            raise ValueError(f"pydl.{op}: {name} must have one tensor per parameter "
+                             f"({len(params)}), got {len(lst)}")
+
+
+def _check(op: str, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+           states: dict, scalars: dict, grad_scale, found_inf) -> None:
+    """Clear Python errors, naming the argument, before any kernel runs."""
+    _check_structure(op, params, grads, states, scalars)
     if not params:
         return
     dev, dt = params[0].device, params[0].dtype
@@ -156,12 +171,7 @@ def _check(op: str, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
                              f"got {g.dtype} on {g.device}")
     for name, (lst, needed) in states.items():
         if not needed:
-            if len(lst):
-                raise ValueError(f"pydl.{op}: {name} must be empty in this configuration")
             continue
-        if len(lst) != len(params):
-            raise ValueError(f"pydl.{op}: {name} must have one tensor per parameter "
-                             f"({len(params)}), got {len(lst)}")
         for i, (p, s) in enumerate(zip(params, lst)):
             if not isinstance(s, torch.Tensor) or s.shape != p.shape or s.dtype != sdt \
                     or s.device != dev:
@@ -222,14 +232,36 @@ def _dense_work(params: Tensors, grads: Tensors, states: List[Tensors], grads_wr
 
 def _run(op: str, backend: Optional[str], params, grads, states: dict, scalars: dict,
          grad_scale, found_inf, call, state_steps=None) -> None:
+    """Checks, then the step. For the C++ backends the per-tensor checks are the op's own:
+    it checks every tensor (csrc/optim_common.h: device, dtype, shape, dense strides, step
+    counts, GradScaler tensors) before it touches any, so it is called straight away, and
+    only when it refuses do the Python checks run -- to raise their error, which names the
+    argument, or, for tensors that are valid but not laid out as the kernels walk them, to
+    make the dense copies (_dense_work) and call it with those. Per parameter, the Python
+    checks and the layout test cost ~3 us of host time (an Adam step over ResNet-50's 161
+    tensors: ~0.5 ms, against its ~0.2 ms of GPU time on an H100); the C++ ones ~0.1 us."""
+    _check_structure(op, params, grads, states, scalars)
+    if params:
+        name = _dispatch.resolve(op, params[0].device, backend)
+        if name in ("cpu", "cuda") and (state_steps is None or isinstance(state_steps, (list, tuple))):
+            try:
+                call(getattr(_OPS[name], op), params, grads, [v[0] for v in states.values()])
+                return
+            except Exception as e:  # refused: the Python checks say why (below)
+                refused = e
+        else:
+            refused = None
     _check(op, params, grads, states, scalars, grad_scale, found_inf)
     if state_steps is not None:
         _check_steps(op, params, state_steps)
     if not params:
         return
-    name = _dispatch.resolve(op, params[0].device, backend)
     wp, wg, ws, back = _dense_work(list(params), list(grads), [list(v[0]) for v in states.values()],
                                  grad_scale is not None)
+    if refused is not None and not back and all(a is b for a, b in zip(wg, grads)):
+        # valid and laid out as the kernels need: the op failed for another reason (nothing
+        # was updated: it refuses before touching any tensor) -- its error stands
+        raise refused
     call(_REFERENCE[op] if name == "torch" else getattr(_OPS[name], op), wp, wg, ws)
     for orig, work in back:
         orig.copy_(work)

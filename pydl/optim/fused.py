@@ -100,8 +100,12 @@ class _FusedStep:
     def _state_tensor(self, state, key, p, fill: float = 0.0) -> torch.Tensor:
         """state[key], created (filled with `fill`) if missing, and brought to the kernels'
         layout: float32 for 16-bit params, the param's device and strides."""
-        want = _ops.state_dtype(p.dtype)
         t = state.get(key)
+        pdt = p.dtype
+        want = torch.float32 if pdt is torch.float16 or pdt is torch.bfloat16 else pdt
+        if t is not None and t.dtype is want and t.device == p.device and \
+                (t.stride() == p.stride() or p.numel() <= 1):
+            return t  # the common case, every step after the first: as the kernels need it
         if t is None:
             t = torch.full_like(p, fill, dtype=want, memory_format=torch.preserve_format)
         elif t.dtype != want or t.device != p.device or \
@@ -116,24 +120,25 @@ class _FusedStep:
         """The group's params that have a gradient, with their gradients."""
         params, grads = [], []
         for p in group["params"]:
-            if p.grad is None:
+            g = p.grad
+            if g is None:
                 continue
-            if p.grad.is_sparse:
+            if g.is_sparse:
                 raise RuntimeError(f"pydl.optim.{self._pydl_name} does not support sparse "
                                    "gradients")
-            if torch.is_complex(p):
+            if p.dtype.is_complex:
                 raise TypeError(f"pydl.optim.{self._pydl_name}: complex parameters are not "
                                 "supported")
             params.append(p)
-            grads.append(p.grad)
+            grads.append(g)
         return params, grads
 
     @staticmethod
-    def _buckets(params, key=lambda p: ()):
-        """Indices of params grouped by (device, dtype, extra key): one fused launch each."""
+    def _buckets(params):
+        """Indices of params grouped by (device, dtype): one fused launch each."""
         out = defaultdict(list)
         for i, p in enumerate(params):
-            out[(p.device, p.dtype) + tuple(key(p))].append(i)
+            out[(p.device, p.dtype)].append(i)
         return out.values()
 
     def _amp(self, device):
@@ -231,19 +236,21 @@ class SGD(_FusedStep, torch.optim.SGD):
 
     def _group_step(self, group, keys, params, grads):
         momentum = _scalar(group["momentum"])
+        states = [self.state[k] for k in keys] if momentum != 0 else None
         # a parameter's first momentum step sets buf = g: those go to their own launch
-        first = [momentum != 0 and self.state[k].get("momentum_buffer") is None for k in keys]
+        first = [st.get("momentum_buffer") is None for st in states] if states else \
+            [False] * len(keys)
         found_inf = getattr(self, "found_inf", None)
         if any(first) and found_inf is not None and bool(found_inf.item()):
             return  # a skipped step must not create buffers (see the module doc)
-        for idx in self._buckets(params, key=lambda p: ()):
+        for idx in self._buckets(params):
             for is_first in (False, True):
                 sel = [i for i in idx if first[i] == is_first]
                 if not sel:
                     continue
                 ps = [params[i] for i in sel]
-                bufs = [self._state_tensor(self.state[keys[i]], "momentum_buffer", params[i])
-                        for i in sel] if momentum != 0 else []
+                bufs = [self._state_tensor(states[i], "momentum_buffer", params[i])
+                        for i in sel] if states else []
                 _ops.sgd_step(ps, [grads[i] for i in sel], bufs, lr=_scalar(group["lr"]),
                               momentum=momentum, dampening=_scalar(group["dampening"]),
                               weight_decay=_scalar(group["weight_decay"]),
