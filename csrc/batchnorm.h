@@ -16,6 +16,7 @@
 #include <ATen/ops/empty.h>
 
 #include <string>
+#include <utility>
 
 namespace pydl {
 
@@ -93,6 +94,59 @@ inline at::Tensor bn_like_x(const c10::optional<at::Tensor>& t, const char* name
 
 inline at::Tensor bn_empty_stats(const at::Tensor& x) {
   return at::empty({x.size(1)}, x.options().dtype(bn_ctype(x)));
+}
+
+// ---------------------------------------------------------------- the backward ops
+// The checked, dense operands of bn_bwd_reduce / bn_bwd_elemt / bn_bwd.
+struct BnBwdArgs {
+  BnAct act;
+  at::Tensor x, g, y, mean, var, w;  // y: the saved output (needed unless act is none)
+  BnShape s;
+};
+
+inline BnBwdArgs bn_bwd_args(const at::Tensor& grad_in, const at::Tensor& x_in,
+                             const at::Tensor& mean_in, const at::Tensor& var_in,
+                             const c10::optional<at::Tensor>& weight,
+                             const c10::optional<at::Tensor>& y_in, c10::string_view act) {
+  bn_check_input(x_in);
+  BnBwdArgs b;
+  b.act = bn_act_from_name(act);
+  b.x = bn_dense(x_in);
+  b.g = bn_like_x(grad_in, "grad_output", b.x);
+  b.y = bn_like_x(y_in, "output", b.x);
+  PYDL_CHECK(b.act == BnAct::None || b.y.defined(), "batch_norm backward: the output y is "
+             "needed for act='", std::string(act), "'");
+  b.mean = bn_channel(mean_in, "mean", b.x);
+  b.var = bn_channel(var_in, "var", b.x);
+  b.w = bn_channel(weight, "weight", b.x);
+  b.s = bn_shape(b.x);
+  return b;
+}
+
+// bn_bwd_elemt's sums: both given (training) or neither (eval).
+inline std::pair<at::Tensor, at::Tensor> bn_bwd_sums(const c10::optional<at::Tensor>& sum_dz,
+                                                     const c10::optional<at::Tensor>& sum_dzxh,
+                                                     const at::Tensor& x) {
+  at::Tensor sdz = bn_channel(sum_dz, "sum_dz", x), sdx = bn_channel(sum_dzxh, "sum_dz_xhat", x);
+  PYDL_CHECK(sdz.defined() == sdx.defined(), "batch_norm backward: sum_dz and sum_dz_xhat "
+             "must be given together");
+  return {sdz, sdx};
+}
+
+// bn_bwd: the batch statistics exist only with values in every channel.
+inline void bn_check_train_bwd(const BnShape& s) {
+  PYDL_CHECK(s.count() > 0, "batch_norm backward: the training backward needs values in "
+             "every channel (an empty batch has no batch statistics)");
+}
+
+// The elementwise pass's outputs: dx, and dz when wanted (undefined otherwise) ...
+inline std::pair<at::Tensor, at::Tensor> bn_bwd_outputs(const at::Tensor& x, bool want_dz) {
+  return {at::empty_like(x), want_dz ? at::empty_like(x) : at::Tensor()};
+}
+
+// ... returned with an empty tensor for an unwanted dz (the schema returns a Tensor).
+inline at::Tensor bn_dz_result(const at::Tensor& dz, const at::Tensor& x) {
+  return dz.defined() ? dz : at::empty({0}, x.options());
 }
 
 }  // namespace pydl

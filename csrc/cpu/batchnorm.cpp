@@ -319,32 +319,8 @@ at::Tensor bn_fwd_eval(const at::Tensor& x_in, const at::Tensor& mean_in,
   return normalize(x, mean, var, w, b, r, eps, a, alpha);
 }
 
-// The checked, dense operands of a backward op.
-struct BwdArgs {
-  BnAct act;
-  at::Tensor x, g, y, mean, var;
-  BnShape s;
-};
-
-BwdArgs bwd_args(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& mean_in,
-                 const at::Tensor& var_in, const c10::optional<at::Tensor>& y_in,
-                 c10::string_view act) {
-  bn_check_input(x_in);
-  BwdArgs b;
-  b.act = bn_act_from_name(act);
-  b.x = bn_dense(x_in);
-  b.g = bn_like_x(grad_in, "grad_output", b.x);
-  b.y = bn_like_x(y_in, "output", b.x);
-  PYDL_CHECK(b.act == BnAct::None || b.y.defined(), "batch_norm backward: the output y is "
-             "needed for act='", std::string(act), "'");
-  b.mean = bn_channel(mean_in, "mean", b.x);
-  b.var = bn_channel(var_in, "var", b.x);
-  b.s = bn_shape(b.x);
-  return b;
-}
-
 // sum_dz, sum_dzxh <- the backward reduction of b.
-void bwd_reduce_into(const BwdArgs& b, double eps, double alpha, at::Tensor& sum_dz,
+void bwd_reduce_into(const BnBwdArgs& b, double eps, double alpha, at::Tensor& sum_dz,
                      at::Tensor& sum_dzxh) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.x.scalar_type(), "pydl_bn_bwd_reduce", [&] {
     using C = at::opmath_type<scalar_t>;
@@ -359,11 +335,11 @@ void bwd_reduce_into(const BwdArgs& b, double eps, double alpha, at::Tensor& sum
   });
 }
 
-// dx (and dz when defined) <- the backward elementwise pass of b, with weight w; training
-// when the sums are given (sdz, sdx defined), eval otherwise.
-void bwd_elemt_into(const BwdArgs& b, const at::Tensor& w, const at::Tensor& sdz,
-                    const at::Tensor& sdx, double eps, double inv_count, double alpha,
-                    at::Tensor& dx, at::Tensor& dz) {
+// dx (and dz when defined) <- the backward elementwise pass of b; training when the sums
+// are given (sdz, sdx defined), eval otherwise.
+void bwd_elemt_into(const BnBwdArgs& b, const at::Tensor& sdz, const at::Tensor& sdx, double eps,
+                    double inv_count, double alpha, at::Tensor& dx, at::Tensor& dz) {
+  const at::Tensor& w = b.w;
   const BnShape& s = b.s;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.x.scalar_type(), "pydl_bn_bwd_elemt", [&] {
     using C = at::opmath_type<scalar_t>;
@@ -390,7 +366,7 @@ std::tuple<at::Tensor, at::Tensor> bn_bwd_reduce(
     const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& mean_in,
     const at::Tensor& var_in, const c10::optional<at::Tensor>& y_in, double eps,
     c10::string_view act, double alpha) {
-  const BwdArgs b = bwd_args(grad_in, x_in, mean_in, var_in, y_in, act);
+  const BnBwdArgs b = bn_bwd_args(grad_in, x_in, mean_in, var_in, c10::nullopt, y_in, act);
   at::Tensor sum_dz = bn_empty_stats(b.x), sum_dzxh = bn_empty_stats(b.x);
   bwd_reduce_into(b, eps, alpha, sum_dz, sum_dzxh);
   return {sum_dz, sum_dzxh};
@@ -402,16 +378,11 @@ std::tuple<at::Tensor, at::Tensor> bn_bwd_elemt(
     const c10::optional<at::Tensor>& y_in, const c10::optional<at::Tensor>& sum_dz_in,
     const c10::optional<at::Tensor>& sum_dzxh_in, double eps, double inv_count,
     c10::string_view act, double alpha, bool want_dz) {
-  const BwdArgs b = bwd_args(grad_in, x_in, mean_in, var_in, y_in, act);
-  at::Tensor w = bn_channel(weight, "weight", b.x);
-  at::Tensor sdz = bn_channel(sum_dz_in, "sum_dz", b.x);
-  at::Tensor sdx = bn_channel(sum_dzxh_in, "sum_dz_xhat", b.x);
-  PYDL_CHECK(sdz.defined() == sdx.defined(), "batch_norm backward: sum_dz and sum_dz_xhat "
-             "must be given together");
-  at::Tensor dx = at::empty_like(b.x);
-  at::Tensor dz = want_dz ? at::empty_like(b.x) : at::Tensor();
-  bwd_elemt_into(b, w, sdz, sdx, eps, inv_count, alpha, dx, dz);
-  return {dx, want_dz ? dz : at::empty({0}, b.x.options())};
+  const BnBwdArgs b = bn_bwd_args(grad_in, x_in, mean_in, var_in, weight, y_in, act);
+  auto [sdz, sdx] = bn_bwd_sums(sum_dz_in, sum_dzxh_in, b.x);
+  auto [dx, dz] = bn_bwd_outputs(b.x, want_dz);
+  bwd_elemt_into(b, sdz, sdx, eps, inv_count, alpha, dx, dz);
+  return {dx, bn_dz_result(dz, b.x)};
 }
 
 // The training backward in one call: bn_bwd_reduce's sums, then bn_bwd_elemt's dx (and dz)
@@ -422,14 +393,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_bwd(
     const at::Tensor& var_in, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& y_in, double eps, c10::string_view act, double alpha,
     bool want_dz) {
-  const BwdArgs b = bwd_args(grad_in, x_in, mean_in, var_in, y_in, act);
-  at::Tensor w = bn_channel(weight, "weight", b.x);
+  const BnBwdArgs b = bn_bwd_args(grad_in, x_in, mean_in, var_in, weight, y_in, act);
   const BnShape& s = b.s;
-  PYDL_CHECK(s.count() > 0, "batch_norm backward: the training backward needs values in "
-             "every channel (an empty batch has no batch statistics)");
+  bn_check_train_bwd(s);
   at::Tensor sum_dz = bn_empty_stats(b.x), sum_dzxh = bn_empty_stats(b.x);
-  at::Tensor dx = at::empty_like(b.x);
-  at::Tensor dz = want_dz ? at::empty_like(b.x) : at::Tensor();
+  auto [dx, dz] = bn_bwd_outputs(b.x, want_dz);
   const double inv_count = 1.0 / double(s.count());
   if (s.inner > 1 && s.C >= 2 * at::get_num_threads()) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.x.scalar_type(), "pydl_bn_bwd", [&] {
@@ -441,15 +409,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_bwd(
             b.g.const_data_ptr<scalar_t>(), b.x.const_data_ptr<scalar_t>(), yp,
             dx.mutable_data_ptr<scalar_t>(), want_dz ? dz.mutable_data_ptr<scalar_t>() : nullptr,
             s, b.mean.const_data_ptr<C>(), invstd.data(),
-            w.defined() ? w.const_data_ptr<C>() : nullptr, C(alpha), inv_count,
+            b.w.defined() ? b.w.const_data_ptr<C>() : nullptr, C(alpha), inv_count,
             sum_dz.mutable_data_ptr<C>(), sum_dzxh.mutable_data_ptr<C>());
       }); });
     });
   } else {
     bwd_reduce_into(b, eps, alpha, sum_dz, sum_dzxh);
-    bwd_elemt_into(b, w, sum_dz, sum_dzxh, eps, inv_count, alpha, dx, dz);
+    bwd_elemt_into(b, sum_dz, sum_dzxh, eps, inv_count, alpha, dx, dz);
   }
-  return {dx, want_dz ? dz : at::empty({0}, b.x.options()), sum_dz, sum_dzxh};
+  return {dx, bn_dz_result(dz, b.x), sum_dz, sum_dzxh};
 }
 
 }  // namespace

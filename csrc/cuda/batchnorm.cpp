@@ -87,31 +87,7 @@ at::Tensor bn_fwd_eval(const at::Tensor& x_in, const at::Tensor& mean_in,
   return normalize(x, mean, var, w, b, r, eps, a, alpha);
 }
 
-// The checked, dense operands of a backward op.
-struct BwdArgs {
-  BnAct act;
-  at::Tensor x, g, y, mean, var;
-  BnShape s;
-};
-
-BwdArgs bwd_args(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& mean_in,
-                 const at::Tensor& var_in, const c10::optional<at::Tensor>& y_in,
-                 c10::string_view act) {
-  bn_check_input(x_in);
-  BwdArgs b;
-  b.act = bn_act_from_name(act);
-  b.x = bn_dense(x_in);
-  b.g = bn_like_x(grad_in, "grad_output", b.x);
-  b.y = bn_like_x(y_in, "output", b.x);
-  PYDL_CHECK(b.act == BnAct::None || b.y.defined(), "batch_norm backward: the output y is "
-             "needed for act='", std::string(act), "'");
-  b.mean = bn_channel(mean_in, "mean", b.x);
-  b.var = bn_channel(var_in, "var", b.x);
-  b.s = bn_shape(b.x);
-  return b;
-}
-
-void bwd_reduce_into(const BwdArgs& b, double eps, double alpha, at::Tensor& sum_dz,
+void bwd_reduce_into(const BnBwdArgs& b, double eps, double alpha, at::Tensor& sum_dz,
                      at::Tensor& sum_dzxh) {
   const BnShape& s = b.s;
   at::Tensor ws = workspace(b.x, s);
@@ -124,13 +100,12 @@ void bwd_reduce_into(const BwdArgs& b, double eps, double alpha, at::Tensor& sum
 }
 
 // dz may be undefined (not wanted); sdz / sdx undefined: the eval backward.
-void bwd_elemt_into(const BwdArgs& b, const at::Tensor& w, const at::Tensor& sdz,
-                    const at::Tensor& sdx, double eps, double inv_count, double alpha,
-                    at::Tensor& dx, at::Tensor& dz) {
+void bwd_elemt_into(const BnBwdArgs& b, const at::Tensor& sdz, const at::Tensor& sdx, double eps,
+                    double inv_count, double alpha, at::Tensor& dx, at::Tensor& dz) {
   const BnShape& s = b.s;
   check_launch(launch_bn_bwd_elemt(b.act, to_dtype(b.x.scalar_type()), b.g.const_data_ptr(),
                                    b.x.const_data_ptr(), ptr_or_null(b.y), b.mean.const_data_ptr(),
-                                   b.var.const_data_ptr(), ptr_or_null(w), ptr_or_null(sdz),
+                                   b.var.const_data_ptr(), ptr_or_null(b.w), ptr_or_null(sdz),
                                    ptr_or_null(sdx), eps, inv_count, alpha,
                                    dx.mutable_data_ptr(), dz.defined() ? dz.mutable_data_ptr() : nullptr,
                                    s.outer, s.C, s.inner, c10::cuda::getCurrentCUDAStream()),
@@ -143,7 +118,7 @@ std::tuple<at::Tensor, at::Tensor> bn_bwd_reduce(
     c10::string_view act, double alpha) {
   bn_check_input(x_in);
   c10::cuda::CUDAGuard guard(x_in.device());
-  const BwdArgs b = bwd_args(grad_in, x_in, mean_in, var_in, y_in, act);
+  const BnBwdArgs b = bn_bwd_args(grad_in, x_in, mean_in, var_in, c10::nullopt, y_in, act);
   at::Tensor sum_dz = bn_empty_stats(b.x), sum_dzxh = bn_empty_stats(b.x);
   bwd_reduce_into(b, eps, alpha, sum_dz, sum_dzxh);
   return {sum_dz, sum_dzxh};
@@ -157,16 +132,11 @@ std::tuple<at::Tensor, at::Tensor> bn_bwd_elemt(
     c10::string_view act, double alpha, bool want_dz) {
   bn_check_input(x_in);
   c10::cuda::CUDAGuard guard(x_in.device());
-  const BwdArgs b = bwd_args(grad_in, x_in, mean_in, var_in, y_in, act);
-  at::Tensor w = bn_channel(weight, "weight", b.x);
-  at::Tensor sdz = bn_channel(sum_dz_in, "sum_dz", b.x);
-  at::Tensor sdx = bn_channel(sum_dzxh_in, "sum_dz_xhat", b.x);
-  PYDL_CHECK(sdz.defined() == sdx.defined(), "batch_norm backward: sum_dz and sum_dz_xhat "
-             "must be given together");
-  at::Tensor dx = at::empty_like(b.x);
-  at::Tensor dz = want_dz ? at::empty_like(b.x) : at::Tensor();
-  bwd_elemt_into(b, w, sdz, sdx, eps, inv_count, alpha, dx, dz);
-  return {dx, want_dz ? dz : at::empty({0}, b.x.options())};
+  const BnBwdArgs b = bn_bwd_args(grad_in, x_in, mean_in, var_in, weight, y_in, act);
+  auto [sdz, sdx] = bn_bwd_sums(sum_dz_in, sum_dzxh_in, b.x);
+  auto [dx, dz] = bn_bwd_outputs(b.x, want_dz);
+  bwd_elemt_into(b, sdz, sdx, eps, inv_count, alpha, dx, dz);
+  return {dx, bn_dz_result(dz, b.x)};
 }
 
 // The training backward in one call (one op call from Python instead of two): the
@@ -178,16 +148,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_bwd(
     bool want_dz) {
   bn_check_input(x_in);
   c10::cuda::CUDAGuard guard(x_in.device());
-  const BwdArgs b = bwd_args(grad_in, x_in, mean_in, var_in, y_in, act);
-  at::Tensor w = bn_channel(weight, "weight", b.x);
-  PYDL_CHECK(b.s.count() > 0, "batch_norm backward: the training backward needs values in "
-             "every channel (an empty batch has no batch statistics)");
+  const BnBwdArgs b = bn_bwd_args(grad_in, x_in, mean_in, var_in, weight, y_in, act);
+  bn_check_train_bwd(b.s);
   at::Tensor sum_dz = bn_empty_stats(b.x), sum_dzxh = bn_empty_stats(b.x);
-  at::Tensor dx = at::empty_like(b.x);
-  at::Tensor dz = want_dz ? at::empty_like(b.x) : at::Tensor();
+  auto [dx, dz] = bn_bwd_outputs(b.x, want_dz);
   bwd_reduce_into(b, eps, alpha, sum_dz, sum_dzxh);
-  bwd_elemt_into(b, w, sum_dz, sum_dzxh, eps, 1.0 / double(b.s.count()), alpha, dx, dz);
-  return {dx, want_dz ? dz : at::empty({0}, b.x.options()), sum_dz, sum_dzxh};
+  bwd_elemt_into(b, sum_dz, sum_dzxh, eps, 1.0 / double(b.s.count()), alpha, dx, dz);
+  return {dx, bn_dz_result(dz, b.x), sum_dz, sum_dzxh};
 }
 
 }  // namespace
