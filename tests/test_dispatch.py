@@ -138,9 +138,10 @@ def _mutating_triton_ops():
 _EAGER_BACKENDS = [b for b in ("cpu", "triton") if "cpu" in pydl.backends()[b].devices]
 
 
-def _eager_step(backend):
+def _eager_step(backend, optimizer=True):
     """A small training step's calls of every op family (forward with and without a
-    graph, backward, optimizer step, in-place activation); returns (step, its tensors)."""
+    graph, backward, in-place activation, optimizer step unless optimizer=False); returns
+    (step, its tensors)."""
     F = pydl.functional
     x = torch.randn(2, 4, 6, 6).to(memory_format=torch.channels_last).requires_grad_()
     w = torch.randn(4, 4, 3, 3, requires_grad=True)
@@ -155,7 +156,8 @@ def _eager_step(backend):
         y = F.max_pool2d(y, 2, backend=backend)
         y = F.adaptive_avg_pool2d(y, 1, backend=backend)
         y.sum().backward()
-        opt.step()
+        if optimizer:
+            opt.step()
         with torch.no_grad():
             F.batch_norm(x, rm, rv, g, b, False, backend=backend)
             F.avg_pool2d(x, 2, backend=backend)
@@ -178,6 +180,8 @@ def test_eager_calls_skip_torch_ops(backend):
         assert calls == []
     else:
         assert set(calls) == {"pydl_triton::adam_step", "pydl_triton::act_fwd_"}
+    # (the in-place activation goes below torch.ops' autograd layer: no gradient is needed
+    # there; test_eager_calls_skip_torch_library_autograd)
     assert x.grad is not None and w.grad is not None and g.grad is not None
 
 
@@ -234,24 +238,10 @@ def test_eager_calls_skip_torch_library_autograd(backend):
     """In eager mode every op goes through pydl.ops._util.differentiable's fast path: an
     autograd.Function when a gradient is needed, straight below autograd when not --
     never through torch.library's generic Python autograd kernel, which costs tens of us
-    of host time per call (on a GPU, time the device sits idle for a small layer)."""
-    F = pydl.functional
-    x = torch.randn(2, 4, 6, 6).to(memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(4, 4, 3, 3, requires_grad=True)
-    rm, rv = torch.zeros(4), torch.ones(4)
-    g, b = torch.randn(4, requires_grad=True), torch.randn(4, requires_grad=True)
-
-    def step():
-        y = F.conv2d(x, w, None, padding=1, backend=backend)
-        y = F.batch_norm(y, rm, rv, g, b, True, backend=backend)
-        y = F.relu(y, backend=backend)
-        y = F.max_pool2d(y, 2, backend=backend)
-        y = F.adaptive_avg_pool2d(y, 1, backend=backend)
-        y.sum().backward()
-        with torch.no_grad():
-            F.batch_norm(x, rm, rv, g, b, False, backend=backend)
-            F.avg_pool2d(x, 2, backend=backend)
-
+    of host time per call (on a GPU, time the device sits idle for a small layer). (The
+    optimizer steps are ops without autograd; the Triton ones reach their kernels through
+    torch.ops: see test_eager_calls_skip_torch_ops.)"""
+    step, (x, w, g) = _eager_step(backend, optimizer=False)
     step()  # first calls may compile or cache
     assert _library_autograd_frames(step) == []
     assert x.grad is not None and w.grad is not None and g.grad is not None

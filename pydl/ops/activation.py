@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import _dispatch
-from ._util import (check_like, check_tensor, custom_op, dense, differentiable, empty_dense_like,
-                    like_layout, op_caller)
+from ._util import (_BELOW_AUTOGRAD, check_like, check_tensor, custom_op, dense, differentiable,
+                    empty_dense_like, like_layout, op_caller)
 
 ACTS = ("relu", "leaky_relu", "elu", "sigmoid", "tanh")
 _SAVES_INPUT = ("leaky_relu", "elu")  # out of place; everything else saves the output
@@ -141,12 +141,23 @@ def _fprime_derivative(act: str, alpha: float, is_result: bool, s: torch.Tensor)
     return -2 * s  # tanh: f'(y) = 1 - y^2
 
 
+def _inplace(ops, x, act, alpha) -> None:
+    """x = act(x) in place, where no gradient is recorded (no input needs one, or inside
+    _InplaceAct.forward): in eager mode below the autograd key, where torch.ops' autograd
+    layer would take the call anyway (for a Triton op, through ~10 us of Python)."""
+    if torch.compiler.is_compiling():
+        ops.act_fwd_(x, act, alpha)
+    else:
+        with _BELOW_AUTOGRAD():
+            ops.act_fwd_(x, act, alpha)
+
+
 class _InplaceAct(torch.autograd.Function):
     """x = f(x) in place, differentiable: saves the result (x itself), like torch's relu_."""
 
     @staticmethod
     def forward(ctx, x, backend, act, alpha):
-        _OPS[backend].act_fwd_(x, act, alpha)
+        _inplace(_OPS[backend], x, act, alpha)
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
         ctx.backend, ctx.act, ctx.alpha = backend, act, alpha
@@ -195,5 +206,5 @@ def act(x: torch.Tensor, kind: str, alpha: float = 0.0, inplace: bool = False,
             raise RuntimeError("pydl.elu: in-place elu with a negative alpha cannot be "
                                "differentiated; use inplace=False")
         return _InplaceAct.apply(x, name, kind, alpha)
-    ops.act_fwd_(x, kind, alpha)
+    _inplace(ops, x, kind, alpha)
     return x
