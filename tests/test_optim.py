@@ -427,6 +427,10 @@ def test_op_bad_input():
     with pytest.raises(TypeError, match="params"):
         ops.sgd_step([torch.ones(3, dtype=torch.int32)], [torch.ones(3, dtype=torch.int32)],
                      [], lr=0.1)
+    with pytest.raises(TypeError, match=r"params\[0\] must be a torch.Tensor"):
+        ops.sgd_step([1.0], [torch.ones(3)], [], lr=0.1)
+    with pytest.raises(TypeError, match=r"grads\[0\] must be a torch.Tensor"):
+        ops.sgd_step([torch.ones(3)], [None], [], lr=0.1)
     with pytest.raises(ValueError, match="grad_scale"):
         ops.sgd_step(p[:1], g[:1], [], lr=0.1, grad_scale=torch.ones(2))
     with pytest.raises(RuntimeError, match="sparse"):

@@ -147,6 +147,8 @@ def _check(op: str, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
     _check_structure(op, params, grads, states, scalars)
     if not params:
         return
+    if not isinstance(params[0], torch.Tensor):
+        raise TypeError(f"pydl.{op}: params[0] must be a torch.Tensor, got {type(params[0]).__name__}")
     dev, dt = params[0].device, params[0].dtype
     sdt = state_dtype(dt)
     for i, (p, g) in enumerate(zip(params, grads)):
@@ -241,21 +243,23 @@ def _run(op: str, backend: Optional[str], params, grads, states: dict, scalars: 
     checks and the layout test cost ~3 us of host time (an Adam step over ResNet-50's 161
     tensors: ~0.5 ms, against its ~0.2 ms of GPU time on an H100); the C++ ones ~0.1 us."""
     _check_structure(op, params, grads, states, scalars)
-    if params:
+    name = refused = None
+    if params and isinstance(params[0], torch.Tensor) and \
+            (state_steps is None or isinstance(state_steps, (list, tuple))):
         name = _dispatch.resolve(op, params[0].device, backend)
-        if name in ("cpu", "cuda") and (state_steps is None or isinstance(state_steps, (list, tuple))):
+        if name in ("cpu", "cuda"):
             try:
                 call(getattr(_OPS[name], op), params, grads, [v[0] for v in states.values()])
                 return
             except Exception as e:  # refused: the Python checks say why (below)
                 refused = e
-        else:
-            refused = None
     _check(op, params, grads, states, scalars, grad_scale, found_inf)
     if state_steps is not None:
         _check_steps(op, params, state_steps)
     if not params:
         return
+    if name is None:
+        name = _dispatch.resolve(op, params[0].device, backend)
     wp, wg, ws, back = _dense_work(list(params), list(grads), [list(v[0]) for v in states.values()],
                                  grad_scale is not None)
     if refused is not None and not back and all(a is b for a, b in zip(wg, grads)):
