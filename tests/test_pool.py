@@ -300,6 +300,63 @@ def _all_ops(backend):
     ]
 
 
+def has_empty_window(size, kernel, stride, padding, dilation, ceil_mode):
+    """Whether some max-pool window holds no input element (all its taps in the padding or
+    past the input: padding plus dilation, or ceil_mode). torch returns -inf there with an
+    index computed past the window's first column -- the next row's element, or one past
+    the plane for the last row -- and its CPU backward adds the gradient at that index,
+    writing one element past the plane (past the tensor, for its last plane)."""
+    for i, k, s, p, d in zip(size, kernel, stride, padding, dilation):
+        o = (i + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
+        if ceil_mode and (o - 1) * s >= i + p:
+            o -= 1
+        if any(all(not 0 <= q * s - p + j * d < i for j in range(k)) for q in range(o)):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_max_pool_empty_windows(backend, device):
+    """Windows that hold no input element (dilation > 1 with padding or ceil_mode): the
+    forward gives torch's values (-inf) and indices (a position outside the window, even
+    outside the plane). The backward never writes outside the plane: the CPU backend adds
+    each output's gradient at its index when that lies in the plane, as torch's CPU
+    backward does (which also writes past the plane when it does not -- so it is not run
+    here: the reference is built from torch's indices); the CUDA and Triton backends gather
+    per input over the windows that could hold it, so such a gradient lands at an in-plane
+    index or nowhere -- every element no index names gets exactly 0."""
+    cases = [((2, 3, 5, 1), (1, 2), (1, 2), (0, 1), (1, 2), True),   # W = 1: every window empty
+             ((2, 2, 5, 1), (3, 2), (3, 2), (1, 1), (3, 3), True),
+             ((1, 3, 2, 2), (2, 2), (2, 2), (0, 1), (1, 3), False),
+             ((3, 1, 7, 1), (2, 2), (2, 1), (1, 1), (2, 2), True)]
+    for shape, k, s, p, d, ceil in cases:
+        assert has_empty_window(shape[2:], k, s, p, d, ceil)
+        for layout in ("contiguous", "channels_last"):
+            what = f"{shape} {k} {s} {p} {d} {ceil} {layout}"
+            x = make_input(shape, torch.float32, device, layout, seed=3)
+            yt, it = TF.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+            xg = x.clone().requires_grad_()
+            y, i = F.max_pool2d(xg, k, s, p, d, ceil, return_indices=True, backend=backend)
+            assert torch.equal(y, yt) and torch.equal(i, it), what
+            g = make_input(y.shape, torch.float32, device, seed=4)
+            y.backward(g)
+            plane = shape[2] * shape[3]
+            flat_i = it.reshape(-1, it.shape[2] * it.shape[3])
+            flat_g = g.reshape(flat_i.shape)
+            in_plane = (flat_i >= 0) & (flat_i < plane)
+            ref = torch.zeros(flat_i.shape[0], plane + 1, dtype=torch.float64, device=device)
+            # out-of-plane indices go to the extra column, which is then dropped
+            ref.scatter_add_(1, torch.where(in_plane, flat_i, plane), flat_g.double())
+            got = xg.grad.reshape(ref.shape[0], plane).double()
+            if backend == "cpu":
+                torch.testing.assert_close(got, ref[:, :plane], rtol=1e-6, atol=1e-6, msg=what)
+            else:
+                named = torch.zeros(flat_i.shape[0], plane + 1, dtype=torch.bool, device=device)
+                named.scatter_(1, torch.where(in_plane, flat_i, plane), True)
+                assert torch.isfinite(got).all() and (got[~named[:, :plane]] == 0).all(), what
+
+
+
 @pytest.mark.parametrize("backend,device", backend_params())
 def test_unbatched_and_empty_batch(backend, device):
     for name, fn, tfn in _all_ops(backend):

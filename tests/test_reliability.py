@@ -222,6 +222,11 @@ def test_fuzz_pool(backend, device, shape, layout, dtype, cfg, kind, seed):
     import torch.nn.functional as TF
     from hypothesis import assume
     k, s, p, d, ceil = cfg
+    if kind == "max":
+        # a window with no input element: torch's CPU backward, the reference, writes past the
+        # plane there (test_pool.py::test_max_pool_empty_windows checks pydl on such windows)
+        from test_pool import has_empty_window
+        assume(not has_empty_window(shape[2:], k, s, p, d, ceil))
     x = make_input(shape, dtype, device, layout, requires_grad=True, seed=seed)
     if kind == "max":
         ours = lambda t: F.max_pool2d(t, k, s, p, d, ceil, backend=backend)  # noqa: E731
