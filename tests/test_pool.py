@@ -302,10 +302,11 @@ def _all_ops(backend):
 
 def has_empty_window(size, kernel, stride, padding, dilation, ceil_mode):
     """Whether some max-pool window holds no input element (all its taps in the padding or
-    past the input: padding plus dilation, or ceil_mode). torch returns -inf there with an
-    index computed past the window's first column -- the next row's element, or one past
-    the plane for the last row -- and its CPU backward adds the gradient at that index,
-    writing one element past the plane (past the tensor, for its last plane)."""
+    past the input: padding plus dilation, or ceil_mode). torch accepts these (its
+    -inf outputs: pytorch/pytorch#114216) and returns an index computed past the window's
+    first column -- the next row's element, or one past the plane for the last row -- and
+    its CPU backward adds the gradient at that index, writing one element past the plane
+    (past the tensor, for its last plane)."""
     for i, k, s, p, d in zip(size, kernel, stride, padding, dilation):
         o = (i + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
         if ceil_mode and (o - 1) * s >= i + p:
