@@ -114,7 +114,10 @@ def check_against_torch(fn: Callable, torch_fn: Callable, inputs: Sequence[torch
     out_torch = torch_fn(*same_in)
     out_ref = torch_fn(*ref_in)
     assert out.shape == out_torch.shape, f"{what}: shape {tuple(out.shape)} != torch {tuple(out_torch.shape)}"
-    assert out.stride() == out_torch.stride() or out.numel() <= 1, \
+    # the significant strides (of the dimensions longer than 1; a size-1 dimension's stride
+    # places nothing), as torch's own op tests compare layouts
+    assert out.numel() <= 1 or all(a == b for a, b, n in zip(out.stride(), out_torch.stride(), out.shape)
+                                   if n > 1), \
         f"{what}: strides {out.stride()} != torch's {out_torch.stride()} (memory format differs)"
     assert_close(out, out_ref, out_torch, f"{what} forward")
     if backward and any(t.requires_grad for t in inputs):

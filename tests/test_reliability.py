@@ -193,6 +193,21 @@ def _torch_act(act, alpha):
             "sigmoid": torch.sigmoid, "tanh": torch.tanh}[act]
 
 
+def test_layout_check_compares_significant_strides():
+    """check_against_torch compares the output's layout with torch's on the dimensions
+    longer than 1 (a size-1 dimension's stride places nothing: the long fuzz profile drew
+    a (1, 2, 1, 2) input where torch's relu output and pydl's differ only there) and still
+    fails a real layout difference."""
+    from pydl.testing import check_against_torch
+    x = torch.randn(1, 2, 1, 2).as_strided((1, 2, 1, 2), (1, 1, 1, 2))
+    check_against_torch(lambda t: torch.empty_like(t).copy_(torch.relu(t)), torch.relu, [x],
+                        what="size-1 strides")
+    y = torch.randn(3, 4)
+    with pytest.raises(AssertionError, match="memory format differs"):
+        check_against_torch(lambda t: torch.relu(t.t().contiguous().t()), torch.relu, [y],
+                            what="transposed")
+
+
 @pytest.mark.parametrize("backend,device", backend_params())
 @given(cfg=tensor_config(), act=ACT_FUZZ)
 def test_fuzz_activation(backend, device, cfg, act):
