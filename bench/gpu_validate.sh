@@ -64,7 +64,8 @@ tests() {
   # past 2^31 elements), which share one worker so two never hold GPU memory at once
   $PY -c "import xdist" 2>/dev/null && par="-n 12 --dist loadgroup"
   # SIGINT at the cap: pytest stops, still prints its summary and writes junit.xml.
-  # The Triton tests go last (their JIT compiles are slow the first time: tests/conftest.py)
+  # Order (tests/conftest.py gpu_run_rank): CUDA C++ on CUDA tensors, then Triton on CUDA
+  # tensors (their JIT compiles are slow the first time), then the CPU tests CI already runs
   PYDL_TEST_TRITON_LAST=1 timeout -s INT -k 20 "$TEST_S" $PY -m pytest -q -rfEs --tb=short -p no:cacheprovider $par \
     --junitxml="$out/junit.xml" ${PYTEST_ARGS:-} > "$out/pytest.txt" 2>&1
   local rc=$?

@@ -69,13 +69,34 @@ if pydl._dispatch._kernels is not None and TRITON_TEST_CONFIG is not None:
     from pydl.kernels import conv as _triton_conv
     _triton_conv.pin_config(TRITON_TEST_CONFIG)
 
+def gpu_run_rank(nodeid: str, params: dict, skip_reasons) -> int:
+    """Where a test goes in a time-capped GPU run (PYDL_TEST_TRITON_LAST=1):
+    0 -- the CUDA C++ backend on CUDA tensors, and the unparametrized tests whose skip
+         condition names the GPU (those run only with one; those skipped with one cost
+         nothing);
+    1 -- the Triton backend on CUDA tensors (on a GPU their first run JIT-compiles every
+         kernel specialization, seconds each: the first, capped GPU run spent its whole
+         budget there, in the first test file, before any CUDA C++ kernel was tested);
+    2 -- the rest: CPU tensors, host emulations, tools -- what CI runs on every commit, so
+         on a GPU machine only if time is left."""
+    device, backend = params.get("device"), params.get("backend")
+    if device == "cpu":
+        return 2
+    if device == "cuda" or backend in ("cuda", "triton"):
+        return 1 if backend == "triton" or "triton" in nodeid else 0
+    return 0 if any("GPU" in r for r in skip_reasons) else 2
+
+
 def pytest_collection_modifyitems(config, items):
-    """With PYDL_TEST_TRITON_LAST=1 (bench/gpu_validate.sh sets it) the Triton tests run after
-    all the others. On a GPU their first run JIT-compiles every kernel specialization (seconds
-    each): the first, time-capped GPU run spent its whole budget there, in the first test file,
-    before any CUDA C++ kernel was tested. The order within each part is kept."""
+    """With PYDL_TEST_TRITON_LAST=1 (bench/gpu_validate.sh sets it) the tests run in the
+    order of gpu_run_rank: CUDA C++ first, then Triton on CUDA, then the CPU tests. The order
+    within each part is kept."""
     if os.environ.get("PYDL_TEST_TRITON_LAST") == "1":
-        items.sort(key=lambda item: "triton" in item.nodeid)
+        def rank(item):
+            cs = getattr(item, "callspec", None)
+            reasons = [m.kwargs.get("reason", "") for m in item.iter_markers("skipif")]
+            return gpu_run_rank(item.nodeid, cs.params if cs else {}, reasons)
+        items.sort(key=rank)
 
 
 # (backend, device) pairs: each pydl kernel family on the device it runs on.

@@ -284,3 +284,17 @@ def test_torch_func_grad(backend):
     ours = torch.func.grad(lambda a: net(F, a, backend=backend))(x)
     ref = torch.func.grad(lambda a: net(TF, a))(x)
     torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_gpu_run_order():
+    """bench/gpu_validate.sh's capped test run (PYDL_TEST_TRITON_LAST=1) takes the CUDA C++
+    tests first, then Triton on CUDA tensors, and the CPU tests (which CI runs) last."""
+    from conftest import gpu_run_rank
+    assert gpu_run_rank("t.py::a[cuda-cuda-f32]", {"backend": "cuda", "device": "cuda"}, []) == 0
+    assert gpu_run_rank("t.py::a[triton-cuda]", {"backend": "triton", "device": "cuda"}, []) == 1
+    assert gpu_run_rank("t.py::a[cpu-cpu]", {"backend": "cpu", "device": "cpu"}, []) == 2
+    assert gpu_run_rank("t.py::a[triton-cpu]", {"backend": "triton", "device": "cpu"}, []) == 2
+    assert gpu_run_rank("t.py::tf32[cuda]", {"backend": "cuda"}, []) == 0
+    assert gpu_run_rank("t.py::big[triton]", {"backend": "triton"}, []) == 1
+    assert gpu_run_rank("t.py::tf32_flag", {}, ["TF32 exists only on the GPU"]) == 0
+    assert gpu_run_rank("t.py::cuda_kernels_emulated_on_host", {}, []) == 2
