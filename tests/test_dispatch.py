@@ -94,40 +94,38 @@ def test_auto_on_cuda_prefers_measured_then_what_is_usable(monkeypatch):
         _dispatch.resolve("relu", dev, "cuda")   # asked for: never replaced
 
 
-def _library_autograd_frames(fn):
-    """The Python functions of torch.library's generic autograd layer (torch/_library/
-    autograd.py: its per-call argument filling and aliasing checks) that run during fn()."""
+def _python_calls(fn, file_suffix, record):
+    """record(frame) for each call of a Python function defined in a file ending with
+    file_suffix during fn(), where it returns something; the list of those."""
     import sys
     seen = []
 
     def prof(frame, event, arg):
-        if event == "call" and frame.f_code.co_filename.replace("\\", "/").endswith("torch/_library/autograd.py"):
-            seen.append(frame.f_code.co_name)
+        if event == "call" and frame.f_code.co_filename.replace("\\", "/").endswith(file_suffix):
+            r = record(frame)
+            if r:
+                seen.append(r)
     sys.setprofile(prof)
     try:
         fn()
     finally:
         sys.setprofile(None)
     return seen
+
+
+def _library_autograd_frames(fn):
+    """The Python functions of torch.library's generic autograd layer (torch/_library/
+    autograd.py: its per-call argument filling and aliasing checks) that run during fn()."""
+    return _python_calls(fn, "torch/_library/autograd.py", lambda f: f.f_code.co_name)
 
 
 def _pydl_torch_ops_calls(fn):
     """The pydl ops that fn() calls through torch.ops (OpOverload.__call__)."""
-    import sys
-    seen = []
-
-    def prof(frame, event, arg):
-        if event == "call" and frame.f_code.co_name == "__call__" and \
-                frame.f_code.co_filename.replace("\\", "/").endswith("torch/_ops.py"):
-            name = getattr(frame.f_locals.get("self"), "_name", "")
-            if name.startswith("pydl"):
-                seen.append(name)
-    sys.setprofile(prof)
-    try:
-        fn()
-    finally:
-        sys.setprofile(None)
-    return seen
+    def name(frame):
+        if frame.f_code.co_name == "__call__":
+            n = getattr(frame.f_locals.get("self"), "_name", "")
+            return n if n.startswith("pydl") else None
+    return _python_calls(fn, "torch/_ops.py", name)
 
 
 def _mutating_triton_ops():

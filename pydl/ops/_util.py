@@ -137,21 +137,37 @@ def custom_op(qualname: str, mutates_args):
     return wrap
 
 
+def _eager_or_op(qualname: str):
+    """The op `qualname` called by its EAGER entry point when no dispatch mode is active and
+    no argument overrides __torch_function__, else by torch.ops -- for callers that have
+    already ruled out torch.compile."""
+    ns, name = qualname.split("::")
+    op = getattr(getattr(torch.ops, ns), name).default
+    eager = EAGER.get(qualname)
+    if eager is None:
+        return op
+
+    def run(*args):
+        if not _dispatch_modes() and not _has_torch_function(args):
+            return eager(*args)
+        return op(*args)
+
+    return run
+
+
 def op_caller(qualname: str):
     """A function that calls op `qualname` as torch.ops.<qualname> would: by its EAGER entry
     point when that is the same call (eager mode, no dispatch mode, no __torch_function__
     override among the arguments), else by torch.ops."""
     ns, name = qualname.split("::")
     op = getattr(getattr(torch.ops, ns), name).default
-    eager = EAGER.get(qualname)
-    if eager is None:
+    if qualname not in EAGER:
         return op
+    eager_or_op = _eager_or_op(qualname)
     is_compiling = torch.compiler.is_compiling
 
     def run(*args):
-        if not is_compiling() and not _dispatch_modes() and not _has_torch_function(args):
-            return eager(*args)
-        return op(*args)
+        return op(*args) if is_compiling() else eager_or_op(*args)
 
     run.op = op
     return run
@@ -205,7 +221,7 @@ def differentiable(qualname: str, setup_context, backward):
     ns, name = qualname.split("::")
     op = getattr(getattr(torch.ops, ns), name).default
     single, lists = _tensor_positions(op._schema)
-    run = op_caller(qualname)  # (always called below the autograd key here)
+    run = _eager_or_op(qualname)  # (below the autograd key, never under torch.compile)
 
     class Fn(torch.autograd.Function):
         @staticmethod

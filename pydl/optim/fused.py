@@ -101,9 +101,8 @@ class _FusedStep:
         """state[key], created (filled with `fill`) if missing, and brought to the kernels'
         layout: float32 for 16-bit params, the param's device and strides."""
         t = state.get(key)
-        pdt = p.dtype
-        want = torch.float32 if pdt is torch.float16 or pdt is torch.bfloat16 else pdt
-        if t is not None and t.dtype is want and t.device == p.device and \
+        want = _ops.state_dtype(p.dtype)
+        if t is not None and t.dtype == want and t.device == p.device and \
                 (t.stride() == p.stride() or p.numel() <= 1):
             return t  # the common case, every step after the first: as the kernels need it
         if t is None:
