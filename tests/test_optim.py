@@ -91,17 +91,23 @@ def _grad_like(p, seed):
     return make_input(p.shape, p.dtype, p.device, seed=seed)
 
 
-def _run_three(name, kw, backend, device, dtype=torch.float32, steps=3, none_at=(1, 1),
-               shapes=SHAPES):
-    """pydl, torch (same dtype) and torch (float64 oracle) optimizers on the same params and
-    gradients for `steps` steps; param none_at[1] gets no gradient at step none_at[0]."""
+def _three(name, kw, backend, device, dtype=torch.float32, shapes=SHAPES):
+    """pydl, torch (same dtype) and torch (float64 oracle) optimizers, each on its own copy
+    of the same params: ((pydl opt, params), (torch opt, params), (oracle opt, params))."""
     base = [make_input(s, dtype, device, seed=i) for i, s in enumerate(shapes)]
     pp = [b.clone().requires_grad_() for b in base]
     pt = [b.clone().requires_grad_() for b in base]
     pr = [to_ref(b).requires_grad_() for b in base]
-    op = getattr(pydl.optim, name)(pp, backend=backend, **copy.deepcopy(kw))
-    ot = getattr(torch.optim, name)(pt, **copy.deepcopy(kw))
-    orf = getattr(torch.optim, name)(pr, **copy.deepcopy(kw))
+    return ((getattr(pydl.optim, name)(pp, backend=backend, **copy.deepcopy(kw)), pp),
+            (getattr(torch.optim, name)(pt, **copy.deepcopy(kw)), pt),
+            (getattr(torch.optim, name)(pr, **copy.deepcopy(kw)), pr))
+
+
+def _run_three(name, kw, backend, device, dtype=torch.float32, steps=3, none_at=(1, 1),
+               shapes=SHAPES):
+    """_three's optimizers stepped on the same gradients for `steps` steps; param none_at[1]
+    gets no gradient at step none_at[0]."""
+    (op, pp), (ot, pt), (orf, pr) = _three(name, kw, backend, device, dtype, shapes)
     for s in range(steps):
         for i, (a, b, c) in enumerate(zip(pp, pt, pr)):
             if (s, i) == tuple(none_at):
@@ -463,6 +469,139 @@ def test_cpp_steps_skip_the_python_tensor_checks(name, kw, monkeypatch):
         ot.step()
     for a, b in zip(pp, pt):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+
+
+def _set_grads(opts_params, seed, skip=()):
+    """The same fresh gradient on each optimizer's i-th param (none for i in `skip`)."""
+    first = opts_params[0]
+    for i in range(len(first)):
+        g = None if i in skip else _grad_like(first[i], seed + i)
+        for ps in opts_params:
+            ps[i].grad = None if g is None else (to_ref(g) if ps[i].dtype == torch.float64 else g.clone())
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("cfg", ONE_PER_OPT + [("SGD", {})], ids=[_id(c) for c in ONE_PER_OPT + [("SGD", {})]])
+def test_state_lists_reused_and_refreshed(backend, device, cfg, monkeypatch):
+    """A step after the first reuses the state lists of the step before (no per-tensor state
+    lookups: _state_tensor / _step_tensor are not called), and every change torch.optim would
+    see is seen: a param's state reset (`state[p] = {}`) or one of its tensors replaced, a
+    param without a gradient for a step, SGD's momentum turned on, a load_state_dict, a
+    param group added -- the trajectory equals torch.optim's doing the same."""
+    from pydl.optim import fused
+    name, kw = cfg
+    run = _three(name, kw, backend, device)
+    (op, pp), (ot, pt), (orf, pr) = run
+    opts, params = [op, ot, orf], [pp, pt, pr]
+    lookups = []
+    real_state_tensor, real_step_tensor = fused._FusedStep._state_tensor, fused._step_tensor
+    monkeypatch.setattr(fused._FusedStep, "_state_tensor",
+                        lambda self, *a, **k: lookups.append(1) or real_state_tensor(self, *a, **k))
+    monkeypatch.setattr(fused, "_step_tensor", lambda *a: lookups.append(1) or real_step_tensor(*a))
+
+    def step(seed, skip=()):
+        _set_grads(params, seed, skip)
+        if name == "Adagrad":  # torch 2.11 makes Adagrad's state only in __init__
+            for o in opts[1:]:
+                _init_added_adagrad_state(o)
+        lookups.clear()
+        for o in opts:
+            o.step()
+
+    step(10)
+    stateful = bool(op.state[pp[0]])
+    step(20)
+    assert not lookups, "the second step looked the state up again"
+    for o, ps in zip(opts, params):  # a param's state reset, as a user would
+        o.state[ps[0]] = {}
+    step(30)
+    assert lookups or not stateful
+    step(40)
+    assert not lookups
+    if name == "SGD" and not kw:  # a setting that changes what state there is
+        for o in opts:
+            o.param_groups[0]["momentum"] = 0.9
+        step(45)
+        assert lookups
+    for o, ps in zip(opts, params):  # one state tensor replaced by a new one
+        st = o.state[ps[1]]
+        for k in list(st):
+            st[k] = st[k] * 0.5 if k != "step" else st[k].clone()
+    step(50)
+    step(60, skip=(2,))  # a param without a gradient for one step
+    step(70)
+    for o in opts:
+        o.load_state_dict(copy.deepcopy(o.state_dict()))
+    step(80)
+    extra = [make_input((6, 5), torch.float32, device, seed=99)]
+    for o, ps, e in zip(opts, params, [extra[0].clone(), extra[0].clone(), to_ref(extra[0])]):
+        e.requires_grad_()
+        ps.append(e)
+        o.add_param_group({"params": [e]})
+    step(90)
+    step(100)
+    assert not lookups
+    _assert_matches(run, f"{name} {kw}")
+    assert len(op._prepared) == 2  # one per group
+    op.param_groups.pop()
+    step_params = [ps[:-1] for ps in params]
+    _set_grads(step_params, 110)
+    op.step()
+    assert len(op._prepared) == 1  # the removed group's lists (and state) are let go
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_param_dtype_change_converts_state(backend, device):
+    """A param whose dtype changes under its optimizer (model.double() after some steps, which
+    swaps each param's .data): the reused-lists path notices and converts the state as the
+    first step would -- the step then equals one from the converted state."""
+    p = make_input((7, 13), torch.float32, device, seed=1, requires_grad=True)
+    opt = pydl.optim.Adam([p], backend=backend)
+    for s in range(2):
+        p.grad = _grad_like(p, s)
+        opt.step()
+    p.data = p.data.double()
+    ref_p = p.detach().clone().requires_grad_()
+    ref = torch.optim.Adam([ref_p])
+    ref.load_state_dict(copy.deepcopy(opt.state_dict()))  # torch casts it to the param dtype
+    p.grad = _grad_like(p, 5)
+    ref_p.grad = p.grad.clone()
+    opt.step()
+    ref.step()
+    assert opt.state[p]["exp_avg"].dtype == torch.float64
+    torch.testing.assert_close(p.detach(), ref_p.detach())
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("cfg", ONE_PER_OPT, ids=[_id(c) for c in ONE_PER_OPT])
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copied_optimizer_steps_like_the_original(backend, device, cfg, how):
+    """copy.deepcopy and pickle keep pydl's own attributes (backend, master_weights): torch's
+    Optimizer.__getstate__ keeps only defaults, state and param_groups, and a copy's step
+    raised AttributeError. The copy then steps exactly as the original does."""
+    import io
+    name, kw = cfg
+    pp = [make_input(s, torch.float32, device, seed=i, requires_grad=True)
+          for i, s in enumerate(SHAPES)]
+    opt = getattr(pydl.optim, name)(pp, backend=backend, master_weights=True, **copy.deepcopy(kw))
+    for s in range(2):
+        _set_grads([pp], 10 * s)
+        opt.step()
+    if how == "deepcopy":
+        twin = copy.deepcopy(opt)
+    else:
+        buf = io.BytesIO()
+        torch.save(opt, buf)
+        buf.seek(0)
+        twin = torch.load(buf, weights_only=False)
+    assert twin.backend == backend and twin.master_weights is True
+    tp = [p for g in twin.param_groups for p in g["params"]]
+    assert all(a is not b and torch.equal(a, b) for a, b in zip(pp, tp))
+    _set_grads([pp, tp], 50)
+    opt.step()
+    twin.step()
+    for a, b in zip(pp, tp):
+        assert torch.equal(a, b)
 
 
 def test_refused_step_changes_nothing():

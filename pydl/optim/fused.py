@@ -46,7 +46,8 @@ buffer is set to the gradient, which must not happen in a skipped step).
 from __future__ import annotations
 
 from collections import defaultdict
-from itertools import chain
+from itertools import chain, repeat
+from operator import attrgetter, is_
 from typing import Optional
 
 import torch
@@ -76,10 +77,34 @@ def _step_tensor(state, p) -> torch.Tensor:
     return s
 
 
+def _picker(idx, n):
+    """list -> its elements at `idx` (a bucket's indices); the list itself when the bucket
+    is all of it (one (device, dtype) in the group: the usual case)."""
+    if len(idx) == n:
+        return lambda lst: lst
+    return lambda lst: [lst[i] for i in idx]
+
+
+class _Prepared:
+    """What a group's last step handed the kernels, and what it was made from (see
+    _FusedStep._state_lists): the group, the optimizer's state dict, the group's params
+    (all of them, which had a gradient, their state dicts), the work params' (device,
+    dtype), and the state lists and buckets built from them."""
+    __slots__ = ("group", "state", "all_params", "no_grad", "keys", "sts", "where", "spec",
+                 "lists", "buckets")
+
+
+_WHERE = attrgetter("device", "dtype")
+
+
 class _FusedStep:
-    """The shared part of the five optimizers: construction-time checks and the bucketing."""
+    """The shared part of the five optimizers: construction-time checks, the gathering of
+    each group's state lists (reused from step to step while unchanged) and the bucketing."""
 
     _pydl_name = ""
+    # attributes of pydl's beyond torch.optim's, kept by pickling and copy.deepcopy
+    # (torch.optim.Optimizer.__getstate__ keeps only defaults, state and param_groups)
+    _PYDL_ATTRS = ("backend", "master_weights")
 
     def _pydl_setup(self, backend: Optional[str], capturable: bool, differentiable: bool,
                     master_weights: bool = False):
@@ -96,6 +121,19 @@ class _FusedStep:
         self.master_weights = bool(master_weights)
         # GradScaler then passes its scale to step() instead of unscaling the grads itself
         self._step_supports_amp_scaling = True
+        self._prepared = {}  # id(group) -> _Prepared
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.update({k: self.__dict__[k] for k in self._PYDL_ATTRS if k in self.__dict__})
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("backend", None)
+        self.__dict__.setdefault("master_weights", False)
+        self._step_supports_amp_scaling = True
+        self._prepared = {}
 
     def _state_tensor(self, state, key, p, fill: float = 0.0) -> torch.Tensor:
         """state[key], created (filled with `fill`) if missing, and brought to the kernels'
@@ -116,9 +154,23 @@ class _FusedStep:
         return t
 
     def _with_grads(self, group):
-        """The group's params that have a gradient, with their gradients."""
+        """The group's params that have a gradient, with their gradients. When the group
+        holds the same params as at its last step and the same ones have a gradient, the
+        list of that step is returned (the very list object: _state_lists recognizes it)
+        without the per-tensor tests below: they passed then, and a gradient that has
+        since become sparse is refused by the step op, with the same kind of error."""
+        ps = group["params"]
+        e = self._prepared.get(id(group))
+        if e is not None and e.group is group and len(ps) == len(e.all_params) and \
+                all(map(is_, ps, e.all_params)):
+            grads = [p.grad for p in ps]
+            no_grad = list(map(is_, grads, repeat(None)))
+            if no_grad == e.no_grad:
+                if True in no_grad:
+                    grads = [g for g in grads if g is not None]
+                return e.keys, grads
         params, grads = [], []
-        for p in group["params"]:
+        for p in ps:
             g = p.grad
             if g is None:
                 continue
@@ -133,12 +185,63 @@ class _FusedStep:
         return params, grads
 
     @staticmethod
-    def _buckets(params):
-        """Indices of params grouped by (device, dtype): one fused launch each."""
+    def _buckets(where):
+        """Indices of the params grouped by their (device, dtype) (`where`, one pair per
+        param): one fused launch each."""
         out = defaultdict(list)
-        for i, p in enumerate(params):
-            out[(p.device, p.dtype)].append(i)
-        return out.values()
+        for i, w in enumerate(where):
+            out[w].append(i)
+        return list(out.values())
+
+    def _reused(self, group, keys, where, spec):
+        """The (lists, buckets) of the group's last step if _state_lists may reuse them,
+        else None."""
+        e = self._prepared.get(id(group))
+        state = self.state
+        if e is not None and e.keys is keys and e.state is state and e.spec == spec and \
+                e.where == where and all(map(is_, map(state.get, keys), e.sts)) and \
+                all(all(map(is_, map(dict.get, e.sts, repeat(name)), e.lists[name]))
+                    for name, _ in spec):
+            return e.lists, e.buckets
+        return None
+
+    def _state_lists(self, group, keys, params, spec):
+        """The state the group's kernels take, {name: [one tensor per param]} for the
+        (name, fill) pairs of `spec` ("step": the step counter, _step_tensor; any other
+        name: _state_tensor with that fill), and the (device, dtype) buckets of `params`.
+
+        Building them costs ~2 us of host time a parameter (state lookups, dtype / device /
+        layout tests: ~0.35 ms a step over ResNet-50's 161 tensors, more than an H100 takes
+        to run the step). So the lists of the group's last step are reused when nothing
+        they were made from has changed: the same params with gradients (`keys` is the
+        very list _with_grads returned then), the same optimizer state dict holding the
+        same per-param dicts, each holding the same tensors under `spec`'s names (identity
+        tests: a new state tensor, a reset `state[p] = {}`, a load_state_dict all show),
+        and the params on the same devices with the same dtypes (model.double() after a
+        step: the state is converted again). What else could differ -- a state tensor's
+        storage swapped under it -- the step op checks before it touches anything."""
+        where = list(map(_WHERE, params))
+        got = self._reused(group, keys, where, spec)
+        if got is not None:
+            return got
+        state = self.state
+        lists = {name: [] for name, _ in spec}
+        sts = []
+        for k, p in zip(keys, params):
+            # created lazily, like torch: at the first step with a grad (and only when the
+            # kernels keep state: torch's SGD without momentum makes no entries)
+            st = state[k] if spec else state.get(k)
+            sts.append(st)
+            for name, fill in spec:
+                lists[name].append(_step_tensor(st, p) if name == "step"
+                                   else self._state_tensor(st, name, p, fill))
+        e = _Prepared()
+        # keys: this step's _with_grads list -- the group's params that have a gradient
+        e.group, e.state, e.keys, e.all_params = group, state, keys, list(group["params"])
+        e.no_grad = [p.grad is None for p in e.all_params]
+        e.sts, e.where, e.spec, e.lists, e.buckets = sts, where, spec, lists, self._buckets(where)
+        self._prepared[id(group)] = e
+        return lists, e.buckets
 
     def _amp(self, device):
         """What GradScaler set on us, on `device`: dict(grad_scale=..., found_inf=...)."""
@@ -170,6 +273,9 @@ class _FusedStep:
                     p.copy_(m)
                     if getattr(self, "grad_scale", None) is not None:
                         g.copy_(g32)  # unscaled, as without master weights
+        if len(self._prepared) > len(self.param_groups):  # groups removed: let their state go
+            live = {id(g) for g in self.param_groups}
+            self._prepared = {k: v for k, v in self._prepared.items() if k in live}
         return loss
 
     def load_state_dict(self, state_dict) -> None:
@@ -177,6 +283,7 @@ class _FusedStep:
         torch casts every floating-point state tensor to its parameter's dtype, which would
         round pydl's float32 moments (and master weights) to 16 bits."""
         super().load_state_dict(state_dict)
+        self._prepared = {}  # new groups and state: nothing of the last step is reused
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         for sid, p in zip(saved_ids, params):
@@ -235,26 +342,32 @@ class SGD(_FusedStep, torch.optim.SGD):
 
     def _group_step(self, group, keys, params, grads):
         momentum = _scalar(group["momentum"])
-        states = [self.state[k] for k in keys] if momentum != 0 else None
-        # a parameter's first momentum step sets buf = g: those go to their own launch
-        first = [st.get("momentum_buffer") is None for st in states] if states else \
-            [False] * len(keys)
-        found_inf = getattr(self, "found_inf", None)
-        if any(first) and found_inf is not None and bool(found_inf.item()):
-            return  # a skipped step must not create buffers (see the module doc)
-        for idx in self._buckets(params):
-            for is_first in (False, True):
-                sel = [i for i in idx if first[i] == is_first]
+        first = None  # per param: its first momentum step (buf = g), in a launch of its own
+        if momentum == 0:  # no state (_state_lists makes no entries for an empty spec)
+            bufs, buckets = None, self._state_lists(group, keys, params, ())[1]
+        else:
+            spec = (("momentum_buffer", 0.0),)
+            got = self._reused(group, keys, list(map(_WHERE, params)), spec)
+            if got is None:  # (reused lists: every param has had its first step)
+                first = [self.state[k].get("momentum_buffer") is None for k in keys]
+                found_inf = getattr(self, "found_inf", None)
+                if any(first) and found_inf is not None and bool(found_inf.item()):
+                    return  # a skipped step must not create buffers (see the module doc)
+                got = self._state_lists(group, keys, params, spec)
+            bufs, buckets = got[0]["momentum_buffer"], got[1]
+        for idx in buckets:
+            for is_first in ((False, True) if first is not None and any(first) else (False,)):
+                sel = idx if first is None else [i for i in idx if first[i] == is_first]
                 if not sel:
                     continue
-                ps = [params[i] for i in sel]
-                bufs = [self._state_tensor(states[i], "momentum_buffer", params[i])
-                        for i in sel] if states else []
-                _ops.sgd_step(ps, [grads[i] for i in sel], bufs, lr=_scalar(group["lr"]),
+                pick = _picker(sel, len(params))
+                _ops.sgd_step(pick(params), pick(grads), pick(bufs) if bufs is not None else [],
+                              lr=_scalar(group["lr"]),
                               momentum=momentum, dampening=_scalar(group["dampening"]),
                               weight_decay=_scalar(group["weight_decay"]),
                               nesterov=bool(group["nesterov"]), maximize=bool(group["maximize"]),
-                              first=is_first, backend=self.backend, **self._amp(ps[0].device))
+                              first=is_first, backend=self.backend,
+                              **self._amp(params[sel[0]].device))
 
 
 class Adam(_FusedStep, torch.optim.Adam):
@@ -274,23 +387,19 @@ class Adam(_FusedStep, torch.optim.Adam):
     def _group_step(self, group, keys, params, grads):
         amsgrad = bool(group["amsgrad"])
         beta1, beta2 = (_scalar(b) for b in group["betas"])
-        m, v, vmax, steps = [], [], [], []
-        for k, p in zip(keys, params):
-            st = self.state[k]  # created lazily, like torch: at the first step with a grad
-            steps.append(_step_tensor(st, p))
-            m.append(self._state_tensor(st, "exp_avg", p))
-            v.append(self._state_tensor(st, "exp_avg_sq", p))
-            if amsgrad:
-                vmax.append(self._state_tensor(st, "max_exp_avg_sq", p))
-        for idx in self._buckets(params):
-            ps = [params[i] for i in idx]
-            _ops.adam_step(ps, [grads[i] for i in idx], [m[i] for i in idx], [v[i] for i in idx],
-                           [vmax[i] for i in idx] if amsgrad else [], [steps[i] for i in idx],
+        spec = (("step", 0.0), ("exp_avg", 0.0), ("exp_avg_sq", 0.0)) + \
+            ((("max_exp_avg_sq", 0.0),) if amsgrad else ())
+        lists, buckets = self._state_lists(group, keys, params, spec)
+        for idx in buckets:
+            pick = _picker(idx, len(params))
+            _ops.adam_step(pick(params), pick(grads), pick(lists["exp_avg"]),
+                           pick(lists["exp_avg_sq"]),
+                           pick(lists["max_exp_avg_sq"]) if amsgrad else [], pick(lists["step"]),
                            lr=_scalar(group["lr"]), beta1=beta1, beta2=beta2,
                            eps=_scalar(group["eps"]), weight_decay=_scalar(group["weight_decay"]),
                            amsgrad=amsgrad, maximize=bool(group["maximize"]),
                            decoupled=bool(group.get("decoupled_weight_decay", False)),
-                           backend=self.backend, **self._amp(ps[0].device))
+                           backend=self.backend, **self._amp(params[idx[0]].device))
 
 
 class AdamW(Adam, torch.optim.AdamW):
@@ -324,26 +433,21 @@ class RMSprop(_FusedStep, torch.optim.RMSprop):
     def _group_step(self, group, keys, params, grads):
         momentum = _scalar(group["momentum"])
         centered = bool(group["centered"])
-        sq, ga, bufs, steps = [], [], [], []
-        for k, p in zip(keys, params):
-            st = self.state[k]
-            steps.append(_step_tensor(st, p))
-            sq.append(self._state_tensor(st, "square_avg", p))
-            if momentum > 0:
-                bufs.append(self._state_tensor(st, "momentum_buffer", p))
-            if centered:
-                ga.append(self._state_tensor(st, "grad_avg", p))
-        for idx in self._buckets(params):
-            ps = [params[i] for i in idx]
-            _ops.rmsprop_step(ps, [grads[i] for i in idx], [sq[i] for i in idx],
-                              [ga[i] for i in idx] if centered else [],
-                              [bufs[i] for i in idx] if momentum > 0 else [],
-                              [steps[i] for i in idx],
+        spec = (("step", 0.0), ("square_avg", 0.0)) + \
+            ((("momentum_buffer", 0.0),) if momentum > 0 else ()) + \
+            ((("grad_avg", 0.0),) if centered else ())
+        lists, buckets = self._state_lists(group, keys, params, spec)
+        for idx in buckets:
+            pick = _picker(idx, len(params))
+            _ops.rmsprop_step(pick(params), pick(grads), pick(lists["square_avg"]),
+                              pick(lists["grad_avg"]) if centered else [],
+                              pick(lists["momentum_buffer"]) if momentum > 0 else [],
+                              pick(lists["step"]),
                               lr=_scalar(group["lr"]), alpha=_scalar(group["alpha"]),
                               eps=_scalar(group["eps"]),
                               weight_decay=_scalar(group["weight_decay"]), momentum=momentum,
                               centered=centered, maximize=bool(group["maximize"]),
-                              backend=self.backend, **self._amp(ps[0].device))
+                              backend=self.backend, **self._amp(params[idx[0]].device))
 
 
 class Adagrad(_FusedStep, torch.optim.Adagrad):
@@ -369,17 +473,14 @@ class Adagrad(_FusedStep, torch.optim.Adagrad):
                                    fill=_scalar(group["initial_accumulator_value"]))
 
     def _group_step(self, group, keys, params, grads):
-        sums, steps = [], []
-        init = _scalar(group["initial_accumulator_value"])
-        for k, p in zip(keys, params):
-            st = self.state[k]  # (a param added by add_param_group has no state yet)
-            steps.append(_step_tensor(st, p))
-            sums.append(self._state_tensor(st, "sum", p, fill=init))
-        for idx in self._buckets(params):
-            ps = [params[i] for i in idx]
-            _ops.adagrad_step(ps, [grads[i] for i in idx], [sums[i] for i in idx],
-                              [steps[i] for i in idx], lr=_scalar(group["lr"]),
+        # (a param added by add_param_group has no state yet: "sum" is made here)
+        spec = (("step", 0.0), ("sum", _scalar(group["initial_accumulator_value"])))
+        lists, buckets = self._state_lists(group, keys, params, spec)
+        for idx in buckets:
+            pick = _picker(idx, len(params))
+            _ops.adagrad_step(pick(params), pick(grads), pick(lists["sum"]),
+                              pick(lists["step"]), lr=_scalar(group["lr"]),
                               lr_decay=_scalar(group["lr_decay"]),
                               weight_decay=_scalar(group["weight_decay"]),
                               eps=_scalar(group["eps"]), maximize=bool(group["maximize"]),
-                              backend=self.backend, **self._amp(ps[0].device))
+                              backend=self.backend, **self._amp(params[idx[0]].device))
