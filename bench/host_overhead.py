@@ -16,6 +16,13 @@ ratio, forward alone ("fwd": inputs that need no gradient, and inputs that do: "
 which records the autograd graph) and forward + backward ("fwd+bwd"); and one optimizer
 step ("step") of Adam and SGD with momentum over 161 tiny tensors (ResNet-50's parameter
 count) against torch.optim with fused=True.
+
+For the "fwd" and "step" rows a third column, "op entry us", splits pydl's time: the same
+backend ops the call made (recorded once with a dispatch mode), called straight at their
+entry points below autograd -- the C++ op through the dispatcher (checks, allocation,
+kernel launches), a Triton op's Python function (its launches through Triton's launcher).
+pydl us minus op entry us is the Python around them: argument checks, backend choice,
+autograd, running statistics.
 """
 from __future__ import annotations
 
@@ -27,12 +34,45 @@ import sys
 
 import torch
 import torch.nn.functional as TF
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pydl  # noqa: E402
 from bench.harness import host_time_us  # noqa: E402
+from pydl.ops._util import EAGER  # noqa: E402
 
 F = pydl.functional
+_PYDL_NAMESPACES = ("pydl", "pydl_triton")
+
+
+class _RecordOps(TorchDispatchMode):
+    """Records the pydl ops a call makes (the outermost ones), with their arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace in _PYDL_NAMESPACES:
+            self.calls.append((func, args, kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+def op_entry_calls(fn):
+    """A callable that repeats the pydl ops one call of `fn` made, each by its entry point
+    (EAGER, else torch.ops) below the autograd key, with the same arguments; None when the
+    call made none."""
+    with _RecordOps() as rec:
+        fn()
+    calls = [(EAGER.get(f._schema.name, f), a, k) for f, a, k in rec.calls]
+    if not calls:
+        return None
+
+    def run():
+        with torch._C._AutoDispatchBelowAutograd():
+            for f, a, k in calls:
+                f(*a, **k)
+    return run
 
 
 def cases(device: str, backend: str):
@@ -94,17 +134,22 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)  # tiny tensors: no thread pool wake-ups in either
     rows = []
     for name, mode, tfn, pfn in cases(a.device, a.backend):
-        rows.append({"op": name, "mode": mode, "torch_us": host_time_us(tfn, a.repeats, warmup=20),
-                     "pydl_us": host_time_us(pfn, a.repeats, warmup=20)})
+        row = {"op": name, "mode": mode, "torch_us": host_time_us(tfn, a.repeats, warmup=20),
+               "pydl_us": host_time_us(pfn, a.repeats, warmup=20), "op_entry_us": None}
+        entry = op_entry_calls(pfn) if mode in ("fwd", "step") else None
+        if entry is not None:
+            row["op_entry_us"] = host_time_us(entry, a.repeats, warmup=20)
+        rows.append(row)
     env = {"device": torch.cuda.get_device_name() if a.device == "cuda" else platform.processor() or "cpu",
            "python": platform.python_version(), "torch": torch.__version__, "backend": a.backend or "auto",
            "commit": os.environ.get("PYDL_COMMIT", "")}
     print(f"Host time per call, median of {a.repeats} ({env['device']}, torch {env['torch']}, "
           f"Python {env['python']}, pydl backend {env['backend']}):\n")
-    print("| op | mode | torch us | pydl us | pydl / torch |\n|---|---|---|---|---|")
+    print("| op | mode | torch us | pydl us | pydl / torch | op entry us |\n|---|---|---|---|---|---|")
     for r in rows:
+        entry = "-" if r["op_entry_us"] is None else f"{r['op_entry_us']:.1f}"
         print(f"| {r['op']} | {r['mode']} | {r['torch_us']:.1f} | {r['pydl_us']:.1f} | "
-              f"{r['pydl_us'] / r['torch_us']:.1f} |")
+              f"{r['pydl_us'] / r['torch_us']:.1f} | {entry} |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"env": env, "rows": rows}, f, indent=1)

@@ -6,6 +6,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 import pydl
 
@@ -151,7 +152,36 @@ def test_host_overhead_tool(tmp_path, capsys):
     assert {"conv2d 3x3", "batch_norm train", "max_pool2d 3x3 s2", "relu",
             "Adam step (161 tensors)", "SGD step (161 tensors)"} <= {r["op"] for r in rows}
     assert all(r["torch_us"] > 0 and r["pydl_us"] > 0 for r in rows)
-    assert "| conv2d 3x3 | fwd |" in capsys.readouterr().out
+    # the op-entry split: the backend ops alone, for the forward and step rows
+    assert all((r["op_entry_us"] is not None) == (r["mode"] in ("fwd", "step")) for r in rows)
+    assert all(r["op_entry_us"] > 0 for r in rows if r["op_entry_us"] is not None)
+    out = capsys.readouterr().out
+    assert "| conv2d 3x3 | fwd |" in out and "op entry us |" in out
+
+
+def test_op_entry_calls_repeat_the_ops():
+    """host_overhead.op_entry_calls: the pydl ops one call made, repeated at their entry
+    points below autograd -- the same ops (a batch-norm forward's: bn_fwd_train), none of
+    the Python around them (the running statistics' update is not repeated)."""
+    from bench import host_overhead
+    x = torch.randn(2, 3, 4, 4)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    run = host_overhead.op_entry_calls(lambda: pydl.functional.batch_norm(x, rm, rv, training=True))
+    assert run is not None
+    before = rm.clone()
+    seen = []
+
+    class Spy(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    with Spy():
+        run()
+    assert [n for n in seen if n.startswith("pydl")] in (["pydl::bn_fwd_train"],
+                                                         ["pydl_triton::bn_fwd_train"])
+    assert torch.equal(rm, before)
+    assert host_overhead.op_entry_calls(lambda: torch.relu(x)) is None
 
 
 def test_cpu_conv_speed_tool(tmp_path, capsys):
