@@ -296,3 +296,36 @@ def test_gpu_run_order():
     assert gpu_run_rank("t.py::big[triton]", {"backend": "triton"}, []) == 1
     assert gpu_run_rank("t.py::tf32_flag", {}, ["TF32 exists only on the GPU"]) == 0
     assert gpu_run_rank("t.py::cuda_kernels_emulated_on_host", {}, []) == 2
+
+
+@pytest.mark.parametrize("backend", _EAGER_BACKENDS)
+@pytest.mark.parametrize("strict", [False, True], ids=["nonstrict", "strict"])
+def test_torch_export_with_dynamic_shapes(backend, strict):
+    """torch.export (what torch 2.14 points to in place of the deprecated torch.jit.trace)
+    of a converted CNN, in eval and training mode, with the batch and spatial sizes
+    dynamic: the program holds pydl's ops, and on inputs of other shapes it computes what
+    the model does (training mode: the running statistics too)."""
+    from torch import nn
+    from torch.export import Dim
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                        nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    with pydl.backend(backend):
+        model = pydl.convert(net)
+        dims = {0: Dim("n", min=2, max=16), 2: Dim("h", min=4, max=32), 3: Dim("w", min=4, max=32)}
+        for train in (False, True):
+            model.train(train)
+            twin = pydl.convert(net).train(train)  # the same weights and buffers, run eagerly
+            twin.load_state_dict(model.state_dict())
+            ep = torch.export.export(model, (torch.randn(2, 3, 9, 9),), dynamic_shapes=(dims,),
+                                     strict=strict)
+            ns = "pydl" if backend == "cpu" else "pydl_triton"
+            ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+            assert {f"{ns}.conv2d_fwd.default", f"{ns}.max_pool2d_fwd.default"} <= ops
+            assert (f"{ns}.bn_fwd_train.default" if train else f"{ns}.bn_fwd_eval.default") in ops
+            exported = ep.module()
+            for shape in ((5, 3, 13, 11), (2, 3, 6, 7)):
+                x = torch.randn(*shape)
+                torch.testing.assert_close(exported(x), twin(x))
+            if train:  # the exported program's buffers were updated as the eager twin's
+                torch.testing.assert_close(exported.state_dict()["1.running_mean"],
+                                           twin.state_dict()["1.running_mean"])

@@ -398,11 +398,24 @@ def test_bad_backend_name():
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
 def test_sparse_grad_rejected(name):
+    """At the first step, and at a later one (whose lists come from the step before, without
+    the per-tensor gradient tests): a clear error, and nothing updated."""
     p = torch.randn(5, 3, requires_grad=True)
     opt = getattr(pydl.optim, name)([p])
     p.grad = torch.randn(5, 3).to_sparse()
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
+    q = torch.randn(5, 3, requires_grad=True)
+    opt = getattr(pydl.optim, name)([q], momentum=0.9) if name == "SGD" else \
+        getattr(pydl.optim, name)([q])
+    for _ in range(2):
+        q.grad = torch.randn(5, 3)
+        opt.step()
+    before = q.detach().clone()
+    q.grad = torch.randn(5, 3).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    assert torch.equal(q.detach(), before)
 
 
 def test_op_bad_input():
