@@ -132,6 +132,16 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.device == "cpu":
         torch.set_num_threads(1)  # tiny tensors: no thread pool wake-ups in either
+    env = {"device": torch.cuda.get_device_name() if a.device == "cuda" else platform.processor() or "cpu",
+           "python": platform.python_version(), "torch": torch.__version__, "backend": a.backend or "auto",
+           "commit": os.environ.get("PYDL_COMMIT", "")}
+    print(f"Host time per call, median of {a.repeats} ({env['device']}, torch {env['torch']}, "
+          f"Python {env['python']}, pydl backend {env['backend']}):\n")
+    print("| op | mode | torch us | pydl us | pydl / torch | op entry us |\n|---|---|---|---|---|---|",
+          flush=True)
+    # Each row is printed, and the JSON rewritten, as soon as it is measured: on the GPU
+    # machine this runs under a time cap (gpu_validate.sh), and a Triton backend's first
+    # calls compile and autotune its kernels -- a run cut short keeps the rows it finished.
     rows = []
     for name, mode, tfn, pfn in cases(a.device, a.backend):
         row = {"op": name, "mode": mode, "torch_us": host_time_us(tfn, a.repeats, warmup=20),
@@ -140,19 +150,12 @@ def main(argv=None) -> int:
         if entry is not None:
             row["op_entry_us"] = host_time_us(entry, a.repeats, warmup=20)
         rows.append(row)
-    env = {"device": torch.cuda.get_device_name() if a.device == "cuda" else platform.processor() or "cpu",
-           "python": platform.python_version(), "torch": torch.__version__, "backend": a.backend or "auto",
-           "commit": os.environ.get("PYDL_COMMIT", "")}
-    print(f"Host time per call, median of {a.repeats} ({env['device']}, torch {env['torch']}, "
-          f"Python {env['python']}, pydl backend {env['backend']}):\n")
-    print("| op | mode | torch us | pydl us | pydl / torch | op entry us |\n|---|---|---|---|---|---|")
-    for r in rows:
-        entry = "-" if r["op_entry_us"] is None else f"{r['op_entry_us']:.1f}"
-        print(f"| {r['op']} | {r['mode']} | {r['torch_us']:.1f} | {r['pydl_us']:.1f} | "
-              f"{r['pydl_us'] / r['torch_us']:.1f} | {entry} |")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"env": env, "rows": rows}, f, indent=1)
+        shown = "-" if row["op_entry_us"] is None else f"{row['op_entry_us']:.1f}"
+        print(f"| {name} | {mode} | {row['torch_us']:.1f} | {row['pydl_us']:.1f} | "
+              f"{row['pydl_us'] / row['torch_us']:.1f} | {shown} |", flush=True)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"env": env, "rows": rows}, f, indent=1)
     return 0
 
 
