@@ -20,8 +20,11 @@
 #   SAN_S (default 100)    compute-sanitizer over tests/gpu_sanitize.py: memcheck (cuda +
 #                          triton, half the time), racecheck and synccheck (cuda, float32)
 #   HOST_S (default 40)    bench/host_overhead.py, host time per call vs torch's (cuda, triton)
-#   BENCH_S (default 120)  the sweep's time budget (bench --budget-s); conv and training-step
-#                          rows first; by default bf16, channels_last, ResNet-50 shapes (the
+#   BENCH_S (default 120)  the sweep's time budget (bench --budget-s); the conv forward rows
+#                          first (the conv target is the geometric mean of the ResNet-50
+#                          forward layers), then the training steps, then the conv backward;
+#                          a slow row is timed for ~1.5 s (fewer repeats, at least 5);
+#                          by default bf16, channels_last, ResNet-50 shapes (the
 #                          layers the conv target is stated on; BENCH_ARGS replaces this); no
 #                          torch.compile baseline unless COMPILE=1 (each case would compile its
 #                          own graph: most of a short budget)
@@ -103,7 +106,7 @@ bench() {
     timeout -k 5 "$((HOST_S * $2 / 8))" $PY bench/host_overhead.py --backend $1 --repeats 200 \
       --json "$out/host_overhead_$1.json" > "$out/host_overhead_$1.md" 2>&1
   done
-  $PY -m bench --out "$out" --no-plots $([ "${COMPILE:-0}" = 1 ] || echo --no-compile) --first conv2d,train_step --budget-s "$BENCH_S" \
+  $PY -m bench --out "$out" --no-plots $([ "${COMPILE:-0}" = 1 ] || echo --no-compile) --first conv2d:fwd,train_step,conv2d --budget-s "$BENCH_S" \
     ${BENCH_ARGS:---dtype bf16 --layout channels_last --shapes resnet50} > "$out/bench_log.txt" 2>&1
   tail -5 "$out/bench_log.txt"
   echo "bench: $((SECONDS - t)) s"

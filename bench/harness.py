@@ -50,10 +50,14 @@ class Timer:
     """Times a zero-argument callable on `device` ("cuda" or "cpu")."""
 
     def __init__(self, device: str, warmup: int = 5, repeats: int = 30, min_time_s: float = 0.0,
-                 explicit: bool = False):
+                 explicit: bool = False, max_time_s: float = 0.0):
         self.device = device
         self.warmup, self.repeats = warmup, repeats
         self.explicit = explicit  # repeats chosen by the user: a case's own count does not apply
+        # max_time_s > 0 (and repeats not chosen by the user): fewer repeats, never below
+        # MIN_REPEATS, for a call so slow that `repeats` of them would take longer -- a
+        # 0.5 s backward timed 30 times is 15 s of a sweep's budget for one row
+        self.max_time_s = max_time_s
         self._flush = None
         if device == "cuda":
             l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 * 2**20)
@@ -65,13 +69,29 @@ class Timer:
         t.__dict__.update(self.__dict__, repeats=repeats)
         return t
 
+    MIN_REPEATS = 5
+
+    def _repeats_for(self, fn: Callable[[], object]) -> int:
+        """self.repeats, or fewer when max_time_s caps the row: the count that fits it by
+        one more (timed, synchronized) call, at least MIN_REPEATS."""
+        if self.max_time_s <= 0 or self.explicit or self.repeats <= self.MIN_REPEATS:
+            return self.repeats
+        sync = torch.cuda.synchronize if self.device == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        per_call = time.perf_counter() - t0
+        return max(self.MIN_REPEATS, min(self.repeats, int(self.max_time_s / max(per_call, 1e-9))))
+
     def __call__(self, fn: Callable[[], object]) -> Timing:
         for _ in range(self.warmup):
             fn()
+        repeats = self._repeats_for(fn)
         times, host = [], []
         if self.device == "cuda":
             torch.cuda.synchronize()
-            for _ in range(self.repeats):
+            for _ in range(repeats):
                 self._flush.zero_()  # evict the inputs from L2
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -82,7 +102,7 @@ class Timer:
                 end.synchronize()
                 times.append(start.elapsed_time(end))
         else:
-            for _ in range(self.repeats):
+            for _ in range(repeats):
                 t0 = time.perf_counter()
                 fn()
                 times.append((time.perf_counter() - t0) * 1e3)

@@ -73,6 +73,20 @@ def check(case: Case, fn, inputs, device) -> str:
     return ""
 
 
+def first_order(cases: list, first: str) -> list:
+    """The cases named by `first` ("op" or "family", or "op:mode" for one mode, comma-
+    separated) before the rest, in the order named; a stable sort, so each group keeps its
+    usual order (conv2d:fwd,conv2d: every conv forward row, then the conv backward rows)."""
+    items = [(op, mode) for op, _, mode in (i.partition(":") for i in first.split(",") if i)]
+
+    def rank(c):
+        for i, (op, mode) in enumerate(items):
+            if op in (c.op, c.family) and mode in ("", c.mode):
+                return i
+        return len(items)
+    return sorted(cases, key=rank)
+
+
 def run_case(case: Case, backends, device, timer, with_compile) -> list[dict]:
     inputs = case.make_inputs(device)
     impls = [(f"pydl-{b}", case.pydl_fn(b)) for b in backends]
@@ -159,8 +173,12 @@ def main(argv=None) -> int:
                     help="stop starting new cases after this many seconds (0: no limit); the rows "
                          "not run are listed in results.json as 'not run: budget'")
     ap.add_argument("--first", default="",
-                    help="run the cases of these ops/families first (comma-separated), e.g. conv2d "
-                         "when the budget may not reach the end")
+                    help="run the cases of these ops/families first, in this order (comma-separated; "
+                         "op:mode for one mode), e.g. conv2d:fwd,conv2d when the budget may not reach "
+                         "the end")
+    ap.add_argument("--max-row-s", type=float, default=-1,
+                    help="time a row for at most about this long: fewer repeats (>= 5) for a slow call "
+                         "(default 1.5 s on the GPU, no cap on the CPU; 0: no cap)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     ap.add_argument("--out", default="", help="results folder (default: bench/results/<date>_<gpu>_<commit>)")
     ap.add_argument("--tag", default="", help="appended to the default folder name")
@@ -190,12 +208,12 @@ def main(argv=None) -> int:
     os.makedirs(name, exist_ok=True)
     print(f"device {device}; measuring ceilings...", file=sys.stderr)
     ceilings = measure_ceilings(device)
+    max_row_s = args.max_row_s if args.max_row_s >= 0 else (1.5 if gpu else 0.0)
     timer = Timer(device, warmup=3 if gpu else 1, repeats=args.repeats or (30 if gpu else 5),
-                  explicit=bool(args.repeats))
+                  explicit=bool(args.repeats), max_time_s=max_row_s)
     cases = load_cases(args)
-    if args.first:  # a stable sort: the named ops first, each group in its usual order
-        first = set(args.first.split(","))
-        cases.sort(key=lambda c: not (c.op in first or c.family in first))
+    if args.first:
+        cases = first_order(cases, args.first)
     rows, skipped = [], []
     t0 = time.time()
     for i, case in enumerate(cases):

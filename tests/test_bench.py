@@ -141,6 +141,37 @@ def test_budget_and_first(tmp_path):
     assert "were not run" in (tmp_path / "table.md").read_text()
 
 
+def test_first_order_by_op_and_mode():
+    """--first "conv2d:fwd,train_step,conv2d" (gpu_validate.sh's): every conv forward row,
+    then the training steps, then the conv backward rows, then the rest, each group in its
+    usual order."""
+    from types import SimpleNamespace as C
+    from bench.run import first_order
+    cases = [C(op="conv2d", family="conv", mode=m, layer=l) for l in ("a", "b") for m in ("fwd", "bwd")]
+    cases += [C(op="relu", family="activation", mode="fwd", layer="a"),
+              C(op="train_step", family="train", mode="step", layer="a")]
+    got = [(c.op, c.layer, c.mode) for c in first_order(cases, "conv2d:fwd,train_step,conv2d")]
+    assert got == [("conv2d", "a", "fwd"), ("conv2d", "b", "fwd"), ("train_step", "a", "step"),
+                   ("conv2d", "a", "bwd"), ("conv2d", "b", "bwd"), ("relu", "a", "fwd")]
+    assert [c.op for c in first_order(cases, "activation")][0] == "relu"  # a family name
+
+
+def test_timer_caps_a_slow_row():
+    """A row is timed for about max_time_s: fewer repeats for a slow call, never below 5;
+    repeats the user chose explicitly are kept."""
+    import time
+    from bench.harness import Timer
+
+    def slow():
+        time.sleep(0.004)
+    assert len(Timer("cpu", warmup=0, repeats=30, max_time_s=0.04)(slow).repeats_ms) in range(5, 11)
+    assert len(Timer("cpu", warmup=0, repeats=30, max_time_s=0.001)(slow).repeats_ms) == 5
+    assert len(Timer("cpu", warmup=0, repeats=12, max_time_s=0.001, explicit=True)(slow).repeats_ms) == 12
+    assert len(Timer("cpu", warmup=0, repeats=12)(slow).repeats_ms) == 12  # no cap by default
+    assert len(Timer("cpu", warmup=0, repeats=30, max_time_s=0.04).with_repeats(8)(slow).repeats_ms) \
+        in range(5, 9)
+
+
 def test_host_overhead_tool(tmp_path, capsys):
     """bench/host_overhead.py: host time per call of each op, pydl and torch, forward alone
     and with its backward, and of an optimizer step (small so CI stays fast)."""
