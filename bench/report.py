@@ -47,6 +47,38 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
+def geomeans(rows) -> list[dict]:
+    """Per (op, network, dtype, layout, mode): the geometric mean over layers of torch's time
+    over pydl's -- for each backend, and for the fastest backend of each layer ("best") --
+    taken over the layers where torch and that backend both ran (`n`). The network is the
+    layer name's prefix ("resnet50" of "resnet50.l1.3x3"). The conv target is stated on
+    such a figure: ResNet-50's forward layers, bf16, channels_last."""
+    acc = OrderedDict()
+    for (op, layer, dt, lay, mode), rs in _groups(rows).items():
+        if op == "train_step":
+            continue
+        t = next((r for r in rs if r["impl"] == "torch" and r["status"] == "ok"), None)
+        if t is None:
+            continue
+        key = (op, layer.split(".")[0], dt, lay, mode)
+        ok = [r for r in rs if r["impl"].startswith("pydl") and r["status"] == "ok"]
+        for r in ok:
+            acc.setdefault(key, OrderedDict()).setdefault(r["impl"][5:], []).append(
+                t["median_ms"] / r["median_ms"])
+        if ok:
+            acc.setdefault(key, OrderedDict()).setdefault("best", []).append(
+                t["median_ms"] / min(r["median_ms"] for r in ok))
+    out = []
+    for (op, net, dt, lay, mode), per in acc.items():
+        for impl, xs in per.items():
+            prod = 1.0
+            for x in xs:
+                prod *= x
+            out.append({"op": op, "net": net, "dtype": dt, "layout": lay, "mode": mode, "impl": impl,
+                        "geomean": prod ** (1.0 / len(xs)), "n": len(xs)})
+    return out
+
+
 def markdown(result: dict) -> str:
     env, ceil = result["env"], result["ceilings"]
     dev = env.get("gpu") or f"CPU ({env.get('cpu', '')}, {env.get('cpu_threads', '?')} threads)"
@@ -81,6 +113,14 @@ def markdown(result: dict) -> str:
                    f"| {others} | {_fmt(best and best.get('GBps'), '.0f')} | {_fmt(best and best.get('pct_copy'), '.0f')} "
                    f"| {_fmt(best and best.get('TFLOPs'), '.1f')} | {_fmt(best and best.get('pct_matmul'), '.0f')} |")
         problems += [f"- {r['impl']} {op} {layer} {dt} {lay} {mode}: {r['status']}" for r in rs if r["status"] != "ok"]
+    gms = geomeans(result["rows"])
+    if gms:
+        out += ["", "Geometric means over layers of x torch (torch's time / pydl's; n: the layers "
+                "where both ran; best: each layer's fastest pydl backend):", "",
+                "| op | network | dtype | layout | mode | backend | geomean x torch | n |",
+                "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {g['op']} | {g['net']} | {g['dtype']} | {g['layout']} | {g['mode']} | {g['impl']} "
+                f"| {g['geomean']:.2f} | {g['n']} |" for g in gms]
     mem = [r for r in result["rows"] if r.get("peak_MB") is not None]
     if mem:
         out += ["", "Training steps: time and peak memory (beyond parameters and optimizer state) "

@@ -141,6 +141,29 @@ def test_budget_and_first(tmp_path):
     assert "were not run" in (tmp_path / "table.md").read_text()
 
 
+def test_geomeans_per_backend_and_best():
+    """The geometric mean of x torch over a network's layers, per backend and for each
+    layer's fastest backend, over the layers where both ran; shown under the table."""
+    def row(layer, impl, ms, status="ok"):
+        return {"op": "conv2d", "layer": layer, "dtype": "bfloat16", "layout": "channels_last",
+                "mode": "fwd", "impl": impl, "median_ms": ms, "status": status}
+    rows = [row("resnet50.a", "torch", 1.0), row("resnet50.a", "pydl-cuda", 2.0),
+            row("resnet50.a", "pydl-triton", 0.5),
+            row("resnet50.b", "torch", 1.0), row("resnet50.b", "pydl-cuda", 0.5),
+            row("resnet50.b", "pydl-triton", 4.0),
+            row("resnet50.c", "torch", 1.0), row("resnet50.c", "pydl-cuda", 1.0, "error: x"),
+            row("resnet50.c", "pydl-triton", 1.0),
+            row("vgg16.a", "torch", 1.0), row("vgg16.a", "pydl-cuda", 1.0)]
+    got = {(g["net"], g["impl"]): (round(g["geomean"], 6), g["n"]) for g in report.geomeans(rows)}
+    assert got[("resnet50", "cuda")] == (1.0, 2)                    # sqrt(0.5 * 2)
+    assert got[("resnet50", "triton")] == (round((2 * 0.25 * 1) ** (1 / 3), 6), 3)
+    assert got[("resnet50", "best")] == (round((2 * 2 * 1) ** (1 / 3), 6), 3)
+    assert got[("vgg16", "cuda")] == (1.0, 1)
+    env = {"gpu": "X", "date": "d", "commit": "c", "torch": "t"}
+    md = report.markdown({"env": env, "ceilings": {}, "rows": rows, "args": {}})
+    assert "| conv2d | resnet50 | bfloat16 | channels_last | fwd | best | 1.59 | 3 |" in md
+
+
 def test_first_order_by_op_and_mode():
     """--first "conv2d:fwd,train_step,conv2d" (gpu_validate.sh's): every conv forward row,
     then the training steps, then the conv backward rows, then the rest, each group in its
