@@ -885,6 +885,30 @@ def test_compile_matches_eager(backend, device):
 
 @pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("cfg", ONE_PER_OPT, ids=[c[0] for c in ONE_PER_OPT])
+def test_compiled_step_matches_eager(backend, device, cfg):
+    """optimizer.step() inside torch.compile(fullgraph=True) -- Dynamo traces the step's
+    Python, whose eager fast path (the reused state lists) it skips -- gives the eager
+    step's params and state, step after step."""
+    name, kw = cfg
+    torch._dynamo.reset()
+    base = [make_input(s, torch.float32, device, seed=i) for i, s in enumerate(SHAPES[:3])]
+    pe = [b.clone().requires_grad_() for b in base]
+    pc = [b.clone().requires_grad_() for b in base]
+    oe = getattr(pydl.optim, name)(pe, backend=backend, **copy.deepcopy(kw))
+    oc = getattr(pydl.optim, name)(pc, backend=backend, **copy.deepcopy(kw))
+    step = torch.compile(oc.step, fullgraph=True, backend="aot_eager")
+    for s in range(3):
+        _set_grads([pe, pc], 10 * s)
+        oe.step()
+        step()
+    for a, b in zip(pe, pc):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        for k in oe.state[a]:
+            torch.testing.assert_close(oe.state[a][k], oc.state[b][k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("cfg", ONE_PER_OPT, ids=[c[0] for c in ONE_PER_OPT])
 def test_found_inf_read_on_device_only(backend, device, cfg, monkeypatch):
     # with GradScaler's attributes set, step() never reads found_inf on the host (no
     # .item() / bool()): the skip is decided by the kernels (SGD: once its buffers exist)

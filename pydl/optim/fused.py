@@ -97,6 +97,14 @@ class _Prepared:
 _WHERE = attrgetter("device", "dtype")
 
 
+def _where(params) -> list:
+    """(device, dtype) of each param. Under torch.compile as a plain comprehension: Dynamo
+    does not trace an attrgetter (it would break the graph of a compiled step)."""
+    if torch.compiler.is_compiling():
+        return [(p.device, p.dtype) for p in params]
+    return list(map(_WHERE, params))
+
+
 class _FusedStep:
     """The shared part of the five optimizers: construction-time checks, the gathering of
     each group's state lists (reused from step to step while unchanged) and the bucketing."""
@@ -160,7 +168,8 @@ class _FusedStep:
         without the per-tensor tests below: they passed then, and a gradient that has
         since become sparse is refused by the step op, with the same kind of error."""
         ps = group["params"]
-        e = self._prepared.get(id(group))
+        # (under torch.compile the step is traced once into a graph: nothing to save there)
+        e = None if torch.compiler.is_compiling() else self._prepared.get(id(group))
         if e is not None and e.group is group and len(ps) == len(e.all_params) and \
                 all(map(is_, ps, e.all_params)):
             grads = [p.grad for p in ps]
@@ -195,7 +204,9 @@ class _FusedStep:
 
     def _reused(self, group, keys, where, spec):
         """The (lists, buckets) of the group's last step if _state_lists may reuse them,
-        else None."""
+        else None (always under torch.compile, which traces the lists' building instead)."""
+        if torch.compiler.is_compiling():
+            return None
         e = self._prepared.get(id(group))
         state = self.state
         if e is not None and e.keys is keys and e.state is state and e.spec == spec and \
@@ -220,7 +231,7 @@ class _FusedStep:
         and the params on the same devices with the same dtypes (model.double() after a
         step: the state is converted again). What else could differ -- a state tensor's
         storage swapped under it -- the step op checks before it touches anything."""
-        where = list(map(_WHERE, params))
+        where = _where(params)
         got = self._reused(group, keys, where, spec)
         if got is not None:
             return got
@@ -240,7 +251,8 @@ class _FusedStep:
         e.group, e.state, e.keys, e.all_params = group, state, keys, list(group["params"])
         e.no_grad = [p.grad is None for p in e.all_params]
         e.sts, e.where, e.spec, e.lists, e.buckets = sts, where, spec, lists, self._buckets(where)
-        self._prepared[id(group)] = e
+        if not torch.compiler.is_compiling():
+            self._prepared[id(group)] = e
         return lists, e.buckets
 
     def _amp(self, device):
@@ -347,7 +359,7 @@ class SGD(_FusedStep, torch.optim.SGD):
             bufs, buckets = None, self._state_lists(group, keys, params, ())[1]
         else:
             spec = (("momentum_buffer", 0.0),)
-            got = self._reused(group, keys, list(map(_WHERE, params)), spec)
+            got = self._reused(group, keys, _where(params), spec)
             if got is None:  # (reused lists: every param has had its first step)
                 first = [self.state[k].get("momentum_buffer") is None for k in keys]
                 found_inf = getattr(self, "found_inf", None)
