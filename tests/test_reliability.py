@@ -193,6 +193,43 @@ def _torch_act(act, alpha):
             "sigmoid": torch.sigmoid, "tanh": torch.tanh}[act]
 
 
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_integer_like_size_arguments(backend, device):
+    """Size arguments given as numpy integers (any object with __index__, as torch's int
+    parameters take them: a model's hyperparameters often come from numpy) work in every
+    function and module and give what Python ints give; bools, floats and tensors are still
+    refused with a clear TypeError."""
+    import numpy as np
+    from torch import nn
+    i = np.int64
+    x = make_input((2, 4, 9, 8), torch.float32, device, seed=1)
+    w = make_input((4, 2, 3, 3), torch.float32, device, seed=2)
+    B = {"backend": backend}
+    pairs = [
+        (lambda: F.conv2d(x, w, None, i(2), (i(1), 2), [i(1)], i(2), **B),
+         lambda: F.conv2d(x, w, None, 2, (1, 2), [1], 2, **B)),
+        (lambda: F.max_pool2d(x, i(3), (i(2), i(1)), i(1), **B), lambda: F.max_pool2d(x, 3, (2, 1), 1, **B)),
+        (lambda: F.avg_pool2d(x, [i(2), 3], divisor_override=i(5), **B),
+         lambda: F.avg_pool2d(x, [2, 3], divisor_override=5, **B)),
+        (lambda: F.adaptive_avg_pool2d(x, (i(3), None), **B), lambda: F.adaptive_avg_pool2d(x, (3, None), **B)),
+        (lambda: F.adaptive_max_pool2d(x, i(4), **B), lambda: F.adaptive_max_pool2d(x, 4, **B)),
+    ]
+    for got, want in pairs:
+        assert torch.equal(got(), want())
+    with pydl.backend(backend):
+        conv = pydl.convert(nn.Conv2d(4, 6, i(3), stride=i(2), padding=i(1), groups=i(2))).to(device)
+        ref = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2).to(device)
+        ref.load_state_dict(conv.state_dict())
+        torch.testing.assert_close(conv(x), ref(x))
+        assert torch.equal(pydl.nn.MaxPool2d(i(2))(x), F.max_pool2d(x, 2))
+    for bad in (lambda: F.conv2d(x, w, stride=True, groups=2, **B),
+                lambda: F.max_pool2d(x, 2, 1.5, **B),
+                lambda: F.max_pool2d(x, torch.tensor(2), **B),
+                lambda: F.adaptive_avg_pool2d(x, 2.0, **B)):
+        with pytest.raises(TypeError, match="pydl"):
+            bad()
+
+
 def test_layout_check_compares_significant_strides():
     """check_against_torch compares the output's layout with torch's on the dimensions
     longer than 1 (a size-1 dimension's stride places nothing: the long fuzz profile drew

@@ -1,6 +1,8 @@
 """Helpers shared by the op modules: argument checks and the layout rule of the kernels."""
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from .. import _dispatch
@@ -14,6 +16,21 @@ def check_tensor(t, name: str, op: str) -> None:
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"pydl.{op}: {name} must be float32, float16, bfloat16 or float64, "
                         f"got {t.dtype}")
+
+
+def as_int(v):
+    """v as an integer size argument the way torch's int parameters take one: an int, a
+    SymInt (under tracing), or any other object with __index__ -- numpy's integers, which a
+    model's hyperparameters often are -- as a Python int; None for anything else, bools
+    included (torch refuses True for a stride) and tensors (an index would read it back from
+    the device)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, torch.SymInt)):
+        return v
+    if isinstance(v, torch.Tensor) or not hasattr(type(v), "__index__"):
+        return None
+    return operator.index(v)
 
 
 def check_like(a: torch.Tensor, an: str, b: torch.Tensor, bn: str, op: str) -> None:

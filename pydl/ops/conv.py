@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .. import _dispatch
 from . import activation as _activation
-from ._util import check_tensor, custom_op, differentiable, is_channels_last
+from ._util import as_int, check_tensor, custom_op, differentiable, is_channels_last
 
 ACTIVATIONS = (None, "relu")
 
@@ -215,16 +215,18 @@ if _dispatch._kernels is not None:
 
 # ---------------------------------------------------------------------- argument checks
 def _pair(v, name: str) -> List[int]:
-    if isinstance(v, bool) or not isinstance(v, (int, Sequence)) or isinstance(v, str):
+    """An int (or an integer such as numpy's: as_int) or a sequence of 1 or 2 -> [a, b]."""
+    i = as_int(v)
+    if i is not None:
+        return [i, i]
+    if not isinstance(v, Sequence) or isinstance(v, str):
         raise TypeError(f"pydl.conv2d: {name} must be an int or a tuple of 2 ints, got {v!r}")
-    if isinstance(v, int):
-        return [v, v]
-    v = list(v)
-    if len(v) == 1:
-        v = v * 2
-    if len(v) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
-        raise TypeError(f"pydl.conv2d: {name} must be an int or a tuple of 2 ints, got {v!r}")
-    return v
+    out = [as_int(e) for e in v]
+    if len(out) == 1:
+        out = out * 2
+    if len(out) != 2 or None in out:
+        raise TypeError(f"pydl.conv2d: {name} must be an int or a tuple of 2 ints, got {list(v)!r}")
+    return out
 
 
 def _resolve_padding(padding, kh: int, kw: int, stride, dilation) -> List[int]:
@@ -269,8 +271,10 @@ def _check(input, weight, bias, stride, padding, dilation, groups, activation):
                                "on the same device")
     if activation not in ACTIVATIONS:
         raise ValueError(f"pydl.conv2d: activation must be None or 'relu', got {activation!r}")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
+    g = as_int(groups)
+    if g is None or g <= 0:
         raise RuntimeError(f"pydl.conv2d: groups must be a positive integer, got {groups!r}")
+    groups = g
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     if min(stride) <= 0:
         raise RuntimeError(f"pydl.conv2d: non-positive stride is not supported, got stride={tuple(stride)}")
@@ -294,7 +298,7 @@ def _check(input, weight, bias, stride, padding, dilation, groups, activation):
     if eh > H + pad[0] + pad[2] or ew > W + pad[1] + pad[3]:
         raise RuntimeError(f"pydl.conv2d: kernel size ({eh} x {ew}, dilation included) can't be greater "
                            f"than the padded input size ({H + pad[0] + pad[2]} x {W + pad[1] + pad[3]})")
-    return stride, pad, dilation
+    return stride, pad, dilation, groups
 
 
 def _autocast(*ts):
@@ -318,7 +322,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     """F.conv2d on the chosen backend, differentiable in input, weight and bias.
     activation="relu" fuses bias + ReLU into the kernel's epilogue."""
     input, weight, bias = _autocast(input, weight, bias)
-    stride, pad, dilation = _check(input, weight, bias, stride, padding, dilation, groups, activation)
+    stride, pad, dilation, groups = _check(input, weight, bias, stride, padding, dilation, groups,
+                                           activation)
     name = _dispatch.resolve("conv2d", input.device, backend)
     if name == "torch":
         y = F.conv2d(input, weight, bias, stride, padding, dilation, groups)

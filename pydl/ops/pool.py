@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _dispatch
-from ._util import _no_zero_grads, check_tensor, custom_op, differentiable, is_channels_last
+from ._util import _no_zero_grads, as_int, check_tensor, custom_op, differentiable, is_channels_last
 
 
 def _is_cl(x: torch.Tensor) -> bool:
@@ -330,15 +330,16 @@ def _pair(v, name: str, op: str, default=None) -> List[int]:
     """An int or a sequence of 1 or 2 ints -> [a, b]; None / () -> default."""
     if (v is None or (isinstance(v, (list, tuple)) and len(v) == 0)) and default is not None:
         return list(default)
-    if isinstance(v, bool) or not isinstance(v, (int, list, tuple, torch.SymInt)):
+    i = as_int(v)  # (an int, or an integer such as numpy's, as torch takes)
+    if i is not None:
+        return [i, i]
+    if not isinstance(v, (list, tuple)):
         raise TypeError(f"pydl.{op}: {name} must be an int or a tuple of two ints, got {v!r}")
-    if isinstance(v, (int, torch.SymInt)):
-        return [v, v]
-    if len(v) not in (1, 2) or not all(isinstance(e, (int, torch.SymInt)) and
-                                       not isinstance(e, bool) for e in v):
+    e = [as_int(x) for x in v]
+    if len(e) not in (1, 2) or None in e:
         raise RuntimeError(f"pydl.{op}: {name} must either be a single int, or a tuple of "
                            f"two ints, got {tuple(v)!r}")
-    return [v[0], v[0]] if len(v) == 1 else [v[0], v[1]]
+    return [e[0], e[0]] if len(e) == 1 else e
 
 
 def _check_input(x, op: str) -> None:
@@ -395,14 +396,15 @@ def _adaptive_size(x, output_size, op: str) -> List[int]:
             raise RuntimeError(f"pydl.{op}: output_size must be an int or a pair, got "
                                f"{tuple(output_size)!r}")
         o = list(output_size)
-    elif output_size is None or isinstance(output_size, (int, torch.SymInt)):
+    elif output_size is None or as_int(output_size) is not None:
         o = [output_size, output_size]
     else:
         raise TypeError(f"pydl.{op}: output_size must be an int, None or a pair, got "
                         f"{output_size!r}")
     o = [x.shape[-2 + i] if v is None else v for i, v in enumerate(o)]
-    if any(isinstance(v, bool) or not isinstance(v, (int, torch.SymInt)) for v in o):
+    if any(as_int(v) is None for v in o):
         raise TypeError(f"pydl.{op}: output_size entries must be ints or None, got {o!r}")
+    o = [as_int(v) for v in o]
     if o[0] < 0 or o[1] < 0:
         raise RuntimeError(f"pydl.{op}: output_size must be >= 0, got {tuple(o)}")
     return o
@@ -437,10 +439,12 @@ def avg_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: Optional[IntPa
     op = "avg_pool2d"
     _check_input(input, op)
     k, s, p, _, o = _fixed_geometry(input, kernel_size, stride, padding, 1, ceil_mode, op)
-    if divisor_override is not None and (isinstance(divisor_override, bool) or
-                                         not isinstance(divisor_override, int)):
-        raise TypeError(f"pydl.{op}: divisor_override must be an int or None, got "
-                        f"{divisor_override!r}")
+    if divisor_override is not None:
+        d = as_int(divisor_override)
+        if d is None:
+            raise TypeError(f"pydl.{op}: divisor_override must be an int or None, got "
+                            f"{divisor_override!r}")
+        divisor_override = d
     if divisor_override == 0:
         raise RuntimeError(f"pydl.{op}: divisor_override must not be zero")
     name = _dispatch.resolve(op, input.device, backend)
