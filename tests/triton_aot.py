@@ -393,9 +393,18 @@ def compile_all(records) -> int:
             # element (NCHW, odd channel counts) or are 4-/8-byte elements (FMA float32 /
             # float64, TF32), the largest tiles need more than 255 registers a thread, and
             # may spill up to SPILL_CAP bytes (the autotuner also has smaller tiles).
-            if stack > _spill_cap(fn, sig, consts, attrs):
-                problems.append(f"spills {stack} B of stack a thread "
-                                f"(at most {_spill_cap(fn, sig, consts, attrs)})")
+            cap = _spill_cap(fn, sig, consts, attrs)
+            note = ""
+            if stack > cap and cap == 0 and stack <= SPILL_CAP and not any(
+                    "LDL" in i or "STL" in i for body in _loop_bodies(k.asm["cubin"], tool) for i in body):
+                # On the fast path a spill is tolerated only outside every loop: values parked
+                # in local memory across the K loop (row offsets, epilogue addresses) and read
+                # back once per program, not per K step. Seen with Triton 3.6 and 3.8 on the
+                # strided (phase) input gradient with a channels_last weight, 128-row tiles.
+                note = f" (spills {stack} B outside its loops)"
+            elif stack > cap:
+                problems.append(f"spills {stack} B of stack a thread (at most {cap}"
+                                + (", and none inside a loop" if cap == 0 else "") + ")")
             # A kernel built for 32-bit indices must do no 64-bit division: on the GPU that is
             # a software routine of ~70 instructions, per element in a memory-bound kernel.
             div64 = len(re.findall(r"\b(?:div|rem)\.[su]64", k.asm["ptx"]))
@@ -410,7 +419,7 @@ def compile_all(records) -> int:
                 problems.append(f"shared memory {smem} B > {SMEM_LIMIT}")
             if regs * threads > REGS_PER_SM:
                 problems.append(f"{regs} registers x {threads} threads > {REGS_PER_SM}")
-            status = "; ".join(problems) if problems else "ok"
+            status = "; ".join(problems) if problems else "ok" + note
             failures += bool(problems)
             print(f"[{i + 1}/{len(records)}] {status}: {label} (smem {smem} B, {regs} regs, "
                   f"stack {stack} B, {div64} div64, {time.time() - t0:.1f} s)", flush=True)
