@@ -154,6 +154,23 @@ def _usable_on(name: str, device: str) -> Optional[str]:
     return f"the {name} backend cannot run on {device} tensors ({st.detail})"
 
 
+def _resolve_meta(op: str, name: str) -> str:
+    """Meta tensors carry shapes, dtypes and strides, no data (a model built under
+    `torch.device("meta")` for shape inference or deferred initialization). The C++ ops
+    (the cpu and cuda backends' pydl:: ops) run on them through the dispatcher's Meta key:
+    their registered shape functions -- the fake kernels opcheck holds to the real ones --
+    give what a kernel would return, and nothing is computed. The Triton backend's eager
+    path launches its kernels from Python, so it refuses meta tensors."""
+    if name in ("auto", "cpu", "cuda") and _STATUS["cpu"].compiled:
+        return "cpu"
+    if name == "torch":
+        return name
+    raise BackendUnavailable(
+        f"pydl.{op}: meta tensors run on the C++ ops' shape functions (backend 'cpu', 'cuda' or "
+        f"auto), " + ("which need pydl._C: " + _STATUS["cpu"].detail if not _STATUS["cpu"].compiled
+                     else f"not on the {name} backend"))
+
+
 _RESOLVED: dict = {}  # (op, requested, device type) -> backend; _STATUS never changes
 
 
@@ -168,6 +185,8 @@ def resolve(op: str, device: torch.device, explicit: Optional[str] = None) -> st
 
 
 def _resolve(op: str, name: str, dev: str) -> str:
+    if dev == "meta":
+        return _resolve_meta(op, name)
     if name == "auto":
         if dev == "cpu":
             name = "cpu"

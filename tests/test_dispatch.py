@@ -329,3 +329,30 @@ def test_torch_export_with_dynamic_shapes(backend, strict):
             if train:  # the exported program's buffers were updated as the eager twin's
                 torch.testing.assert_close(exported.state_dict()["1.running_mean"],
                                            twin.state_dict()["1.running_mean"])
+
+
+@pytest.mark.skipif(not pydl.backends()["cpu"].compiled, reason="the C++ extension is not built")
+def test_meta_tensors_run_the_shape_functions():
+    """A model on the meta device (shape inference, deferred initialization): the C++ ops
+    run their registered shape functions through the dispatcher's Meta key, forward and
+    backward, giving torch's shapes and strides in both layouts; an optimizer steps on
+    meta parameters; the Triton backend (whose eager path launches kernels) refuses meta
+    tensors with BackendUnavailable."""
+    from torch import nn
+    with torch.device("meta"):
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                            nn.MaxPool2d(2), nn.AvgPool2d(2, ceil_mode=True), nn.AdaptiveMaxPool2d(3),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    model = pydl.convert(net)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.empty(2, 3, 9, 9, device="meta").to(memory_format=fmt).requires_grad_()
+        xt = x.detach().clone().requires_grad_()
+        y, yt = model(x), net(xt)
+        assert y.device.type == "meta" and (y.shape, y.stride()) == (yt.shape, yt.stride())
+        y.sum().backward()
+        yt.sum().backward()
+        assert (x.grad.shape, x.grad.stride()) == (xt.grad.shape, xt.grad.stride())
+        assert model[0].weight.grad.shape == net[0].weight.grad.shape
+    pydl.optim.Adam(model.parameters()).step()
+    with pytest.raises(BackendUnavailable, match="meta"):
+        pydl.functional.relu(torch.empty(3, device="meta"), backend="triton")
