@@ -10,44 +10,28 @@
 // work (a window's taps x up to CHUNK channels) to pay for not being inlined.
 
 // Sum of row[b], row[b + 1], ..., row[e - 1] (a contiguous run: global average pooling's
-// whole plane). kParts independent partial sums, value i going to part i % kParts, added in
-// a fixed tree: the compiler turns them into vector adds -- two 16-float vectors with
-// AVX-512, two add chains (one accumulator would be a serial chain it may not reorder) --,
-// and the order, the same for every instruction set (no multiply-adds involved), gives the
-// same bits on every run and every machine. The values past the last whole group go to a
-// scalar of their own: adding them to part[j] at a run-time j made the compiler keep the
-// parts in memory, and every step of the tree then waited on a vector store (store
-// forwarding) -- for ResNet's 7x7 maps that was most of the time.
-static constexpr int kParts = 32;
-template <typename T>
+// whole plane). Parts independent partial sums, value i going to part i % Parts, added in
+// a fixed tree: the compiler turns them into vector adds -- for kParts = 32, two 16-float
+// vectors with AVX-512, two add chains (one accumulator would be a serial chain it may not
+// reorder) --, and the order, the same for every instruction set (no multiply-adds
+// involved), gives the same bits on every run and every machine. The values past the last
+// whole group go to a scalar of their own: adding them to part[j] at a run-time j made the
+// compiler keep the parts in memory, and every step of the tree then waited on a vector
+// store (store forwarding) -- for ResNet's 7x7 maps that was most of the time.
+// A short run (a plane of fewer than 2 x kParts values, such as those 7x7 maps) takes
+// kSmallParts: with 32, a 49-value plane would be one group, a tail of 17 and a 31-add
+// tree; with 8 it is six 8-value vector adds, one scalar and a 7-add tree.
+static constexpr int kParts = 32, kSmallParts = 8;
+template <int Parts = kParts, typename T>
 static at::opmath_type<T> run_sum(const T* __restrict row, int64_t b, int64_t e) {
   using C = at::opmath_type<T>;
-  C part[kParts] = {};
+  C part[Parts] = {};
   int64_t i = b;
-  for (; i + kParts <= e; i += kParts)
-    for (int j = 0; j < kParts; ++j) part[j] += static_cast<C>(row[i + j]);
+  for (; i + Parts <= e; i += Parts)
+    for (int j = 0; j < Parts; ++j) part[j] += static_cast<C>(row[i + j]);
   C tail = 0;
   for (; i < e; ++i) tail += static_cast<C>(row[i]);
-  for (int w = kParts / 2; w > 0; w /= 2)
-    for (int j = 0; j < w; ++j) part[j] += part[j + w];
-  return part[0] + tail;
-}
-
-// The same with kSmallParts partial sums, for a short run (a plane of fewer than 2 x kParts
-// values, such as the 7x7 maps of a ResNet's last stage): with kParts, a 49-value plane
-// would be one group of 32, a tail of 17 and a 31-add tree; here it is six 8-value vector
-// adds, one scalar and a 7-add tree.
-static constexpr int kSmallParts = 8;
-template <typename T>
-static at::opmath_type<T> short_run_sum(const T* __restrict row, int64_t n) {
-  using C = at::opmath_type<T>;
-  C part[kSmallParts] = {};
-  int64_t i = 0;
-  for (; i + kSmallParts <= n; i += kSmallParts)
-    for (int j = 0; j < kSmallParts; ++j) part[j] += static_cast<C>(row[i + j]);
-  C tail = 0;
-  for (; i < n; ++i) tail += static_cast<C>(row[i]);
-  for (int w = kSmallParts / 2; w > 0; w /= 2)
+  for (int w = Parts / 2; w > 0; w /= 2)
     for (int j = 0; j < w; ++j) part[j] += part[j + w];
   return part[0] + tail;
 }
@@ -56,7 +40,7 @@ static at::opmath_type<T> short_run_sum(const T* __restrict row, int64_t n) {
 template <typename T>
 static void plane_means(const T* __restrict x, T* __restrict y, int64_t n, int64_t hw, at::opmath_type<T> dv) {
   if (hw < 2 * kParts) {
-    for (int64_t p = 0; p < n; ++p) y[p] = static_cast<T>(short_run_sum(x + p * hw, hw) / dv);
+    for (int64_t p = 0; p < n; ++p) y[p] = static_cast<T>(run_sum<kSmallParts>(x + p * hw, 0, hw) / dv);
     return;
   }
   for (int64_t p = 0; p < n; ++p) y[p] = static_cast<T>(run_sum(x + p * hw, 0, hw) / dv);
