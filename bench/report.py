@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from collections import OrderedDict
 
@@ -71,11 +72,8 @@ def geomeans(rows) -> list[dict]:
     out = []
     for (op, net, dt, lay, mode), per in acc.items():
         for impl, xs in per.items():
-            prod = 1.0
-            for x in xs:
-                prod *= x
             out.append({"op": op, "net": net, "dtype": dt, "layout": lay, "mode": mode, "impl": impl,
-                        "geomean": prod ** (1.0 / len(xs)), "n": len(xs)})
+                        "geomean": statistics.geometric_mean(xs), "n": len(xs)})
     return out
 
 

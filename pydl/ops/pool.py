@@ -401,10 +401,10 @@ def _adaptive_size(x, output_size, op: str) -> List[int]:
     else:
         raise TypeError(f"pydl.{op}: output_size must be an int, None or a pair, got "
                         f"{output_size!r}")
-    o = [x.shape[-2 + i] if v is None else v for i, v in enumerate(o)]
-    if any(as_int(v) is None for v in o):
-        raise TypeError(f"pydl.{op}: output_size entries must be ints or None, got {o!r}")
-    o = [as_int(v) for v in o]
+    given = [x.shape[-2 + i] if v is None else v for i, v in enumerate(o)]
+    o = [as_int(v) for v in given]
+    if None in o:
+        raise TypeError(f"pydl.{op}: output_size entries must be ints or None, got {given!r}")
     if o[0] < 0 or o[1] < 0:
         raise RuntimeError(f"pydl.{op}: output_size must be >= 0, got {tuple(o)}")
     return o

@@ -246,14 +246,14 @@ class _FusedStep:
             for name, fill in spec:
                 lists[name].append(_step_tensor(st, p) if name == "step"
                                    else self._state_tensor(st, name, p, fill))
-        e = _Prepared()
-        # keys: this step's _with_grads list -- the group's params that have a gradient
-        e.group, e.state, e.keys, e.all_params = group, state, keys, list(group["params"])
-        e.no_grad = [p.grad is None for p in e.all_params]
-        e.sts, e.where, e.spec, e.lists, e.buckets = sts, where, spec, lists, self._buckets(where)
-        if not torch.compiler.is_compiling():
-            self._prepared[id(group)] = e
-        return lists, e.buckets
+        buckets = self._buckets(where)
+        if not torch.compiler.is_compiling():  # (a compiled step is traced once: kept by nobody)
+            e = self._prepared[id(group)] = _Prepared()
+            # keys: this step's _with_grads list -- the group's params that have a gradient
+            e.group, e.state, e.keys, e.all_params = group, state, keys, list(group["params"])
+            e.no_grad = [p.grad is None for p in e.all_params]
+            e.sts, e.where, e.spec, e.lists, e.buckets = sts, where, spec, lists, buckets
+        return lists, buckets
 
     def _amp(self, device):
         """What GradScaler set on us, on `device`: dict(grad_scale=..., found_inf=...)."""
