@@ -250,12 +250,14 @@ void run(const Cfg& cf, int sms) {
   });
 }
 
-// An empty batch (M = 0): the statistics are NaN (0 / 0, as torch), the backward sums 0;
-// the launchers skip the partials of the statistics and the elementwise passes.
+// No values per channel (M = 0): an empty batch, or (NCHW, planes = true) a batch of empty
+// planes, e.g. input (2, C, 0, 5) -- outer = 2, inner = 0, which the planes walk must not
+// divide by. The statistics are NaN (0 / 0, as torch), the backward sums 0; the launchers
+// skip the partials of the statistics and the elementwise passes.
 template <typename T>
-void run_empty(int64_t C, bool cl) {
+void run_empty(int64_t C, bool cl, bool planes = false) {
   using Cc = typename OpMath<T>::type;
-  const int64_t outer = 0, inner = cl ? 1 : 9, M = 0;
+  const int64_t outer = planes ? 2 : 0, inner = cl ? 1 : planes ? 0 : 9, M = 0;
   const ReduceGrid rg = reduce_grid(outer, C, inner);
   const T* x = nullptr;  // nothing may be read
   std::vector<Cc> ws(2 * C * rg.B, Cc(NAN)), mo(C, Cc(0)), vo(C, Cc(0)), var(C, Cc(1));
@@ -264,7 +266,8 @@ void run_empty(int64_t C, bool cl) {
   });
   bool nan = true;
   for (int64_t c = 0; c < C; ++c) nan &= std::isnan(double(mo[c])) && std::isnan(double(vo[c]));
-  const std::string base = std::string(tname<T>()) + (cl ? " NHWC" : " NCHW") + " empty batch C" + std::to_string(C);
+  const std::string base = std::string(tname<T>()) + (cl ? " NHWC" : " NCHW") +
+                           (planes ? " empty planes C" : " empty batch C") + std::to_string(C);
   report(base + " stats NaN", nan ? 0 : INFINITY, 0);
   std::vector<Cc> s1(C, Cc(NAN)), s2(C, Cc(NAN));
   launch(Dim3(unsigned(rg.tiles), unsigned(rg.B)), Dim3(rg.tx, rg.ty), [&] {
@@ -303,8 +306,10 @@ int main() {
     run<float>(c, 1);
     run<double>(c, 1);
   }
-  for (int64_t C : {1, 3, 40})
+  for (int64_t C : {1, 3, 40}) {
     for (bool cl : {false, true}) run_empty<float>(C, cl);
+    run_empty<float>(C, false, true);
+  }
   for (int sms : {1, 132})
     for (const auto& c : cfgs) {
       run<float>(c, sms);

@@ -170,6 +170,24 @@ def test_bad_input_raises_clearly(family, backend, device):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_zero_size_inputs_as_torch(backend, device):
+    """Every op on inputs with empty dimensions (batch, channels, H, W; both layouts;
+    forward and backward) agrees with torch -- both raise, or both return the same shapes,
+    values and gradients -- except the differences tests/zero_size.py lists with their
+    reasons. Runs in a subprocess: a batch norm over empty planes (input (2, 3, 0, 5)) once
+    divided by the plane size and killed the process with SIGFPE."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zero_size.py")
+    r = subprocess.run([sys.executable, script, backend, device], capture_output=True, text=True,
+                       timeout=900)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines and lines[-1].startswith("DONE"), \
+        f"the sweep died (rc {r.returncode}) after: {lines[-1:]}\n{r.stderr[-1500:]}"
+    diffs = [ln for ln in lines if ln.startswith("DIFF")]
+    assert not diffs, "\n".join(diffs)
+    assert sum(ln.startswith("SAME") for ln in lines) > 300
+
+
 # ---------------------------------------------------------------------------- fuzzing
 SIZES = st.sampled_from([1, 2, 3, 5, 7, 13])
 

@@ -82,7 +82,9 @@ void for_each_block(const BnShape& s, Rows&& rows, Plane&& plane) {
   if (s.inner == 1) {
     at::parallel_for(0, s.outer, std::max<int64_t>(1, GRAIN / std::max<int64_t>(1, s.C)), rows);
   } else {
-    at::parallel_for(0, s.outer * s.C, std::max<int64_t>(1, GRAIN / s.inner), [&](int64_t b, int64_t e) {
+    // (inner may be 0: planes with no values, e.g. input of shape (2, 3, 0, 5))
+    at::parallel_for(0, s.outer * s.C, std::max<int64_t>(1, GRAIN / std::max<int64_t>(1, s.inner)),
+                     [&](int64_t b, int64_t e) {
       for (int64_t pl = b; pl < e; ++pl) plane(pl);
     });
   }

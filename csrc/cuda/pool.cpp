@@ -35,8 +35,9 @@ at::Tensor prepare_input(const at::Tensor& x, bool* cl) {
   check_floating(x, "input");
   PYDL_CHECK(x.is_cuda(), "input must be a CUDA tensor");
   PYDL_CHECK(x.dim() == 4, "input must be 4-D (N, C, H, W), got ", x.dim(), "-D");
-  PYDL_CHECK(x.size(1) > 0 && x.size(2) > 0 && x.size(3) > 0,
-             "input must have non-zero C, H and W, got ", x.sizes());
+  // (no channels is allowed here: the output is empty; pydl.ops.pool applies torch's
+  // per-op rules, which allow that for adaptive average pooling only)
+  PYDL_CHECK(x.size(2) > 0 && x.size(3) > 0, "input must have non-zero H and W, got ", x.sizes());
   const at::MemoryFormat fmt = x.suggest_memory_format();
   *cl = fmt == at::MemoryFormat::ChannelsLast;
   return x.contiguous(fmt);

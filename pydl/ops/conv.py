@@ -282,6 +282,13 @@ def _check(input, weight, bias, stride, padding, dilation, groups, activation):
         raise RuntimeError(f"pydl.conv2d: dilation must be positive, got dilation={tuple(dilation)}")
     C = input.shape[-3]
     OC, Cg, KH, KW = weight.shape
+    if OC == 0:
+        raise RuntimeError(f"pydl.conv2d: weight must have at least one output channel "
+                           f"(weight.shape[0] >= 1), got weight of shape {tuple(weight.shape)}")
+    if input.numel() == 0 and C > 0 and (input.dim() == 3 or input.shape[0] > 0):
+        # torch's rule: an empty input may have an empty batch or no channels, not empty planes
+        raise RuntimeError(f"pydl.conv2d: only an empty batch or zero input channels are "
+                           f"supported for an empty input, got input of shape {tuple(input.shape)}")
     if OC % groups != 0:
         raise RuntimeError(f"pydl.conv2d: out_channels ({OC}, weight.shape[0]) must be divisible by "
                            f"groups ({groups})")
@@ -314,6 +321,26 @@ def _autocast(*ts):
                  for t in ts)
 
 
+class _NoInputChannels(torch.autograd.Function):
+    """torch's convention for an input with zero channels: the output has zero channels
+    too, shape (N, 0, OH, OW) -- torch's eager, meta and compiled convolutions all give that
+    shape, whatever the weight's out_channels (no sum over zero channels is formed, so no
+    bias is added). Gradients: zeros for x and weight (both have no elements) and for bias
+    (the output, having no elements, does not depend on it)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, stride, pad, dilation, out_cl):
+        ctx.shapes = (x.shape, w.shape, None if b is None else b.shape)
+        oh, ow = _out_size(x.shape[2], x.shape[3], w.shape[2], w.shape[3], stride, pad, dilation)
+        return _empty4((x.shape[0], 0, oh, ow), x, out_cl)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grads = [None if s is None or not need else grad.new_zeros(s)
+                 for s, need in zip(ctx.shapes, ctx.needs_input_grad)]
+        return (*grads, None, None, None, None)
+
+
 # -------------------------------------------------------------------------- entry point
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
            stride: Union[int, Sequence[int]] = 1, padding: Union[int, Sequence[int], str] = 0,
@@ -331,6 +358,9 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     out_cl = _is_cl(x) or _weight_cl(weight)
+    if x.shape[1] == 0:
+        y = _NoInputChannels.apply(x, weight, bias, stride, pad, dilation, out_cl)
+        return y.squeeze(0) if unbatched else y
     y = _OPS[name].conv2d_fwd(x, weight, bias, stride, pad, dilation, groups,
                               activation or "none", out_cl)
     return y.squeeze(0) if unbatched else y

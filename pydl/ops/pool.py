@@ -342,12 +342,19 @@ def _pair(v, name: str, op: str, default=None) -> List[int]:
     return [e[0], e[0]] if len(e) == 1 else e
 
 
-def _check_input(x, op: str) -> None:
+def _check_input(x, op: str, empty_channels: bool = False) -> None:
+    """torch's rule for what may be empty: the batch; with empty_channels (adaptive
+    average pooling; adaptive max pooling of unbatched input) also the channels -- never H
+    or W."""
     check_tensor(x, "input", op)
     if x.dim() not in (3, 4):
         raise RuntimeError(f"pydl.{op}: input must be 3-D (C, H, W) or 4-D (N, C, H, W), "
                            f"got {x.dim()}-D with shape {tuple(x.shape)}")
-    if any(s == 0 for s in x.shape[-3:]) or (x.dim() == 3 and x.numel() == 0):
+    if empty_channels:
+        if x.shape[-1] == 0 or x.shape[-2] == 0:
+            raise RuntimeError(f"pydl.{op}: input must have non-zero H and W (the batch and "
+                               f"the channels may be empty), got shape {tuple(x.shape)}")
+    elif any(s == 0 for s in x.shape[-3:]) or (x.dim() == 3 and x.numel() == 0):
         raise RuntimeError(f"pydl.{op}: input must have non-zero C, H and W (only the batch "
                            f"may be empty), got shape {tuple(x.shape)}")
 
@@ -458,7 +465,7 @@ def avg_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: Optional[IntPa
 
 def adaptive_avg_pool2d(input: torch.Tensor, output_size, backend: Optional[str] = None):
     op = "adaptive_avg_pool2d"
-    _check_input(input, op)
+    _check_input(input, op, empty_channels=True)
     o = _adaptive_size(input, output_size, op)
     name = _dispatch.resolve(op, input.device, backend)
     if name == "torch":
@@ -471,7 +478,8 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size, backend: Optional[str]
 def adaptive_max_pool2d(input: torch.Tensor, output_size, return_indices: bool = False,
                         backend: Optional[str] = None):
     op = "adaptive_max_pool2d"
-    _check_input(input, op)
+    # torch's check treats an unbatched input's channels as its batch: they may be empty
+    _check_input(input, op, empty_channels=input.dim() == 3)
     o = _adaptive_size(input, output_size, op)
     name = _dispatch.resolve(op, input.device, backend)
     if name == "torch":
