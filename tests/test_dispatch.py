@@ -6,6 +6,7 @@ import torch
 import pydl
 from pydl import _dispatch
 from pydl._dispatch import BackendStatus, BackendUnavailable
+from conftest import backend_params
 
 CPU = torch.device("cpu")
 
@@ -282,6 +283,117 @@ def test_torch_func_grad(backend):
     ours = torch.func.grad(lambda a: net(F, a, backend=backend))(x)
     ref = torch.func.grad(lambda a: net(TF, a))(x)
     torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12)
+
+
+def _vmap_cases(F, kw, dev, dt):
+    """(name, function, args, in_dims) per op: what torch.vmap maps pydl's ops over."""
+    g = torch.Generator().manual_seed(1)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dev, dt)
+    x, w, b = r(3, 2, 4, 7, 6), r(5, 4, 3, 3), r(5)
+    ws, c = r(3, 6, 2, 3, 3), r(4)
+    mean, var = r(4), r(4).abs() + 0.5
+    return [
+        ("conv2d", lambda x: F.conv2d(x, w, b, stride=2, padding=1, **kw), (x,), 0),
+        ("conv2d batch dim 1", lambda x: F.conv2d(x, w, None, padding=(0, 1), **kw),
+         (x.movedim(0, 1),), 1),
+        ("conv2d batched weight (an ensemble)", lambda x, w: F.conv2d(x, w, groups=2, **kw),
+         (x, ws), 0),
+        ("relu", lambda x: F.relu(x, **kw), (x,), 0),
+        ("leaky_relu", lambda x: F.leaky_relu(x, 0.1, **kw), (x,), 0),
+        ("elu", lambda x: F.elu(x, **kw), (x,), 0),
+        ("sigmoid", lambda x: F.sigmoid(x, **kw), (x,), 0),
+        ("relu_ in place", lambda x: F.relu_(x.clone(), **kw), (x,), 0),
+        ("max_pool2d", lambda x: F.max_pool2d(x, 3, 2, 1, return_indices=True, **kw), (x,), 0),
+        ("avg_pool2d", lambda x: F.avg_pool2d(x, 2, ceil_mode=True, **kw), (x,), 0),
+        ("adaptive_avg_pool2d", lambda x: F.adaptive_avg_pool2d(x, (3, 2), **kw), (x,), 0),
+        ("adaptive_max_pool2d", lambda x: F.adaptive_max_pool2d(x, 3, return_indices=True, **kw),
+         (x,), 0),
+        ("batch_norm eval", lambda x: F.batch_norm(x, mean, var, c, c, False, **kw), (x,), 0),
+        ("batch_norm train, no running stats",
+         lambda x: F.batch_norm(x, None, None, c, c, True, **kw), (x,), 0),
+    ]
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_vmap_as_torch(backend, device):
+    """torch.vmap over pydl's ops (pydl.ops._vmap's rules) gives torch's vmap results: a
+    batch dimension first or elsewhere, a batched weight, in-place activations, indices,
+    per-sample batch statistics; and torch.func.grad inside it -- each op's gradient."""
+    dt = torch.float64 if device == "cpu" else torch.float32
+    tol = dict(rtol=1e-9, atol=1e-12) if dt == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    ours = _vmap_cases(pydl.functional, {"backend": backend}, device, dt)
+    ref = _vmap_cases(torch.nn.functional, {}, device, dt)
+    for (name, f, args, d), (_, tf, _, _) in zip(ours, ref):
+        torch.testing.assert_close(torch.vmap(f, in_dims=d)(*args),
+                                   torch.vmap(tf, in_dims=d)(*args), **tol, msg=name)
+
+        def first(fn):
+            def loss(*a):
+                y = fn(*a)
+                return (y[0] if isinstance(y, tuple) else y).pow(2).sum()
+            return loss
+        grads = torch.vmap(torch.func.grad(first(f), argnums=tuple(range(len(args)))),
+                           in_dims=d)(*args)
+        grads_t = torch.vmap(torch.func.grad(first(tf), argnums=tuple(range(len(args)))),
+                             in_dims=d)(*args)
+        torch.testing.assert_close(grads, grads_t, **tol, msg=f"{name}: gradients")
+    # training batch norm updating shared running statistics from per-sample ones: an
+    # error, as torch's; without them (torch.func.replace_all_batch_norm_modules_), torch's
+    x = ref[0][2][0]
+    m = pydl.nn.BatchNorm2d(4, backend=backend).to(device, dt)
+    with pytest.raises(RuntimeError, match="track_running_stats=False"):
+        torch.vmap(m)(x)
+    m_t = torch.nn.BatchNorm2d(4).to(device, dt)
+    torch.func.replace_all_batch_norm_modules_(m)
+    torch.func.replace_all_batch_norm_modules_(m_t)
+    torch.testing.assert_close(torch.vmap(m)(x), torch.vmap(m_t)(x), **tol)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_per_sample_gradients(backend, device):
+    """The per-sample gradients recipe (torch.func: vmap(grad(loss)) with functional_call,
+    as Opacus-style differentially private training uses it) on a converted CNN gives
+    torch's per-sample gradients for every parameter: conv weight and bias gradients
+    per sample in one grouped call each (pydl.ops._vmap), batch norm in eval mode and
+    without running statistics, pooling, activations."""
+    from torch.func import functional_call, grad, vmap
+    dt = torch.float64 if device == "cpu" else torch.float32
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2), torch.nn.Conv2d(6, 4, 3, stride=2, groups=2),
+        torch.nn.BatchNorm2d(4, track_running_stats=False), torch.nn.LeakyReLU(0.2),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    model[1].running_mean.uniform_(-0.5, 0.5)
+    model[1].running_var.uniform_(0.5, 1.5)
+    model = model.to(device, dt).eval()
+    model[5].train()   # batch statistics, per sample
+    ours = pydl.convert(model, backend=backend)
+    assert sum(type(m).__module__.startswith("pydl") for m in ours.modules()) == 8
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    xs = torch.randn(4, 3, 13, 12, dtype=torch.float64).to(device, dt)
+    ys = torch.tensor([0, 2, 1, 2], device=device)
+
+    def loss(m):
+        def f(p, x, y):
+            out = functional_call(m, p, (x.unsqueeze(0),))
+            return torch.nn.functional.cross_entropy(out, y.unsqueeze(0))
+        return f
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got = vmap(grad(loss(ours)), in_dims=(None, 0, 0))(params, xs, ys)
+    want = vmap(grad(loss(model)), in_dims=(None, 0, 0))(params, xs, ys)
+    # the conv gradients are not computed sample by sample: each op is called once per
+    # layer at the batched level and once by its rule (4 samples would make 8+ calls)
+    calls = [e.name for e in prof.events()]
+    for name in ("conv2d_fwd", "conv2d_bwd_weight", "conv2d_bwd_bias", "conv2d_bwd_input"):
+        n = sum(c.endswith("::" + name) for c in calls)
+        assert 0 < n <= 4, (name, n)
+    tol = dict(rtol=1e-9, atol=1e-12) if dt == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    for k in want:
+        assert got[k].shape == (4, *params[k].shape), k
+        torch.testing.assert_close(got[k], want[k], **tol, msg=k)
 
 
 def test_gpu_run_order():

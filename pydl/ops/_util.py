@@ -256,6 +256,9 @@ def differentiable(qualname: str, setup_context, backward):
         # The same with forward and setup_context apart: the form torch.func transforms
         # (torch.func.grad, jacrev) require. Only used under them: its apply() binds the
         # arguments to forward's signature with inspect on every call, ~14 us of host time.
+        # Under vmap, forward and backward run with the ops' vmap rules (pydl.ops._vmap).
+        generate_vmap_rule = True
+
         @staticmethod
         def forward(*args):
             with _BELOW_AUTOGRAD():

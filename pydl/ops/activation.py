@@ -205,6 +205,11 @@ def act(x: torch.Tensor, kind: str, alpha: float = 0.0, inplace: bool = False,
         if kind == "elu" and alpha < 0:
             raise RuntimeError("pydl.elu: in-place elu with a negative alpha cannot be "
                                "differentiated; use inplace=False")
+        if torch._C._are_functorch_transforms_active():
+            # torch.func transforms (grad, vmap) cannot save an input an autograd.Function
+            # overwrote and returned; there the result is computed out of place (the same
+            # kernels, their vmap rules) and copied into x, which autograd differentiates
+            return x.copy_(_FWD[name](x, kind, alpha))
         return _InplaceAct.apply(x, name, kind, alpha)
     _inplace(ops, x, kind, alpha)
     return x

@@ -346,7 +346,20 @@ def update_running_stats(running_mean, running_var, mean, var, count: int,
         v = var * unbias
         stats.append(v if v.dtype == running_var.dtype else v.to(running_var.dtype))
         bufs.append(running_var)
-    if bufs:
+    if bufs and torch._C._are_functorch_transforms_active():
+        try:
+            with torch.no_grad():
+                torch._foreach_lerp_(bufs, [t.detach() for t in stats], momentum)
+        except RuntimeError as e:
+            if "atching rule" not in str(e):  # e.g. torch.func.grad: a captured buffer
+                raise
+            # under vmap: per-sample statistics, one shared buffer
+            raise RuntimeError(
+                "pydl.batch_norm: the input is batched (torch.vmap) while running_mean / "
+                "running_var, which training updates in place, are not; as with torch, use "
+                "track_running_stats=False, eval mode, or "
+                "torch.func.replace_all_batch_norm_modules_(model)") from e
+    elif bufs:
         if mean.requires_grad or var.requires_grad:  # not from pydl's ops; stay safe
             with torch.no_grad():
                 torch._foreach_lerp_(bufs, [t.detach() for t in stats], momentum)

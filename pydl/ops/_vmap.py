@@ -1,0 +1,178 @@
+"""vmap rules for pydl's ops: torch.func.vmap over pydl layers -- per-sample gradients
+(vmap(grad(loss))), batched inputs, ensembles of weights -- as over torch's own.
+
+Under torch.vmap(f)(xs) each op is called once for the whole batch of B calls, with the
+vmapped dimension somewhere in each batched argument (`in_dims`). A rule turns that into
+calls of pydl's own kernels, in one of three ways:
+
+  fold    ops independent per sample along their leading dimension N -- activations,
+          pools, eval batch norm, the conv forward and input gradient when the weight is
+          not batched: (B, N, ...) -> (B*N, ...), one call, the result viewed as
+          (B, N, ...). An unbatched operand that must match the batched ones (the
+          indices of a max pool, an activation's saved tensor) is expanded to B first.
+  groups  the conv weight and bias gradients, whose sum over N must stay per sample: the
+          B samples' channels go side by side, (N, B*C, H, W), and a convolution with
+          B*groups groups computes every sample's gradient in one call -- group b*groups+j
+          is sample b's group j.
+  loop    everything else (a batched conv weight, training batch norm, whose statistics
+          are per sample): one call per sample, the results stacked.
+
+pydl's autograd.Functions set generate_vmap_rule (pydl.ops._util.differentiable), so
+vmap runs their forward and backward through these rules; the optimizer steps have none
+(they update parameters in place, nothing a vmap maps over)."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+Rule = Callable[..., tuple]
+
+
+def _front(t: Optional[torch.Tensor], d: Optional[int], B: int) -> Optional[torch.Tensor]:
+    """t with the vmapped dimension first; an unbatched t expanded to B (a view)."""
+    if t is None:
+        return None
+    return t.movedim(d, 0) if d is not None else t.expand(B, *t.shape)
+
+
+def _fold(t: torch.Tensor) -> torch.Tensor:
+    """(B, N, ...) -> (B*N, ...)."""
+    return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
+
+
+def _unfold(t: torch.Tensor, B: int, N: int) -> torch.Tensor:
+    """(B*N, ...) -> (B, N, ...) (a view, also of a channels-last result)."""
+    return t.reshape(B, N, *t.shape[1:])
+
+
+def _side_by_side(t: torch.Tensor) -> torch.Tensor:
+    """(B, N, C, H, W) -> (N, B*C, H, W): the samples' channels next to each other."""
+    B, N, C = t.shape[:3]
+    return t.movedim(0, 1).reshape(N, B * C, *t.shape[3:])
+
+
+def _slice(args: Sequence, in_dims: Sequence, b: int) -> list:
+    """Sample b's arguments (in_dims holds a list of Nones for a list argument)."""
+    return [a.select(d, b) if isinstance(a, torch.Tensor) and d is not None else a
+            for a, d in zip(args, in_dims)]
+
+
+def loop(op) -> Rule:
+    """One call per sample, results stacked along a new leading dimension."""
+    def rule(info, in_dims, *args):
+        outs = [op(*_slice(args, in_dims, b)) for b in range(info.batch_size)]
+        first = outs[0]
+        if first is None:  # an in-place op: each call wrote its sample's slice
+            return None, None
+        if isinstance(first, (tuple, list)):
+            return tuple(torch.stack(o) for o in zip(*outs)), (0,) * len(first)
+        return torch.stack(outs), 0
+    return rule
+
+
+def elementwise(op, tensors: int) -> Rule:
+    """An elementwise op whose first `tensors` arguments are tensors of one shape."""
+    def rule(info, in_dims, *args):
+        B = info.batch_size
+        ts = [_front(a, d, B) for a, d in zip(args[:tensors], in_dims[:tensors])]
+        return op(*ts, *args[tensors:]), 0
+    return rule
+
+
+def elementwise_(op) -> Rule:
+    """An in-place elementwise op on its first argument (a view of it, batch first, is
+    written in place)."""
+    def rule(info, in_dims, x, *rest):
+        op(x.movedim(in_dims[0], 0) if in_dims[0] is not None else x, *rest)
+        return None, None
+    return rule
+
+
+def fold(op, batched: Sequence[int], shared: Sequence[int] = (),
+         size_arg: Optional[int] = None) -> Rule:
+    """Fold B into N for the tensors at positions `batched` (N first; unbatched ones among
+    them expanded); the tensors at `shared` must be unbatched (else the op runs per sample);
+    size_arg: position of an [N, C, H, W] size argument, whose N becomes B*N."""
+    looped = loop(op)
+
+    def rule(info, in_dims, *args):
+        if any(in_dims[i] is not None for i in shared):
+            return looped(info, in_dims, *args)
+        B = info.batch_size
+        args = list(args)
+        N = None
+        for i in batched:
+            if args[i] is not None:
+                t = _front(args[i], in_dims[i], B)
+                N = t.shape[1]
+                args[i] = _fold(t)
+        if size_arg is not None:
+            size = list(args[size_arg])
+            N = size[0]
+            args[size_arg] = [B * size[0], *size[1:]]
+        out = op(*args)
+        if isinstance(out, (tuple, list)):
+            # per-sample outputs have N first; a 1-D output is a placeholder (the empty
+            # indices of a max pool asked for none) and is returned unbatched
+            return tuple(_unfold(o, B, N) if o.dim() > 1 else o for o in out), \
+                tuple(0 if o.dim() > 1 else None for o in out)
+        return _unfold(out, B, N), 0
+    return rule
+
+
+def conv_bwd_weight(op) -> Rule:
+    """Per-sample weight gradients in one grouped call (see `groups` above)."""
+    def rule(info, in_dims, grad, x, weight_size, stride, padding, dilation, groups,
+             channels_last):
+        B = info.batch_size
+        g, xs = _side_by_side(_front(grad, in_dims[0], B)), _side_by_side(_front(x, in_dims[1], B))
+        size = [B * weight_size[0], *weight_size[1:]]
+        dw = op(g, xs, size, stride, padding, dilation, B * groups, channels_last)
+        return dw.reshape(B, *weight_size), 0
+    return rule
+
+
+def conv_bwd_bias(op) -> Rule:
+    """Per-sample bias gradients: each sample's channels summed on their own."""
+    def rule(info, in_dims, grad):
+        B = info.batch_size
+        g = _front(grad, in_dims[0], B)
+        return op(_side_by_side(g)).view(B, g.shape[2]), 0
+    return rule
+
+
+def register(ns: str) -> None:
+    """vmap rules for the ops of namespace `ns` (pydl: the C++ backends; pydl_triton)."""
+    ops = getattr(torch.ops, ns)
+    table = {
+        # activations: x any shape
+        "act_fwd": elementwise(ops.act_fwd, 1),
+        "act_fwd_": elementwise_(ops.act_fwd_),
+        "act_bwd": elementwise(ops.act_bwd, 2),
+        # pools: 4-D (N, C, H, W) per sample; sizes are (H, W) only
+        "max_pool2d_fwd": fold(ops.max_pool2d_fwd, [0]),
+        "max_pool2d_bwd": fold(ops.max_pool2d_bwd, [0, 1]),
+        "avg_pool2d_fwd": fold(ops.avg_pool2d_fwd, [0]),
+        "avg_pool2d_bwd": fold(ops.avg_pool2d_bwd, [0]),
+        "adaptive_avg_pool2d_fwd": fold(ops.adaptive_avg_pool2d_fwd, [0]),
+        "adaptive_avg_pool2d_bwd": fold(ops.adaptive_avg_pool2d_bwd, [0]),
+        "adaptive_max_pool2d_fwd": fold(ops.adaptive_max_pool2d_fwd, [0]),
+        "adaptive_max_pool2d_bwd": fold(ops.adaptive_max_pool2d_bwd, [0, 1]),
+        "pool_gather": fold(ops.pool_gather, [0, 1]),
+        # convolution
+        "conv2d_fwd": fold(ops.conv2d_fwd, [0], shared=[1, 2]),
+        "conv2d_bwd_input": fold(ops.conv2d_bwd_input, [0], shared=[1], size_arg=2),
+        "conv2d_bwd_weight": conv_bwd_weight(ops.conv2d_bwd_weight),
+        "conv2d_bwd_bias": conv_bwd_bias(ops.conv2d_bwd_bias),
+        # batch norm: eval folds when the statistics and parameters are shared; training
+        # statistics are per sample
+        "bn_fwd_eval": fold(ops.bn_fwd_eval, [0, 5], shared=[1, 2, 3, 4]),
+        "bn_stats": loop(ops.bn_stats),
+        "bn_fwd_train": loop(ops.bn_fwd_train),
+        "bn_bwd_reduce": loop(ops.bn_bwd_reduce),
+        "bn_bwd_elemt": loop(ops.bn_bwd_elemt),
+        "bn_bwd": loop(ops.bn_bwd),
+    }
+    for name, rule in table.items():
+        torch.library.register_vmap(f"{ns}::{name}", rule)
