@@ -8,7 +8,9 @@ the old one, and state_dict keys do not change. Only modules whose type is *exac
 supported torch.nn class are converted: a user subclass may override forward, so it is
 left alone, as is any configuration a pydl class declares it does not support (its
 `unsupported(module)` classmethod returns the reason). Everything left is listed in the
-report.
+report. A layer that torch.nn.utils.parametrize re-typed (weight_norm, spectral_norm: a
+per-module class Parametrized<Name> over the layer's class) is converted as its layer
+class, the parametrization class rebuilt over pydl's.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 
 def _pairs() -> dict[type, type]:
@@ -48,6 +51,40 @@ def _retype(module: nn.Module, cls: type, **extra) -> nn.Module:
     new.__dict__ = {k: v for k, v in module.__dict__.items() if k != "backend"}
     new.__dict__.update(extra)
     return new
+
+
+def _parametrized_base(m: nn.Module) -> Optional[type]:
+    """The class a module had before torch.nn.utils.parametrize re-typed it (it makes a
+    class Parametrized<Name> per module, whose one base is the old class and which adds
+    only properties for the parametrized tensors and serialization guards), else None."""
+    cls = type(m)
+    if not parametrize.is_parametrized(m) or len(cls.__bases__) != 1 or "forward" in cls.__dict__:
+        return None
+    return cls.__bases__[0]
+
+
+_REBASED: dict = {}  # (parametrized class, new base) -> the same class over the new base
+
+
+def _rebased(cls: type, base: type) -> type:
+    """torch.nn.utils.parametrize's per-module class `cls` (its properties and guards) over
+    another base class, as parametrize would have made it for a module of class `base`:
+    remove_parametrizations then restores `base`."""
+    key = (cls, base)
+    if key not in _REBASED:
+        own = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+        _REBASED[key] = type(f"Parametrized{base.__name__}", (base,), own)
+    return _REBASED[key]
+
+
+def _deepcopy(model: nn.Module) -> nn.Module:
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError as e:
+        # e.g. pruning and the old weight_norm keep computed (non-leaf) tensors as attributes,
+        # which torch cannot deep-copy
+        raise RuntimeError(f"pydl: the model cannot be deep-copied ({e}); pass inplace=True to "
+                           "convert it in place") from e
 
 
 def _swap(model: nn.Module, decide) -> nn.Module:
@@ -82,10 +119,13 @@ def convert(model: nn.Module, backend: Optional[str] = None, inplace: bool = Fal
     pydl_classes = set(pairs.values())
     rep = ConvertReport()
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _deepcopy(model)
 
     def decide(name, m):
-        cls = type(m)
+        # a parametrized layer (weight_norm, spectral_norm, ...) is converted as its class
+        # before parametrizing, keeping its parametrizations
+        param = _parametrized_base(m)
+        cls = param or type(m)
         if cls in pydl_classes:  # already pydl: only a backend given now is applied
             if backend is not None:
                 m.backend = backend
@@ -101,8 +141,8 @@ def convert(model: nn.Module, backend: Optional[str] = None, inplace: bool = Fal
         if why:
             rep.left.append((name, cls.__name__, why))
             return None
-        rep.converted.append((name, cls.__name__))
-        return _retype(m, target, backend=backend)
+        rep.converted.append((name, type(m).__name__))
+        return _retype(m, _rebased(type(m), target) if param else target, backend=backend)
 
     model = _swap(model, decide)
     return (model, rep) if report else model
@@ -112,5 +152,12 @@ def revert(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Return `model` with every pydl layer turned back into its plain torch.nn class."""
     back = {v: k for k, v in _pairs().items()}
     if not inplace:
-        model = copy.deepcopy(model)
-    return _swap(model, lambda name, m: _retype(m, back[type(m)]) if type(m) in back else None)
+        model = _deepcopy(model)
+
+    def decide(name, m):
+        param = _parametrized_base(m)
+        cls = param or type(m)
+        if cls not in back:
+            return None
+        return _retype(m, _rebased(type(m), back[cls]) if param else back[cls])
+    return _swap(model, decide)

@@ -12,6 +12,7 @@ import torch
 from . import ops
 
 __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "elu", "elu_", "sigmoid", "tanh",
+           "batch_norm", "batch_norm_act",
            "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "conv2d"]
 
 
@@ -113,3 +114,9 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
            backend: Optional[str] = None) -> torch.Tensor:
     """F.conv2d. activation="relu" fuses bias + ReLU into the kernel's epilogue."""
     return ops.conv2d(input, weight, bias, stride, padding, dilation, groups, activation, backend)
+
+
+# torch.fx.symbolic_trace records each function above as one call_function node (as it
+# records torch.nn.functional's), instead of tracing into its argument checks
+for _name in __all__:
+    torch.fx.wrap(_name)

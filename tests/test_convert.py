@@ -137,3 +137,113 @@ def test_zoo_twin_outputs_match_torchvision():
 def test_lenet5_shapes():
     model = M.lenet5(layers=nn)
     assert model(torch.randn(3, 1, 32, 32)).shape == (3, 10)
+
+
+# ---------------------------------------------------------------------------- torch.fx
+def test_fx_traces_pydl_layers_as_leaves():
+    """torch.fx.symbolic_trace of a converted model gives torch's graph: each pydl layer one
+    call_module node (pydl.nn._fx), so the graph runs the layer itself -- its train/eval
+    mode is the module's at run time, not baked in at trace time; torchvision's
+    create_feature_extractor returns the same features as for the torch model."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18(weights=None, num_classes=10)
+    conv = pydl.convert(ref)
+    g_ref, g = torch.fx.symbolic_trace(ref), torch.fx.symbolic_trace(conv)
+    nodes = [(n.op, str(n.target)) for n in g.graph.nodes]
+    assert nodes == [(n.op, str(n.target)) for n in g_ref.graph.nodes]
+    assert sum(op == "call_module" for op, _ in nodes) == 60  # convs, BNs, ReLUs, pools, fc
+    x = torch.randn(2, 3, 48, 40)
+    g.eval()   # traced in training mode; the layers follow the graph module's mode
+    before = [b.clone() for b in conv.buffers()]
+    y = g(x)
+    assert all(torch.equal(a, b) for a, b in zip(before, conv.buffers()))
+    assert torch.equal(y, conv.eval()(x))
+    ref.eval()
+    outs = {"layer2": "f2", "avgpool": "pooled", "fc": "logits"}
+    fe, fe_ref = create_feature_extractor(conv, outs), create_feature_extractor(ref, outs)
+    got, want = fe(x), fe_ref(x)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert rel_err(got[k], want[k]) < 1e-5, k
+
+
+def test_fx_traces_functional_calls_as_nodes():
+    """A forward that calls pydl.functional directly traces to one call_function node per
+    call (torch.fx.wrap), as torch.nn.functional's calls do, and the graph computes the
+    same result."""
+    F = pydl.functional
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 3, 3, 3))
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = F.conv2d(x, self.w, padding=1)
+            y = F.batch_norm(y, self.bn.running_mean, self.bn.running_var, self.bn.weight,
+                             self.bn.bias, True, 0.1, 1e-5)
+            y = F.max_pool2d(F.relu(y), 2)
+            return F.adaptive_avg_pool2d(y, 1).flatten(1)
+
+    torch.manual_seed(0)
+    net = Net()
+    g = torch.fx.symbolic_trace(net)
+    targets = [n.target for n in g.graph.nodes if n.op == "call_function"]
+    assert targets == [F.conv2d, F.batch_norm, F.relu, F.max_pool2d, F.adaptive_avg_pool2d]
+    x = torch.randn(2, 3, 9, 8)
+    torch.manual_seed(1)
+    net2 = Net()
+    net2.load_state_dict(net.state_dict())
+    assert torch.equal(g(x), net2(x))
+    assert torch.equal(net.bn.running_mean, net2.bn.running_mean)
+
+
+# ------------------------------------------------------- parametrizations, pruning, hooks
+def test_parametrized_layers_convert_and_revert():
+    """A layer re-typed by torch.nn.utils.parametrize (weight_norm, spectral_norm: class
+    Parametrized<Name>) is converted with its parametrizations: pydl's kernels, the same
+    outputs and gradients of the original tensors, the same state_dict keys;
+    remove_parametrizations leaves the pydl class, revert the torch one."""
+    from torch.nn.utils import parametrizations, parametrize
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 4, 1))
+    parametrizations.weight_norm(ref[0])
+    parametrizations.spectral_norm(ref[3])
+    conv, rep = pydl.convert(ref, report=True)
+    assert not rep.left and [c for _, c in rep.converted].count("ParametrizedConv2d") == 2
+    for i in (0, 3):
+        assert isinstance(conv[i], pydl.nn.Conv2d) and parametrize.is_parametrized(conv[i])
+    assert conv.state_dict().keys() == ref.state_dict().keys()
+    ref.eval(), conv.eval()
+    x = torch.randn(2, 3, 9, 7)
+    assert rel_err(conv(x), ref(x)) < 1e-5
+    conv(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    for (n, p), q in zip(ref.named_parameters(), conv.parameters()):
+        assert rel_err(q.grad, p.grad) < 1e-5, n
+    parametrize.remove_parametrizations(conv[0], "weight")
+    assert type(conv[0]) is pydl.nn.Conv2d
+    back = pydl.revert(conv)
+    assert type(back[0]) is nn.Conv2d and type(back[3]).__bases__ == (nn.Conv2d,)
+    assert parametrize.is_parametrized(back[3])
+
+
+def test_pruned_model_converts_in_place():
+    """Pruning (and the old hook-based weight_norm) keeps computed tensors as attributes,
+    which torch cannot deep-copy: convert says to pass inplace=True, which works (the
+    pruning's forward pre-hook stays on the converted layer)."""
+    import torch.nn.utils.prune as prune
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 2, 1))
+    prune.l1_unstructured(ref[0], "weight", amount=0.5)
+    x = torch.randn(2, 3, 7, 7)
+    want = ref(x)
+    with pytest.raises(RuntimeError, match="inplace=True"):
+        pydl.convert(ref)
+    conv = pydl.convert(ref, inplace=True)
+    assert type(conv[0]) is pydl.nn.Conv2d
+    assert rel_err(conv(x), want) < 1e-5
+    assert int((conv[0].weight == 0).sum()) == 81  # half of 6*3*3*3

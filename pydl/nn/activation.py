@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from .. import functional as F
+from ._fx import FxLeaf
 
 
-class ReLU(nn.ReLU):
+class ReLU(FxLeaf, nn.ReLU):
     def __init__(self, inplace: bool = False, *, backend: Optional[str] = None):
         super().__init__(inplace)
         self.backend = backend
@@ -18,7 +19,7 @@ class ReLU(nn.ReLU):
         return F.relu(input, self.inplace, backend=self.backend)
 
 
-class LeakyReLU(nn.LeakyReLU):
+class LeakyReLU(FxLeaf, nn.LeakyReLU):
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False, *,
                  backend: Optional[str] = None):
         super().__init__(negative_slope, inplace)
@@ -28,7 +29,7 @@ class LeakyReLU(nn.LeakyReLU):
         return F.leaky_relu(input, self.negative_slope, self.inplace, backend=self.backend)
 
 
-class ELU(nn.ELU):
+class ELU(FxLeaf, nn.ELU):
     def __init__(self, alpha: float = 1.0, inplace: bool = False, *,
                  backend: Optional[str] = None):
         super().__init__(alpha, inplace)
@@ -38,7 +39,7 @@ class ELU(nn.ELU):
         return F.elu(input, self.alpha, self.inplace, backend=self.backend)
 
 
-class Sigmoid(nn.Sigmoid):
+class Sigmoid(FxLeaf, nn.Sigmoid):
     def __init__(self, *, backend: Optional[str] = None):
         super().__init__()
         self.backend = backend
@@ -47,7 +48,7 @@ class Sigmoid(nn.Sigmoid):
         return F.sigmoid(input, backend=self.backend)
 
 
-class Tanh(nn.Tanh):
+class Tanh(FxLeaf, nn.Tanh):
     def __init__(self, *, backend: Optional[str] = None):
         super().__init__()
         self.backend = backend

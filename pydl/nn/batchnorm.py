@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ._fx import FxLeaf
 
 # torch's batch norms take `bias=` (an affine weight without a bias) in recent releases only
 # (2.14 has it, 2.11 has not); pydl's take it exactly where the installed torch does, so the
@@ -59,7 +60,7 @@ class _PydlBatchNormMixin:
                               backend=self.backend)
 
 
-class BatchNorm1d(_PydlBatchNormMixin, nn.BatchNorm1d):
+class BatchNorm1d(FxLeaf, _PydlBatchNormMixin, nn.BatchNorm1d):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
                  *, bias: bool = True, backend: Optional[str] = None):
@@ -71,7 +72,7 @@ class BatchNorm1d(_PydlBatchNormMixin, nn.BatchNorm1d):
         return self._pydl_forward(input)
 
 
-class BatchNorm2d(_PydlBatchNormMixin, nn.BatchNorm2d):
+class BatchNorm2d(FxLeaf, _PydlBatchNormMixin, nn.BatchNorm2d):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
                  *, bias: bool = True, backend: Optional[str] = None):
@@ -115,7 +116,7 @@ class BatchNormAct2d(BatchNorm2d):
         return self._pydl_forward(input, residual, self.act, alpha)
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
+class SyncBatchNorm(FxLeaf, nn.SyncBatchNorm):
     """torch.nn.SyncBatchNorm on pydl kernels. In training, with torch.distributed
     initialized and more than one process in the group, the statistics span every
     process (pydl.ops.batchnorm.SyncBatchNormFunction: all_gather of per-process

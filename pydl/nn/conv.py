@@ -14,15 +14,19 @@ import torch.nn.functional as TF
 from torch import nn
 
 from .. import functional as F
+from ._fx import FxLeaf
 
 
-class Conv2d(nn.Conv2d):
+class Conv2d(FxLeaf, nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
                  device=None, dtype=None, *, backend: Optional[str] = None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                          bias, padding_mode, device, dtype)
         self.backend = backend
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(input, self.weight, self.bias)  # (torch's; see FxLeaf)
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor,
                       bias: Optional[torch.Tensor]) -> torch.Tensor:

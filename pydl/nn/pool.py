@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from .. import functional as F
+from ._fx import FxLeaf
 
 
-class MaxPool2d(nn.MaxPool2d):
+class MaxPool2d(FxLeaf, nn.MaxPool2d):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
                  return_indices: bool = False, ceil_mode: bool = False, *,
                  backend: Optional[str] = None):
@@ -23,7 +24,7 @@ class MaxPool2d(nn.MaxPool2d):
                             backend=self.backend)
 
 
-class AvgPool2d(nn.AvgPool2d):
+class AvgPool2d(FxLeaf, nn.AvgPool2d):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                  count_include_pad: bool = True, divisor_override: Optional[int] = None, *,
                  backend: Optional[str] = None):
@@ -36,7 +37,7 @@ class AvgPool2d(nn.AvgPool2d):
                             self.count_include_pad, self.divisor_override, backend=self.backend)
 
 
-class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+class AdaptiveAvgPool2d(FxLeaf, nn.AdaptiveAvgPool2d):
     def __init__(self, output_size, *, backend: Optional[str] = None):
         super().__init__(output_size)
         self.backend = backend
@@ -45,7 +46,7 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
         return F.adaptive_avg_pool2d(input, self.output_size, backend=self.backend)
 
 
-class AdaptiveMaxPool2d(nn.AdaptiveMaxPool2d):
+class AdaptiveMaxPool2d(FxLeaf, nn.AdaptiveMaxPool2d):
     def __init__(self, output_size, return_indices: bool = False, *,
                  backend: Optional[str] = None):
         super().__init__(output_size, return_indices)
