@@ -23,7 +23,8 @@ from torch import nn
 import pydl
 import pydl.functional as F
 from pydl.testing import check_against_torch, make_input
-from conftest import DTYPE_IDS, DTYPES, GPU, TRITON_TEST_CONFIG, backend_params, interpreted, needs_gxx, run_cuda_emulation
+from conftest import (DTYPE_IDS, DTYPES, GPU, TRITON_TEST_CONFIG, backend_params, interpreted, needs_gxx,
+                      run_cuda_emulation, run_with_cpu_simd)
 
 # torch's own warning when its reference pads for 'same' with an even kernel
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
@@ -459,6 +460,47 @@ def test_cpu_gemm_kernels_agree_bitwise(tmp_path):
         results.append(torch.load(path))
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+_DIRECT_SCRIPT = r"""
+import sys, torch
+import torch.nn.functional as TF
+import pydl  # noqa: F401
+from pydl.testing import make_input
+ops, out = torch.ops.pydl, []
+# the direct kernels (depthwise, < 4 output channels a group, K < 16): unit W stride runs
+# the per-ISA row loops (rows of 1, 16, 31 values: a vector, a tail), stride 2 the plain ones
+cases = [((2, 6, 9, 31), (6, 1, 3, 3), ([1, 1], [1] * 4, [1, 1], 6)),
+         ((2, 6, 7, 16), (6, 1, 3, 3), ([1, 1], [0, 1, 2, 1], [1, 2], 6)),
+         ((1, 4, 5, 33), (2, 4, 1, 3), ([1, 1], [0] * 4, [1, 1], 1)),
+         ((2, 6, 9, 17), (6, 1, 3, 3), ([2, 2], [1] * 4, [1, 1], 6)),
+         ((1, 3, 1, 1), (3, 1, 1, 1), ([1, 1], [0] * 4, [1, 1], 3))]
+for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+    for xs, ws, geom in cases:
+        x, w = make_input(xs, dt, seed=1), make_input(ws, dt, seed=2)
+        y = ops.conv2d_fwd(x, w, None, *geom, "none", False)
+        g = make_input(y.shape, dt, seed=3)
+        dx = ops.conv2d_bwd_input(g, w, list(x.shape), *geom, False)
+        dw = ops.conv2d_bwd_weight(g, x, list(w.shape), *geom, False)
+        xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+        pad, st, dil, groups = geom[1], geom[0], geom[2], geom[3]
+        yr = TF.conv2d(TF.pad(xr, (pad[1], pad[3], pad[0], pad[2])), wr, None, st, 0, dil, groups)
+        dxr, dwr = torch.autograd.grad(yr, [xr, wr], g.double())
+        tol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dt, 2e-2)
+        for a, r in ((y, yr), (dx, dxr), (dw, dwr)):
+            assert (a.double() - r).abs().max() <= tol * max(1.0, r.abs().max()), (dt, xs, ws)
+        out += [y, dx, dw]
+torch.save(out, sys.argv[1])
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["native", "avx2", "default"])
+def test_cpu_direct_conv_simd_copies(isa, tmp_path):
+    """The direct kernels' row loops (csrc/cpu/conv_loops.h) are compiled for AVX-512, AVX2
+    and the baseline; PYDL_CPU_SIMD caps the choice, so each copy this machine has runs
+    here against the float64 oracle, forward and both gradients, every dtype."""
+    run_with_cpu_simd(isa, ["-c", _DIRECT_SCRIPT, str(tmp_path / "out.pt")])
 
 
 def test_cpu_deterministic_any_thread_count():

@@ -84,6 +84,7 @@
 #include "common.h"
 #include "conv_common.h"
 #include "cpu/gemm.h"
+#include "cpu/simd.h"
 
 #include <ATen/Parallel.h>
 #if PYDL_GEMM_X86
@@ -391,12 +392,21 @@ inline int64_t task_target() { return 2 * static_cast<int64_t>(at::get_num_threa
 
 // --------------------------------------------------------------------- direct kernels
 // For depthwise-like convolutions (see the top of the file): one output plane per task,
-// an inner loop over ow (the previous version of this file, kept for these cases).
+// an inner loop over ow (the previous version of this file, kept for these cases). With a
+// unit stride along W, a tap's rows are contiguous in x and in the output, and a plane's
+// tap loops are csrc/cpu/conv_loops.h's, compiled per instruction set; other strides
+// gather (the plain loops here, the same sums in the same order).
 inline bool use_direct(const ConvShape& s) {
   return s.Cg() == 1 || s.OCg() < 4 || s.Cg() * s.KH * s.KW < 16;
 }
 
-template <typename T>
+// The weight gradient's partial sums per tap (see bwd_weight_direct).
+constexpr int kDirectLanes = 8;
+
+#define PYDL_SIMD_LOOPS "conv_loops.h"
+#include "simd_copies.h"
+
+template <class L, typename T>
 void fwd_direct(const T* x, const T* w, const T* b, T* y, const ConvShape s, const Strides4 ys, bool relu) {
   using C = at::opmath_type<T>;
   const int64_t Cg = s.Cg(), OCg = s.OCg(), plane = s.OH * s.OW;
@@ -408,6 +418,10 @@ void fwd_direct(const T* x, const T* w, const T* b, T* y, const ConvShape s, con
       for (int64_t c = 0; c < Cg; ++c) {
         const T* xp = x + ((n * s.C + g * Cg + c) * s.H) * s.W;
         const T* wp = w + (oc * Cg + c) * s.KH * s.KW;
+        if (s.sw == 1) {
+          L::fwd_taps(acc.data(), xp, wp, s);
+          continue;
+        }
         for (int64_t kh = 0; kh < s.KH; ++kh) {
           const Range rh = tap_range(s.H, s.OH, s.sh, s.ph, kh * s.dh);
           for (int64_t kw = 0; kw < s.KW; ++kw) {
@@ -433,7 +447,7 @@ void fwd_direct(const T* x, const T* w, const T* b, T* y, const ConvShape s, con
   });
 }
 
-template <typename T>
+template <class L, typename T>
 void bwd_input_direct(const T* dy, const T* w, T* dx, const ConvShape s, const Strides4 xs) {
   using C = at::opmath_type<T>;
   const int64_t Cg = s.Cg(), OCg = s.OCg(), plane = s.H * s.W;
@@ -446,6 +460,10 @@ void bwd_input_direct(const T* dy, const T* w, T* dx, const ConvShape s, const S
         const int64_t oc = g * OCg + j;
         const T* gp = dy + (n * s.OC + oc) * s.OH * s.OW;
         const T* wp = w + (oc * Cg + c) * s.KH * s.KW;
+        if (s.sw == 1) {
+          L::bwd_input_taps(acc.data(), gp, wp, s);
+          continue;
+        }
         for (int64_t kh = 0; kh < s.KH; ++kh) {
           const Range rh = tap_range(s.H, s.OH, s.sh, s.ph, kh * s.dh);
           for (int64_t kw = 0; kw < s.KW; ++kw) {
@@ -468,23 +486,30 @@ void bwd_input_direct(const T* dy, const T* w, T* dx, const ConvShape s, const S
   });
 }
 
-constexpr int kLanes = 8;
-
-template <typename T>
+template <class L, typename T>
 void bwd_weight_direct(const T* dy, const T* x, T* dw, const ConvShape s, const Strides4 wst) {
   using C = at::opmath_type<T>;
   const int64_t Cg = s.Cg(), OCg = s.OCg();
   at::parallel_for(0, s.OC * Cg, 1, [&](int64_t begin, int64_t end) {
+    std::vector<C> taps(s.KH * s.KW);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t oc = task / Cg, c = task % Cg, ic = (oc / OCg) * Cg + c;
+      if (s.sw == 1) {
+        L::bwd_weight_taps(taps.data(), dy + oc * s.OH * s.OW, s.OC * s.OH * s.OW, x + ic * s.H * s.W,
+                           s.C * s.H * s.W, s);
+        for (int64_t kh = 0; kh < s.KH; ++kh)
+          for (int64_t kw = 0; kw < s.KW; ++kw)
+            dw[oc * wst.n + c * wst.c + kh * wst.h + kw * wst.w] = static_cast<T>(taps[kh * s.KW + kw]);
+        continue;
+      }
       for (int64_t kh = 0; kh < s.KH; ++kh) {
         const Range rh = tap_range(s.H, s.OH, s.sh, s.ph, kh * s.dh);
         for (int64_t kw = 0; kw < s.KW; ++kw) {
           const Range rw = tap_range(s.W, s.OW, s.sw, s.pw, kw * s.dw);
-          // kLanes independent partial sums: a single running sum would be one long
+          // kDirectLanes independent partial sums: a single running sum would be one long
           // dependency chain the compiler may not vectorize (float addition is not
-          // associative); lanes j, j+kLanes, ... form a SIMD-friendly pattern.
-          C part[kLanes] = {};
+          // associative); lanes j, j+kDirectLanes, ... form a SIMD-friendly pattern.
+          C part[kDirectLanes] = {};
           C acc = 0;
           for (int64_t n = 0; n < s.N; ++n) {
             const T* gp = dy + (n * s.OC + oc) * s.OH * s.OW;
@@ -493,13 +518,13 @@ void bwd_weight_direct(const T* dy, const T* x, T* dw, const ConvShape s, const 
               const int64_t row = (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw;
               const T* g_row = gp + oh * s.OW;
               int64_t ow = rw.lo;
-              for (; ow + kLanes <= rw.hi; ow += kLanes)
-                for (int j = 0; j < kLanes; ++j)
+              for (; ow + kDirectLanes <= rw.hi; ow += kDirectLanes)
+                for (int j = 0; j < kDirectLanes; ++j)
                   part[j] += static_cast<C>(g_row[ow + j]) * static_cast<C>(xp[row + (ow + j) * s.sw]);
               for (; ow < rw.hi; ++ow) acc += static_cast<C>(g_row[ow]) * static_cast<C>(xp[row + ow * s.sw]);
             }
           }
-          for (int j = 0; j < kLanes; ++j) acc += part[j];
+          for (int j = 0; j < kDirectLanes; ++j) acc += part[j];
           dw[oc * wst.n + c * wst.c + kh * wst.h + kw * wst.w] = static_cast<T>(acc);
         }
       }
@@ -659,8 +684,10 @@ at::Tensor conv2d_fwd(const at::Tensor& x_in, const at::Tensor& w_in, const std:
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pydl_conv2d_fwd", [&] {
     const scalar_t* bp = has_b ? b.const_data_ptr<scalar_t>() : nullptr;
     if (direct) {
-      fwd_direct(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), s,
-                 strides_of(y), relu);
+      with_cpu_simd([&](auto loops) {
+        fwd_direct<decltype(loops)>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp,
+                                    y.mutable_data_ptr<scalar_t>(), s, strides_of(y), relu);
+      });
     } else {
       fwd_gemm(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp, y.mutable_data_ptr<scalar_t>(), s,
                strides_of(y), relu, w_cl);
@@ -784,8 +811,10 @@ at::Tensor conv2d_bwd_input(const at::Tensor& grad_in, const at::Tensor& w_in, a
   at::Tensor w = w_cl ? w_in : w_in.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "pydl_conv2d_bwd_input", [&] {
     if (direct) {
-      bwd_input_direct(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-                       s, strides_of(dx));
+      with_cpu_simd([&](auto loops) {
+        bwd_input_direct<decltype(loops)>(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                          dx.mutable_data_ptr<scalar_t>(), s, strides_of(dx));
+      });
     } else {
       bwd_input_gemm(dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
                      s, strides_of(dx), w_cl);
@@ -915,8 +944,10 @@ at::Tensor conv2d_bwd_weight(const at::Tensor& grad_in, const at::Tensor& x_in, 
   const bool direct = use_direct(s), dw_cl = !direct && tap_major_weight(dw);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "pydl_conv2d_bwd_weight", [&] {
     if (direct) {
-      bwd_weight_direct(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), dw.mutable_data_ptr<scalar_t>(),
-                        s, strides_of(dw));
+      with_cpu_simd([&](auto loops) {
+        bwd_weight_direct<decltype(loops)>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                           dw.mutable_data_ptr<scalar_t>(), s, strides_of(dw));
+      });
     } else {
       bwd_weight_gemm(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), dw.mutable_data_ptr<scalar_t>(),
                       s, strides_of(dw), dw_cl);
