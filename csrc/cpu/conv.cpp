@@ -419,7 +419,7 @@ void fwd_direct(const T* x, const T* w, const T* b, T* y, const ConvShape s, con
         const T* xp = x + ((n * s.C + g * Cg + c) * s.H) * s.W;
         const T* wp = w + (oc * Cg + c) * s.KH * s.KW;
         if (s.sw == 1) {
-          L::fwd_taps(acc.data(), xp, wp, s);
+          L::template taps<false>(acc.data(), xp, wp, s);
           continue;
         }
         for (int64_t kh = 0; kh < s.KH; ++kh) {
@@ -461,7 +461,7 @@ void bwd_input_direct(const T* dy, const T* w, T* dx, const ConvShape s, const S
         const T* gp = dy + (n * s.OC + oc) * s.OH * s.OW;
         const T* wp = w + (oc * Cg + c) * s.KH * s.KW;
         if (s.sw == 1) {
-          L::bwd_input_taps(acc.data(), gp, wp, s);
+          L::template taps<true>(acc.data(), gp, wp, s);
           continue;
         }
         for (int64_t kh = 0; kh < s.KH; ++kh) {
@@ -491,15 +491,15 @@ void bwd_weight_direct(const T* dy, const T* x, T* dw, const ConvShape s, const 
   using C = at::opmath_type<T>;
   const int64_t Cg = s.Cg(), OCg = s.OCg();
   at::parallel_for(0, s.OC * Cg, 1, [&](int64_t begin, int64_t end) {
-    std::vector<C> taps(s.KH * s.KW);
+    std::vector<C> dw_taps(s.KH * s.KW);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t oc = task / Cg, c = task % Cg, ic = (oc / OCg) * Cg + c;
       if (s.sw == 1) {
-        L::bwd_weight_taps(taps.data(), dy + oc * s.OH * s.OW, s.OC * s.OH * s.OW, x + ic * s.H * s.W,
+        L::bwd_weight_taps(dw_taps.data(), dy + oc * s.OH * s.OW, s.OC * s.OH * s.OW, x + ic * s.H * s.W,
                            s.C * s.H * s.W, s);
         for (int64_t kh = 0; kh < s.KH; ++kh)
           for (int64_t kw = 0; kw < s.KW; ++kw)
-            dw[oc * wst.n + c * wst.c + kh * wst.h + kw * wst.w] = static_cast<T>(taps[kh * s.KW + kw]);
+            dw[oc * wst.n + c * wst.c + kh * wst.h + kw * wst.w] = static_cast<T>(dw_taps[kh * s.KW + kw]);
         continue;
       }
       for (int64_t kh = 0; kh < s.KH; ++kh) {

@@ -14,10 +14,16 @@
 // the strided loops give them (the copies with FMA may fuse a multiply and its add: the
 // last bits can differ between machines, never between runs on one).
 
-// acc (an OH x OW plane) += every tap of the input plane xp (H x W) weighted by wp (KH x KW).
-template <typename T, typename C>
-static void fwd_taps(C* __restrict acc, const T* __restrict xp, const T* __restrict wp,
-                     const ConvShape& s) {
+// Every tap of one plane pair, out += w[kh, kw] * in, where a tap pairs output row oh
+// (offset yo in an OH x OW plane) with input row oh * sh - ph + kh * dh shifted by
+// kw * dw - pw (offset xo in an H x W plane):
+//   forward (kScatter = false): acc = the output plane, in = the input plane x: acc[yo..] +=
+//     w * x[xo..] -- a gather;
+//   input gradient (kScatter = true): acc = the dx plane, in = the dY plane: acc[xo..] +=
+//     w * dy[yo..] -- the same pairs, the transposed direction: a scatter.
+template <bool kScatter, typename T, typename C>
+static void taps(C* __restrict acc, const T* __restrict in, const T* __restrict wp,
+                 const ConvShape& s) {
   for (int64_t kh = 0; kh < s.KH; ++kh) {
     const Range rh = tap_range(s.H, s.OH, s.sh, s.ph, kh * s.dh);
     for (int64_t kw = 0; kw < s.KW; ++kw) {
@@ -25,29 +31,11 @@ static void fwd_taps(C* __restrict acc, const T* __restrict xp, const T* __restr
       const C wv = simd_load<C>(wp[kh * s.KW + kw]);
       const int64_t n = rw.hi - rw.lo;
       for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
-        const T* __restrict xr = xp + (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw + rw.lo;
-        C* __restrict a = acc + oh * s.OW + rw.lo;
-        for (int64_t i = 0; i < n; ++i) a[i] += wv * simd_load<C>(xr[i]);
-      }
-    }
-  }
-}
-
-// acc (an H x W plane of dx) += every tap of the output-gradient plane gp (OH x OW)
-// weighted by wp: the forward's gather transposed into a scatter, row by row.
-template <typename T, typename C>
-static void bwd_input_taps(C* __restrict acc, const T* __restrict gp, const T* __restrict wp,
-                           const ConvShape& s) {
-  for (int64_t kh = 0; kh < s.KH; ++kh) {
-    const Range rh = tap_range(s.H, s.OH, s.sh, s.ph, kh * s.dh);
-    for (int64_t kw = 0; kw < s.KW; ++kw) {
-      const Range rw = tap_range(s.W, s.OW, 1, s.pw, kw * s.dw);
-      const C wv = simd_load<C>(wp[kh * s.KW + kw]);
-      const int64_t n = rw.hi - rw.lo;
-      for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
-        C* __restrict a = acc + (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw + rw.lo;
-        const T* __restrict g = gp + oh * s.OW + rw.lo;
-        for (int64_t i = 0; i < n; ++i) a[i] += wv * simd_load<C>(g[i]);
+        const int64_t xo = (oh * s.sh - s.ph + kh * s.dh) * s.W - s.pw + kw * s.dw + rw.lo;
+        const int64_t yo = oh * s.OW + rw.lo;
+        C* __restrict a = acc + (kScatter ? xo : yo);
+        const T* __restrict v = in + (kScatter ? yo : xo);
+        for (int64_t i = 0; i < n; ++i) a[i] += wv * simd_load<C>(v[i]);
       }
     }
   }
