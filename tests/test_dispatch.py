@@ -396,6 +396,51 @@ def test_per_sample_gradients(backend, device):
         torch.testing.assert_close(got[k], want[k], **tol, msg=k)
 
 
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_model_ensemble_with_vmap(backend, device):
+    """torch.func's model ensembling (stack_module_state, then vmap over the stacked
+    parameters and buffers) of converted models gives torch's outputs and gradients; each
+    conv layer is one grouped call for all the models (pydl.ops._vmap), not one per model."""
+    import copy
+    from torch.func import functional_call, grad, stack_module_state, vmap
+    dt = torch.float64 if device == "cpu" else torch.float32
+    torch.manual_seed(0)
+
+    def make():
+        m = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6),
+                                torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Conv2d(6, 4, 3),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 1, 2))
+        m[1].running_mean.uniform_(-0.5, 0.5)
+        m[1].running_var.uniform_(0.5, 1.5)
+        return m.to(device, dt).eval()
+    models = [make() for _ in range(4)]
+    ours = [pydl.convert(m, backend=backend) for m in models]
+    x = torch.randn(5, 3, 8, 6, dtype=torch.float64).to(device, dt)
+
+    def run(ms):
+        params, buffers = stack_module_state(ms)
+        base = copy.deepcopy(ms[0]).to("meta")
+
+        def loss(p, b, x):
+            return functional_call(base, (p, b), (x,)).square().sum()
+        out = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None))(
+            params, buffers, x)
+        return out, vmap(grad(loss), in_dims=(0, 0, None))(params, buffers, x)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got, got_g = run(ours)
+    want, want_g = run(models)
+    tol = dict(rtol=1e-9, atol=1e-12) if dt == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got, want, **tol)
+    for k in want_g:
+        torch.testing.assert_close(got_g[k], want_g[k], **tol, msg=k)
+    calls = [e.name for e in prof.events()]
+    for name in ("conv2d_fwd", "conv2d_bwd_weight", "conv2d_bwd_input"):
+        n = sum(c.endswith("::" + name) for c in calls)
+        # 2 layers x 2 forwards (outputs, gradients) x (once batched + once by the rule) at
+        # most; a call per model would make 20 forward calls
+        assert 0 < n <= 8, (name, n)
+
+
 def test_gpu_run_order():
     """bench/gpu_validate.sh's capped test run (PYDL_TEST_TRITON_LAST=1) takes the CUDA C++
     tests first, then Triton on CUDA tensors, and the CPU tests (which CI runs) last."""

@@ -10,12 +10,12 @@ calls of pydl's own kernels, in one of three ways:
           not batched: (B, N, ...) -> (B*N, ...), one call, the result viewed as
           (B, N, ...). An unbatched operand that must match the batched ones (the
           indices of a max pool, an activation's saved tensor) is expanded to B first.
-  groups  the conv weight and bias gradients, whose sum over N must stay per sample: the
-          B samples' channels go side by side, (N, B*C, H, W), and a convolution with
-          B*groups groups computes every sample's gradient in one call -- group b*groups+j
-          is sample b's group j.
-  loop    everything else (a batched conv weight, training batch norm, whose statistics
-          are per sample): one call per sample, the results stacked.
+  groups  the conv weight and bias gradients, whose sum over N must stay per sample, and a
+          conv with a batched weight (an ensemble of models): the B samples' channels go
+          side by side, (N, B*C, H, W), and a convolution with B*groups groups computes
+          every sample's result in one call -- group b*groups+j is sample b's group j.
+  loop    everything else (eval batch norm with batched statistics, training batch norm,
+          whose statistics are per sample): one call per sample, the results stacked.
 
 pydl's autograd.Functions set generate_vmap_rule (pydl.ops._util.differentiable), so
 vmap runs their forward and backward through these rules; the optimizer steps have none
@@ -50,6 +50,12 @@ def _side_by_side(t: torch.Tensor) -> torch.Tensor:
     """(B, N, C, H, W) -> (N, B*C, H, W): the samples' channels next to each other."""
     B, N, C = t.shape[:3]
     return t.movedim(0, 1).reshape(N, B * C, *t.shape[3:])
+
+
+def _apart(t: torch.Tensor, B: int) -> torch.Tensor:
+    """(N, B*C, H, W) -> (B, N, C, H, W): _side_by_side undone (a view)."""
+    N, BC = t.shape[:2]
+    return t.reshape(N, B, BC // B, *t.shape[2:]).movedim(1, 0)
 
 
 def _slice(args: Sequence, in_dims: Sequence, b: int) -> list:
@@ -121,6 +127,42 @@ def fold(op, batched: Sequence[int], shared: Sequence[int] = (),
     return rule
 
 
+def conv_fwd(op) -> Rule:
+    """A shared weight: fold. A batched weight (an ensemble of models, torch.func's
+    stack_module_state): the samples side by side, B*groups groups, one call."""
+    folded = fold(op, [0], shared=[1, 2])
+
+    def rule(info, in_dims, x, w, b, stride, padding, dilation, groups, act, channels_last):
+        if in_dims[1] is None and in_dims[2] is None:
+            return folded(info, in_dims, x, w, b, stride, padding, dilation, groups, act,
+                          channels_last)
+        B = info.batch_size
+        ws = _front(w, in_dims[1], B)
+        bs = None if b is None else _front(b, in_dims[2], B).reshape(-1)
+        y = op(_side_by_side(_front(x, in_dims[0], B)), ws.reshape(-1, *ws.shape[2:]), bs,
+               stride, padding, dilation, B * groups, act, channels_last)
+        return _apart(y, B), 0
+    return rule
+
+
+def conv_bwd_input(op) -> Rule:
+    """The forward's two cases, transposed: fold, or (a batched weight) side by side."""
+    folded = fold(op, [0], shared=[1], size_arg=2)
+
+    def rule(info, in_dims, grad, w, input_size, stride, padding, dilation, groups,
+             channels_last):
+        if in_dims[1] is None:
+            return folded(info, in_dims, grad, w, input_size, stride, padding, dilation, groups,
+                          channels_last)
+        B = info.batch_size
+        ws = _front(w, in_dims[1], B)
+        N, C = input_size[0], input_size[1]
+        dx = op(_side_by_side(_front(grad, in_dims[0], B)), ws.reshape(-1, *ws.shape[2:]),
+                [N, B * C, *input_size[2:]], stride, padding, dilation, B * groups, channels_last)
+        return _apart(dx, B), 0
+    return rule
+
+
 def conv_bwd_weight(op) -> Rule:
     """Per-sample weight gradients in one grouped call (see `groups` above)."""
     def rule(info, in_dims, grad, x, weight_size, stride, padding, dilation, groups,
@@ -161,8 +203,8 @@ def register(ns: str) -> None:
         "adaptive_max_pool2d_bwd": fold(ops.adaptive_max_pool2d_bwd, [0, 1]),
         "pool_gather": fold(ops.pool_gather, [0, 1]),
         # convolution
-        "conv2d_fwd": fold(ops.conv2d_fwd, [0], shared=[1, 2]),
-        "conv2d_bwd_input": fold(ops.conv2d_bwd_input, [0], shared=[1], size_arg=2),
+        "conv2d_fwd": conv_fwd(ops.conv2d_fwd),
+        "conv2d_bwd_input": conv_bwd_input(ops.conv2d_bwd_input),
         "conv2d_bwd_weight": conv_bwd_weight(ops.conv2d_bwd_weight),
         "conv2d_bwd_bias": conv_bwd_bias(ops.conv2d_bwd_bias),
         # batch norm: eval folds when the statistics and parameters are shared; training
