@@ -439,6 +439,20 @@ def test_model_ensemble_with_vmap(backend, device):
         # 2 layers x 2 forwards (outputs, gradients) x (once batched + once by the rule) at
         # most; a call per model would make 20 forward calls
         assert 0 < n <= 8, (name, n)
+    # training mode: each model's batch norm normalizes with its own batch statistics and
+    # updates its own (stacked, batched) running statistics, as torch's do
+    stacked = []
+    for ms in (ours, models):
+        for m in ms:
+            m.train()
+        params, buffers = stack_module_state(ms)
+        base = copy.deepcopy(ms[0]).to("meta")
+        out = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None))(
+            params, buffers, x)
+        stacked.append((out, buffers))
+    torch.testing.assert_close(stacked[0][0], stacked[1][0], **tol)
+    for k, v in stacked[1][1].items():
+        torch.testing.assert_close(stacked[0][1][k], v, **tol, msg=k)
 
 
 def test_gpu_run_order():

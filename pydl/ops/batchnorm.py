@@ -347,13 +347,18 @@ def update_running_stats(running_mean, running_var, mean, var, count: int,
         stats.append(v if v.dtype == running_var.dtype else v.to(running_var.dtype))
         bufs.append(running_var)
     if bufs and torch._C._are_functorch_transforms_active():
+        # under torch.func transforms: (1 - momentum) * buf + momentum * stat per buffer, as
+        # torch's kernels write it (the foreach lerp has no vmap rule, lerp_ a slow one).
+        # Batched buffers (a vmapped ensemble: stack_module_state) take their batch's
+        # statistics; one shared buffer cannot take per-sample ones, and vmap refuses
         try:
             with torch.no_grad():
-                torch._foreach_lerp_(bufs, [t.detach() for t in stats], momentum)
+                for buf, st in zip(bufs, stats):
+                    buf.mul_(1.0 - momentum).add_(st.detach(), alpha=momentum)
         except RuntimeError as e:
-            if "atching rule" not in str(e):  # e.g. torch.func.grad: a captured buffer
+            if "captured" in str(e):  # torch.func.grad: mutating a captured buffer, as torch's
                 raise
-            # under vmap: per-sample statistics, one shared buffer
+            # vmap: a per-sample statistic does not fit the shared buffer
             raise RuntimeError(
                 "pydl.batch_norm: the input is batched (torch.vmap) while running_mean / "
                 "running_var, which training updates in place, are not; as with torch, use "
