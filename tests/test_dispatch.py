@@ -294,6 +294,11 @@ def _vmap_cases(F, kw, dev, dt):
     x, w, b = r(3, 2, 4, 7, 6), r(5, 4, 3, 3), r(5)
     ws, c = r(3, 6, 2, 3, 3), r(4)
     mean, var = r(4), r(4).abs() + 0.5
+
+    def bn_act(x, res):
+        if hasattr(F, "batch_norm_act"):
+            return F.batch_norm_act(x, None, None, c, c, True, residual=res, **kw)
+        return F.relu(F.batch_norm(x, None, None, c, c, True) + res)
     return [
         ("conv2d", lambda x: F.conv2d(x, w, b, stride=2, padding=1, **kw), (x,), 0),
         ("conv2d batch dim 1", lambda x: F.conv2d(x, w, None, padding=(0, 1), **kw),
@@ -313,6 +318,7 @@ def _vmap_cases(F, kw, dev, dt):
         ("batch_norm eval", lambda x: F.batch_norm(x, mean, var, c, c, False, **kw), (x,), 0),
         ("batch_norm train, no running stats",
          lambda x: F.batch_norm(x, None, None, c, c, True, **kw), (x,), 0),
+        ("batch_norm + residual + relu (fused in pydl)", bn_act, (x, x.flip(0)), 0),
     ]
 
 
@@ -384,10 +390,12 @@ def test_per_sample_gradients(backend, device):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         got = vmap(grad(loss(ours)), in_dims=(None, 0, 0))(params, xs, ys)
     want = vmap(grad(loss(model)), in_dims=(None, 0, 0))(params, xs, ys)
-    # the conv gradients are not computed sample by sample: each op is called once per
-    # layer at the batched level and once by its rule (4 samples would make 8+ calls)
+    # the conv gradients and the per-sample batch statistics are not computed sample by
+    # sample: each op is called once per layer at the batched level and once by its rule
+    # (4 samples would make 8+ calls)
     calls = [e.name for e in prof.events()]
-    for name in ("conv2d_fwd", "conv2d_bwd_weight", "conv2d_bwd_bias", "conv2d_bwd_input"):
+    for name in ("conv2d_fwd", "conv2d_bwd_weight", "conv2d_bwd_bias", "conv2d_bwd_input",
+                 "bn_fwd_train", "bn_bwd"):
         n = sum(c.endswith("::" + name) for c in calls)
         assert 0 < n <= 4, (name, n)
     tol = dict(rtol=1e-9, atol=1e-12) if dt == torch.float64 else dict(rtol=1e-4, atol=1e-5)
@@ -434,7 +442,7 @@ def test_model_ensemble_with_vmap(backend, device):
     for k in want_g:
         torch.testing.assert_close(got_g[k], want_g[k], **tol, msg=k)
     calls = [e.name for e in prof.events()]
-    for name in ("conv2d_fwd", "conv2d_bwd_weight", "conv2d_bwd_input"):
+    for name in ("conv2d_fwd", "conv2d_bwd_weight", "conv2d_bwd_input", "bn_fwd_eval"):
         n = sum(c.endswith("::" + name) for c in calls)
         # 2 layers x 2 forwards (outputs, gradients) x (once batched + once by the rule) at
         # most; a call per model would make 20 forward calls

@@ -3,7 +3,7 @@
 
 Under torch.vmap(f)(xs) each op is called once for the whole batch of B calls, with the
 vmapped dimension somewhere in each batched argument (`in_dims`). A rule turns that into
-calls of pydl's own kernels, in one of three ways:
+calls of pydl's own kernels -- one call whatever B is -- in one of three ways:
 
   fold    ops independent per sample along their leading dimension N -- activations,
           pools, eval batch norm, the conv forward and input gradient when the weight is
@@ -14,8 +14,12 @@ calls of pydl's own kernels, in one of three ways:
           conv with a batched weight (an ensemble of models): the B samples' channels go
           side by side, (N, B*C, H, W), and a convolution with B*groups groups computes
           every sample's result in one call -- group b*groups+j is sample b's group j.
-  loop    everything else (eval batch norm with batched statistics, training batch norm,
-          whose statistics are per sample): one call per sample, the results stacked.
+          Batch norm with statistics per sample (training) or per model (an ensemble's
+          batched running statistics) likewise: the samples side by side along the
+          channels, (N, B*C, ...), their statistics and parameters as (B*C,) vectors; every
+          statistic of the op is per channel, so one call computes each sample's own.
+The fold rule falls back to a loop (one call per sample, results stacked) should a
+tensor it needs shared come batched; the table below never sends it one.
 
 pydl's autograd.Functions set generate_vmap_rule (pydl.ops._util.differentiable), so
 vmap runs their forward and backward through these rules; the optimizer steps have none
@@ -127,6 +131,48 @@ def fold(op, batched: Sequence[int], shared: Sequence[int] = (),
     return rule
 
 
+def channels(op, xlike: Sequence[int], per_channel: Sequence[int]) -> Rule:
+    """Batch norm: B side by side along the channels. The tensors at `xlike` (N, C, ...)
+    become (N, B*C, ...), those at `per_channel` (C,) become (B*C,), and the op -- whose
+    every statistic is per channel -- computes each sample's own in one call. Outputs
+    are turned back the same way, told apart by shape (a 1-D output of B*C values is per
+    channel; an empty one is the placeholder of an output not asked for)."""
+    def rule(info, in_dims, *args):
+        B = info.batch_size
+        args = list(args)
+        for i in xlike:
+            if args[i] is not None:
+                args[i] = _side_by_side(_front(args[i], in_dims[i], B))
+        for i in per_channel:
+            if args[i] is not None:
+                args[i] = _front(args[i], in_dims[i], B).reshape(-1)
+        out = op(*args)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        back, dims = [], []
+        for o in outs:
+            if o.dim() > 1:
+                back.append(_apart(o, B)), dims.append(0)
+            elif o.numel() > 0:
+                back.append(o.view(B, -1)), dims.append(0)
+            else:
+                back.append(o), dims.append(None)
+        return (tuple(back), tuple(dims)) if isinstance(out, (tuple, list)) else (back[0], dims[0])
+    return rule
+
+
+def bn_fwd_eval(op) -> Rule:
+    """Shared statistics and parameters: fold into N; batched ones (an ensemble of models):
+    side by side along the channels."""
+    folded = fold(op, [0, 5], shared=[1, 2, 3, 4])
+    by_channel = channels(op, [0, 5], [1, 2, 3, 4])
+
+    def rule(info, in_dims, *args):
+        if any(in_dims[i] is not None for i in (1, 2, 3, 4)):
+            return by_channel(info, in_dims, *args)
+        return folded(info, in_dims, *args)
+    return rule
+
+
 def conv_fwd(op) -> Rule:
     """A shared weight: fold. A batched weight (an ensemble of models, torch.func's
     stack_module_state): the samples side by side, B*groups groups, one call."""
@@ -207,14 +253,15 @@ def register(ns: str) -> None:
         "conv2d_bwd_input": conv_bwd_input(ops.conv2d_bwd_input),
         "conv2d_bwd_weight": conv_bwd_weight(ops.conv2d_bwd_weight),
         "conv2d_bwd_bias": conv_bwd_bias(ops.conv2d_bwd_bias),
-        # batch norm: eval folds when the statistics and parameters are shared; training
-        # statistics are per sample
-        "bn_fwd_eval": fold(ops.bn_fwd_eval, [0, 5], shared=[1, 2, 3, 4]),
-        "bn_stats": loop(ops.bn_stats),
-        "bn_fwd_train": loop(ops.bn_fwd_train),
-        "bn_bwd_reduce": loop(ops.bn_bwd_reduce),
-        "bn_bwd_elemt": loop(ops.bn_bwd_elemt),
-        "bn_bwd": loop(ops.bn_bwd),
+        # batch norm: statistics per sample (training) or per model (an ensemble) by
+        # putting the samples side by side along the channels; eval with shared statistics
+        # folds into N
+        "bn_fwd_eval": bn_fwd_eval(ops.bn_fwd_eval),
+        "bn_stats": channels(ops.bn_stats, [0], []),
+        "bn_fwd_train": channels(ops.bn_fwd_train, [0, 3], [1, 2]),
+        "bn_bwd_reduce": channels(ops.bn_bwd_reduce, [0, 1, 4], [2, 3]),
+        "bn_bwd_elemt": channels(ops.bn_bwd_elemt, [0, 1, 5], [2, 3, 4, 6, 7]),
+        "bn_bwd": channels(ops.bn_bwd, [0, 1, 5], [2, 3, 4]),
     }
     for name, rule in table.items():
         torch.library.register_vmap(f"{ns}::{name}", rule)
