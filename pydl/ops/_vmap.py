@@ -3,7 +3,7 @@
 
 Under torch.vmap(f)(xs) each op is called once for the whole batch of B calls, with the
 vmapped dimension somewhere in each batched argument (`in_dims`). A rule turns that into
-calls of pydl's own kernels -- one call whatever B is -- in one of three ways:
+calls of pydl's own kernels -- one call whatever B is -- in one of two ways:
 
   fold    ops independent per sample along their leading dimension N -- activations,
           pools, eval batch norm, the conv forward and input gradient when the weight is
