@@ -268,7 +268,7 @@ def test_needs_grad_looks_at_the_schema_tensor_arguments():
 def test_torch_func_grad(backend):
     """The ops' autograd.Functions keep forward and setup_context apart, the form torch.func
     transforms accept: torch.func.grad through conv, batch norm, pooling and activations
-    gives torch's gradients."""
+    gives torch's gradients, and torch.func.jacrev torch's Jacobian."""
     F, TF = pydl.functional, torch.nn.functional
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64, generator=gen)
@@ -282,6 +282,13 @@ def test_torch_func_grad(backend):
 
     ours = torch.func.grad(lambda a: net(F, a, backend=backend))(x)
     ref = torch.func.grad(lambda a: net(TF, a))(x)
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12)
+    # jacrev: the backward vmapped over the rows of the Jacobian (pydl.ops._vmap's rules)
+    def rows(f, a, **kw):
+        return f.adaptive_avg_pool2d(f.max_pool2d(f.relu(f.conv2d(a, w, padding=1, **kw), **kw),
+                                                  2, **kw), 1, **kw).flatten()
+    ours = torch.func.jacrev(lambda a: rows(F, a, backend=backend))(x)
+    ref = torch.func.jacrev(lambda a: rows(TF, a))(x)
     torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12)
 
 
