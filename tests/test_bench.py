@@ -290,3 +290,69 @@ def test_conv_configs_tool(tmp_path, capsys):
         assert all(r["rel_err"] < 2e-2 for r in mine)   # bf16 results against torch's bf16
         assert any(r["config"] == "torch" for r in rows if r["which"] == which)
     assert "| tiny.3x3 | dgrad |" in capsys.readouterr().out
+
+
+# ------------------------------------------------------- bench/gpu_validate.sh, dry run
+_FAKE_PY = """#!/usr/bin/env bash
+# stands in for python on the GPU machine: logs each call, answers the few it must
+echo "$*" >> "$FAKE_LOG"
+case "$*" in
+  "-c import xdist") exit 1 ;;
+  "-m pydl info") echo "pydl (fake)" ;;
+esac
+exit 0
+"""
+
+
+def test_gpu_validate_dry_run(tmp_path):
+    """bench/gpu_validate.sh (the one command a scarce GPU session runs) with python,
+    nvidia-smi and compute-sanitizer stubbed: `all` runs build, tests, the three sanitizer
+    tools, host overhead for both backends and the sweep with the conv-target order, in that
+    order, packs everything into $OUT/results.tar.gz and exits 0; `configs` runs the
+    configuration probe. Catches a broken script here instead of on the GPU."""
+    import shutil
+    import subprocess
+    import tarfile
+    if shutil.which("bash") is None or shutil.which("timeout") is None:
+        pytest.skip("needs bash and coreutils' timeout")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stubs = {"fakepy": _FAKE_PY,
+             "nvidia-smi": "#!/usr/bin/env bash\necho 'NVIDIA H100 80GB HBM3'\n",
+             "compute-sanitizer": "#!/usr/bin/env bash\necho \"compute-sanitizer $*\" >> \"$FAKE_LOG\"\n"
+                                  "echo '========= ERROR SUMMARY: 0 errors'\n"}
+    for name, text in stubs.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log, out, res = tmp_path / "calls.log", tmp_path / "out", tmp_path / "res"
+    out.mkdir()
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=str(bin_dir / "fakepy"),
+               FAKE_LOG=str(log), OUT=str(out), PYDL_COMMIT="abc1234")
+    script = os.path.join(ROOT, "bench", "gpu_validate.sh")
+    run = subprocess.run(["bash", script, "all", str(res)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert f"results in {res}" in run.stdout
+    calls = log.read_text().splitlines()
+    order = [next(i for i, c in enumerate(calls) if key in c) for key in (
+        "pip install --no-build-isolation", "-m pytest", "--tool memcheck",
+        "--tool racecheck", "--tool synccheck", "host_overhead.py --backend cuda",
+        "host_overhead.py --backend triton", "-m bench")]
+    assert order == sorted(order), calls
+    assert sum(c.startswith("compute-sanitizer --tool") for c in calls) == 3
+    assert any("--tool memcheck" in c and "gpu_sanitize.py --backend cuda,triton" in c for c in calls)
+    assert any("--tool racecheck" in c and "gpu_sanitize.py --backend cuda --quick" in c for c in calls)
+    sweep = next(c for c in calls if c.startswith("-m bench"))
+    for part in ("--first conv2d:fwd,train_step,conv2d", "--budget-s 120", "--dtype bf16",
+                 "--layout channels_last", "--shapes resnet50", "--no-compile"):
+        assert part in sweep, sweep
+    with tarfile.open(out / "results.tar.gz") as tar:
+        names = tar.getnames()
+    assert "res/sanitizer.txt" in names and "res/build.log" in names, names
+    assert "ERROR SUMMARY: 0 errors" in (res / "sanitizer.txt").read_text()
+    # the configuration probe, on the same (already built) machine
+    log.unlink()
+    run = subprocess.run(["bash", script, "configs", str(res)], env=dict(env, CONF_S="60"),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert any("bench/conv_configs.py --budget-s 60" in c for c in log.read_text().splitlines())
