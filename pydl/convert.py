@@ -47,6 +47,8 @@ class ConvertReport:
 
 
 def _retype(module: nn.Module, cls: type, **extra) -> nn.Module:
+    if _parametrized_base(module) is not None:  # keep its parametrizations, over `cls`
+        cls = _rebased(type(module), cls)
     new = cls.__new__(cls)
     new.__dict__ = {k: v for k, v in module.__dict__.items() if k != "backend"}
     new.__dict__.update(extra)
@@ -123,9 +125,8 @@ def convert(model: nn.Module, backend: Optional[str] = None, inplace: bool = Fal
 
     def decide(name, m):
         # a parametrized layer (weight_norm, spectral_norm, ...) is converted as its class
-        # before parametrizing, keeping its parametrizations
-        param = _parametrized_base(m)
-        cls = param or type(m)
+        # before parametrizing, keeping its parametrizations (_retype)
+        cls = _parametrized_base(m) or type(m)
         if cls in pydl_classes:  # already pydl: only a backend given now is applied
             if backend is not None:
                 m.backend = backend
@@ -142,7 +143,7 @@ def convert(model: nn.Module, backend: Optional[str] = None, inplace: bool = Fal
             rep.left.append((name, cls.__name__, why))
             return None
         rep.converted.append((name, type(m).__name__))
-        return _retype(m, _rebased(type(m), target) if param else target, backend=backend)
+        return _retype(m, target, backend=backend)
 
     model = _swap(model, decide)
     return (model, rep) if report else model
@@ -155,9 +156,6 @@ def revert(model: nn.Module, inplace: bool = False) -> nn.Module:
         model = _deepcopy(model)
 
     def decide(name, m):
-        param = _parametrized_base(m)
-        cls = param or type(m)
-        if cls not in back:
-            return None
-        return _retype(m, _rebased(type(m), back[cls]) if param else back[cls])
+        cls = _parametrized_base(m) or type(m)
+        return _retype(m, back[cls]) if cls in back else None
     return _swap(model, decide)

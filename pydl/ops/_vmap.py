@@ -18,8 +18,6 @@ calls of pydl's own kernels -- one call whatever B is -- in one of two ways:
           batched running statistics) likewise: the samples side by side along the
           channels, (N, B*C, ...), their statistics and parameters as (B*C,) vectors; every
           statistic of the op is per channel, so one call computes each sample's own.
-The fold rule falls back to a loop (one call per sample, results stacked) should a
-tensor it needs shared come batched; the table below never sends it one.
 
 pydl's autograd.Functions set generate_vmap_rule (pydl.ops._util.differentiable), so
 vmap runs their forward and backward through these rules; the optimizer steps have none
@@ -31,6 +29,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 Rule = Callable[..., tuple]
+_LIBS: list = []  # the Library objects the rules are registered through (kept alive)
 
 
 def _front(t: Optional[torch.Tensor], d: Optional[int], B: int) -> Optional[torch.Tensor]:
@@ -62,25 +61,6 @@ def _apart(t: torch.Tensor, B: int) -> torch.Tensor:
     return t.reshape(N, B, BC // B, *t.shape[2:]).movedim(1, 0)
 
 
-def _slice(args: Sequence, in_dims: Sequence, b: int) -> list:
-    """Sample b's arguments (in_dims holds a list of Nones for a list argument)."""
-    return [a.select(d, b) if isinstance(a, torch.Tensor) and d is not None else a
-            for a, d in zip(args, in_dims)]
-
-
-def loop(op) -> Rule:
-    """One call per sample, results stacked along a new leading dimension."""
-    def rule(info, in_dims, *args):
-        outs = [op(*_slice(args, in_dims, b)) for b in range(info.batch_size)]
-        first = outs[0]
-        if first is None:  # an in-place op: each call wrote its sample's slice
-            return None, None
-        if isinstance(first, (tuple, list)):
-            return tuple(torch.stack(o) for o in zip(*outs)), (0,) * len(first)
-        return torch.stack(outs), 0
-    return rule
-
-
 def elementwise(op, tensors: int) -> Rule:
     """An elementwise op whose first `tensors` arguments are tensors of one shape."""
     def rule(info, in_dims, *args):
@@ -99,16 +79,12 @@ def elementwise_(op) -> Rule:
     return rule
 
 
-def fold(op, batched: Sequence[int], shared: Sequence[int] = (),
-         size_arg: Optional[int] = None) -> Rule:
+def fold(op, batched: Sequence[int], size_arg: Optional[int] = None) -> Rule:
     """Fold B into N for the tensors at positions `batched` (N first; unbatched ones among
-    them expanded); the tensors at `shared` must be unbatched (else the op runs per sample);
-    size_arg: position of an [N, C, H, W] size argument, whose N becomes B*N."""
-    looped = loop(op)
-
+    them expanded); every other tensor argument is unbatched (conv_fwd, conv_bwd_input and
+    bn_fwd_eval send the other case elsewhere); size_arg: position of an [N, C, H, W] size
+    argument, whose N becomes B*N."""
     def rule(info, in_dims, *args):
-        if any(in_dims[i] is not None for i in shared):
-            return looped(info, in_dims, *args)
         B = info.batch_size
         args = list(args)
         N = None
@@ -163,7 +139,7 @@ def channels(op, xlike: Sequence[int], per_channel: Sequence[int]) -> Rule:
 def bn_fwd_eval(op) -> Rule:
     """Shared statistics and parameters: fold into N; batched ones (an ensemble of models):
     side by side along the channels."""
-    folded = fold(op, [0, 5], shared=[1, 2, 3, 4])
+    folded = fold(op, [0, 5])
     by_channel = channels(op, [0, 5], [1, 2, 3, 4])
 
     def rule(info, in_dims, *args):
@@ -176,7 +152,7 @@ def bn_fwd_eval(op) -> Rule:
 def conv_fwd(op) -> Rule:
     """A shared weight: fold. A batched weight (an ensemble of models, torch.func's
     stack_module_state): the samples side by side, B*groups groups, one call."""
-    folded = fold(op, [0], shared=[1, 2])
+    folded = fold(op, [0])
 
     def rule(info, in_dims, x, w, b, stride, padding, dilation, groups, act, channels_last):
         if in_dims[1] is None and in_dims[2] is None:
@@ -193,7 +169,7 @@ def conv_fwd(op) -> Rule:
 
 def conv_bwd_input(op) -> Rule:
     """The forward's two cases, transposed: fold, or (a batched weight) side by side."""
-    folded = fold(op, [0], shared=[1], size_arg=2)
+    folded = fold(op, [0], size_arg=2)
 
     def rule(info, in_dims, grad, w, input_size, stride, padding, dilation, groups,
              channels_last):
@@ -263,5 +239,7 @@ def register(ns: str) -> None:
         "bn_bwd_elemt": channels(ops.bn_bwd_elemt, [0, 1, 5], [2, 3, 4, 6, 7]),
         "bn_bwd": channels(ops.bn_bwd, [0, 1, 5], [2, 3, 4]),
     }
+    lib = torch.library.Library(ns, "FRAGMENT")  # one registration library, kept with the rules
     for name, rule in table.items():
-        torch.library.register_vmap(f"{ns}::{name}", rule)
+        torch.library.register_vmap(f"{ns}::{name}", rule, lib=lib)
+    _LIBS.append(lib)

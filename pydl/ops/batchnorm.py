@@ -356,13 +356,12 @@ def update_running_stats(running_mean, running_var, mean, var, count: int,
                 for buf, st in zip(bufs, stats):
                     buf.mul_(1.0 - momentum).add_(st.detach(), alpha=momentum)
         except RuntimeError as e:
-            if "captured" in str(e):  # torch.func.grad: mutating a captured buffer, as torch's
-                raise
-            # vmap: a per-sample statistic does not fit the shared buffer
+            # torch.func.grad refuses to mutate a captured buffer (as for torch's batch norm);
+            # vmap, a per-sample statistic in one shared buffer
             raise RuntimeError(
-                "pydl.batch_norm: the input is batched (torch.vmap) while running_mean / "
-                "running_var, which training updates in place, are not; as with torch, use "
-                "track_running_stats=False, eval mode, or "
+                f"pydl.batch_norm: the running statistics cannot be updated here ({e}). Under "
+                "torch.vmap they must be batched like the input (stack_module_state); as with "
+                "torch, else use track_running_stats=False, eval mode, or "
                 "torch.func.replace_all_batch_norm_modules_(model)") from e
     elif bufs:
         if mean.requires_grad or var.requires_grad:  # not from pydl's ops; stay safe
