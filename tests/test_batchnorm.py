@@ -625,6 +625,15 @@ def _sync_worker(rank, world, init_file, outdir, backend):
             y.backward(g)
             out[f"y{step}"], out[f"dx{step}"] = y.detach(), x.grad
         out["dw"], out["db"] = bn.weight.grad, bn.bias.grad
+        # first derivatives only, as torch's SyncBatchNorm: a second one raises
+        x = full["x"][0][lo:hi].clone().requires_grad_()
+        bn2 = pydl.nn.SyncBatchNorm(5, backend=backend)
+        (gx,) = torch.autograd.grad(bn2(x).pow(2).sum(), x, create_graph=True)
+        try:
+            gx.sum().backward()
+            out["double_backward"] = "no error"
+        except RuntimeError as e:
+            out["double_backward"] = str(e)
         out["running_mean"], out["running_var"] = bn.running_mean, bn.running_var
         out["num_batches_tracked"] = bn.num_batches_tracked
         torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
@@ -678,6 +687,7 @@ def test_sync_batchnorm_two_processes(backend, device, tmp_path):
         assert torch.allclose(r["running_mean"], ref.running_mean, rtol=1e-5, atol=1e-6)
         assert torch.allclose(r["running_var"], ref.running_var, rtol=1e-5, atol=1e-6)
         assert torch.equal(r["num_batches_tracked"], ref.num_batches_tracked)
+        assert "once_differentiable" in r["double_backward"], r["double_backward"]
 
 
 def test_sync_batchnorm_single_process_and_convert():
@@ -760,13 +770,139 @@ if __name__ == "__main__" and len(sys.argv) >= 2 and sys.argv[1] == "--sync-work
     _sync_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])
 
 
+SECOND = [(t, a, r) for t in (True, False) for a in ("none", "relu", "leaky_relu")
+          for r in (True, False)]
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[1] == "cpu"])
+@pytest.mark.parametrize("training,act,residual", SECOND,
+                         ids=[f"{'train' if t else 'eval'}-{a}-{'res' if r else 'nores'}"
+                              for t, a, r in SECOND])
+def test_gradgradcheck(backend, device, training, act, residual):
+    """Second derivatives (the backward ops' own backward, _bn_bwd_second and the others in
+    pydl/ops/batchnorm.py) against finite differences of the first: training (through the
+    batch statistics) and evaluation, every fused activation, with and without a residual,
+    with weight and bias and without them, both layouts."""
+    if interpreted(backend, device) and (act != "relu" or residual == training):
+        pytest.skip("interpreted Triton: a third of the matrix keeps the run short")
+    shape = (3, 2, 2, 2) if interpreted(backend, device) else (3, 2, 3, 2)
+    alpha = 0.2 if act == "leaky_relu" else 0.0
+    rm, rv = _running(2, torch.float64, device)
+    for layout, affine in (("contiguous", True), ("channels_last", False)):
+        x = make_input(shape, torch.float64, device, layout, requires_grad=True, seed=41)
+        ins = [x]
+        if affine:
+            ins += [make_input((2,), torch.float64, device, requires_grad=True, seed=42) + 1.5,
+                    make_input((2,), torch.float64, device, requires_grad=True, seed=43)]
+        if residual:
+            ins.append(make_input(shape, torch.float64, device, layout, requires_grad=True, seed=44))
+        ins = [t.detach().requires_grad_() for t in ins]
+
+        def fn(*ts):
+            x, w, b = (ts[0], ts[1], ts[2]) if affine else (ts[0], None, None)
+            r = ts[-1] if residual else None
+            return F.batch_norm_act(x, rm.clone(), rv.clone(), w, b, training, residual=r,
+                                    act=act, negative_slope=alpha, backend=backend)
+
+        assert torch.autograd.gradgradcheck(fn, tuple(ins), eps=1e-6, atol=1e-6), (layout, affine)
+
+
+def _double_grads(bn, x, create):
+    """x's gradient of sum(bn(x)^3 * v) (with the graph), and then the gradients of a
+    function of it with respect to x and bn's weight and bias: a gradient penalty's pattern."""
+    v = torch.linspace(-1, 1, x.numel(), dtype=x.dtype, device=x.device).view_as(x)
+    y = create(x)
+    (g,) = torch.autograd.grad((y.pow(3) * v).sum(), x, create_graph=True)
+    return torch.autograd.grad((g * g.flip(0)).sum() + g.pow(2).sum(), [x, bn.weight, bn.bias])
+
+
 @pytest.mark.parametrize("backend,device", backend_params())
-def test_second_derivative_raises_clearly(backend, device):
-    """pydl's batch norm has first derivatives only: asking for a second one (a gradient
-    penalty through it) raises NotImplementedError naming it, rather than silently leaving
-    out terms."""
-    x = make_input((3, 4, 3, 2), torch.float32, device).requires_grad_()
-    y = pydl.functional.batch_norm(x, None, None, None, None, True, backend=backend)
-    (g,) = torch.autograd.grad(y.pow(3).sum(), x, create_graph=True)
-    with pytest.raises(NotImplementedError, match="second derivatives of batch norm"):
-        g.sum().backward()
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_second_derivatives_match_torch(backend, device, training):
+    """A gradient penalty through BatchNorm2d / BatchNormAct2d (+ residual) gives torch's
+    values; a third derivative (torch's batch norm has none) equals that of the formula
+    written in torch's differentiable arithmetic: pydl's second-derivative formulas are
+    differentiable again."""
+    shape = (3, 2, 2, 3) if interpreted(backend, device) else (4, 3, 5, 3)
+    C = shape[1]
+    for act in ("none", "relu"):
+        ref = nn.BatchNorm2d(C).double().to(device).train(training)
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5), ref.bias.uniform_(-0.5, 0.5)
+            ref.running_mean.uniform_(-0.5, 0.5), ref.running_var.uniform_(0.5, 1.5)
+        ours = pydl.nn.BatchNormAct2d(C, act=None if act == "none" else act, backend=backend)
+        ours = ours.double().to(device).train(training)
+        ours.load_state_dict(ref.state_dict())
+        res = make_input(shape, torch.float64, device, seed=52)
+        x = make_input(shape, torch.float64, device, seed=51).requires_grad_()
+
+        def torch_fn(x):
+            y = ref(x) + res
+            return y.relu() if act == "relu" else y
+
+        got = _double_grads(ours, x, lambda x: ours(x, res))
+        want = _double_grads(ref, x, torch_fn)
+        for a, b, n in zip(got, want, ("x", "weight", "bias")):
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-10), (act, n, (a - b).abs().max())
+    # third derivative, through the training statistics
+    x = make_input(shape, torch.float64, device, seed=53).requires_grad_()
+    w = make_input((C,), torch.float64, device, seed=54).requires_grad_()
+    v = make_input(shape, torch.float64, device, seed=55)
+
+    def third(bn_fn):
+        y = bn_fn(x, w)
+        (g1,) = torch.autograd.grad((y * y.tanh() * v).sum(), x, create_graph=True)
+        (g2,) = torch.autograd.grad((g1 * v).sum(), x, create_graph=True)
+        return torch.autograd.grad(g2.pow(2).sum(), [x, w])
+
+    got = third(lambda x, w: F.batch_norm(x, None, None, w, None, True, backend=backend))
+    # (torch's batch_norm stops at second derivatives: the reference is its formula in
+    # differentiable tensor arithmetic)
+    def composite(x, w):
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), keepdim=True, correction=0)
+        return (x - mean) * torch.rsqrt(var + 1e-5) * w.view(1, -1, 1, 1)
+
+    assert torch.allclose(composite(x, w), TF.batch_norm(x, None, None, w, None, True))
+    want = third(composite)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-9), (a - b).abs().max()
+    # torch.func: a Hessian as jacrev of jacrev (under vmap, through the ops' vmap rules)
+    w = w.detach()
+
+    def per_channel_energy(bn_fn):
+        return lambda x: (bn_fn(x).pow(2) * v).sum(dim=(0, 2, 3))
+
+    hess = torch.func.jacrev(torch.func.jacrev(per_channel_energy(
+        lambda x: F.batch_norm_act(x, None, None, w, None, True, act="relu", backend=backend))))
+    want = torch.func.jacrev(torch.func.jacrev(per_channel_energy(
+        lambda x: TF.batch_norm(x, None, None, w, None, True).relu())))
+    assert torch.allclose(hess(x.detach()), want(x.detach()), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_maml_outer_gradient_matches_torch(backend, device):
+    """MAML's pattern: an inner SGD step taken with create_graph=True through a conv + batch
+    norm + ReLU + pool network (torch.func.functional_call on its parameters), the query loss
+    of the adapted parameters differentiated back to the initial ones -- the outer gradient
+    equals torch's model's."""
+    torch.manual_seed(0)
+    small = interpreted(backend, device)
+    C = 3 if small else 8
+    ref = nn.Sequential(nn.Conv2d(2, C, 3, padding=1), nn.BatchNorm2d(C), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(C, 3)).double().to(device)
+    ours = pydl.convert(ref, backend=backend)
+    assert type(ours[1]) is pydl.nn.BatchNorm2d
+    hw = 4 if small else 6
+    xs, ys = make_input((5, 2, hw, hw), torch.float64, device, seed=61), torch.arange(5, device=device) % 3
+    xq, yq = make_input((4, 2, hw, hw), torch.float64, device, seed=62), torch.arange(4, device=device) % 3
+
+    def outer(model):
+        params = dict(model.named_parameters())
+        loss = TF.cross_entropy(torch.func.functional_call(model, params, (xs,)), ys)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+        fast = {k: p - 0.4 * g for (k, p), g in zip(params.items(), grads)}
+        q = TF.cross_entropy(torch.func.functional_call(model, fast, (xq,)), yq)
+        return torch.autograd.grad(q, list(params.values()))
+
+    for a, b in zip(outer(ours), outer(ref)):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-10), (a - b).abs().max()

@@ -6,7 +6,7 @@ import torch
 import pydl
 from pydl import _dispatch
 from pydl._dispatch import BackendStatus, BackendUnavailable
-from conftest import backend_params
+from conftest import backend_params, interpreted
 
 CPU = torch.device("cpu")
 
@@ -362,6 +362,125 @@ def test_vmap_as_torch(backend, device):
     torch.func.replace_all_batch_norm_modules_(m)
     torch.func.replace_all_batch_norm_modules_(m_t)
     torch.testing.assert_close(torch.vmap(m)(x), torch.vmap(m_t)(x), **tol)
+
+
+def _forward_ad_cases(F, kw, dev, small):
+    """(name, function, differentiable inputs) per op, for forward-mode AD."""
+    g = torch.Generator().manual_seed(2)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dev)
+    x = r(2, 3, 4, 5) if small else r(3, 4, 7, 6)
+    C = x.shape[1]
+    w, b, c, d = r(5, C, 3, 3), r(5), r(C).abs() + 0.5, r(C)
+    mean, var = r(C), r(C).abs() + 0.5
+
+    def bn_act(x, c, d, res):
+        if hasattr(F, "batch_norm_act"):
+            return F.batch_norm_act(x, None, None, c, d, True, residual=res,
+                                    act="leaky_relu", negative_slope=0.2, **kw)
+        return F.leaky_relu(F.batch_norm(x, None, None, c, d, True) + res, 0.2)
+
+    def conv_relu(x, w, b):
+        if hasattr(F, "conv2d") and "backend" in kw:
+            return pydl.ops.conv2d(x, w, b, 2, 1, activation="relu", **kw)
+        return F.conv2d(x, w, b, 2, 1).relu()
+    return [
+        ("conv2d", lambda x, w, b: F.conv2d(x, w, b, stride=(1, 2), padding=1, **kw), (x, w, b)),
+        ("conv2d + relu (fused in pydl)", conv_relu, (x, w, b)),
+        ("relu", lambda x: F.relu(x, **kw), (x,)),
+        ("leaky_relu", lambda x: F.leaky_relu(x, 0.1, **kw), (x,)),
+        ("elu in place", lambda x: F.elu(x.clone(), inplace=True, **kw), (x,)),
+        ("sigmoid", lambda x: F.sigmoid(x, **kw), (x,)),
+        ("tanh", lambda x: F.tanh(x, **kw), (x,)),
+        ("max_pool2d", lambda x: F.max_pool2d(x, 3, 2, 1, **kw), (x,)),
+        ("avg_pool2d", lambda x: F.avg_pool2d(x, 2, ceil_mode=True, **kw), (x,)),
+        ("adaptive_avg_pool2d", lambda x: F.adaptive_avg_pool2d(x, (3, 2), **kw), (x,)),
+        ("adaptive_max_pool2d", lambda x: F.adaptive_max_pool2d(x, 2, **kw), (x,)),
+        ("batch_norm eval", lambda x, c, d: F.batch_norm(x, mean, var, c, d, False, **kw), (x, c, d)),
+        ("batch_norm train", lambda x, c, d: F.batch_norm(x, None, None, c, d, True, **kw), (x, c, d)),
+        ("batch_norm + residual + leaky_relu (fused in pydl)", bn_act, (x, c, d, x.flip(0))),
+    ]
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_forward_mode_ad_as_torch(backend, device):
+    """Forward-mode AD through every op (each autograd.Function's jvp): torch.func.jvp,
+    torch.autograd.forward_ad's dual tensors, and forward-over-reverse (the jvp of a
+    gradient: the backward ops' own jvps) give torch's tangents. Before, a dual tensor went
+    through pydl's ops with its tangent silently dropped."""
+    from torch.autograd import forward_ad as fwAD
+    tol = dict(rtol=1e-9, atol=1e-11)
+    small = interpreted(backend, device)
+    ours = _forward_ad_cases(pydl.functional, {"backend": backend}, device, small)
+    ref = _forward_ad_cases(torch.nn.functional, {}, device, small)
+    if small:  # interpreted Triton: one case per op family keeps the run short
+        ours, ref = zip(*[(o, r) for o, r in zip(ours, ref) if o[0] in _ONE_PER_FAMILY])
+    gen = torch.Generator().manual_seed(3)
+    for (name, f, ins), (_, tf, _) in zip(ours, ref):
+        ts = tuple(torch.randn(t.shape, generator=gen, dtype=t.dtype).to(device) for t in ins)
+        y, t = torch.func.jvp(f, ins, ts)
+        y_t, t_t = torch.func.jvp(tf, ins, ts)
+        torch.testing.assert_close((y, t), (y_t, t_t), **tol, msg=f"{name}: torch.func.jvp")
+        with fwAD.dual_level():
+            dual = f(*[fwAD.make_dual(a, b) for a, b in zip(ins, ts)])
+            tangent = fwAD.unpack_dual(dual).tangent
+        assert tangent is not None, name
+        torch.testing.assert_close(tangent, t_t, **tol, msg=f"{name}: dual tensors")
+
+        def grad_of(fn):
+            return torch.func.grad(lambda *a: fn(*a).pow(2).sum(), argnums=tuple(range(len(ins))))
+        hv = torch.func.jvp(grad_of(f), ins, ts)[1]
+        hv_t = torch.func.jvp(grad_of(tf), ins, ts)[1]
+        torch.testing.assert_close(hv, hv_t, **tol, msg=f"{name}: forward over reverse")
+
+
+_ONE_PER_FAMILY = ("conv2d + relu (fused in pydl)", "elu in place", "max_pool2d",
+                   "adaptive_avg_pool2d", "batch_norm + residual + leaky_relu (fused in pydl)")
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpu",) if "cpu" in pydl.backends()[b].devices])
+def test_forward_mode_gradcheck(backend):
+    """Every jvp against finite differences (gradcheck's check_forward_ad), and the backward
+    ops' jvps too (gradgradcheck's check_fwd_over_rev), batch norm with and without its
+    weight, in training and evaluation. (The formulas are the same Python for every backend;
+    test_forward_mode_ad_as_torch runs them on each.)"""
+    for name, f, ins in _forward_ad_cases(pydl.functional, {"backend": backend}, "cpu", True):
+        ins = tuple(t.detach().requires_grad_() for t in ins)
+        assert torch.autograd.gradcheck(f, ins, check_forward_ad=True, check_backward_ad=False,
+                                        check_undefined_grad=False, check_batched_grad=False), name
+        assert torch.autograd.gradgradcheck(f, ins, check_fwd_over_rev=True,
+                                            check_rev_over_rev=False, check_undefined_grad=False), name
+    x = torch.randn(3, 2, 2, 3, dtype=torch.float64, requires_grad=True)
+    for training in (True, False):
+        fn = lambda x: pydl.functional.batch_norm(x, torch.zeros(2, dtype=x.dtype),  # noqa: E731
+                                                  torch.ones(2, dtype=x.dtype), None, None,
+                                                  training, backend=backend)
+        assert torch.autograd.gradcheck(fn, (x,), check_forward_ad=True, check_backward_ad=False,
+                                        check_undefined_grad=False, check_batched_grad=False)
+        assert torch.autograd.gradgradcheck(fn, (x,), check_fwd_over_rev=True,
+                                            check_rev_over_rev=False, check_undefined_grad=False)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_hessian_of_a_network(backend, device):
+    """torch.func.hessian (jacfwd of jacrev: forward over reverse, vmapped) of a small
+    conv / batch norm / ReLU / pool network's loss with respect to its input equals
+    torch's."""
+    F, TF = pydl.functional, torch.nn.functional
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64, generator=gen).to(device)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, generator=gen).to(device)
+
+    def net(f, a, **kw):
+        y = f.conv2d(a, w, padding=1, **kw)
+        y = f.relu(f.batch_norm(y, None, None, None, None, True, **kw), **kw)
+        y = f.max_pool2d(y, 2, **kw)
+        return f.adaptive_avg_pool2d(y, 1, **kw).pow(3).sum()
+
+    ours = torch.func.hessian(lambda a: net(F, a, backend=backend))(x)
+    ref = torch.func.hessian(lambda a: net(TF, a))(x)
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("backend,device", backend_params())

@@ -4,6 +4,8 @@ from __future__ import annotations
 import operator
 
 import torch
+from torch._functorch.pyfunctorch import \
+    retrieve_all_functorch_interpreters as _functorch_interpreters
 
 from .. import _dispatch
 
@@ -220,7 +222,67 @@ def _needs_grad(args, single, lists) -> bool:
     return False
 
 
-def differentiable(qualname: str, setup_context, backward):
+_forward_ad = torch.autograd.forward_ad
+_TransformType = torch._C._functorch.TransformType
+
+
+def _dual_level_active() -> bool:
+    """Whether forward-mode AD (torch.autograd.forward_ad.dual_level) is on: then an input
+    may carry a tangent, which only an autograd.Function's jvp propagates -- a call below
+    autograd would silently drop it."""
+    return _forward_ad._current_level >= 0
+
+
+def _jvp_transform_active() -> bool:
+    """Whether a torch.func forward-mode transform (jvp, jacfwd, hessian) is on the stack.
+    Only then do the autograd.Functions keep tensors for a jvp under torch.func: its
+    generated vmap rule records the batch dimensions of one save only (save_for_forward
+    after save_for_backward would misalign the backward's)."""
+    return any(i.key() == _TransformType.Jvp for i in _functorch_interpreters())
+
+
+def _save_for_jvp(ctx, args, out) -> None:
+    """Keep the call's arguments and outputs for its jvp (ctx.save_for_forward, the way an
+    autograd.Function keeps tensors for jvp)."""
+    outs = out if isinstance(out, tuple) else (out,)
+    ctx.jvp_args = tuple(None if isinstance(a, torch.Tensor) else a for a in args)
+    ctx.jvp_tensor_at = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor))
+    ctx.jvp_tuple = isinstance(out, tuple)
+    ctx.save_for_forward(*[args[i] for i in ctx.jvp_tensor_at], *outs)
+
+
+def _saved_for_jvp(ctx):
+    """(args, out) as _save_for_jvp kept them."""
+    saved = ctx.saved_tensors
+    k = len(ctx.jvp_tensor_at)
+    args = list(ctx.jvp_args)
+    for i, t in zip(ctx.jvp_tensor_at, saved[:k]):
+        args[i] = t
+    outs = tuple(saved[k:])
+    return tuple(args), (outs if ctx.jvp_tuple else outs[0])
+
+
+class _Held:
+    """A list argument (a size, a stride) passed through torch.func's autograd.Function
+    machinery as one opaque leaf. Its generated vmap rule with a jvp counts a list's items
+    as leaves of the inputs' in_dims but the list as one None among the tangents, and fails
+    (torch.func.jacfwd / hessian through an op with a list argument); held, it is one leaf
+    in both."""
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _hold(args):
+    return tuple(_Held(a) if isinstance(a, (list, tuple)) else a for a in args)
+
+
+def _release(args):
+    return tuple(a.value if isinstance(a, _Held) else a for a in args)
+
+
+def differentiable(qualname: str, setup_context, backward, jvp=None):
     """Register the autograd formula of op `qualname` with torch.library, and return a
     function that calls the op the cheapest way that keeps its semantics.
 
@@ -233,12 +295,25 @@ def differentiable(qualname: str, setup_context, backward):
     setup_context/backward when one does; either way it reaches the kernel by the op's
     EAGER entry point where that is the same call (op_caller). Under torch.compile it calls
     the registered op, so the compiler sees one custom op with its registered formula
-    (opcheck checks that registration)."""
+    (opcheck checks that registration).
+
+    jvp(args, out, tangents) -> the outputs' tangents (None for one without): the op's
+    forward-mode derivative, for torch.func.jvp / jacfwd / hessian and
+    torch.autograd.forward_ad. While a dual level is active every call goes through the
+    autograd.Function (below autograd an input's tangent would be silently dropped); without
+    a jvp, forward mode raises NotImplementedError naming the op."""
     torch.library.register_autograd(qualname, backward, setup_context=setup_context)
     ns, name = qualname.split("::")
     op = getattr(getattr(torch.ops, ns), name).default
     single, lists = _tensor_positions(op._schema)
     run = _eager_or_op(qualname)  # (below the autograd key, never under torch.compile)
+
+    def fn_jvp(ctx, *tangents):
+        if jvp is None:
+            raise NotImplementedError(f"pydl: forward-mode AD through {qualname} is not "
+                                      "implemented")
+        args, out = _saved_for_jvp(ctx)
+        return jvp(args, out, tangents)
 
     class Fn(torch.autograd.Function):
         @staticmethod
@@ -246,11 +321,17 @@ def differentiable(qualname: str, setup_context, backward):
             with _BELOW_AUTOGRAD():
                 out = run(*args)
             setup_context(ctx, args, out)
+            if jvp is not None and _dual_level_active():
+                _save_for_jvp(ctx, args, out)
             return out
 
         @staticmethod
         def backward(ctx, *grads):
             return backward(ctx, *grads)
+
+        @staticmethod
+        def jvp(ctx, *tangents):
+            return fn_jvp(ctx, *tangents)
 
     class FuncFn(torch.autograd.Function):
         # The same with forward and setup_context apart: the form torch.func transforms
@@ -262,15 +343,22 @@ def differentiable(qualname: str, setup_context, backward):
         @staticmethod
         def forward(*args):
             with _BELOW_AUTOGRAD():
-                return op(*args)
+                return op(*_release(args))
 
         @staticmethod
         def setup_context(ctx, inputs, output):
+            inputs = _release(inputs)
             setup_context(ctx, inputs, output)
+            if jvp is not None and _jvp_transform_active():  # (torch.func.jvp, jacfwd, hessian)
+                _save_for_jvp(ctx, inputs, output)
 
         @staticmethod
         def backward(ctx, *grads):
             return backward(ctx, *grads)
+
+        @staticmethod
+        def jvp(ctx, *tangents):
+            return fn_jvp(ctx, *tangents)
 
     Fn.__name__ = Fn.__qualname__ = f"{name}_autograd"
     FuncFn.__name__ = FuncFn.__qualname__ = f"{name}_autograd_func"
@@ -280,8 +368,8 @@ def differentiable(qualname: str, setup_context, backward):
         if torch.compiler.is_compiling():
             return op(*args)
         if functorch_active():
-            return FuncFn.apply(*args)
-        if _needs_grad(args, single, lists):
+            return FuncFn.apply(*_hold(args))
+        if _needs_grad(args, single, lists) or _dual_level_active():
             return Fn.apply(*args)
         with _BELOW_AUTOGRAD():
             return run(*args)

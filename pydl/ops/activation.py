@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import _dispatch
-from ._util import (_BELOW_AUTOGRAD, check_like, check_tensor, custom_op, dense, differentiable,
+from ._util import (_BELOW_AUTOGRAD, _dual_level_active, check_like, check_tensor, custom_op,
+                    dense, differentiable,
                     empty_dense_like, like_layout, op_caller)
 
 ACTS = ("relu", "leaky_relu", "elu", "sigmoid", "tanh")
@@ -89,9 +90,19 @@ def _register(ns: str):
             d_saved = _fprime_derivative(ctx.act, ctx.alpha, ctx.is_result, saved) * grad * gg
         return d_grad, d_saved, None, None, None
 
+    def bwd_jvp(args, out, tangents):
+        # forward mode of the same: d(g f'(s)) = dg f'(s) + g f''(s) ds
+        grad, saved, act, alpha, is_result = args
+        t_grad, t_saved = tangents[:2]
+        t = None if t_grad is None else bwd(t_grad, saved, act, alpha, is_result)
+        if t_saved is not None and act not in ("relu", "leaky_relu"):  # (f'' = 0 there)
+            ts = _fprime_derivative(act, alpha, is_result, saved) * grad * t_saved
+            t = ts if t is None else t + ts
+        return t if t is not None else torch.zeros_like(out)
+
     # differentiable act_bwd: second derivatives (gradient penalties, gradgradcheck) are
     # right instead of silently zero
-    bwd = differentiable(f"{ns}::act_bwd", bwd_setup, bwd_backward)
+    bwd = differentiable(f"{ns}::act_bwd", bwd_setup, bwd_backward, bwd_jvp)
 
     def setup_context(ctx, inputs, output):
         x, act, alpha = inputs
@@ -103,7 +114,12 @@ def _register(ns: str):
         (saved,) = ctx.saved_tensors
         return bwd(grad, saved, ctx.act, ctx.alpha, ctx.is_result), None, None
 
-    return differentiable(f"{ns}::act_fwd", setup_context, backward), bwd
+    def jvp(args, out, tangents):  # forward mode: dy = f'(x) dx, by the same act_bwd
+        x, act, alpha = args
+        is_result = act not in _SAVES_INPUT
+        return bwd(tangents[0], out if is_result else x, act, alpha, is_result)
+
+    return differentiable(f"{ns}::act_fwd", setup_context, backward, jvp), bwd
 
 
 _OPS = {}  # backend -> its ops act_fwd, act_fwd_, act_bwd (op_caller: no autograd)
@@ -208,8 +224,14 @@ def act(x: torch.Tensor, kind: str, alpha: float = 0.0, inplace: bool = False,
         if torch._C._are_functorch_transforms_active():
             # torch.func transforms (grad, vmap) cannot save an input an autograd.Function
             # overwrote and returned; there the result is computed out of place (the same
-            # kernels, their vmap rules) and copied into x, which autograd differentiates
-            return x.copy_(_FWD[name](x, kind, alpha))
-        return _InplaceAct.apply(x, name, kind, alpha)
+            # kernels, their vmap rules) from a copy of x (which elu and leaky_relu save, and
+            # copy_ then overwrites) and copied into x, which autograd differentiates
+            return x.copy_(_FWD[name](x.clone(), kind, alpha))
+        if not _dual_level_active():
+            return _InplaceAct.apply(x, name, kind, alpha)
+    if _dual_level_active():
+        # forward-mode AD: x may carry a tangent, which an update below autograd would leave
+        # stale; out of place (act_fwd's jvp) and copied in (copy_ carries the tangent)
+        return x.copy_(_FWD[name](x.clone(), kind, alpha))
     _inplace(ops, x, kind, alpha)
     return x

@@ -156,6 +156,317 @@ if _dispatch._kernels is not None:
         return dx, dz, sum_dz, sum_dzxh
 
 
+# ------------------------------------------------------------------ second derivatives
+# The backward ops are differentiable too, so gradients of gradients -- gradient penalties,
+# MAML's outer step through an inner SGD step, Hessian-vector products, torch.func.jacrev of
+# jacrev -- go through batch norm as they do through torch's. The first derivatives stay on
+# the kernels; these formulas run only in a double backward and are written, as torch's own
+# (batchnorm_double_backward in FunctionsManual.cpp), in torch's tensor arithmetic: a few
+# per-channel reductions and elementwise terms, differentiable again for higher orders.
+#
+# Notation, per channel over its n values: E[.] the mean, r = 1 / sqrt(var + eps),
+# xh = (x - mean) * r, dz = grad * act'(y) (the activation's slope, read from the output's
+# sign; piecewise constant, so it has no derivative of its own), w the weight (1 if none).
+# The backward ops compute
+#   training (bn_bwd):  dx = w r (dz - E[dz] - xh E[dz xh]),  sum_dz = n E[dz],
+#                       sum_dz_xhat = n E[dz xh],  dz (the residual's gradient)
+#   with given statistics (bn_bwd_reduce, bn_bwd_elemt): sum_dz, sum_dz_xhat as above and
+#                       dx = w r (dz - k sum_dz - xh k sum_dz_xhat), k = inv_count
+#                       (0 and no sums in evaluation)
+# and their backward gets A (the gradient reaching dx), G (reaching dz), a_b, a_w (reaching
+# sum_dz and sum_dz_xhat: the bias' and weight's gradients) and returns the gradients for
+# grad, x and weight. In training mean and var are x's batch statistics, so x's gradient
+# includes the paths through them; bn_bwd's backward recomputes them from x (the same values
+# as the saved ones, but differentiable: a third derivative stays right).
+
+def _csum(t: torch.Tensor) -> torch.Tensor:
+    """Per-channel sum of an (N, C, *) tensor, kept broadcastable against it."""
+    return t.sum([0] + list(range(2, t.dim())), keepdim=True)
+
+
+def _per_channel(t: Optional[torch.Tensor], x: torch.Tensor, dtype) -> Optional[torch.Tensor]:
+    """A (C,) tensor viewed to broadcast against x, in `dtype`."""
+    return None if t is None else t.to(dtype).view((1, -1) + (1,) * (x.dim() - 2))
+
+
+def _slope(y: Optional[torch.Tensor], act: str, alpha: float, dtype):
+    """act'(z) as the kernels read it from the output y: 1 where y > 0, else alpha (0 for
+    relu); None for no activation."""
+    if act == "none":
+        return None
+    pos = (y > 0).to(dtype)
+    return pos if act == "relu" else pos * (1.0 - alpha) + alpha
+
+
+def _sum_c(t: Optional[torch.Tensor], like: Optional[torch.Tensor]):
+    """A broadcast (1, C, 1, ..) gradient summed back to (C,) in `like`'s dtype."""
+    return None if t is None or like is None else t.reshape(-1).to(like.dtype)
+
+
+def _bn_bwd_second(ctx, A, G, a_b, a_w):
+    """bn_bwd's backward: the training formulas above differentiated (with mean and var
+    the batch statistics of x)."""
+    grad, x, _mean, _var, weight, y = ctx.saved_tensors
+    # (mean and var get no gradient of their own: they are x's, and x's gradient has it)
+    need_g, need_x, _, _, need_w = ctx.needs_input_grad[:5]
+    sd = _stat_dtype(x)
+    xf = x.to(sd)
+    n = _count(x)
+    mu = _csum(xf) / n
+    c = xf - mu
+    r = torch.rsqrt(_csum(c * c) / n + ctx.eps)
+    xh = c * r
+    m = _slope(y, ctx.act, ctx.alpha, sd)
+    dz = grad.to(sd) if m is None else grad.to(sd) * m
+    w = _per_channel(weight, x, sd)
+    wr = r if w is None else w * r
+    A = A.to(sd)
+    E = lambda t: _csum(t) / n  # noqa: E731 (the E[.] of the notation)
+    Ed, Eq = E(dz), E(dz * xh)
+    EA, EAx = E(A), E(A * xh)
+    a_b, a_w = _per_channel(a_b, x, sd), _per_channel(a_w, x, sd)
+    d_grad = d_x = d_w = None
+    if need_g:
+        g_dz = wr * (A - EA - xh * EAx) + a_b + a_w * xh
+        if ctx.want_dz:
+            g_dz = g_dz + G.to(sd)
+        d_grad = (g_dz if m is None else g_dz * m).to(grad.dtype)
+    if need_x:
+        # through xh and r, both functions of x (d r / d x_i = -(r^2 / n) xh_i)
+        dzc = dz - Ed
+        t = -xh * (E(A * dz) - EA * Ed) + 3 * xh * Eq * EAx - dzc * EAx - Eq * (A - EA)
+        t = r * r * t if w is None else w * r * r * t
+        d_x = (t + a_w * r * (dzc - xh * Eq)).to(x.dtype)
+    if need_w:
+        d_w = _sum_c(_csum(A * r * (dz - Ed - xh * Eq)), weight)
+    return d_grad, d_x, None, None, d_w, None, None, None, None, None
+
+
+def _given_stats(ctx, x, mean, var, y):
+    """(sd, r, xh, slope) for the ops that take mean and var as given inputs (running
+    statistics, which torch does not differentiate: they get no gradient here either)."""
+    sd = _stat_dtype(x)
+    r = torch.rsqrt(_per_channel(var, x, sd) + ctx.eps)
+    xh = (x.to(sd) - _per_channel(mean, x, sd)) * r
+    return sd, r, xh, _slope(y, ctx.act, ctx.alpha, sd)
+
+
+def _bn_bwd_reduce_second(ctx, a_b, a_w):
+    """bn_bwd_reduce's backward: sum_dz = sum(dz), sum_dz_xhat = sum(dz xh), mean and var
+    given."""
+    grad, x, mean, var, y = ctx.saved_tensors
+    sd, r, xh, m = _given_stats(ctx, x, mean, var, y)
+    a_b, a_w = _per_channel(a_b, x, sd), _per_channel(a_w, x, sd)
+    d_grad = d_x = None
+    if ctx.needs_input_grad[0]:
+        g_dz = a_b + a_w * xh
+        d_grad = (g_dz if m is None else g_dz * m).to(grad.dtype)
+    if ctx.needs_input_grad[1]:
+        dz = grad.to(sd) if m is None else grad.to(sd) * m
+        d_x = (a_w * r * dz).to(x.dtype)
+    return d_grad, d_x, None, None, None, None, None, None
+
+
+def _bn_bwd_elemt_second(ctx, A, G):
+    """bn_bwd_elemt's backward: dx = w r (dz - k sum_dz - xh k sum_dz_xhat), mean, var
+    given, sum_dz and sum_dz_xhat inputs of their own."""
+    grad, x, mean, var, weight, y, s1, s2 = ctx.saved_tensors
+    sd, r, xh, m = _given_stats(ctx, x, mean, var, y)
+    k = ctx.inv_count
+    w = _per_channel(weight, x, sd)
+    wr = r if w is None else w * r
+    A = A.to(sd)
+    s1c, s2c = _per_channel(s1, x, sd), _per_channel(s2, x, sd)
+    need = ctx.needs_input_grad
+    d_grad = d_x = d_w = d_s1 = d_s2 = None
+    if need[0]:
+        g_dz = wr * A
+        if ctx.want_dz:
+            g_dz = g_dz + G.to(sd)
+        d_grad = (g_dz if m is None else g_dz * m).to(grad.dtype)
+    if need[1] and s2 is not None:  # xh's own dependence on x (r is given)
+        d_x = (-k * wr * r * s2c * A).to(x.dtype)
+    if need[4]:
+        dz = grad.to(sd) if m is None else grad.to(sd) * m
+        proj = dz
+        if s1 is not None:
+            proj = proj - k * s1c
+        if s2 is not None:
+            proj = proj - k * xh * s2c
+        d_w = _sum_c(_csum(A * r * proj), weight)
+    if need[6]:
+        d_s1 = _sum_c(-k * _csum(wr * A), s1)
+    if need[7]:
+        d_s2 = _sum_c(-k * _csum(wr * A * xh), s2)
+    return d_grad, d_x, None, None, d_w, None, d_s1, d_s2, None, None, None, None, None
+
+
+def _bn_stats_second(ctx, a_m, a_v):
+    """bn_stats' backward: mean = E[x], var = E[(x - mean)^2] (biased)."""
+    (x,) = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return (None,)
+    n = _count(x)
+    if n == 0:  # no values: nothing to differentiate (the statistics are NaN)
+        return (torch.zeros_like(x),)
+    sd = _stat_dtype(x)
+    xf = x.to(sd)
+    c = xf - _csum(xf) / n
+    d_x = (_per_channel(a_m, x, sd) + 2.0 * _per_channel(a_v, x, sd) * c) / n
+    return (d_x.to(x.dtype),)
+
+
+# ------------------------------------------------------------------------- forward mode
+# jvp formulas (torch.func.jvp, jacfwd, hessian = jacfwd of jacrev; torch.autograd.forward_ad):
+# the tangents of the outputs from those of the inputs (written t.), in the notation above.
+# In training mean and var are x's batch statistics, recomputed from x here as in the
+# second derivatives, whose tangents are
+#   t_mean = E[tx],  t_r = -r^2 E[xh tx],  t_xh = r (tx - E[tx] - xh E[xh tx])
+# and the op's statistics outputs, like their gradients, get none (non-differentiable).
+
+def _tangent(t, like):
+    return torch.zeros_like(like) if t is None else t
+
+
+def _batch_stats_jvp(x, tx, eps):
+    """(sd, n, E, xh, r, t_xh, t_r) for x's batch statistics and the tangent tx."""
+    sd = _stat_dtype(x)
+    n = _count(x)
+    E = lambda t: _csum(t) / n  # noqa: E731
+    xf = x.to(sd)
+    c = xf - E(xf)
+    r = torch.rsqrt(E(c * c) + eps)
+    xh = c * r
+    tx = _tangent(tx, x).to(sd)
+    Ex = E(xh * tx)
+    return sd, n, E, xh, r, r * (tx - E(tx) - xh * Ex), -r * r * Ex
+
+
+def _bn_fwd_train_jvp(args, out, tangents):
+    """y = act(w xh + b + res): t_y = act'(z) (tw xh + w t_xh + tb + t_res)."""
+    x, w, b, res, eps, act, alpha = args
+    tx, tw, tb, tres = tangents[:4]
+    y = out[0]
+    sd, n, E, xh, r, t_xh, _ = _batch_stats_jvp(x, tx, eps)
+    tz = t_xh if w is None else _per_channel(w, x, sd) * t_xh
+    if tw is not None:
+        tz = tz + _per_channel(tw, x, sd) * xh
+    if tb is not None:
+        tz = tz + _per_channel(tb, x, sd)
+    if tres is not None:
+        tz = tz + tres.to(sd)
+    m = _slope(y, act, alpha, sd)
+    return (tz if m is None else tz * m).to(y.dtype), None, None
+
+
+def _bn_fwd_eval_jvp(args, y, tangents):
+    """The same with given statistics: t_xh = r tx. (The running statistics have no
+    tangent: torch does not differentiate them, forward or backward.)"""
+    x, mean, var, w, b, res, eps, act, alpha = args
+    tx, _, _, tw, tb, tres = tangents[:6]
+    sd = _stat_dtype(x)
+    r = torch.rsqrt(_per_channel(var, x, sd) + eps)
+    xh = (x.to(sd) - _per_channel(mean, x, sd)) * r
+    t_xh = r * _tangent(tx, x).to(sd)
+    tz = t_xh if w is None else _per_channel(w, x, sd) * t_xh
+    if tw is not None:
+        tz = tz + _per_channel(tw, x, sd) * xh
+    if tb is not None:
+        tz = tz + _per_channel(tb, x, sd)
+    if tres is not None:
+        tz = tz + tres.to(sd)
+    m = _slope(y, act, alpha, sd)
+    return (tz if m is None else tz * m).to(y.dtype)
+
+
+def _bn_stats_jvp(args, out, tangents):
+    """mean = E[x], var = E[(x - mean)^2]: t_mean = E[tx], t_var = 2 E[(x - mean) tx]."""
+    (x,), (tx,) = args, tangents[:1]
+    n = _count(x)
+    if n == 0:
+        return torch.zeros_like(out[0]), torch.zeros_like(out[1])
+    sd = out[0].dtype
+    xf, tx = x.to(sd), tx.to(sd)
+    c = xf - _csum(xf) / n
+    return (_csum(tx) / n).reshape(-1), (2.0 * _csum(c * tx) / n).reshape(-1)
+
+
+def _bn_bwd_jvp(args, out, tangents):
+    """The training backward's tangents: with P(v) = v - E[v] - xh E[v xh],
+    dx = w r P(dz) gives t_dx = tw r P(dz) + w t_r P(dz) + w r (t_dz - E[t_dz] - t_xh E[dz xh]
+    - xh E[t_dz xh + dz t_xh]); sum_dz, sum_dz_xhat and dz likewise."""
+    grad, x, mean, var, w, y, eps, act, alpha, want_dz = args
+    tg, tx, _, _, tw = tangents[:5]  # (mean's and var's tangents follow from x's)
+    sd, n, E, xh, r, t_xh, t_r = _batch_stats_jvp(x, tx, eps)
+    m = _slope(y, act, alpha, sd)
+    dz = grad.to(sd) if m is None else grad.to(sd) * m
+    t_dz = _tangent(tg, grad).to(sd)
+    if m is not None:
+        t_dz = t_dz * m
+    Eq = E(dz * xh)
+    P = dz - E(dz) - xh * Eq
+    t_Eq = E(t_dz * xh + dz * t_xh)
+    t_P = t_dz - E(t_dz) - t_xh * Eq - xh * t_Eq
+    wc = None if w is None else _per_channel(w, x, sd)
+    t_dx = t_r * P + r * t_P
+    if wc is not None:
+        t_dx = wc * t_dx
+    if tw is not None:
+        t_dx = t_dx + _per_channel(tw, x, sd) * r * P
+    dx, dz_out, s1, s2 = out
+    return (t_dx.to(dx.dtype), t_dz.to(dz_out.dtype) if want_dz else torch.zeros_like(dz_out),
+            _csum(t_dz).reshape(-1).to(s1.dtype), (n * t_Eq).reshape(-1).to(s2.dtype))
+
+
+def _bn_bwd_reduce_jvp(args, out, tangents):
+    """sum_dz = sum(dz), sum_dz_xhat = sum(dz xh), mean and var given (constant)."""
+    grad, x, mean, var, y, eps, act, alpha = args
+    tg, tx = tangents[:2]
+    sd = _stat_dtype(x)
+    r = torch.rsqrt(_per_channel(var, x, sd) + eps)
+    xh = (x.to(sd) - _per_channel(mean, x, sd)) * r
+    m = _slope(y, act, alpha, sd)
+    t_dz = _tangent(tg, grad).to(sd)
+    if m is not None:
+        t_dz = t_dz * m
+    dz = grad.to(sd) if m is None else grad.to(sd) * m
+    t_s2 = t_dz * xh
+    if tx is not None:
+        t_s2 = t_s2 + dz * r * tx.to(sd)
+    return _csum(t_dz).reshape(-1).to(out[0].dtype), _csum(t_s2).reshape(-1).to(out[1].dtype)
+
+
+def _bn_bwd_elemt_jvp(args, out, tangents):
+    """dx = w r (dz - k sum_dz - xh k sum_dz_xhat), mean and var given (constant)."""
+    grad, x, mean, var, w, y, s1, s2, eps, k, act, alpha, want_dz = args
+    tg, tx, _, _, tw, _, ts1, ts2 = tangents[:8]
+    sd = _stat_dtype(x)
+    r = torch.rsqrt(_per_channel(var, x, sd) + eps)
+    xh = (x.to(sd) - _per_channel(mean, x, sd)) * r
+    m = _slope(y, act, alpha, sd)
+    dz = grad.to(sd) if m is None else grad.to(sd) * m
+    t_dz = _tangent(tg, grad).to(sd)
+    if m is not None:
+        t_dz = t_dz * m
+    proj, t_proj = dz, t_dz
+    if s1 is not None:
+        proj = proj - k * _per_channel(s1, x, sd)
+        if ts1 is not None:
+            t_proj = t_proj - k * _per_channel(ts1, x, sd)
+    if s2 is not None:
+        s2c = _per_channel(s2, x, sd)
+        proj = proj - k * xh * s2c
+        if tx is not None:
+            t_proj = t_proj - k * r * tx.to(sd) * s2c
+        if ts2 is not None:
+            t_proj = t_proj - k * xh * _per_channel(ts2, x, sd)
+    t_dx = r * t_proj if w is None else _per_channel(w, x, sd) * r * t_proj
+    if tw is not None:
+        t_dx = t_dx + _per_channel(tw, x, sd) * r * proj
+    dx, dz_out = out
+    return t_dx.to(dx.dtype), (t_dz.to(dz_out.dtype) if want_dz else torch.zeros_like(dz_out))
+
+
 # ------------------------------------------------- fake kernels and autograd, both families
 def _count(x: torch.Tensor) -> int:
     """Values per channel: N * prod(spatial)."""
@@ -202,9 +513,11 @@ def _register(ns: str) -> SimpleNamespace:
         want_dz = need_r and fused
         n = _count(x)
         sum_dz = sum_dzxh = dx = dr = None
-        if train and n > 0 and (need_x or want_dz):
+        if train and n > 0 and (need_x or want_dz or torch.is_grad_enabled()):
             # the common case: both passes in one op (on the CPU, per channel while the
-            # channel's planes are in cache)
+            # channel's planes are in cache). Also when this backward is itself recorded
+            # (create_graph=True): bn_bwd's derivative follows x through the batch
+            # statistics, bn_bwd_reduce's takes them as given
             dx, dz, sum_dz, sum_dzxh = lib.bn_bwd(gy, x, mean, var, w, y, eps, act, alpha,
                                                   want_dz)
         else:
@@ -241,19 +554,35 @@ def _register(ns: str) -> SimpleNamespace:
         dx, dw, db, dr = _grads(ctx, gy, x, w, mean, var, y, True)
         return dx, dw, db, dr, None, None, None
 
-    # The statistics and backward pieces have no derivative of their own here (torch's batch
-    # norm has a double backward; pydl's gives first derivatives): differentiating through
-    # them raises, with a message, instead of silently dropping terms.
-    def no_setup(ctx, inputs, output):
-        pass
+    # The statistics and backward pieces are differentiable too (second derivatives: see
+    # _bn_bwd_second and the notes above it).
+    def stats_setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
 
-    def no_derivative(ctx, *grads):
-        raise NotImplementedError("pydl: second derivatives of batch norm are not implemented "
-                                  "(its first derivatives are)")
+    def bwd_setup(ctx, inputs, output):
+        grad, x, mean, var, weight, y, eps, act, alpha, want_dz = inputs
+        ctx.eps, ctx.act, ctx.alpha, ctx.want_dz = eps, act, alpha, want_dz
+        ctx.save_for_backward(grad, x, mean, var, weight, y)
 
-    lib = SimpleNamespace(**{name: differentiable(f"{ns}::{name}", no_setup, no_derivative)
-                             for name in ("bn_stats", "bn_bwd_reduce", "bn_bwd_elemt", "bn_bwd")})
-    lib.bn_fwd_train = differentiable(f"{ns}::bn_fwd_train", train_setup, train_backward)
+    def reduce_setup(ctx, inputs, output):
+        grad, x, mean, var, y, eps, act, alpha = inputs
+        ctx.eps, ctx.act, ctx.alpha = eps, act, alpha
+        ctx.save_for_backward(grad, x, mean, var, y)
+
+    def elemt_setup(ctx, inputs, output):
+        grad, x, mean, var, weight, y, s1, s2, eps, inv_count, act, alpha, want_dz = inputs
+        ctx.eps, ctx.inv_count, ctx.act, ctx.alpha, ctx.want_dz = eps, inv_count, act, alpha, want_dz
+        ctx.save_for_backward(grad, x, mean, var, weight, y, s1, s2)
+
+    lib = SimpleNamespace(
+        bn_stats=differentiable(f"{ns}::bn_stats", stats_setup, _bn_stats_second, _bn_stats_jvp),
+        bn_bwd=differentiable(f"{ns}::bn_bwd", bwd_setup, _bn_bwd_second, _bn_bwd_jvp),
+        bn_bwd_reduce=differentiable(f"{ns}::bn_bwd_reduce", reduce_setup, _bn_bwd_reduce_second,
+                                     _bn_bwd_reduce_jvp),
+        bn_bwd_elemt=differentiable(f"{ns}::bn_bwd_elemt", elemt_setup, _bn_bwd_elemt_second,
+                                    _bn_bwd_elemt_jvp),
+        bn_fwd_train=differentiable(f"{ns}::bn_fwd_train", train_setup, train_backward,
+                                    _bn_fwd_train_jvp))
 
     # eval: inputs (x, mean, var, weight, bias, residual, eps, act, alpha)
     def eval_setup(ctx, inputs, output):
@@ -269,7 +598,8 @@ def _register(ns: str) -> SimpleNamespace:
         dx, dw, db, dr = _grads(ctx, gy, x, w, mean, var, y, False)
         return dx, None, None, dw, db, dr, None, None, None
 
-    lib.bn_fwd_eval = differentiable(f"{ns}::bn_fwd_eval", eval_setup, eval_backward)
+    lib.bn_fwd_eval = differentiable(f"{ns}::bn_fwd_eval", eval_setup, eval_backward,
+                                     _bn_fwd_eval_jvp)
     return lib
 
 
@@ -469,7 +799,10 @@ class SyncBatchNormFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
+        # (first derivatives only, as torch's SyncBatchNorm: its backward is all_reduce'd
+        # sums whose derivative would need another exchange between the processes)
         import torch.distributed as dist
         x, w, mean, var = ctx.saved_tensors
         ops = _OPS[ctx.backend]

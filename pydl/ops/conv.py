@@ -14,7 +14,8 @@ Autograd saves x and w (and y with the fused ReLU, whose derivative is y > 0) an
 computes only the gradients autograd asks for (ctx.needs_input_grad). The ReLU mask is
 applied by the activation family's own act_bwd kernel on the same backend. The backward
 ops have autograd formulas of their own (they are bilinear, so their derivatives are
-convolutions again): double backward works, as for torch's conv.
+convolutions again): double backward works, as for torch's conv. Forward mode likewise:
+each op's jvp is the same ops applied to the tangents.
 
 Under torch.autocast the operands are cast to the autocast dtype first, as torch's conv2d
 (on autocast's lower-precision list) does. float32 on the GPU may use TF32 exactly when
@@ -153,7 +154,35 @@ def _register(ns: str, act_bwd) -> SimpleNamespace:
             db = ops.conv2d_bwd_bias(grad)
         return dx, dw, db, None, None, None, None, None, None
 
-    ops = SimpleNamespace(conv2d_fwd=differentiable(f"{ns}::conv2d_fwd", setup_context, backward))
+    # Forward mode (torch.func.jvp, jacfwd, hessian; torch.autograd.forward_ad): every op
+    # is linear in each tensor input, so a tangent goes through the same ops --
+    #   d conv(x, w) + b  =  conv(dx, w) + conv(x, dw) + db,   then the ReLU mask (y > 0)
+    #   d bwd_input(g, w) = bwd_input(dg, w) + bwd_input(g, dw), likewise bwd_weight, bwd_bias
+    def jvp(args, y, tangents):
+        x, w, b, stride, padding, dilation, groups, act, cl = args
+        tx, tw, tb = tangents[:3]
+        t = None
+        if tx is not None:
+            t = ops.conv2d_fwd(tx, w, None, stride, padding, dilation, groups, "none", cl)
+        if tw is not None:
+            tt = ops.conv2d_fwd(x, tw, None, stride, padding, dilation, groups, "none", cl)
+            t = tt if t is None else t + tt
+        if tb is not None:
+            tb = tb.view(1, -1, 1, 1)
+            t = tb.expand_as(y).clone() if t is None else t + tb
+        return act_bwd(t, y, "relu", 0.0, True) if act == "relu" else t
+
+    def bilinear_jvp(fn):
+        def jvp(args, out, tangents):  # fn(a, b, *rest): d = fn(da, b) + fn(a, db)
+            a, b, rest = args[0], args[1], args[2:]
+            t = None if tangents[0] is None else fn(tangents[0], b, *rest)
+            if tangents[1] is not None:
+                tt = fn(a, tangents[1], *rest)
+                t = tt if t is None else t + tt
+            return t
+        return jvp
+
+    ops = SimpleNamespace(conv2d_fwd=differentiable(f"{ns}::conv2d_fwd", setup_context, backward, jvp))
 
     # The backward ops are bilinear in their tensor inputs, so their own derivatives are
     # again convolutions: this makes double backward (e.g. gradient penalties) work.
@@ -193,9 +222,12 @@ def _register(ns: str, act_bwd) -> SimpleNamespace:
     def bb_backward(ctx, gdb):  # db = grad summed over n, oh, ow: its derivative broadcasts
         return gdb[None, :, None, None].expand(ctx.shape)
 
-    ops.conv2d_bwd_input = differentiable(f"{ns}::conv2d_bwd_input", bi_setup, bi_backward)
-    ops.conv2d_bwd_weight = differentiable(f"{ns}::conv2d_bwd_weight", bw_setup, bw_backward)
-    ops.conv2d_bwd_bias = differentiable(f"{ns}::conv2d_bwd_bias", bb_setup, bb_backward)
+    ops.conv2d_bwd_input = differentiable(f"{ns}::conv2d_bwd_input", bi_setup, bi_backward,
+                                          bilinear_jvp(lambda *a: ops.conv2d_bwd_input(*a)))
+    ops.conv2d_bwd_weight = differentiable(f"{ns}::conv2d_bwd_weight", bw_setup, bw_backward,
+                                           bilinear_jvp(lambda *a: ops.conv2d_bwd_weight(*a)))
+    ops.conv2d_bwd_bias = differentiable(f"{ns}::conv2d_bwd_bias", bb_setup, bb_backward,
+                                         lambda args, out, t: ops.conv2d_bwd_bias(t[0]))
     return ops
 
 

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import _dispatch
-from ._util import _no_zero_grads, as_int, check_tensor, custom_op, differentiable, is_channels_last
+from ._util import (_dual_level_active, _no_zero_grads, as_int, check_tensor, custom_op, differentiable,
+                    is_channels_last)
 
 
 def _is_cl(x: torch.Tensor) -> bool:
@@ -230,7 +231,23 @@ def _register(ns: str) -> SimpleNamespace:
         _need_indices(ind, "max_pool2d")
         return (lib.max_pool2d_bwd(grad, ind, *ctx.args),) + (None,) * 6
 
-    lib.max_pool2d_fwd = differentiable(f"{ns}::max_pool2d_fwd", max_setup, max_backward)
+    # Forward mode (torch.func.jvp, jacfwd, hessian; torch.autograd.forward_ad): every op
+    # here is linear in its one differentiable input, so its tangent is the same op applied
+    # to the input's tangent -- for a max pool, the tangent gathered at the argmax indices.
+    def linear_jvp(fn):
+        def jvp(args, out, tangents):
+            return fn(tangents[0], *args[1:])
+        return jvp
+
+    def max_jvp(op):
+        def jvp(args, out, tangents):
+            x, ind = args[0], out[1]
+            _need_indices(ind, op)
+            return lib.pool_gather(tangents[0], ind, _is_cl(x)), None
+        return jvp
+
+    lib.max_pool2d_fwd = differentiable(f"{ns}::max_pool2d_fwd", max_setup, max_backward,
+                                        max_jvp("max_pool2d"))
 
     # avg_pool2d: saves nothing but sizes
     def avg_setup(ctx, inputs, output):
@@ -240,7 +257,8 @@ def _register(ns: str) -> SimpleNamespace:
     def avg_backward(ctx, grad):
         return (lib.avg_pool2d_bwd(grad, *ctx.args),) + (None,) * 6
 
-    lib.avg_pool2d_fwd = differentiable(f"{ns}::avg_pool2d_fwd", avg_setup, avg_backward)
+    lib.avg_pool2d_fwd = differentiable(f"{ns}::avg_pool2d_fwd", avg_setup, avg_backward,
+                                        linear_jvp(lambda *a: lib.avg_pool2d_fwd(*a)))
 
     def aavg_setup(ctx, inputs, output):
         x, out_size = inputs
@@ -250,7 +268,8 @@ def _register(ns: str) -> SimpleNamespace:
         return lib.adaptive_avg_pool2d_bwd(grad, *ctx.args), None
 
     lib.adaptive_avg_pool2d_fwd = differentiable(
-        f"{ns}::adaptive_avg_pool2d_fwd", aavg_setup, aavg_backward)
+        f"{ns}::adaptive_avg_pool2d_fwd", aavg_setup, aavg_backward,
+        linear_jvp(lambda *a: lib.adaptive_avg_pool2d_fwd(*a)))
 
     def amax_setup(ctx, inputs, output):
         x, out_size, with_indices = inputs
@@ -266,7 +285,7 @@ def _register(ns: str) -> SimpleNamespace:
         return lib.adaptive_max_pool2d_bwd(grad, ind, *ctx.args), None, None
 
     lib.adaptive_max_pool2d_fwd = differentiable(
-        f"{ns}::adaptive_max_pool2d_fwd", amax_setup, amax_backward)
+        f"{ns}::adaptive_max_pool2d_fwd", amax_setup, amax_backward, max_jvp("adaptive_max_pool2d"))
 
     # Double backward. Each backward is linear in grad, and its adjoint is:
     #   max pools:  gg -> gg gathered at the saved indices (pool_gather)
@@ -282,9 +301,11 @@ def _register(ns: str) -> SimpleNamespace:
         (ind,) = ctx.saved_tensors
         return (lib.pool_gather(gg, ind, ctx.cl),) + (None,) * (ctx.n_args - 1)
 
-    lib.max_pool2d_bwd = differentiable(f"{ns}::max_pool2d_bwd", bwd_setup_max, max_bwd_backward)
+    lib.max_pool2d_bwd = differentiable(f"{ns}::max_pool2d_bwd", bwd_setup_max, max_bwd_backward,
+                                        linear_jvp(lambda *a: lib.max_pool2d_bwd(*a)))
     lib.adaptive_max_pool2d_bwd = differentiable(
-        f"{ns}::adaptive_max_pool2d_bwd", bwd_setup_max, max_bwd_backward)
+        f"{ns}::adaptive_max_pool2d_bwd", bwd_setup_max, max_bwd_backward,
+        linear_jvp(lambda *a: lib.adaptive_max_pool2d_bwd(*a)))
 
     def avg_bwd_setup(ctx, inputs, output):
         grad, input_size, kernel, stride, padding, cip, div, cl = inputs
@@ -293,7 +314,8 @@ def _register(ns: str) -> SimpleNamespace:
     def avg_bwd_backward(ctx, gg):
         return (lib.avg_pool2d_fwd(gg, *ctx.args),) + (None,) * 7
 
-    lib.avg_pool2d_bwd = differentiable(f"{ns}::avg_pool2d_bwd", avg_bwd_setup, avg_bwd_backward)
+    lib.avg_pool2d_bwd = differentiable(f"{ns}::avg_pool2d_bwd", avg_bwd_setup, avg_bwd_backward,
+                                        linear_jvp(lambda *a: lib.avg_pool2d_bwd(*a)))
 
     def aavg_bwd_setup(ctx, inputs, output):
         ctx.out_size = list(inputs[0].shape[2:])
@@ -302,7 +324,8 @@ def _register(ns: str) -> SimpleNamespace:
         return lib.adaptive_avg_pool2d_fwd(gg, ctx.out_size), None, None
 
     lib.adaptive_avg_pool2d_bwd = differentiable(
-        f"{ns}::adaptive_avg_pool2d_bwd", aavg_bwd_setup, aavg_bwd_backward)
+        f"{ns}::adaptive_avg_pool2d_bwd", aavg_bwd_setup, aavg_bwd_backward,
+        linear_jvp(lambda *a: lib.adaptive_avg_pool2d_bwd(*a)))
 
     def gather_setup(ctx, inputs, output):
         pass
@@ -311,7 +334,8 @@ def _register(ns: str) -> SimpleNamespace:
         raise NotImplementedError("pydl: third and higher derivatives of max pooling are not "
                                   "implemented (the double backward is)")
 
-    lib.pool_gather = differentiable(f"{ns}::pool_gather", gather_setup, gather_backward)
+    lib.pool_gather = differentiable(f"{ns}::pool_gather", gather_setup, gather_backward,
+                                     linear_jvp(lambda *a: lib.pool_gather(*a)))
     return lib
 
 
@@ -422,6 +446,14 @@ def _batched(x):
     return (x.contiguous().unsqueeze(0), True) if x.dim() == 3 else (x, False)
 
 
+def _may_differentiate(x: torch.Tensor) -> bool:
+    """Whether a max pool's indices may be needed for a derivative: x needs a gradient, or
+    forward-mode AD (a dual level, torch.func.jvp or another torch.func transform) may carry
+    a tangent, which the jvp gathers at them."""
+    return (torch.is_grad_enabled() and x.requires_grad) or _dual_level_active() or \
+        torch._C._are_functorch_transforms_active()
+
+
 # ------------------------------------------------------------------------- public ops
 def max_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: Optional[IntPair] = None,
                padding: IntPair = 0, dilation: IntPair = 1, ceil_mode: bool = False,
@@ -433,7 +465,7 @@ def max_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: Optional[IntPa
     if name == "torch":
         return F.max_pool2d(input, k, s, p, d, ceil_mode=ceil_mode, return_indices=return_indices)
     x, unbatched = _batched(input)
-    with_idx = bool(return_indices) or (torch.is_grad_enabled() and input.requires_grad)
+    with_idx = bool(return_indices) or _may_differentiate(input)
     y, ind = _OPS[name].max_pool2d_fwd(x, k, s, p, d, o, with_idx)
     if unbatched:
         y, ind = y.squeeze(0), (ind.squeeze(0) if return_indices else ind)
@@ -485,7 +517,7 @@ def adaptive_max_pool2d(input: torch.Tensor, output_size, return_indices: bool =
     if name == "torch":
         return F.adaptive_max_pool2d(input, output_size, return_indices)
     x, unbatched = _batched(input)
-    with_idx = bool(return_indices) or (torch.is_grad_enabled() and input.requires_grad)
+    with_idx = bool(return_indices) or _may_differentiate(input)
     y, ind = _OPS[name].adaptive_max_pool2d_fwd(x, o, with_idx)
     if unbatched:
         y, ind = y.squeeze(0), (ind.squeeze(0) if return_indices else ind)
