@@ -342,12 +342,8 @@ def _batch_stats_jvp(x, tx, eps):
     return sd, n, E, xh, r, r * (tx - E(tx) - xh * Ex), -r * r * Ex
 
 
-def _bn_fwd_train_jvp(args, out, tangents):
-    """y = act(w xh + b + res): t_y = act'(z) (tw xh + w t_xh + tb + t_res)."""
-    x, w, b, res, eps, act, alpha = args
-    tx, tw, tb, tres = tangents[:4]
-    y = out[0]
-    sd, n, E, xh, r, t_xh, _ = _batch_stats_jvp(x, tx, eps)
+def _output_tangent(x, y, xh, t_xh, w, tw, tb, tres, act, alpha, sd):
+    """t_y = act'(z) (w t_xh + tw xh + tb + t_res), for z = w xh + b + res, y = act(z)."""
     tz = t_xh if w is None else _per_channel(w, x, sd) * t_xh
     if tw is not None:
         tz = tz + _per_channel(tw, x, sd) * xh
@@ -356,7 +352,16 @@ def _bn_fwd_train_jvp(args, out, tangents):
     if tres is not None:
         tz = tz + tres.to(sd)
     m = _slope(y, act, alpha, sd)
-    return (tz if m is None else tz * m).to(y.dtype), None, None
+    return (tz if m is None else tz * m).to(y.dtype)
+
+
+def _bn_fwd_train_jvp(args, out, tangents):
+    """y = act(w xh + b + res): t_y = act'(z) (tw xh + w t_xh + tb + t_res)."""
+    x, w, b, res, eps, act, alpha = args
+    tx, tw, tb, tres = tangents[:4]
+    y = out[0]
+    sd, n, E, xh, r, t_xh, _ = _batch_stats_jvp(x, tx, eps)
+    return _output_tangent(x, y, xh, t_xh, w, tw, tb, tres, act, alpha, sd), None, None
 
 
 def _bn_fwd_eval_jvp(args, y, tangents):
@@ -368,15 +373,7 @@ def _bn_fwd_eval_jvp(args, y, tangents):
     r = torch.rsqrt(_per_channel(var, x, sd) + eps)
     xh = (x.to(sd) - _per_channel(mean, x, sd)) * r
     t_xh = r * _tangent(tx, x).to(sd)
-    tz = t_xh if w is None else _per_channel(w, x, sd) * t_xh
-    if tw is not None:
-        tz = tz + _per_channel(tw, x, sd) * xh
-    if tb is not None:
-        tz = tz + _per_channel(tb, x, sd)
-    if tres is not None:
-        tz = tz + tres.to(sd)
-    m = _slope(y, act, alpha, sd)
-    return (tz if m is None else tz * m).to(y.dtype)
+    return _output_tangent(x, y, xh, t_xh, w, tw, tb, tres, act, alpha, sd)
 
 
 def _bn_stats_jvp(args, out, tangents):
