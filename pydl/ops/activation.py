@@ -24,8 +24,7 @@ import torch.nn.functional as F
 
 from .. import _dispatch
 from ._util import (_BELOW_AUTOGRAD, _dual_level_active, check_like, check_tensor, custom_op,
-                    dense, differentiable,
-                    empty_dense_like, like_layout, op_caller)
+                    dense, differentiable, empty_dense_like, like_layout, op_caller)
 
 ACTS = ("relu", "leaky_relu", "elu", "sigmoid", "tanh")
 _SAVES_INPUT = ("leaky_relu", "elu")  # out of place; everything else saves the output
@@ -212,8 +211,8 @@ def act(x: torch.Tensor, kind: str, alpha: float = 0.0, inplace: bool = False,
         return _torch_reference(x, kind, alpha, inplace)
     if not inplace:
         return _FWD[name](x, kind, alpha)
-    ops = _OPS[name]
-    if torch.is_grad_enabled() and x.requires_grad:
+    needs_grad = torch.is_grad_enabled() and x.requires_grad
+    if needs_grad:
         # torch rejects these too: the result cannot give the derivative back
         if kind == "leaky_relu" and alpha < 0:
             raise RuntimeError("pydl.leaky_relu: in-place leaky_relu with a negative slope "
@@ -221,17 +220,14 @@ def act(x: torch.Tensor, kind: str, alpha: float = 0.0, inplace: bool = False,
         if kind == "elu" and alpha < 0:
             raise RuntimeError("pydl.elu: in-place elu with a negative alpha cannot be "
                                "differentiated; use inplace=False")
-        if torch._C._are_functorch_transforms_active():
-            # torch.func transforms (grad, vmap) cannot save an input an autograd.Function
-            # overwrote and returned; there the result is computed out of place (the same
-            # kernels, their vmap rules) from a copy of x (which elu and leaky_relu save, and
-            # copy_ then overwrites) and copied into x, which autograd differentiates
-            return x.copy_(_FWD[name](x.clone(), kind, alpha))
-        if not _dual_level_active():
-            return _InplaceAct.apply(x, name, kind, alpha)
-    if _dual_level_active():
-        # forward-mode AD: x may carry a tangent, which an update below autograd would leave
-        # stale; out of place (act_fwd's jvp) and copied in (copy_ carries the tangent)
+    if _dual_level_active() or (needs_grad and torch._C._are_functorch_transforms_active()):
+        # Forward-mode AD (x may carry a tangent, which an update below autograd would leave
+        # stale) and torch.func transforms (which cannot save an input an autograd.Function
+        # overwrote and returned): the result is computed out of place (the same kernels,
+        # their jvp and vmap rules) from a copy of x (which elu and leaky_relu save, and
+        # copy_ then overwrites) and copied into x; copy_ carries the gradient and tangent
         return x.copy_(_FWD[name](x.clone(), kind, alpha))
-    _inplace(ops, x, kind, alpha)
+    if needs_grad:
+        return _InplaceAct.apply(x, name, kind, alpha)
+    _inplace(_OPS[name], x, kind, alpha)
     return x

@@ -203,25 +203,54 @@ def _sum_c(t: Optional[torch.Tensor], like: Optional[torch.Tensor]):
     return None if t is None or like is None else t.reshape(-1).to(like.dtype)
 
 
+def _masked(t: torch.Tensor, m: Optional[torch.Tensor], sd) -> torch.Tensor:
+    """t in `sd` times the activation's slope m (dz from grad): as is without one."""
+    t = t.to(sd)
+    return t if m is None else t * m
+
+
+def _batch_stats(x: torch.Tensor, eps: float):
+    """(sd, n, E, xh, r) from x's batch statistics, recomputed in differentiable arithmetic."""
+    sd = _stat_dtype(x)
+    n = _count(x)
+    E = lambda t: _csum(t) / n  # noqa: E731 (the E[.] of the notation)
+    xf = x.to(sd)
+    c = xf - E(xf)
+    r = torch.rsqrt(E(c * c) + eps)
+    return sd, n, E, c * r, r
+
+
+def _given_stats(x, mean, var, y, eps: float, act: str, alpha: float):
+    """(sd, r, xh, slope) for the ops that take mean and var as given inputs (running
+    statistics, which torch does not differentiate: they get no gradient or tangent here
+    either)."""
+    sd = _stat_dtype(x)
+    r = torch.rsqrt(_per_channel(var, x, sd) + eps)
+    xh = (x.to(sd) - _per_channel(mean, x, sd)) * r
+    return sd, r, xh, _slope(y, act, alpha, sd)
+
+
+def _elemt_proj(dz, xh, s1, s2, k, x, sd):
+    """dz - k sum_dz - xh k sum_dz_xhat (a missing sum: no term), bn_bwd_elemt's bracket."""
+    if s1 is not None:
+        dz = dz - k * _per_channel(s1, x, sd)
+    if s2 is not None:
+        dz = dz - k * xh * _per_channel(s2, x, sd)
+    return dz
+
+
 def _bn_bwd_second(ctx, A, G, a_b, a_w):
     """bn_bwd's backward: the training formulas above differentiated (with mean and var
     the batch statistics of x)."""
     grad, x, _mean, _var, weight, y = ctx.saved_tensors
     # (mean and var get no gradient of their own: they are x's, and x's gradient has it)
     need_g, need_x, _, _, need_w = ctx.needs_input_grad[:5]
-    sd = _stat_dtype(x)
-    xf = x.to(sd)
-    n = _count(x)
-    mu = _csum(xf) / n
-    c = xf - mu
-    r = torch.rsqrt(_csum(c * c) / n + ctx.eps)
-    xh = c * r
+    sd, n, E, xh, r = _batch_stats(x, ctx.eps)
     m = _slope(y, ctx.act, ctx.alpha, sd)
-    dz = grad.to(sd) if m is None else grad.to(sd) * m
+    dz = _masked(grad, m, sd)
     w = _per_channel(weight, x, sd)
     wr = r if w is None else w * r
     A = A.to(sd)
-    E = lambda t: _csum(t) / n  # noqa: E731 (the E[.] of the notation)
     Ed, Eq = E(dz), E(dz * xh)
     EA, EAx = E(A), E(A * xh)
     a_b, a_w = _per_channel(a_b, x, sd), _per_channel(a_w, x, sd)
@@ -230,7 +259,7 @@ def _bn_bwd_second(ctx, A, G, a_b, a_w):
         g_dz = wr * (A - EA - xh * EAx) + a_b + a_w * xh
         if ctx.want_dz:
             g_dz = g_dz + G.to(sd)
-        d_grad = (g_dz if m is None else g_dz * m).to(grad.dtype)
+        d_grad = _masked(g_dz, m, sd).to(grad.dtype)
     if need_x:
         # through xh and r, both functions of x (d r / d x_i = -(r^2 / n) xh_i)
         dzc = dz - Ed
@@ -242,28 +271,18 @@ def _bn_bwd_second(ctx, A, G, a_b, a_w):
     return d_grad, d_x, None, None, d_w, None, None, None, None, None
 
 
-def _given_stats(ctx, x, mean, var, y):
-    """(sd, r, xh, slope) for the ops that take mean and var as given inputs (running
-    statistics, which torch does not differentiate: they get no gradient here either)."""
-    sd = _stat_dtype(x)
-    r = torch.rsqrt(_per_channel(var, x, sd) + ctx.eps)
-    xh = (x.to(sd) - _per_channel(mean, x, sd)) * r
-    return sd, r, xh, _slope(y, ctx.act, ctx.alpha, sd)
-
-
 def _bn_bwd_reduce_second(ctx, a_b, a_w):
     """bn_bwd_reduce's backward: sum_dz = sum(dz), sum_dz_xhat = sum(dz xh), mean and var
     given."""
     grad, x, mean, var, y = ctx.saved_tensors
-    sd, r, xh, m = _given_stats(ctx, x, mean, var, y)
+    sd, r, xh, m = _given_stats(x, mean, var, y, ctx.eps, ctx.act, ctx.alpha)
     a_b, a_w = _per_channel(a_b, x, sd), _per_channel(a_w, x, sd)
     d_grad = d_x = None
     if ctx.needs_input_grad[0]:
         g_dz = a_b + a_w * xh
-        d_grad = (g_dz if m is None else g_dz * m).to(grad.dtype)
+        d_grad = _masked(g_dz, m, sd).to(grad.dtype)
     if ctx.needs_input_grad[1]:
-        dz = grad.to(sd) if m is None else grad.to(sd) * m
-        d_x = (a_w * r * dz).to(x.dtype)
+        d_x = (a_w * r * _masked(grad, m, sd)).to(x.dtype)
     return d_grad, d_x, None, None, None, None, None, None
 
 
@@ -271,29 +290,24 @@ def _bn_bwd_elemt_second(ctx, A, G):
     """bn_bwd_elemt's backward: dx = w r (dz - k sum_dz - xh k sum_dz_xhat), mean, var
     given, sum_dz and sum_dz_xhat inputs of their own."""
     grad, x, mean, var, weight, y, s1, s2 = ctx.saved_tensors
-    sd, r, xh, m = _given_stats(ctx, x, mean, var, y)
+    sd, r, xh, m = _given_stats(x, mean, var, y, ctx.eps, ctx.act, ctx.alpha)
     k = ctx.inv_count
     w = _per_channel(weight, x, sd)
     wr = r if w is None else w * r
     A = A.to(sd)
-    s1c, s2c = _per_channel(s1, x, sd), _per_channel(s2, x, sd)
+    s2c = _per_channel(s2, x, sd)
     need = ctx.needs_input_grad
     d_grad = d_x = d_w = d_s1 = d_s2 = None
     if need[0]:
         g_dz = wr * A
         if ctx.want_dz:
             g_dz = g_dz + G.to(sd)
-        d_grad = (g_dz if m is None else g_dz * m).to(grad.dtype)
+        d_grad = _masked(g_dz, m, sd).to(grad.dtype)
     if need[1] and s2 is not None:  # xh's own dependence on x (r is given)
         d_x = (-k * wr * r * s2c * A).to(x.dtype)
     if need[4]:
-        dz = grad.to(sd) if m is None else grad.to(sd) * m
-        proj = dz
-        if s1 is not None:
-            proj = proj - k * s1c
-        if s2 is not None:
-            proj = proj - k * xh * s2c
-        d_w = _sum_c(_csum(A * r * proj), weight)
+        d_w = _sum_c(_csum(A * r * _elemt_proj(_masked(grad, m, sd), xh, s1, s2, k, x, sd)),
+                     weight)
     if need[6]:
         d_s1 = _sum_c(-k * _csum(wr * A), s1)
     if need[7]:
@@ -330,13 +344,7 @@ def _tangent(t, like):
 
 def _batch_stats_jvp(x, tx, eps):
     """(sd, n, E, xh, r, t_xh, t_r) for x's batch statistics and the tangent tx."""
-    sd = _stat_dtype(x)
-    n = _count(x)
-    E = lambda t: _csum(t) / n  # noqa: E731
-    xf = x.to(sd)
-    c = xf - E(xf)
-    r = torch.rsqrt(E(c * c) + eps)
-    xh = c * r
+    sd, n, E, xh, r = _batch_stats(x, eps)
     tx = _tangent(tx, x).to(sd)
     Ex = E(xh * tx)
     return sd, n, E, xh, r, r * (tx - E(tx) - xh * Ex), -r * r * Ex
@@ -352,7 +360,7 @@ def _output_tangent(x, y, xh, t_xh, w, tw, tb, tres, act, alpha, sd):
     if tres is not None:
         tz = tz + tres.to(sd)
     m = _slope(y, act, alpha, sd)
-    return (tz if m is None else tz * m).to(y.dtype)
+    return _masked(tz, m, sd).to(y.dtype)
 
 
 def _bn_fwd_train_jvp(args, out, tangents):
@@ -369,9 +377,7 @@ def _bn_fwd_eval_jvp(args, y, tangents):
     tangent: torch does not differentiate them, forward or backward.)"""
     x, mean, var, w, b, res, eps, act, alpha = args
     tx, _, _, tw, tb, tres = tangents[:6]
-    sd = _stat_dtype(x)
-    r = torch.rsqrt(_per_channel(var, x, sd) + eps)
-    xh = (x.to(sd) - _per_channel(mean, x, sd)) * r
+    sd, r, xh, _ = _given_stats(x, mean, var, None, eps, "none", 0.0)
     t_xh = r * _tangent(tx, x).to(sd)
     return _output_tangent(x, y, xh, t_xh, w, tw, tb, tres, act, alpha, sd)
 
@@ -396,10 +402,7 @@ def _bn_bwd_jvp(args, out, tangents):
     tg, tx, _, _, tw = tangents[:5]  # (mean's and var's tangents follow from x's)
     sd, n, E, xh, r, t_xh, t_r = _batch_stats_jvp(x, tx, eps)
     m = _slope(y, act, alpha, sd)
-    dz = grad.to(sd) if m is None else grad.to(sd) * m
-    t_dz = _tangent(tg, grad).to(sd)
-    if m is not None:
-        t_dz = t_dz * m
+    dz, t_dz = _masked(grad, m, sd), _masked(_tangent(tg, grad), m, sd)
     Eq = E(dz * xh)
     P = dz - E(dz) - xh * Eq
     t_Eq = E(t_dz * xh + dz * t_xh)
@@ -419,17 +422,11 @@ def _bn_bwd_reduce_jvp(args, out, tangents):
     """sum_dz = sum(dz), sum_dz_xhat = sum(dz xh), mean and var given (constant)."""
     grad, x, mean, var, y, eps, act, alpha = args
     tg, tx = tangents[:2]
-    sd = _stat_dtype(x)
-    r = torch.rsqrt(_per_channel(var, x, sd) + eps)
-    xh = (x.to(sd) - _per_channel(mean, x, sd)) * r
-    m = _slope(y, act, alpha, sd)
-    t_dz = _tangent(tg, grad).to(sd)
-    if m is not None:
-        t_dz = t_dz * m
-    dz = grad.to(sd) if m is None else grad.to(sd) * m
+    sd, r, xh, m = _given_stats(x, mean, var, y, eps, act, alpha)
+    t_dz = _masked(_tangent(tg, grad), m, sd)
     t_s2 = t_dz * xh
     if tx is not None:
-        t_s2 = t_s2 + dz * r * tx.to(sd)
+        t_s2 = t_s2 + _masked(grad, m, sd) * r * tx.to(sd)
     return _csum(t_dz).reshape(-1).to(out[0].dtype), _csum(t_s2).reshape(-1).to(out[1].dtype)
 
 
@@ -437,28 +434,16 @@ def _bn_bwd_elemt_jvp(args, out, tangents):
     """dx = w r (dz - k sum_dz - xh k sum_dz_xhat), mean and var given (constant)."""
     grad, x, mean, var, w, y, s1, s2, eps, k, act, alpha, want_dz = args
     tg, tx, _, _, tw, _, ts1, ts2 = tangents[:8]
-    sd = _stat_dtype(x)
-    r = torch.rsqrt(_per_channel(var, x, sd) + eps)
-    xh = (x.to(sd) - _per_channel(mean, x, sd)) * r
-    m = _slope(y, act, alpha, sd)
-    dz = grad.to(sd) if m is None else grad.to(sd) * m
-    t_dz = _tangent(tg, grad).to(sd)
-    if m is not None:
-        t_dz = t_dz * m
-    proj, t_proj = dz, t_dz
-    if s1 is not None:
-        proj = proj - k * _per_channel(s1, x, sd)
-        if ts1 is not None:
-            t_proj = t_proj - k * _per_channel(ts1, x, sd)
-    if s2 is not None:
-        s2c = _per_channel(s2, x, sd)
-        proj = proj - k * xh * s2c
-        if tx is not None:
-            t_proj = t_proj - k * r * tx.to(sd) * s2c
-        if ts2 is not None:
-            t_proj = t_proj - k * xh * _per_channel(ts2, x, sd)
+    sd, r, xh, m = _given_stats(x, mean, var, y, eps, act, alpha)
+    t_dz = _masked(_tangent(tg, grad), m, sd)
+    # the bracket's tangent: the sums' own tangents, and xh's (r tx) times k sum_dz_xhat
+    t_proj = _elemt_proj(t_dz, xh, ts1 if s1 is not None else None,
+                         ts2 if s2 is not None else None, k, x, sd)
+    if s2 is not None and tx is not None:
+        t_proj = t_proj - k * r * tx.to(sd) * _per_channel(s2, x, sd)
     t_dx = r * t_proj if w is None else _per_channel(w, x, sd) * r * t_proj
     if tw is not None:
+        proj = _elemt_proj(_masked(grad, m, sd), xh, s1, s2, k, x, sd)
         t_dx = t_dx + _per_channel(tw, x, sd) * r * proj
     dx, dz_out = out
     return t_dx.to(dx.dtype), (t_dz.to(dz_out.dtype) if want_dz else torch.zeros_like(dz_out))
