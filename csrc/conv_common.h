@@ -54,6 +54,7 @@ inline void check_geometry(at::IntArrayRef stride, at::IntArrayRef padding, at::
 inline void check_weight_size(at::IntArrayRef w, int64_t C, int64_t groups) {
   PYDL_CHECK(w.size() == 4, "weight must be 4-D [out_channels, in_channels/groups, kH, kW], got ",
              w.size(), "-D");
+  PYDL_CHECK(w[2] > 0 && w[3] > 0, "kernel size must be positive, got weight of shape ", w);
   PYDL_CHECK(w[0] % groups == 0, "out_channels (", w[0], ") must be divisible by groups (", groups, ")");
   PYDL_CHECK(C % groups == 0 && w[1] * groups == C, "input has ", C,
              " channels but weight expects in_channels/groups = ", w[1], " with groups = ", groups);

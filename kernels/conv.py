@@ -22,7 +22,9 @@ straight from the tensors -- each row/column index is decoded into (n, oh, ow) o
 
 The grid's third axis is the group, so grouped and depthwise convolutions are one launch
 (for the weight gradient: the group and a slice of its long N*OH*OW reduction, split-K,
-summed afterwards by a small reduction kernel in a fixed order).
+summed afterwards by a small reduction kernel in a fixed order). That axis stops at 65535:
+more groups (a depthwise conv under torch.vmap runs batch x channels of them) are launched
+in chunks, each on channel slices of the same tensors (_group_chunks).
 Loads use the element strides of every tensor, so NCHW and channels_last (NHWC) operands
 are read in place. The order in which a K index is decoded follows the layout: with
 channels_last the channel is the fastest-varying part of K, so a BLOCK_K slice is a
@@ -145,8 +147,9 @@ def conv2d_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     pid_m, pid_n, g = tl.program_id(0).to(IDX), tl.program_id(1).to(IDX), tl.program_id(2).to(IDX)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)   # output pixel (n, oh, ow)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)   # output channel in the group
-    n = rm // (OH * OW)
-    ohw = rm - n * (OH * OW)
+    plane = tl.cast(OH, IDX) * OW                  # (in IDX: past 2^31 on the int64 path)
+    n = rm // plane
+    ohw = rm - n * plane
     oh = ohw // OW
     ow = ohw - oh * OW
     ih0 = oh * str_h - pad_h                       # the window's top-left input pixel
@@ -240,7 +243,8 @@ def conv2d_bwd_input_kernel(g_ptr, w_ptr, dx_ptr, phase_ptr,
                             UPCAST: tl.constexpr, IDX: tl.constexpr, TAP_MAJOR: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid, pid_n, g = tl.program_id(0).to(IDX), tl.program_id(1).to(IDX), tl.program_id(2).to(IDX)
-    tiles_m = (M + BLOCK_M - 1) // BLOCK_M            # row tiles of the largest phase
+    tiles_m = (tl.cast(M, IDX) + BLOCK_M - 1) // BLOCK_M  # row tiles of the largest phase (M
+                                                          # near 2^31 must not wrap in int32)
     phase = pid // tiles_m
     pid_m = pid - phase * tiles_m
     # the phase's geometry (_phases): batch, then (first row, rows, first tap, taps, dy
@@ -328,7 +332,9 @@ def conv2d_bwd_input_kernel(g_ptr, w_ptr, dx_ptr, phase_ptr,
 # conv2d_wgrad_reduce_kernel adds the slices in a fixed order (deterministic) into dw.
 @triton.autotune(configs=_configs(_WGRAD_SHAPES), key=["OCg", "NCOL", "K_PER", "N_CL", "IDX"],
                  prune_configs_by={"early_config_prune": _fits_smem})
-@triton.jit
+# (K and K_PER never become constexprs: a reduction of length 1 -- one image, one output
+# pixel -- specialized so, Triton 3.8 compiled with 32 registers and ~5 KB of spills)
+@triton.jit(do_not_specialize=["K", "K_PER"])
 def conv2d_bwd_weight_kernel(g_ptr, x_ptr, work_ptr,
                              H, W, OH, OW, Cg, OCg, OC, NCOL, K, K_PER, SPLITS, KH, KW,
                              sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
@@ -434,10 +440,11 @@ def conv2d_bwd_bias_kernel(g_ptr, db_ptr, OC, OH, OW, K, sgn, sgc, sgh, sgw,
         acc = tl.zeros((BLOCK,), dtype=tl.float64)
     else:
         acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    plane = tl.cast(OH, IDX) * OW
     for k0 in range(0, K, BLOCK):
         rk = k0 + tl.arange(0, BLOCK).to(IDX)
-        n = rk // (OH * OW)
-        ohw = rk - n * (OH * OW)
+        n = rk // plane
+        ohw = rk - n * plane
         oh = ohw // OW
         ow = ohw - oh * OW
         off = n.to(tl.int64) * sgn + oh.to(tl.int64) * sgh + ow.to(tl.int64) * sgw
@@ -468,6 +475,19 @@ def _precision(tf32: bool) -> str:
     return "tf32" if tf32 else "ieee"
 
 
+_MAX_GRID_Z = 65535  # a CUDA grid's third axis, which the launchers give the groups
+
+
+def _group_chunks(groups: int, Cg: int, OCg: int):
+    """For more groups than the grid's third axis holds: (groups in the chunk, its input
+    channel slice, its output channel slice) per chunk of at most _MAX_GRID_Z groups; the
+    launchers run each chunk as a convolution of its own on those channel slices of the same
+    tensors (views: the kernels read and write through strides, nothing is copied)."""
+    for g0 in range(0, groups, _MAX_GRID_Z):
+        n = min(_MAX_GRID_Z, groups - g0)
+        yield n, slice(g0 * Cg, (g0 + n) * Cg), slice(g0 * OCg, (g0 + n) * OCg)
+
+
 def conv2d_fwd(x, w, b, y, stride, padding, dilation, groups, relu: bool, tf32: bool) -> None:
     """y = act(conv(x, w) + b); padding is [top, left, bottom, right] (bottom/right only
     shape y). y is allocated by the caller in its memory format."""
@@ -476,6 +496,11 @@ def conv2d_fwd(x, w, b, y, stride, padding, dilation, groups, relu: bool, tf32: 
     OH, OW = y.shape[2], y.shape[3]
     M, OCg, K = N * OH * OW, OC // groups, Cg * KH * KW
     if y.numel() == 0:
+        return
+    if groups > _MAX_GRID_Z:
+        for n, ci, co in _group_chunks(groups, Cg, OCg):
+            conv2d_fwd(x[:, ci], w[co], None if b is None else b[co], y[:, co], stride, padding,
+                       dilation, n, relu, tf32)
         return
     grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]), triton.cdiv(OCg, META["BLOCK_N"]), groups)  # noqa: E731
     conv2d_fwd_kernel[grid](
@@ -513,8 +538,8 @@ def _phases(N, H, W, KH, KW, stride, padding, dilation, device):
         table = [(N,) + h + w for h in hs for w in ws]   # phase index = rh * sw + rw
         M = max(N * h[1] * w[1] for h in hs for w in ws)
         K = max(h[3] * w[3] for h in hs for w in ws)
-        if len(_PHASES) > 256:
-            _PHASES.clear()
+        # (never evicted: a CUDA graph that captured a launch keeps the table's address, not
+        # the tensor, and a table is a few hundred bytes)
         # every entry is below 2^31 (a count or an index along one dimension): int32
         _PHASES[key] = (torch.tensor(table, dtype=torch.int32, device=device), len(table), M, K,
                         (kstep_h, kstep_w, doff_h, doff_w))
@@ -529,6 +554,10 @@ def conv2d_bwd_input(grad, w, dx, stride, padding, dilation, groups, tf32: bool)
     OH, OW = grad.shape[2], grad.shape[3]
     OCg = OC // groups
     if dx.numel() == 0:
+        return
+    if groups > _MAX_GRID_Z:
+        for n, ci, co in _group_chunks(groups, Cg, OCg):
+            conv2d_bwd_input(grad[:, co], w[co], dx[:, ci], stride, padding, dilation, n, tf32)
         return
     if OCg * KH * KW >= 2 ** 31 or H * W >= 2 ** 31:
         raise RuntimeError(f"pydl.conv2d (triton): the input gradient needs out_channels/groups x "
@@ -556,7 +585,7 @@ def _wgrad_splits(K: int, tiles: int, groups: int, device) -> int:
     """How many K slices: enough programs for ~2 waves of the GPU, each slice >= 256 long.
     Under the interpreter 2, so the tests run the split-K path."""
     want = 2 if INTERPRET else triton.cdiv(2 * _num_sms(device), tiles)
-    return max(1, min(want, triton.cdiv(K, 256) if not INTERPRET else K, 65535 // groups))
+    return max(1, min(want, triton.cdiv(K, 256) if not INTERPRET else K, _MAX_GRID_Z // groups))
 
 
 def conv2d_bwd_weight(grad, x, dw, stride, padding, dilation, groups, tf32: bool) -> None:
@@ -566,6 +595,10 @@ def conv2d_bwd_weight(grad, x, dw, stride, padding, dilation, groups, tf32: bool
     OH, OW = grad.shape[2], grad.shape[3]
     OCg, NCOL, K = OC // groups, Cg * KH * KW, N * OH * OW
     if dw.numel() == 0:
+        return
+    if groups > _MAX_GRID_Z:
+        for n, ci, co in _group_chunks(groups, Cg, OCg):
+            conv2d_bwd_weight(grad[:, co], x[:, ci], dw[co], stride, padding, dilation, n, tf32)
         return
     if OH * OW >= 2 ** 31:
         raise RuntimeError(f"pydl.conv2d (triton): the weight gradient needs OH x OW ({OH * OW}) "

@@ -306,6 +306,16 @@ int main() {
     run<float>(c, 1);
     run<double>(c, 1);
   }
+  // no channels (a (64, 0, 17, 16) input, either layout): the glue sizes its workspace from
+  // the grid before the launcher returns early; the grid's split divided by zero tiles
+  // (volatile: the sizes as the glue gets them, at run time, so the division is not folded)
+  for (int64_t in : {272, 1}) {
+    volatile int64_t vo = in == 1 ? 64 * 272 : 64, vc = 0, vi = in;
+    const ReduceGrid g0 = reduce_grid(vo, vc, vi);
+    report("no channels: reduce_grid(" + std::to_string(vo) + ", 0, " + std::to_string(vi) +
+               ") has no tiles (and no division by them)",
+           g0.tiles == 0 && g0.B >= 1 ? 0 : INFINITY, 0);
+  }
   for (int64_t C : {1, 3, 40}) {
     for (bool cl : {false, true}) run_empty<float>(C, cl);
     run_empty<float>(C, false, true);

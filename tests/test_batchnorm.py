@@ -606,28 +606,46 @@ def test_compile_fullgraph(backend, device):
 
 
 # ------------------------------------------------------------------------ SyncBatchNorm
-def _sync_worker(rank, world, init_file, outdir, backend):
+def _sync_dist(device: str, rank: int):
+    """(torch.distributed backend, this rank's device) for the SyncBatchNorm test: gloo on
+    CPU tensors; on CUDA tensors NCCL with one GPU per process when there are two, else gloo
+    with both processes on the one GPU (NCCL refuses two ranks on one device; gloo moves
+    CUDA tensors through the host -- what it tests is pydl's CUDA path between the
+    collectives, the transport being torch's)."""
+    if device == "cpu":
+        return "gloo", torch.device("cpu")
+    n = torch.cuda.device_count()
+    return ("nccl" if n >= 2 else "gloo"), torch.device("cuda", rank % n)
+
+
+def _sync_worker(rank, world, init_file, outdir, backend, device="cpu"):
     """One process of the SyncBatchNorm test: its slice of the batch through
     SyncBatchNorm (forward + backward, two steps), results saved for the parent."""
     import torch.distributed as dist
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist_backend, dev = _sync_dist(device, rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group(dist_backend, init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
     try:
         full = torch.load(os.path.join(outdir, "inputs.pt"))
         bn = pydl.nn.SyncBatchNorm(5, momentum=0.3, backend=backend)
         bn.load_state_dict(full["state"])
+        bn.to(dev)
         out = {}
         for step in range(2):
             lo, hi = full["splits"][rank]
-            x = full["x"][step][lo:hi].clone().requires_grad_()
-            g = full["g"][step][lo:hi]
+            x = full["x"][step][lo:hi].to(dev).requires_grad_()
+            g = full["g"][step][lo:hi].to(dev)
             y = bn(x)
+            assert y.device == dev
             y.backward(g)
             out[f"y{step}"], out[f"dx{step}"] = y.detach(), x.grad
         out["dw"], out["db"] = bn.weight.grad, bn.bias.grad
         # first derivatives only, as torch's SyncBatchNorm: a second one raises
-        x = full["x"][0][lo:hi].clone().requires_grad_()
-        bn2 = pydl.nn.SyncBatchNorm(5, backend=backend)
+        x = full["x"][0][lo:hi].to(dev).requires_grad_()
+        bn2 = pydl.nn.SyncBatchNorm(5, backend=backend).to(dev)
         (gx,) = torch.autograd.grad(bn2(x).pow(2).sum(), x, create_graph=True)
         try:
             gx.sum().backward()
@@ -636,6 +654,8 @@ def _sync_worker(rank, world, init_file, outdir, backend):
             out["double_backward"] = str(e)
         out["running_mean"], out["running_var"] = bn.running_mean, bn.running_var
         out["num_batches_tracked"] = bn.num_batches_tracked
+        out["dist_backend"] = dist_backend
+        out = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
         torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -643,12 +663,13 @@ def _sync_worker(rank, world, init_file, outdir, backend):
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
-@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[1] == "cpu"])
+@pytest.mark.parametrize("backend,device", backend_params())
 def test_sync_batchnorm_two_processes(backend, device, tmp_path):
-    """2 gloo processes holding unequal parts of the batch (3 and 4 samples) ==
-    BatchNorm2d on the whole batch: output, input gradient, parameter gradients (summed
-    over processes: each holds its local part, as with torch's SyncBatchNorm), running
-    statistics."""
+    """2 processes holding unequal parts of the batch (3 and 4 samples) == BatchNorm2d on
+    the whole batch: output, input gradient, parameter gradients (summed over processes:
+    each holds its local part, as with torch's SyncBatchNorm), running statistics. CPU
+    tensors over gloo; CUDA tensors over NCCL with two GPUs, else over gloo on one
+    (_sync_dist)."""
     torch.manual_seed(0)
     ref = nn.BatchNorm2d(5, momentum=0.3)
     with torch.no_grad():
@@ -660,7 +681,7 @@ def test_sync_batchnorm_two_processes(backend, device, tmp_path):
                tmp_path / "inputs.pt")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--sync-worker", str(r),
-                               "2", str(tmp_path / "store"), str(tmp_path), backend],
+                               "2", str(tmp_path / "store"), str(tmp_path), backend, device],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for r in range(2)]
     logs = []
@@ -675,6 +696,7 @@ def test_sync_batchnorm_two_processes(backend, device, tmp_path):
     for p, log in zip(procs, logs):
         assert p.returncode == 0, f"worker failed:\n{log[-3000:]}"
     res = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert [r["dist_backend"] for r in res] == [_sync_dist(device, 0)[0]] * 2
     for step in range(2):
         x = xs[step].clone().requires_grad_()
         y = ref(x)
@@ -767,7 +789,8 @@ def test_bad_input():
 
 
 if __name__ == "__main__" and len(sys.argv) >= 2 and sys.argv[1] == "--sync-worker":
-    _sync_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])
+    _sync_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6],
+                 sys.argv[7])
 
 
 SECOND = [(t, a, r) for t in (True, False) for a in ("none", "relu", "leaky_relu")

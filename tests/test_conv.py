@@ -137,6 +137,43 @@ def test_triton_every_config(backend, device):
         tc.pin_config(TRITON_TEST_CONFIG)
 
 
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] == "triton"])
+def test_triton_groups_in_chunks(backend, device, monkeypatch):
+    """More groups than a CUDA grid's third axis holds (65535: a depthwise conv under
+    torch.vmap has batch x channels groups) run in chunks of groups on channel slices of the
+    same tensors. The limit lowered to 2 here, 5 groups take 3 chunks (the last one a single
+    group): depthwise and 2 channels a group, forward, all gradients, both layouts, a
+    strided NCHW output too."""
+    from pydl.kernels import conv as tc
+    monkeypatch.setattr(tc, "_MAX_GRID_Z", 2)
+    calls = []  # (launcher, groups) of every launcher call, the chunks' included
+    for name, at in (("conv2d_fwd", 7), ("conv2d_bwd_input", 6), ("conv2d_bwd_weight", 6)):
+        def record(*a, _f=getattr(tc, name), _name=name, _at=at):
+            calls.append((_name, a[_at]))
+            return _f(*a)
+        monkeypatch.setattr(tc, name, record)
+    rows = [("chunks_dw", 2, 5, 6, 7, 5, (3, 3), {"padding": 1, "groups": 5}, True),
+            ("chunks_g5", 1, 10, 5, 6, 15, (2, 3), {"stride": (2, 1), "groups": 5}, True)]
+    for row in rows:
+        for layout in LAYOUTS:
+            calls.clear()
+            _run(row, backend, torch.float32, device, layout)
+            for name in ("conv2d_fwd", "conv2d_bwd_input", "conv2d_bwd_weight"):
+                assert [g for f, g in calls if f == name][-3:] == [2, 2, 1], (name, calls)
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[1] == "cuda"])
+def test_more_groups_than_a_grid_holds(backend, device):
+    """65539 groups of 2 channels (a grouped conv under torch.vmap has batch x groups): more
+    than a CUDA grid's z axis holds (65535), so both GPU backends launch in chunks of groups
+    (csrc/cuda/conv.cpp for_group_chunks, kernels/conv.py _group_chunks); forward and all
+    gradients against the float64 reference, both layouts."""
+    row = ("many_groups", 1, 2 * 65539, 3, 4, 2 * 65539, (3, 3), {"padding": 1, "groups": 65539}, True)
+    for dtype in (torch.float32, torch.bfloat16):
+        for layout in LAYOUTS:
+            _run(row, backend, dtype, device, layout)
+
+
 @pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 def test_channels_last_weight(backend, device, dtype):
@@ -747,6 +784,10 @@ def test_bad_input():
          lambda: F.conv2d(x, torch.randn(6, 2, 9, 3), groups=2)),
         (RuntimeError, "kernel size .* can't be greater than the padded input",
          lambda: F.conv2d(x, w, dilation=4, groups=2)),
+        (RuntimeError, "kernel size \\(weight.shape\\[2:\\]\\) must be greater than zero",
+         lambda: F.conv2d(x, torch.randn(6, 2, 3, 0), groups=2)),
+        (RuntimeError, "kernel size \\(weight.shape\\[2:\\]\\) must be greater than zero",
+         lambda: F.conv2d(x, torch.randn(6, 2, 0, 0), groups=2)),
         (RuntimeError, "padding='same' is not supported for strided",
          lambda: F.conv2d(x, w, stride=2, padding="same", groups=2)),
         (RuntimeError, "input \\(torch.float32\\) and weight \\(torch.float64\\) must have the same dtype",
@@ -766,6 +807,8 @@ def test_bad_input():
         TF.conv2d(x, w)
     with pytest.raises(RuntimeError):
         TF.conv2d(x, w, stride=2, padding="same", groups=2)
+    with pytest.raises(RuntimeError):
+        TF.conv2d(x, torch.randn(6, 2, 3, 0), groups=2)
 
 
 def test_bad_input_device_mismatch_meta():
@@ -788,3 +831,5 @@ def test_cpp_checks():
         torch.ops.pydl.conv2d_fwd(x, w, None, [1, 1], [0, 0, 0, 0], [4, 1], 2, "none", False)
     with pytest.raises(RuntimeError, match="act must be 'none' or 'relu'"):
         torch.ops.pydl.conv2d_fwd(x, w, None, [1, 1], [0, 0, 0, 0], [1, 1], 2, "gelu", False)
+    with pytest.raises(RuntimeError, match="kernel size must be positive"):
+        torch.ops.pydl.conv2d_fwd(x, w[..., :0], None, [1, 1], [0, 0, 0, 0], [1, 1], 2, "none", False)

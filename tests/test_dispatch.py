@@ -233,6 +233,38 @@ def test_modes_and_overrides_take_torch_ops(backend):
 
 
 @pytest.mark.parametrize("backend", _EAGER_BACKENDS)
+def test_torch_function_override_inside_a_tensor_list(backend):
+    """A tensor subclass that overrides __torch_function__ sees the pydl ops it takes part in
+    also when it sits inside a list argument (an optimizer's parameter list), as with
+    torch.ops, which looks inside lists: the eager entry point is taken only when no tensor
+    of any list overrides it. The step's values are torch.optim's."""
+    class Logged(torch.Tensor):
+        seen = []
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            cls.seen.append(str(func))
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    torch.manual_seed(0)
+    ref = [torch.randn(5, requires_grad=True), torch.randn(3, 2, requires_grad=True)]
+    ps = [r.detach().clone().as_subclass(Logged).requires_grad_() for r in ref]
+    for r, p in zip(ref, ps):
+        r.grad = torch.randn_like(r)
+        p.grad = r.grad.clone()
+    opt = pydl.optim.SGD(ps, lr=0.1, momentum=0.9, backend=backend)
+    topt = torch.optim.SGD(ref, lr=0.1, momentum=0.9)
+    for _ in range(2):
+        Logged.seen.clear()
+        opt.step()
+        topt.step()
+        ns = "pydl" if backend == "cpu" else "pydl_triton"
+        assert any(f.startswith(f"{ns}.") for f in Logged.seen), Logged.seen
+    for r, p in zip(ref, ps):
+        assert torch.allclose(p.as_subclass(torch.Tensor), r, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", _EAGER_BACKENDS)
 def test_eager_calls_skip_torch_library_autograd(backend):
     """In eager mode every op goes through pydl.ops._util.differentiable's fast path: an
     autograd.Function when a gradient is needed, straight below autograd when not --

@@ -61,7 +61,8 @@ RECORDS = {}  # key -> (JITFunction, signature, constexprs, attrs, options)
 def _record(fn: JITFunction, args, kwargs):
     """One launch, specialized as the JIT would: an int argument equal to 1 becomes the
     constant 1, and ints and pointers divisible by 16 get the divisibility hint (which lets
-    Triton vectorize loads) -- so what is compiled here is what a GPU run compiles."""
+    Triton vectorize loads), except where the kernel says do_not_specialize -- so what is
+    compiled here is what a GPU run compiles."""
     options = {k: kwargs.pop(k) for k in LAUNCH_OPTIONS if k in kwargs and kwargs[k] is not None}
     options.setdefault("num_warps", 4)
     options.setdefault("num_stages", 3)
@@ -79,7 +80,8 @@ def _record(fn: JITFunction, args, kwargs):
         if ann and not ann.startswith("*"):
             sig[name] = ann
             continue
-        t, hint = native_specialize_impl(BaseBackend, v, False, True, True)
+        t, hint = native_specialize_impl(BaseBackend, v, False, not p.do_not_specialize,
+                                         not p.do_not_specialize_on_alignment)
         sig[name] = t
         if t == "constexpr":  # None, an int equal to 1, or a tl.dtype passed positionally
             consts[name] = v
@@ -151,12 +153,16 @@ def _backward(y):
 
 def drive_conv():
     # ResNet-like layers (channel counts multiples of 16, so the strides carry the
-    # divisibility hints a real network's do; 3x3 stride 1 and 2, 1x1) and one odd grouped one
+    # divisibility hints a real network's do; 3x3 stride 1 and 2, 1x1), one odd grouped one
+    # and one with a single output pixel
     F = pydl.functional
     layers = [((2, 64, 14, 14), (64, 64, 3, 3), dict(stride=1, padding=1)),
               ((2, 64, 15, 15), (128, 64, 3, 3), dict(stride=2, padding=1)),
               ((2, 256, 7, 7), (64, 256, 1, 1), dict()),
-              ((2, 6, 9, 9), (4, 3, 3, 2), dict(stride=(2, 1), padding=(1, 0), dilation=2, groups=2))]
+              ((2, 6, 9, 9), (4, 3, 3, 2), dict(stride=(2, 1), padding=(1, 0), dilation=2, groups=2)),
+              # a squeeze-excitation 1x1 conv on a 1x1 map of one image: OH, OW, M (and the
+              # input gradient's rows) are 1, which the JIT makes constexprs
+              ((1, 16, 1, 1), (16, 16, 1, 1), dict())]
     for dtype in DTYPES:
         for cl in (False, True):
             for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
@@ -265,6 +271,11 @@ def drive_huge():
     x = big((256, 3, 224, 224), torch.bfloat16, True)   # a ResNet stem at batch 256
     w = torch.empty((64, 3, 7, 7), dtype=torch.bfloat16).to(memory_format=torch.channels_last)
     bwd(F.conv2d(x, w.requires_grad_(), None, stride=2, padding=3, backend="triton"))
+    # more groups than a grid's third axis holds (a depthwise conv of 1024 channels under
+    # vmap over a batch of 80: 81920 groups): launched in chunks of at most 65535
+    x = big((2, 81920, 5, 5), torch.bfloat16)
+    w = torch.empty((81920, 1, 3, 3), dtype=torch.bfloat16, requires_grad=True)
+    bwd(F.conv2d(x, w, None, padding=1, groups=81920, backend="triton"))
     for cl in (False, True):
         x = big((1, 2, 8192, 8200), cl=cl)              # 67M-pixel planes
         rm, rv = torch.zeros(2), torch.ones(2)

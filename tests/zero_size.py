@@ -102,6 +102,10 @@ def main(backend: str, device: str) -> int:
 
     shapes = [s for s in itertools.product([0, 2], [0, 3], [0, 5], [0, 4]) if 0 in s]
     shapes += [(0, 3, 5), (3, 0, 5), (3, 5, 0)]
+    # no channels with many values per (absent) channel: the CUDA batch norm sized its
+    # workspace by dividing by the channel tiles (SIGFPE) -- with few values the compiler had
+    # dropped the unused division, so the small shapes above passed by luck
+    shapes += [(64, 0, 17, 16)]
     for shp, cl in itertools.product(shapes, (False, True)):
         if cl and len(shp) == 3:
             continue

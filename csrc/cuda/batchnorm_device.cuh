@@ -82,7 +82,9 @@ inline ReduceGrid reduce_grid(int64_t outer, int64_t C, int64_t inner) {
   g.tiles = (C + g.tx - 1) / g.tx;
   const int64_t M = outer * inner;
   // aim for 4 blocks per SM in total, without giving a thread fewer than kMinPerThread values
-  int64_t B = (int64_t(num_sms()) * 4 + g.tiles - 1) / g.tiles;
+  // (no channels: no tiles, and one slice -- nothing is launched, but the glue sizes the
+  // workspace with this first, and a division by zero tiles would kill the process)
+  int64_t B = (int64_t(num_sms()) * 4 + g.tiles - 1) / std::max<int64_t>(1, g.tiles);
   B = std::min<int64_t>(B, std::max<int64_t>(1, M / (int64_t(g.ty) * kMinPerThread)));
   B = std::max<int64_t>(1, std::min<int64_t>(B, 65535));
   g.J = std::max<int64_t>(1, (M + B - 1) / B);

@@ -3,12 +3,17 @@
 // the current stream (kernels in conv_kernel.cu), and TORCH_LIBRARY_IMPL(pydl, CUDA).
 //
 // The kernels address every tensor through its strides, so no input is copied here.
+// A CUDA grid holds at most 65535 blocks on its z axis, where the GEMM kernels put the
+// groups: more groups (a grouped convolution under torch.vmap has batch x groups of them)
+// are launched in chunks (for_group_chunks).
 // float32 may use TF32 tensor cores exactly when torch's own (cuDNN) convolution may:
 // at::globalContext().allowTF32CuDNN(CONV), i.e. torch.backends.cudnn.allow_tf32 /
 // torch.backends.cudnn.conv.fp32_precision.
 #include "common.h"
 #include "conv_common.h"
 #include "cuda/conv_kernel.h"
+
+#include <algorithm>
 
 #include <ATen/Context.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -20,6 +25,42 @@ namespace {
 
 void check_launch(int err, const char* what) {
   PYDL_CHECK(err == 0, what, " launch failed: ", cudaGetErrorString(cudaError_t(err)));
+}
+
+// One launch's share of the groups: its geometry (groups, C and OC of the chunk alone) and
+// its first input and output channel.
+struct GroupChunk {
+  ConvShape s;
+  int64_t c0, oc0;
+};
+
+constexpr int64_t kMaxLaunchGroups = 65535;  // gridDim.z
+
+// f(chunk) for each chunk of at most kMaxLaunchGroups groups: each is a convolution of its
+// own on channel slices of the same tensors (the pointers moved to the slice, the strides
+// unchanged). One chunk, the whole problem, in the common case -- and for depthwise, whose
+// kernels run on a 1-D grid.
+template <typename F>
+void for_group_chunks(const ConvShape& s, F&& f) {
+  if (s.groups <= kMaxLaunchGroups || s.Cg() == 1) {
+    f(GroupChunk{s, 0, 0});
+    return;
+  }
+  for (int64_t g0 = 0; g0 < s.groups; g0 += kMaxLaunchGroups) {
+    GroupChunk k{s, g0 * s.Cg(), g0 * s.OCg()};
+    k.s.groups = std::min(kMaxLaunchGroups, s.groups - g0);
+    k.s.C = k.s.groups * s.Cg();
+    k.s.OC = k.s.groups * s.OCg();
+    f(k);
+  }
+}
+
+// t's data pointer moved by `elems` elements
+const void* at_elem(const at::Tensor& t, int64_t elems) {
+  return static_cast<const char*>(t.const_data_ptr()) + elems * int64_t(t.element_size());
+}
+void* at_elem_mut(at::Tensor& t, int64_t elems) {
+  return static_cast<char*>(t.mutable_data_ptr()) + elems * int64_t(t.element_size());
 }
 
 bool tf32_for(const at::Tensor& t) {
@@ -36,11 +77,13 @@ at::Tensor conv2d_fwd(const at::Tensor& x, const at::Tensor& w, const std::optio
   at::Tensor b = has_b ? b_in->contiguous() : at::Tensor();
   at::Tensor y = conv_alloc4({x.size(0), w.size(0), OH, OW}, x.options(), channels_last);
   const ConvShape s = make_shape(x.sizes(), w.sizes(), y.sizes(), stride, padding, dilation, groups);
-  check_launch(launch_conv2d_fwd(to_dtype(x.scalar_type()), x.const_data_ptr(), strides_of(x),
-                                 w.const_data_ptr(), strides_of(w), has_b ? b.const_data_ptr() : nullptr,
-                                 y.mutable_data_ptr(), strides_of(y), s, relu, tf32_for(x),
-                                 c10::cuda::getCurrentCUDAStream()),
-               "pydl conv2d_fwd");
+  for_group_chunks(s, [&](const GroupChunk& k) {
+    check_launch(launch_conv2d_fwd(to_dtype(x.scalar_type()), at_elem(x, k.c0 * x.stride(1)), strides_of(x),
+                                   at_elem(w, k.oc0 * w.stride(0)), strides_of(w),
+                                   has_b ? at_elem(b, k.oc0) : nullptr, at_elem_mut(y, k.oc0 * y.stride(1)),
+                                   strides_of(y), k.s, relu, tf32_for(x), c10::cuda::getCurrentCUDAStream()),
+                 "pydl conv2d_fwd");
+  });
   return y;
 }
 
@@ -51,10 +94,13 @@ at::Tensor conv2d_bwd_input(const at::Tensor& grad, const at::Tensor& w, at::Int
   c10::cuda::CUDAGuard guard(grad.device());
   at::Tensor dx = conv_alloc4(input_size, grad.options(), channels_last);
   const ConvShape s = make_shape(input_size, w.sizes(), grad.sizes(), stride, padding, dilation, groups);
-  check_launch(launch_conv2d_bwd_input(to_dtype(grad.scalar_type()), grad.const_data_ptr(), strides_of(grad),
-                                       w.const_data_ptr(), strides_of(w), dx.mutable_data_ptr(),
-                                       strides_of(dx), s, tf32_for(grad), c10::cuda::getCurrentCUDAStream()),
-               "pydl conv2d_bwd_input");
+  for_group_chunks(s, [&](const GroupChunk& k) {
+    check_launch(launch_conv2d_bwd_input(to_dtype(grad.scalar_type()), at_elem(grad, k.oc0 * grad.stride(1)),
+                                         strides_of(grad), at_elem(w, k.oc0 * w.stride(0)), strides_of(w),
+                                         at_elem_mut(dx, k.c0 * dx.stride(1)), strides_of(dx), k.s,
+                                         tf32_for(grad), c10::cuda::getCurrentCUDAStream()),
+                 "pydl conv2d_bwd_input");
+  });
   return dx;
 }
 
@@ -66,17 +112,24 @@ at::Tensor conv2d_bwd_weight(const at::Tensor& grad, const at::Tensor& x, at::In
   at::Tensor dw = conv_alloc4(weight_size, grad.options(), channels_last);
   const ConvShape s = make_shape(x.sizes(), weight_size, grad.sizes(), stride, padding, dilation, groups);
   const DType dt = to_dtype(grad.scalar_type());
-  // split-K partial sums, in the accumulation type (float; double for float64)
-  const int64_t splits = conv2d_wgrad_splits(dt, s);
+  // split-K partial sums, in the accumulation type (float; double for float64): one
+  // workspace for the largest chunk, reused by the next (launches on one stream run in order)
+  int64_t work_elems = 0;
+  for_group_chunks(s, [&](const GroupChunk& k) {
+    work_elems = std::max(work_elems, conv2d_wgrad_splits(dt, k.s) * k.s.OC * k.s.Cg() * k.s.KH * k.s.KW);
+  });
   at::Tensor work;
-  if (splits > 0)
-    work = at::empty({splits * dw.numel()},
+  if (work_elems > 0)
+    work = at::empty({work_elems},
                      grad.options().dtype(grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
-  check_launch(launch_conv2d_bwd_weight(dt, grad.const_data_ptr(), strides_of(grad), x.const_data_ptr(),
-                                        strides_of(x), dw.mutable_data_ptr(), strides_of(dw),
-                                        work.defined() ? work.mutable_data_ptr() : nullptr, s, tf32_for(grad),
-                                        c10::cuda::getCurrentCUDAStream()),
-               "pydl conv2d_bwd_weight");
+  for_group_chunks(s, [&](const GroupChunk& k) {
+    check_launch(launch_conv2d_bwd_weight(dt, at_elem(grad, k.oc0 * grad.stride(1)), strides_of(grad),
+                                          at_elem(x, k.c0 * x.stride(1)), strides_of(x),
+                                          at_elem_mut(dw, k.oc0 * dw.stride(0)), strides_of(dw),
+                                          work.defined() ? work.mutable_data_ptr() : nullptr, k.s,
+                                          tf32_for(grad), c10::cuda::getCurrentCUDAStream()),
+                 "pydl conv2d_bwd_weight");
+  });
   return dw;
 }
 

@@ -317,6 +317,9 @@ def _check(input, weight, bias, stride, padding, dilation, groups, activation):
     if OC == 0:
         raise RuntimeError(f"pydl.conv2d: weight must have at least one output channel "
                            f"(weight.shape[0] >= 1), got weight of shape {tuple(weight.shape)}")
+    if KH <= 0 or KW <= 0:  # (a GPU kernel would divide by the kernel width)
+        raise RuntimeError(f"pydl.conv2d: weight's kernel size (weight.shape[2:]) must be greater "
+                           f"than zero, got weight of shape {tuple(weight.shape)}")
     if input.numel() == 0 and C > 0 and (input.dim() == 3 or input.shape[0] > 0):
         # torch's rule: an empty input may have an empty batch or no channels, not empty planes
         raise RuntimeError(f"pydl.conv2d: only an empty batch or zero input channels are "
