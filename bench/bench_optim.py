@@ -8,7 +8,7 @@ import torch
 
 import pydl.optim
 
-from .cases import Case
+from .cases import Case, on_device
 
 OPS = {"sgd", "adam", "adamw", "rmsprop", "adagrad"}
 # float32 state tensors per parameter (momentum / exp_avg, exp_avg_sq / square_avg / sum);
@@ -55,8 +55,7 @@ def cases(shapes, dtypes, layouts, modes, ops=None):
                 continue
             for dtype in dtypes:
                 def step_with(make_opt, shp=shp, dtype=dtype):
-                    def build(*_):
-                        dev = "cuda" if torch.cuda.is_available() else "cpu"
+                    def build(dev):
                         ps = _make(shp, dtype, dev)
                         opt = make_opt(ps)
                         return opt.step
@@ -66,20 +65,20 @@ def cases(shapes, dtypes, layouts, modes, ops=None):
                     # the timed callable is opt.step of an optimizer built once per backend
                     state = {}
 
-                    def fn(*_):
+                    def fn(where):  # (the case's one input: an empty tensor on the bench's device)
                         if "step" not in state:
                             state["step"] = step_with(lambda ps: getattr(pydl.optim, NAMES[op])(
-                                ps, backend=backend, **KW[op]))()
+                                ps, backend=backend, **KW[op]))(where.device)
                         return state["step"]()
                     return fn
 
                 def torch_like(flag, op=op, step_with=step_with):
                     state = {}
 
-                    def fn(*_):
+                    def fn(where):
                         if "step" not in state:
                             state["step"] = step_with(lambda ps: getattr(torch.optim, NAMES[op])(
-                                ps, **{flag: True}, **KW[op]))()
+                                ps, **{flag: True}, **KW[op]))(where.device)
                         return state["step"]()
                     return fn
 
@@ -99,7 +98,7 @@ def cases(shapes, dtypes, layouts, modes, ops=None):
                 has_fused = op in ("sgd", "adam", "adamw", "adagrad")
                 base = {"torch.optim fused": torch_like("fused")} if has_fused else {}
                 out.append(Case(op, "optim", layer, (len(shp), nparam), dtype, "contiguous", "fwd",
-                                lambda device: [], pydl_fn, torch_like("foreach"),
+                                on_device, pydl_fn, torch_like("foreach"),
                                 bytes=nparam * (3 * dtype.itemsize + 8 * STATES[op]), compile=False,
                                 check=check, baselines=base))
     return out

@@ -27,7 +27,7 @@ import pydl.optim
 
 from pydl.testing import ATOL
 
-from .cases import Case
+from .cases import Case, on_device
 
 OPS = {"train_step"}
 LR = 1e-3
@@ -96,9 +96,9 @@ def cases(shapes, dtypes, layouts, modes, ops=None):
                 def impl_fn(impl, build=build):
                     state = {}
 
-                    def fn(*_):  # the step is built on first call, on the device the bench runs on
-                        if "step" not in state:
-                            state["step"] = build(impl, "cuda" if torch.cuda.is_available() else "cpu")
+                    def fn(where):  # built on first call, on the bench's device (`where`: an empty
+                        if "step" not in state:  # tensor there, the case's one input)
+                            state["step"] = build(impl, where.device.type)
                         return state["step"]()
                     return fn
 
@@ -114,7 +114,7 @@ def cases(shapes, dtypes, layouts, modes, ops=None):
                     return ""
 
                 out.append(Case("train_step", "train", layer, (batch,) + tuple(chw), dtype, layout, "step",
-                                lambda device: [], lambda b, f=impl_fn: f(f"pydl-{b}"), impl_fn("torch"),
+                                on_device, lambda b, f=impl_fn: f(f"pydl-{b}"), impl_fn("torch"),
                                 compile=False, check=check, baselines={"torch fused": impl_fn("torch fused")},
                                 memory=True, repeats=10))
     return out

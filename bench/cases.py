@@ -38,6 +38,13 @@ class Case:
         return f"{self.op}|{self.layer}|{str(self.dtype)[6:]}|{self.layout}|{self.mode}"
 
 
+def on_device(device: str) -> list:
+    """make_inputs of a case whose callables build their own state (an optimizer, a model):
+    one empty tensor on the bench's device, from which they learn where to build it (the
+    sweep's --device, which on a machine with a GPU may still be the CPU)."""
+    return [torch.empty(0, device=device)]
+
+
 def runner(fn: Callable, inputs: Sequence[torch.Tensor], mode: str, grad_out: Optional[torch.Tensor] = None):
     """A zero-argument callable doing `mode` of fn on inputs. bwd: the forward is run once
     here and the backward is timed alone (retain_graph). step: fn is the whole step."""

@@ -57,7 +57,10 @@ def _launchers(kc, x, w, gy, stride, pad):
     the same pass, its result)."""
     s, p, d = [stride, stride], [pad, pad, pad, pad], [1, 1]
     y, dx, dw = torch.empty_like(gy), torch.empty_like(x), torch.empty_like(w)
-    tf32 = torch.backends.cudnn.allow_tf32
+    # what the op layer passes (TF32 for float32 on the GPU when torch's conv may use it;
+    # never for 16-bit types): the same kernel specializations as the sweep's, compiled once
+    from pydl.ops.conv import _tf32
+    tf32 = _tf32(x)
 
     def torch_bwd(mask, i):
         return lambda: torch.ops.aten.convolution_backward(
@@ -164,7 +167,11 @@ def run(args) -> list:
                                  compile_s=compile_s, rel_err=_rel_err(result, ref)))
             kc.pin_config(None)
             if time.monotonic() < deadline:
-                ours()                           # the autotuner times every config, keeps one
+                try:
+                    ours()                       # the autotuner times every config, keeps one
+                except Exception as e:           # a row, not the end of the run
+                    rows.append(dict(base, config=f"autotuned: {type(e).__name__}: {str(e)[:80]}"))
+                    continue
                 best = kern.best_config if getattr(kern, "best_config", None) else kern.configs[0]
                 t = timer(ours)
                 rows.append(dict(base, config=f"autotuned: {_cfg_name(best)}", ms=t.median_ms,
@@ -204,6 +211,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("conv_configs: no GPU visible (use --device cpu for the interpreter smoke run)")
+        return 1
+    from pydl import _dispatch
+    if args.device == "cpu" and not _dispatch.triton_interpreted():
+        # (set by this script's command line, or before pydl was first imported)
+        print("conv_configs: --device cpu runs the Triton kernels under the interpreter, which "
+              "must be on before pydl is imported (TRITON_INTERPRET=1)")
         return 1
     rows = run(args)
     print(table(rows))

@@ -99,14 +99,21 @@ sanitize() {
 bench() {
   local t=$SECONDS b
   # host time per call of each op against torch's (bench/host_overhead.py): first, it is
-  # short. Triton gets the larger share: its first calls compile and autotune its kernels
-  # (the script keeps every row it finished if the cap cuts it short)
+  # short. Triton gets the larger share: its first calls compile its kernels (the script
+  # keeps every row it finished if the cap cuts it short)
   for b in "cuda 3" "triton 5"; do
     set -- $b
     timeout -k 5 "$((HOST_S * $2 / 8))" $PY bench/host_overhead.py --backend $1 --repeats 200 \
       --json "$out/host_overhead_$1.json" > "$out/host_overhead_$1.md" 2>&1
   done
-  $PY -m bench --out "$out" --no-plots $([ "${COMPILE:-0}" = 1 ] || echo --no-compile) --first conv2d:fwd,train_step,conv2d --budget-s "$BENCH_S" \
+  pack
+  # the sweep checks its budget between cases only, and one case (a training step whose
+  # Triton kernels autotune every layer) can run long: a hard cap at the deadline too, by
+  # SIGINT, on which the sweep saves every row it finished
+  local cap=$(( ${DEADLINE_S:-570} - SECONDS ))
+  [ "$cap" -lt 30 ] && cap=30
+  timeout -s INT -k 20 "$cap" \
+    $PY -m bench --out "$out" --no-plots $([ "${COMPILE:-0}" = 1 ] || echo --no-compile) --first conv2d:fwd,train_step,conv2d --budget-s "$BENCH_S" \
     ${BENCH_ARGS:---dtype bf16 --layout channels_last --shapes resnet50} > "$out/bench_log.txt" 2>&1
   tail -5 "$out/bench_log.txt"
   echo "bench: $((SECONDS - t)) s"

@@ -132,6 +132,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.device == "cpu":
         torch.set_num_threads(1)  # tiny tensors: no thread pool wake-ups in either
+    if a.device == "cuda" and pydl._dispatch._kernels is not None:
+        # the Triton conv at its first block configuration: host time does not depend on
+        # it, and autotuning (compiling and timing every configuration of three kernels)
+        # would spend most of a capped run before the first row (the interpreter has one)
+        from pydl.kernels import conv as triton_conv
+        triton_conv.pin_config(0)
     env = {"device": torch.cuda.get_device_name() if a.device == "cuda" else platform.processor() or "cpu",
            "python": platform.python_version(), "torch": torch.__version__, "backend": a.backend or "auto",
            "commit": os.environ.get("PYDL_COMMIT", "")}

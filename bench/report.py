@@ -79,7 +79,10 @@ def geomeans(rows) -> list[dict]:
 
 def markdown(result: dict) -> str:
     env, ceil = result["env"], result["ceilings"]
-    dev = env.get("gpu") or f"CPU ({env.get('cpu', '')}, {env.get('cpu_threads', '?')} threads)"
+    # the device the rows ran on (a CPU sweep on a machine with a GPU is a CPU run; results
+    # from before the "device" key: a GPU run when the environment names one)
+    gpu = result.get("device", "cuda" if env.get("gpu") else "cpu") == "cuda"
+    dev = env.get("gpu") if gpu else f"CPU ({env.get('cpu', '')}, {env.get('cpu_threads', '?')} threads)"
     out = [f"Device: **{dev}**, {env['date']}, pydl commit `{env['commit']}`, torch {env['torch']}, "
            f"Triton {env.get('triton')}, cuDNN {env.get('cudnn')}.",
            f"Ceilings measured in this run: copy {_fmt(ceil.get('copy_GBps'), '.0f')} GB/s, "
@@ -88,7 +91,6 @@ def markdown(result: dict) -> str:
            "| compile ms | x compile | other baselines (ms, x) | GB/s | % copy | TFLOP/s | % mm |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     problems = []
-    gpu = bool(env.get("gpu"))
     marked = False
     for (op, layer, dt, lay, mode), rs in _groups(result["rows"]).items():
         by = {r["impl"]: r for r in rs}
@@ -189,8 +191,10 @@ def latest(gpu_only: bool = True) -> str | None:
         p = os.path.join(RESULTS, d, "results.json")
         if os.path.exists(p):
             with open(p) as f:
-                env = json.load(f)["env"]
-            if env.get("gpu") or not gpu_only:
+                result = json.load(f)
+            env = result["env"]
+            on_gpu = result.get("device", "cuda" if env.get("gpu") else "cpu") == "cuda"
+            if on_gpu or not gpu_only:
                 found.append((env["date"], os.path.join(RESULTS, d)))
     return max(found)[1] if found else None
 

@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     env = environment()
     name = args.out or os.path.join(
         os.path.dirname(__file__), "results",
-        f"{time.strftime('%Y-%m-%d')}_{(env.get('gpu') or 'cpu').replace(' ', '-')}_{env['commit'] or 'nocommit'}"
+        f"{time.strftime('%Y-%m-%d')}_{(env.get('gpu') if gpu else 'cpu').replace(' ', '-')}_{env['commit'] or 'nocommit'}"
         + (f"_{args.tag}" if args.tag else ""))
     os.makedirs(name, exist_ok=True)
     print(f"device {device}; measuring ceilings...", file=sys.stderr)
@@ -216,12 +216,18 @@ def main(argv=None) -> int:
         cases = first_order(cases, args.first)
     rows, skipped = [], []
     t0 = time.time()
-    for i, case in enumerate(cases):
-        if args.budget_s and time.time() - t0 > args.budget_s:
-            skipped = [c.key for c in cases[i:]]
-            break
-        progress(i, len(cases), case.key)
-        rows += run_case(case, backends, device, timer, with_compile=not args.no_compile and gpu)
+    i = 0
+    try:
+        for i, case in enumerate(cases):
+            if args.budget_s and time.time() - t0 > args.budget_s:
+                skipped = [c.key for c in cases[i:]]
+                break
+            progress(i, len(cases), case.key)
+            rows += run_case(case, backends, device, timer, with_compile=not args.no_compile and gpu)
+    except KeyboardInterrupt:
+        # a wall-clock cap (bench/gpu_validate.sh stops the sweep with SIGINT): the case it
+        # was in is lost, every finished row is saved below
+        skipped = [c.key for c in cases[i:]]
     progress(len(cases) - len(skipped), len(cases), f"done in {time.time() - t0:.0f} s"
              + (f", {len(skipped)} cases not run (budget)" if skipped else ""))
     sys.stderr.write("\n")
