@@ -20,6 +20,18 @@ import pydl  # noqa: E402
 GPU = torch.cuda.is_available()
 
 
+@pytest.fixture(autouse=True)
+def _ieee_float32():
+    """Every test compares float32 convolutions in full float32 (on the GPU, torch's default
+    lets cuDNN -- and so pydl, which follows it -- round operands to TF32, whose error is
+    ~1e-3 and differs between the two): torch.backends.cudnn.allow_tf32 = False, restored
+    after. tests/test_conv.py test_tf32_mode checks the TF32 mode itself."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = old
+
+
 def _interpreter_rounds_bf16_to_nearest() -> None:
     """Make the Triton interpreter convert float32 -> bfloat16 as the GPU does.
 

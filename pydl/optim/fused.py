@@ -119,7 +119,7 @@ class _FusedStep:
         name = self._pydl_name
         if capturable:
             raise ValueError(f"pydl.optim.{name}: capturable=True is not supported (the step "
-                             "counters live on the CPU)")
+                             "is not made safe for CUDA graph capture)")
         if differentiable:
             raise ValueError(f"pydl.optim.{name}: differentiable=True is not supported")
         if backend is not None:
