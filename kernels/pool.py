@@ -88,14 +88,15 @@ def pool_fwd_kernel(x_ptr, y_ptr, ind_ptr, total, C, IH, IW, OH, OW,
     offs = tl.program_id(0).to(IDX) * BLOCK + tl.arange(0, BLOCK).to(IDX)
     mask = offs < total
     n, c, oh, ow = _decode(offs, C, OH, OW, CL)
+    # input element (n, c, ih, iw) at base + (ih * IW + iw) * s_w; every product starts from
+    # an index tensor, so it is formed in IDX (a product of two scalar arguments, IH * IW,
+    # would be int32 and wrap for a plane past 2^31 elements)
     if CL:
-        s_c = 1
+        base = n * IH * IW * C + c
         s_w = C
     else:
-        s_c = IH * IW
+        base = (n * C + c) * IH * IW
         s_w = 1
-    s_h = IW * s_w
-    base = n * C * IH * IW + c * s_c
     if ADAPTIVE:
         hs = (oh * IH) // OH
         he = ((oh + 1) * IH + OH - 1) // OH
@@ -129,7 +130,7 @@ def pool_fwd_kernel(x_ptr, y_ptr, ind_ptr, total, C, IH, IW, OH, OW,
                 iw = ws + j * dw
                 vw = (iw >= 0) & (iw < IW)
             valid = mask & vh & vw
-            v = tl.load(x_ptr + base + ih * s_h + iw * s_w, mask=valid, other=0.0).to(ACC)
+            v = tl.load(x_ptr + base + (ih * IW + iw) * s_w, mask=valid, other=0.0).to(ACC)
             if IS_MAX:
                 take = valid & ((v > acc) | (v != v))
                 acc = tl.where(take, v, acc)
@@ -184,14 +185,14 @@ def pool_bwd_kernel(g_ptr, ind_ptr, dx_ptr, total, C, IH, IW, OH, OW,
     offs = tl.program_id(0).to(IDX) * BLOCK + tl.arange(0, BLOCK).to(IDX)
     mask = offs < total
     n, c, ih, iw = _decode(offs, C, IH, IW, CL)
+    # output element (n, c, oh, ow) at base + (oh * OW + ow) * s_w (products from index
+    # tensors, in IDX: see pool_fwd_kernel)
     if CL:
-        s_c = 1
+        base = n * OH * OW * C + c
         s_w = C
     else:
-        s_c = OH * OW
+        base = (n * C + c) * OH * OW
         s_w = 1
-    s_h = OW * s_w
-    base = n * C * OH * OW + c * s_c
     if ADAPTIVE:
         ohb = (ih * OH) // IH
         ohe = tl.minimum(((ih + 1) * OH + IH - 1) // IH, OH)
@@ -214,7 +215,7 @@ def pool_bwd_kernel(g_ptr, ind_ptr, dx_ptr, total, C, IH, IW, OH, OW,
         for j in range(LW):
             ow = owb + j
             valid = mask & vh & (ow < owe)
-            o = base + oh * s_h + ow * s_w
+            o = base + (oh * OW + ow) * s_w
             g = tl.load(g_ptr + o, mask=valid, other=0.0).to(ACC)
             if IS_MAX:
                 idx = tl.load(ind_ptr + o, mask=valid, other=-1)
