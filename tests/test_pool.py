@@ -177,6 +177,27 @@ def test_more_than_2_31_elements(backend, device):
     assert torch.allclose(ga.float(), TF.adaptive_avg_pool2d(xv, 1).float(), atol=2e-3)
 
 
+@pytest.mark.xdist_group("big")
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[1] == "cuda"])
+def test_plane_or_row_past_2_31_elements(backend, device):
+    """64-bit offsets inside one image: an NCHW plane of more than 2^31 elements (the second
+    channel's plane starts past 2^31: its offset is the plane size times the channel), and a
+    channels_last row (W x C) of more than 2^31 -- the Triton kernels once formed these
+    strides as int32 products of two sizes. Forward against torch (8.6 GB float16 inputs)."""
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
+        pytest.skip("needs a GPU with >= 24 GiB")
+    for shape, cl in (((1, 2, 46341, 46341), False), ((1, 32768, 2, 65537), True)):
+        x = torch.empty(shape, device=device, dtype=torch.float16)
+        x = (x.to(memory_format=torch.channels_last) if cl else x).normal_()
+        assert (shape[2] * shape[3] if not cl else shape[1] * shape[3]) > 2**31
+        y, yt = F.max_pool2d(x, 2, backend=backend), TF.max_pool2d(x, 2)
+        assert torch.equal(y, yt), shape
+        del y, yt
+        y, yt = F.avg_pool2d(x, 2, backend=backend), TF.avg_pool2d(x, 2)
+        assert float((y - yt).abs().max()) <= 4e-3, shape   # (a float16 ulp at 2: sum orders)
+        del y, yt, x
+
+
 # ----------------------------------------------------------------------------- indices
 @pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
