@@ -42,38 +42,42 @@ def _fwd_bwd(name, fn, ref, inputs):
 
 def run(backend: str, device: str, quick: bool = False) -> int:
     n = 0
-    for dtype in (torch.float32,) + (() if quick else (torch.bfloat16,)):
+    for dtype in (torch.float32, torch.bfloat16):
+        # quick (racecheck, synccheck): bfloat16 for the convolutions only -- their tensor-core
+        # (WMMA) GEMMs, which float32 reaches only with TF32, off here
+        conv_only = quick and dtype == torch.bfloat16
         for cl in (False, True):
             mf = torch.channels_last if cl else torch.contiguous_format
             x = torch.randn(3, 37, 9, 13, device=device, dtype=dtype).contiguous(memory_format=mf)
             tag = f"{backend} {str(dtype)[6:]} {'NHWC' if cl else 'NCHW'}"
-            # activations
-            for kind in ("relu", "leaky_relu", "elu", "sigmoid", "tanh"):
-                _fwd_bwd(f"{kind} {tag}", lambda t, k=kind: getattr(F, k)(t, backend=backend),
-                         lambda t, k=kind: getattr(TF, k)(t) if k != "tanh" else torch.tanh(t), [x])
-                n += 1
-            # pooling
-            _fwd_bwd(f"max_pool2d {tag}", lambda t: F.max_pool2d(t, 3, 2, 1, ceil_mode=True, backend=backend),
-                     lambda t: TF.max_pool2d(t, 3, 2, 1, ceil_mode=True), [x])
-            _fwd_bwd(f"avg_pool2d {tag}", lambda t: F.avg_pool2d(t, (3, 2), 2, 1, backend=backend),
-                     lambda t: TF.avg_pool2d(t, (3, 2), 2, 1), [x])
-            _fwd_bwd(f"adaptive_avg_pool2d {tag}", lambda t: F.adaptive_avg_pool2d(t, (4, 5), backend=backend),
-                     lambda t: TF.adaptive_avg_pool2d(t, (4, 5)), [x])
-            _fwd_bwd(f"adaptive_max_pool2d {tag}", lambda t: F.adaptive_max_pool2d(t, (4, 5), backend=backend),
-                     lambda t: TF.adaptive_max_pool2d(t, (4, 5)), [x])
-            n += 4
-            # batch norm (training, statistics split across blocks) and the fused tail
-            w = torch.rand(37, device=device) + 0.5
-            b = torch.randn(37, device=device)
-            _fwd_bwd(f"batch_norm {tag}",
-                     lambda t, w_, b_: F.batch_norm(t, None, None, w_, b_, True, backend=backend),
-                     lambda t, w_, b_: TF.batch_norm(t, None, None, w_, b_, True), [x, w, b])
-            r = torch.randn_like(x)
-            _fwd_bwd(f"batch_norm_act {tag}",
-                     lambda t, r_: F.batch_norm_act(t, None, None, None, None, True, residual=r_,
-                                                    act="relu", backend=backend),
-                     lambda t, r_: TF.relu(TF.batch_norm(t, None, None, None, None, True) + r_), [x, r])
-            n += 2
+            if not conv_only:
+                # activations
+                for kind in ("relu", "leaky_relu", "elu", "sigmoid", "tanh"):
+                    _fwd_bwd(f"{kind} {tag}", lambda t, k=kind: getattr(F, k)(t, backend=backend),
+                             lambda t, k=kind: getattr(TF, k)(t) if k != "tanh" else torch.tanh(t), [x])
+                    n += 1
+                # pooling
+                _fwd_bwd(f"max_pool2d {tag}", lambda t: F.max_pool2d(t, 3, 2, 1, ceil_mode=True, backend=backend),
+                         lambda t: TF.max_pool2d(t, 3, 2, 1, ceil_mode=True), [x])
+                _fwd_bwd(f"avg_pool2d {tag}", lambda t: F.avg_pool2d(t, (3, 2), 2, 1, backend=backend),
+                         lambda t: TF.avg_pool2d(t, (3, 2), 2, 1), [x])
+                _fwd_bwd(f"adaptive_avg_pool2d {tag}", lambda t: F.adaptive_avg_pool2d(t, (4, 5), backend=backend),
+                         lambda t: TF.adaptive_avg_pool2d(t, (4, 5)), [x])
+                _fwd_bwd(f"adaptive_max_pool2d {tag}", lambda t: F.adaptive_max_pool2d(t, (4, 5), backend=backend),
+                         lambda t: TF.adaptive_max_pool2d(t, (4, 5)), [x])
+                n += 4
+                # batch norm (training, statistics split across blocks) and the fused tail
+                w = torch.rand(37, device=device) + 0.5
+                b = torch.randn(37, device=device)
+                _fwd_bwd(f"batch_norm {tag}",
+                         lambda t, w_, b_: F.batch_norm(t, None, None, w_, b_, True, backend=backend),
+                         lambda t, w_, b_: TF.batch_norm(t, None, None, w_, b_, True), [x, w, b])
+                r = torch.randn_like(x)
+                _fwd_bwd(f"batch_norm_act {tag}",
+                         lambda t, r_: F.batch_norm_act(t, None, None, None, None, True, residual=r_,
+                                                        act="relu", backend=backend),
+                         lambda t, r_: TF.relu(TF.batch_norm(t, None, None, None, None, True) + r_), [x, r])
+                n += 2
             # convolution: dense 3x3 (partial tiles), strided 1x1, depthwise, grouped+dilated
             for (k, c_out, stride, pad, dil, groups) in ((3, 21, 1, 1, 1, 1), (1, 64, 2, 0, 1, 1),
                                                          (3, 37, 1, 1, 1, 37), (3, 8, 2, 2, 2, 1)):
@@ -84,6 +88,14 @@ def run(backend: str, device: str, quick: bool = False) -> int:
                          lambda t, w_, b_, s=stride, p=pad, d=dil, g=groups: F.conv2d(t, w_, b_, s, p, d, g, backend=backend),
                          lambda t, w_, b_, s=stride, p=pad, d=dil, g=groups: TF.conv2d(t, w_, b_, s, p, d, g),
                          [x, wt, bias])
+                n += 1
+            if dtype == torch.bfloat16 and cl:
+                # channels a multiple of 8 (the rows above have 37): the CUDA forward's 16-byte
+                # loads and its 16-byte stores of 8 output channels
+                x8 = torch.randn(3, 40, 9, 13, device=device, dtype=dtype).contiguous(memory_format=mf)
+                w8 = (torch.randn(24, 40, 3, 3, device=device, dtype=dtype) / 60).contiguous(memory_format=mf)
+                _fwd_bwd(f"conv2d k3 c40 {tag}", lambda t, w_: F.conv2d(t, w_, None, 1, 1, backend=backend),
+                         lambda t, w_: TF.conv2d(t, w_, None, 1, 1), [x8, w8])
                 n += 1
     # optimizers: several tensors of odd sizes (vector tails, several chunks), two steps
     for name, kw in (("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)), ("Adam", dict(lr=1e-2, amsgrad=True)),
@@ -116,7 +128,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", default="cuda,triton")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--quick", action="store_true", help="float32 only (for the slower tools)")
+    ap.add_argument("--quick", action="store_true",
+                    help="float32, and bfloat16 for the convolutions only (for the slower tools)")
     ap.add_argument("--triton-config", type=int, default=0,
                     help="block configuration the Triton conv kernels use (-1: autotune, which under "
                          "the sanitizer times every configuration at 10-100x slowdown)")
