@@ -77,11 +77,15 @@ def geomeans(rows) -> list[dict]:
     return out
 
 
+def _on_gpu(result: dict) -> bool:
+    """Whether the rows ran on the GPU (a CPU sweep on a machine with a GPU is a CPU run;
+    results from before the "device" key: a GPU run when the environment names one)."""
+    return result.get("device", "cuda" if result["env"].get("gpu") else "cpu") == "cuda"
+
+
 def markdown(result: dict) -> str:
     env, ceil = result["env"], result["ceilings"]
-    # the device the rows ran on (a CPU sweep on a machine with a GPU is a CPU run; results
-    # from before the "device" key: a GPU run when the environment names one)
-    gpu = result.get("device", "cuda" if env.get("gpu") else "cpu") == "cuda"
+    gpu = _on_gpu(result)
     dev = env.get("gpu") if gpu else f"CPU ({env.get('cpu', '')}, {env.get('cpu_threads', '?')} threads)"
     out = [f"Device: **{dev}**, {env['date']}, pydl commit `{env['commit']}`, torch {env['torch']}, "
            f"Triton {env.get('triton')}, cuDNN {env.get('cudnn')}.",
@@ -192,10 +196,8 @@ def latest(gpu_only: bool = True) -> str | None:
         if os.path.exists(p):
             with open(p) as f:
                 result = json.load(f)
-            env = result["env"]
-            on_gpu = result.get("device", "cuda" if env.get("gpu") else "cpu") == "cuda"
-            if on_gpu or not gpu_only:
-                found.append((env["date"], os.path.join(RESULTS, d)))
+            if _on_gpu(result) or not gpu_only:
+                found.append((result["env"]["date"], os.path.join(RESULTS, d)))
     return max(found)[1] if found else None
 
 

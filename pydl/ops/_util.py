@@ -167,15 +167,14 @@ def _eager_or_op(qualname: str):
         return op
     _, lists = _tensor_positions(op._schema)
     if lists:  # (an optimizer's tensor lists: torch.ops looks inside them too)
-        def run(*args):
-            if not _dispatch_modes() and not _has_torch_function(args) and \
-                    not any(_has_torch_function(args[i]) for i in lists if i < len(args)):
-                return eager(*args)
-            return op(*args)
-        return run
+        def overridden(args):
+            return _has_torch_function(args) or \
+                any(_has_torch_function(args[i]) for i in lists if i < len(args))
+    else:
+        overridden = _has_torch_function
 
     def run(*args):
-        if not _dispatch_modes() and not _has_torch_function(args):
+        if not _dispatch_modes() and not overridden(args):
             return eager(*args)
         return op(*args)
 
