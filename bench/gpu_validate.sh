@@ -62,14 +62,17 @@ build() {
 }
 
 tests() {
-  local t=$SECONDS par=""
+  local t=$SECONDS par="" threads=""
   # tests spread one by one over 12 workers, except those marked xdist_group("big") (tensors
-  # past 2^31 elements), which share one worker so two never hold GPU memory at once
-  $PY -c "import xdist" 2>/dev/null && par="-n 12 --dist loadgroup"
+  # past 2^31 elements), which share one worker so two never hold GPU memory at once. One
+  # OpenMP thread each (tests/conftest.py threads_per_worker; the env var reaches the
+  # subprocesses tests start): torch's default, one per core in each of 12 processes, spins
+  # at every parallel region's barrier -- ~11 s a test in the first GPU run
+  $PY -c "import xdist" 2>/dev/null && par="-n 12 --dist loadgroup" threads="OMP_NUM_THREADS=1"
   # SIGINT at the cap: pytest stops, still prints its summary and writes junit.xml.
   # Order (tests/conftest.py gpu_run_rank): CUDA C++ on CUDA tensors, then Triton on CUDA
   # tensors (their JIT compiles are slow the first time), then the CPU tests CI already runs
-  PYDL_TEST_TRITON_LAST=1 timeout -s INT -k 20 "$TEST_S" $PY -m pytest -q -rfEs --tb=short -p no:cacheprovider $par \
+  env $threads PYDL_TEST_TRITON_LAST=1 timeout -s INT -k 20 "$TEST_S" $PY -m pytest -q -rfEs --tb=short -p no:cacheprovider $par \
     --junitxml="$out/junit.xml" ${PYTEST_ARGS:-} > "$out/pytest.txt" 2>&1
   local rc=$?
   grep -E "^(FAILED|ERROR)|passed|failed" "$out/pytest.txt" | tail -15

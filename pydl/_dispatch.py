@@ -172,11 +172,19 @@ def _resolve_meta(op: str, name: str) -> str:
 
 
 _RESOLVED: dict = {}  # (op, requested, device type) -> backend; _STATUS never changes
+_compiling = torch.compiler.is_compiling
 
 
 def resolve(op: str, device: torch.device, explicit: Optional[str] = None) -> str:
-    """The backend that runs `op` on tensors of `device`."""
+    """The backend that runs `op` on tensors of `device`.
+
+    Eager calls memoize the answer in _RESOLVED. Traced ones (torch.compile) compute it
+    afresh: dynamo would guard on the cache's contents -- a key absent when a graph was
+    traced, then stored, fails that guard, and the model compiled before its first eager
+    call was compiled twice (tests/test_dispatch.py test_compile_traces_once)."""
     name = requested(explicit)
+    if _compiling():
+        return _resolve(op, name, device.type)
     key = (op, name, device.type)
     hit = _RESOLVED.get(key)
     if hit is None:

@@ -20,6 +20,21 @@ import pydl  # noqa: E402
 GPU = torch.cuda.is_available()
 
 
+def threads_per_worker(cpus: int, workers: int) -> int:
+    """torch's intra-op threads for one of `workers` pytest-xdist processes on `cpus` cores:
+    an equal share, at least one. Left at torch's default, every worker starts one OpenMP
+    thread per core (bench/gpu_validate.sh: 12 workers x 16 threads on 16 cores), and each
+    parallel region's threads spin at its barrier waiting for siblings the scheduler has
+    parked -- the first GPU run's test step spent ~11 s on tests that take 0.01-0.1 s alone,
+    CPU-only ones included (bench/NOTES.md, eighth session without a GPU)."""
+    return max(1, cpus // max(1, workers))
+
+
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1) > 1:
+    torch.set_num_threads(threads_per_worker(os.cpu_count() or 1,
+                                             int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
 @pytest.fixture(autouse=True)
 def _ieee_float32():
     """Every test compares float32 convolutions in full float32 (on the GPU, torch's default
@@ -87,8 +102,9 @@ def gpu_run_rank(nodeid: str, params: dict, skip_reasons) -> int:
          condition names the GPU (those run only with one; those skipped with one cost
          nothing);
     1 -- the Triton backend on CUDA tensors (on a GPU their first run JIT-compiles every
-         kernel specialization, seconds each: the first, capped GPU run spent its whole
-         budget there, in the first test file, before any CUDA C++ kernel was tested);
+         kernel specialization, seconds each; the first, capped GPU run spent its whole
+         budget in its first test file, every backend's tests at ~11 s each -- most of it
+         OpenMP threads contending across the workers: threads_per_worker above);
     2 -- the rest: CPU tensors, host emulations, tools -- what CI runs on every commit, so
          on a GPU machine only if time is left."""
     device, backend = params.get("device"), params.get("backend")

@@ -298,12 +298,23 @@ def test_conv_configs_tool(tmp_path, capsys):
     assert "| tiny.3x3 | dgrad |" in capsys.readouterr().out
 
 
+def test_xdist_workers_share_the_cores():
+    """Under pytest-xdist each worker's torch gets an equal share of the cores, at least one
+    thread (tests/conftest.py): 12 workers on the GPU machine's 16 cores get one each."""
+    from conftest import threads_per_worker
+    assert threads_per_worker(16, 12) == 1 and threads_per_worker(16, 4) == 4
+    assert threads_per_worker(2, 12) == 1 and threads_per_worker(8, 1) == 8
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if workers > 1:
+        assert torch.get_num_threads() == threads_per_worker(os.cpu_count(), workers)
+
+
 # ------------------------------------------------------- bench/gpu_validate.sh, dry run
 _FAKE_PY = """#!/usr/bin/env bash
 # stands in for python on the GPU machine: logs each call, answers the few it must
-echo "$*" >> "$FAKE_LOG"
+echo "$* [OMP_NUM_THREADS=${OMP_NUM_THREADS:-}]" >> "$FAKE_LOG"
 case "$*" in
-  "-c import xdist") exit 1 ;;
+  "-c import xdist") [ -n "${FAKE_XDIST:-}" ] || exit 1 ;;
   "-m pydl info") echo "pydl (fake)" ;;
 esac
 exit 0
@@ -334,6 +345,7 @@ def test_gpu_validate_dry_run(tmp_path):
     out.mkdir()
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=str(bin_dir / "fakepy"),
                FAKE_LOG=str(log), OUT=str(out), PYDL_COMMIT="abc1234")
+    env.pop("OMP_NUM_THREADS", None)
     script = os.path.join(ROOT, "bench", "gpu_validate.sh")
     run = subprocess.run(["bash", script, "all", str(res)], env=env, capture_output=True,
                          text=True, timeout=120)
@@ -362,3 +374,13 @@ def test_gpu_validate_dry_run(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert any("bench/conv_configs.py --budget-s 60" in c for c in log.read_text().splitlines())
+    # with pytest-xdist there: 12 workers, each (and what it starts) on one OpenMP thread;
+    # the steps after the tests keep torch's default
+    log.unlink()
+    run = subprocess.run(["bash", script, "all", str(res)], env=dict(env, FAKE_XDIST="1"),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    calls = log.read_text().splitlines()
+    pytest_call = next(c for c in calls if "-m pytest" in c)
+    assert "-n 12 --dist loadgroup" in pytest_call and pytest_call.endswith("[OMP_NUM_THREADS=1]")
+    assert next(c for c in calls if c.startswith("-m bench")).endswith("[OMP_NUM_THREADS=]")

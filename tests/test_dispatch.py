@@ -635,6 +635,30 @@ def test_gpu_run_order():
     assert gpu_run_rank("t.py::cuda_kernels_emulated_on_host", {}, []) == 2
 
 
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_compile_traces_once(backend, device, monkeypatch):
+    """A converted CNN compiled before its first eager call is traced once, not again on
+    its second call: the backend choice, memoized for eager calls (_dispatch._RESOLVED), is
+    computed afresh under tracing -- dynamo had guarded on the key being absent from that
+    cache, which the first call then stored, and every pydl model was compiled twice."""
+    from torch import nn
+    from torch._dynamo.testing import CompileCounterWithBackend
+    monkeypatch.setattr(_dispatch, "_RESOLVED", {})  # as in a fresh process
+    torch._dynamo.reset()
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1))
+    with pydl.backend(backend):
+        model = pydl.convert(net).to(device)
+    x = torch.randn(2, 3, 9, 9, device=device, requires_grad=True)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter)
+    with pydl.backend(backend):
+        for _ in range(3):
+            compiled(x).sum().backward()
+    assert counter.frame_count == 1
+    assert _dispatch._RESOLVED == {}  # (only eager calls fill it)
+
+
 @pytest.mark.parametrize("backend", _EAGER_BACKENDS)
 @pytest.mark.parametrize("strict", [False, True], ids=["nonstrict", "strict"])
 def test_torch_export_with_dynamic_shapes(backend, strict):
