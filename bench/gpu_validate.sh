@@ -19,6 +19,9 @@
 #                          shrunk if the build ran long
 #   SAN_S (default 100)    compute-sanitizer over tests/gpu_sanitize.py: memcheck (cuda +
 #                          triton, half the time), racecheck and synccheck (cuda, float32)
+#   WARM_S (default SAN_S) bench/warm_triton.py: the sweep's Triton kernels compiled ahead of
+#                          it, 8 processes (in `all`: beside the sanitizer, which keeps one
+#                          core busy; the sweep then finds them in Triton's on-disk cache)
 #   HOST_S (default 40)    bench/host_overhead.py, host time per call vs torch's (cuda, triton)
 #   BENCH_S (default 120)  the sweep's time budget (bench --budget-s); the conv forward rows
 #                          first (the conv target is the geometric mean of the ResNet-50
@@ -33,7 +36,8 @@
 # (that tool brings back at most 8 files) and the summaries are copied beside it.
 #
 # Writes: build.log, pytest.txt, junit.xml, sanitizer.txt, results.json, table.md,
-# env.json, bench_log.txt, host_overhead_{cuda,triton}.{md,json}; configs: conv_configs.{md,json}.
+# env.json, bench_log.txt, warm_log.txt, host_overhead_{cuda,triton}.{md,json}; configs:
+# conv_configs.{md,json}.
 # Back on the development machine:
 #   tar xzf results.tar.gz -C bench/results/
 #   python -m bench.report --plots bench/results/<folder> && python -m bench.report --readme
@@ -51,6 +55,10 @@ out=${2:-bench/results/$(date +%F)_${gpu:-gpu}_$PYDL_COMMIT}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} PYDL_BUILD_CUDA=1
 TEST_S=${TEST_S:-190} SAN_S=${SAN_S:-100} BENCH_S=${BENCH_S:-120} HOST_S=${HOST_S:-40}
+WARM_S=${WARM_S:-$SAN_S}
+# the sweep's cases, and the ones it runs first (the conv target's forward layers)
+SWEEP_ARGS=${BENCH_ARGS:---dtype bf16 --layout channels_last --shapes resnet50}
+FIRST=conv2d:fwd,train_step,conv2d
 
 build() {
   local t=$SECONDS
@@ -99,8 +107,17 @@ sanitize() {
   echo "sanitize: $((SECONDS - t)) s"
 }
 
+warm() {
+  local t=$SECONDS
+  timeout -k 10 "$((WARM_S + 30))" $PY -m bench.warm_triton --budget-s "$WARM_S" --first $FIRST \
+    $SWEEP_ARGS > "$out/warm_log.txt" 2>&1
+  echo "warm: $(tail -1 "$out/warm_log.txt"), $((SECONDS - t)) s"
+}
+
 bench() {
   local t=$SECONDS b
+  # the Triton compiles first, on all cores (unless `all` did it beside the sanitizer)
+  [ "${WARMED:-0}" = 1 ] || warm
   # host time per call of each op against torch's (bench/host_overhead.py): first, it is
   # short. Triton gets the larger share: its first calls compile its kernels (the script
   # keeps every row it finished if the cap cuts it short)
@@ -116,8 +133,8 @@ bench() {
   local cap=$(( ${DEADLINE_S:-570} - SECONDS ))
   [ "$cap" -lt 30 ] && cap=30
   timeout -s INT -k 20 "$cap" \
-    $PY -m bench --out "$out" --no-plots $([ "${COMPILE:-0}" = 1 ] || echo --no-compile) --first conv2d:fwd,train_step,conv2d --budget-s "$BENCH_S" \
-    ${BENCH_ARGS:---dtype bf16 --layout channels_last --shapes resnet50} > "$out/bench_log.txt" 2>&1
+    $PY -m bench --out "$out" --no-plots $([ "${COMPILE:-0}" = 1 ] || echo --no-compile) --first $FIRST --budget-s "$BENCH_S" \
+    $SWEEP_ARGS > "$out/bench_log.txt" 2>&1
   tail -5 "$out/bench_log.txt"
   echo "bench: $((SECONDS - t)) s"
 }
@@ -149,7 +166,12 @@ case "$step" in
     # the test cap shrinks if the build took long, so the whole run ends by DEADLINE_S
     left=$(( ${DEADLINE_S:-570} - SECONDS - SAN_S - BENCH_S - HOST_S - 30 ))
     [ "$left" -lt "$TEST_S" ] && TEST_S=$(( left > 60 ? left : 60 ))
-    tests; pack; sanitize; pack; bench ;;
+    tests; pack
+    # the sweep's Triton compiles on the cores the sanitizer leaves idle, done (or stopped
+    # at WARM_S) before host_overhead.py times anything
+    warm & warm_pid=$!
+    sanitize; pack
+    wait $warm_pid; WARMED=1 bench ;;
   *) echo "usage: $0 build|test|sanitize|bench|all|configs [OUTDIR]" >&2; exit 2 ;;
 esac
 pack

@@ -309,6 +309,27 @@ def test_xdist_workers_share_the_cores():
         assert torch.get_num_threads() == threads_per_worker(os.cpu_count(), workers)
 
 
+@pytest.mark.skipif(not pydl._dispatch.triton_interpreted(),
+                    reason="the interpreter smoke run (on a GPU machine bench/gpu_validate.sh runs "
+                           "the tool for real)")
+def test_warm_triton_tool(capsys):
+    """bench/warm_triton.py runs each of the sweep's cases once on the Triton backend, in the
+    sweep's order (--first), in spawned worker processes; at its budget it stops the pool and
+    still exits 0 (under the interpreter nothing is compiled: the machinery works)."""
+    from bench import warm_triton
+    args = ["--device", "cpu", "--shapes", "tiny", "--op", "conv2d,relu", "--mode", "fwd,bwd",
+            "--dtype", "f32", "--layout", "channels_last", "--first", "conv2d:bwd", "--jobs", "1"]
+    assert warm_triton.main(args + ["--budget-s", "300"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("warmed 8 of 8 cases")
+    lines = [line for line in out[:-1] if not line.startswith("warmed")]
+    assert len(lines) == 8 and all(line.endswith(" s") for line in lines), out  # no errors
+    assert [line.split("|")[-1].split(":")[0] for line in lines[:2]] == ["bwd", "bwd"]  # --first
+    assert lines[0].startswith("conv2d|")
+    assert warm_triton.main(args + ["--budget-s", "0"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("warmed 0 of 8 cases")
+
+
 # ------------------------------------------------------- bench/gpu_validate.sh, dry run
 _FAKE_PY = """#!/usr/bin/env bash
 # stands in for python on the GPU machine: logs each call, answers the few it must
@@ -355,12 +376,18 @@ def test_gpu_validate_dry_run(tmp_path):
     order = [next(i for i, c in enumerate(calls) if key in c) for key in (
         "pip install --no-build-isolation", "-m pytest", "--tool memcheck",
         "--tool racecheck", "--tool synccheck", "host_overhead.py --backend cuda",
-        "host_overhead.py --backend triton", "-m bench")]
+        "host_overhead.py --backend triton", "-m bench --out")]
     assert order == sorted(order), calls
+    # the Triton compiles ahead of the sweep, once, beside the sanitizer (in the background:
+    # after the tests, before host_overhead.py times anything), for the sweep's cases in its order
+    warm = [i for i, c in enumerate(calls) if c.startswith("-m bench.warm_triton")]
+    assert len(warm) == 1 and order[1] < warm[0] < order[5], calls
+    for part in ("--first conv2d:fwd,train_step,conv2d", "--budget-s 100", "--shapes resnet50"):
+        assert part in calls[warm[0]], calls[warm[0]]
     assert sum(c.startswith("compute-sanitizer --tool") for c in calls) == 3
     assert any("--tool memcheck" in c and "gpu_sanitize.py --backend cuda,triton" in c for c in calls)
     assert any("--tool racecheck" in c and "gpu_sanitize.py --backend cuda --quick" in c for c in calls)
-    sweep = next(c for c in calls if c.startswith("-m bench"))
+    sweep = next(c for c in calls if c.startswith("-m bench --out"))
     for part in ("--first conv2d:fwd,train_step,conv2d", "--budget-s 120", "--dtype bf16",
                  "--layout channels_last", "--shapes resnet50", "--no-compile"):
         assert part in sweep, sweep
@@ -383,4 +410,13 @@ def test_gpu_validate_dry_run(tmp_path):
     calls = log.read_text().splitlines()
     pytest_call = next(c for c in calls if "-m pytest" in c)
     assert "-n 12 --dist loadgroup" in pytest_call and pytest_call.endswith("[OMP_NUM_THREADS=1]")
-    assert next(c for c in calls if c.startswith("-m bench")).endswith("[OMP_NUM_THREADS=]")
+    assert next(c for c in calls if c.startswith("-m bench --out")).endswith("[OMP_NUM_THREADS=]")
+    # the bench step alone compiles first, then times
+    log.unlink()
+    run = subprocess.run(["bash", script, "bench", str(res)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    calls = log.read_text().splitlines()
+    steps = [next(i for i, c in enumerate(calls) if key in c)
+             for key in ("-m bench.warm_triton", "host_overhead.py", "-m bench --out")]
+    assert steps == sorted(steps), calls
