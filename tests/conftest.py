@@ -25,7 +25,7 @@ def threads_per_worker(cpus: int, workers: int) -> int:
     an equal share, at least one. Left at torch's default, every worker starts one OpenMP
     thread per core (bench/gpu_validate.sh: 12 workers x 16 threads on 16 cores), and each
     parallel region's threads spin at its barrier waiting for siblings the scheduler has
-    parked -- the first GPU run's test step spent ~11 s on tests that take 0.01-0.1 s alone,
+    parked -- the first GPU run's test step spent ~11 s on tests that take 0.01-1.2 s alone,
     CPU-only ones included (bench/NOTES.md, eighth session without a GPU)."""
     return max(1, cpus // max(1, workers))
 
