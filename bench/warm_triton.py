@@ -15,8 +15,10 @@ once, and the sweep's autotuner then finds every binary cached and only times th
 configurations (bench/gpu_validate.sh runs this beside the sanitizer, whose one process
 leaves the other cores idle).
 
-How: each sweep case (in the sweep's order, --first included) whose pydl call can run on
-the Triton backend is run once there, in its mode, in a pool of `--jobs` spawned
+How: first the calls of bench/host_overhead.py (which gpu_validate.sh runs just before the
+sweep, on tiny tensors: kernels specialized apart from the sweep's, under a shorter cap),
+then each sweep case (in the sweep's order, --first included), are run once on the Triton
+backend, each case in its mode, in a pool of `--jobs` spawned
 processes (CUDA needs spawn), until the cases or --budget-s run out; then the pool is
 terminated. Nothing is timed or checked here (the timings an autotuner takes with other
 processes compiling beside it are thrown away with the process); a case that raises is
@@ -31,6 +33,7 @@ import sys
 import time
 
 _CASES: dict = {}  # in a worker: key -> Case, the sweep's cases
+HOST_OVERHEAD = "host_overhead.py calls"  # the task that runs bench/host_overhead.py's calls
 
 
 def _args(argv):
@@ -72,15 +75,33 @@ def _warm(key: str, device: str):
     from .cases import runner
     t0 = time.time()
     try:
-        case = _CASES[key]
-        inputs = case.make_inputs(device)
-        runner(case.pydl_fn("triton"), inputs, case.mode)()
+        if key == HOST_OVERHEAD:
+            _host_overhead_calls(device)
+        else:
+            case = _CASES[key]
+            inputs = case.make_inputs(device)
+            runner(case.pydl_fn("triton"), inputs, case.mode)()
         if device == "cuda":
             torch.cuda.synchronize()
         err = ""
     except Exception as e:  # reported; the other cases go on
         err = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
     return key, time.time() - t0, err
+
+
+def _host_overhead_calls(device: str) -> None:
+    """Each pydl call bench/host_overhead.py times, once, with the conv configuration it pins
+    on the GPU (restored after: the sweep's cases autotune)."""
+    from pydl.kernels import conv as triton_conv
+
+    from . import host_overhead
+    if device == "cuda":
+        triton_conv.pin_config(0)
+    try:
+        for _, _, _, pydl_call in host_overhead.cases(device, "triton"):
+            pydl_call()
+    finally:
+        triton_conv.pin_config(None)
 
 
 def main(argv=None) -> int:
@@ -94,7 +115,7 @@ def main(argv=None) -> int:
         print(f"warm_triton: the triton backend cannot run on {device} here "
               f"({pydl.backends()['triton'].detail}); nothing to compile")
         return 0
-    keys = [c.key for c in _load(_args(argv))]
+    keys = [HOST_OVERHEAD] + [c.key for c in _load(_args(argv))]
     jobs = args.jobs or max(1, min(8, (os.cpu_count() or 2) // 2))
     t0 = time.time()
     deadline = t0 + args.budget_s

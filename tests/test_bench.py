@@ -313,21 +313,23 @@ def test_xdist_workers_share_the_cores():
                     reason="the interpreter smoke run (on a GPU machine bench/gpu_validate.sh runs "
                            "the tool for real)")
 def test_warm_triton_tool(capsys):
-    """bench/warm_triton.py runs each of the sweep's cases once on the Triton backend, in the
-    sweep's order (--first), in spawned worker processes; at its budget it stops the pool and
-    still exits 0 (under the interpreter nothing is compiled: the machinery works)."""
+    """bench/warm_triton.py runs bench/host_overhead.py's calls, then each of the sweep's
+    cases, once on the Triton backend, in the sweep's order (--first), in spawned worker
+    processes; at its budget it stops the pool and still exits 0 (under the interpreter
+    nothing is compiled: the machinery works)."""
     from bench import warm_triton
     args = ["--device", "cpu", "--shapes", "tiny", "--op", "conv2d,relu", "--mode", "fwd,bwd",
             "--dtype", "f32", "--layout", "channels_last", "--first", "conv2d:bwd", "--jobs", "1"]
     assert warm_triton.main(args + ["--budget-s", "300"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1].startswith("warmed 8 of 8 cases")
+    assert out[-1].startswith("warmed 9 of 9 cases")
     lines = [line for line in out[:-1] if not line.startswith("warmed")]
-    assert len(lines) == 8 and all(line.endswith(" s") for line in lines), out  # no errors
-    assert [line.split("|")[-1].split(":")[0] for line in lines[:2]] == ["bwd", "bwd"]  # --first
-    assert lines[0].startswith("conv2d|")
+    assert len(lines) == 9 and all(line.endswith(" s") for line in lines), out  # no errors
+    assert lines[0].startswith(warm_triton.HOST_OVERHEAD + ":")
+    assert [line.split("|")[-1].split(":")[0] for line in lines[1:3]] == ["bwd", "bwd"]  # --first
+    assert lines[1].startswith("conv2d|")
     assert warm_triton.main(args + ["--budget-s", "0"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1].startswith("warmed 0 of 8 cases")
+    assert capsys.readouterr().out.splitlines()[-1].startswith("warmed 0 of 9 cases")
 
 
 # ------------------------------------------------------- bench/gpu_validate.sh, dry run
