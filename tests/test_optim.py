@@ -915,6 +915,47 @@ def test_compiled_step_matches_eager(backend, device, cfg):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("cfg", ONE_PER_OPT + [("Adam", {"master_weights": True})],
+                         ids=[c[0] for c in ONE_PER_OPT] + ["Adam-master_weights"])
+def test_compiled_step_traced_once(backend, device, cfg):
+    """A compiled optimizer.step() is traced no more often than torch's own optimizer's:
+    once for Adam, AdamW, RMSprop and Adagrad (Dynamo runs pydl's _init_group eagerly first,
+    so the first trace already sees the state), twice for SGD with momentum, whose buffers
+    start as the first gradient (in torch too). The params end as the eager step's."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    name, kw = cfg
+    ours, eager_ps, theirs = [], [], []
+    frames = {}
+    for lib in ("pydl", "torch"):
+        torch._dynamo.reset()
+        kwargs = dict(kw, backend=backend) if lib == "pydl" else \
+            {k: v for k, v in kw.items() if k != "master_weights"}
+        dtype = torch.bfloat16 if kw.get("master_weights") else torch.float32
+        ps = [make_input(s, dtype, device, seed=i, requires_grad=True)
+              for i, s in enumerate(SHAPES[:3])]
+        opt = getattr(pydl.optim if lib == "pydl" else torch.optim, name)(ps, **kwargs)
+        counter = CompileCounterWithBackend("aot_eager")
+        step = torch.compile(opt.step, backend=counter)
+        if lib == "pydl":
+            ours = ps
+            eager_ps = [p.detach().clone().requires_grad_() for p in ps]
+            eager = getattr(pydl.optim, name)(eager_ps, **kwargs)
+        else:
+            theirs = ps
+        for s in range(3):
+            _set_grads([ps] + ([eager_ps] if lib == "pydl" else []), 10 * s)
+            step()
+            if lib == "pydl":
+                eager.step()
+        frames[lib] = counter.frame_count
+    assert frames["pydl"] <= frames["torch"], frames
+    assert frames["pydl"] == (2 if name == "SGD" else 1), frames
+    for a, b in zip(ours, eager_ps):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert len(theirs) == len(ours)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("cfg", ONE_PER_OPT, ids=[c[0] for c in ONE_PER_OPT])
 def test_found_inf_read_on_device_only(backend, device, cfg, monkeypatch):
     # with GradScaler's attributes set, step() never reads found_inf on the host (no

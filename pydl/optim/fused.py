@@ -255,6 +255,31 @@ class _FusedStep:
             e.sts, e.where, e.spec, e.lists, e.buckets = sts, where, spec, lists, buckets
         return lists, buckets
 
+    @staticmethod
+    def _spec(group):
+        """The (name, fill) state the group's kernels take for each param (see _state_lists).
+        Empty here: SGD's momentum buffer starts as the first gradient, not as a fill."""
+        return ()
+
+    def _init_group(self, group):
+        """Creates the state a step of `group` takes, for each param with a gradient, as its
+        first step would (_state_lists' tensors and the master weights, created the same
+        way). Called by step() only
+        under torch.compile, where Dynamo runs an optimizer's _init_group eagerly before
+        tracing the step, as for torch's own optimizers: the step is then traced once, with
+        its state in place, instead of once without it and again with it
+        (tests/test_optim.py test_compiled_step_traced_once). Returns None."""
+        for p in group["params"]:
+            if p.grad is not None:
+                st = self.state[p]
+                if self.master_weights and p.dtype in (torch.float16, torch.bfloat16):
+                    self._master(st, p)
+                for name, fill in self._spec(group):
+                    if name == "step":
+                        _step_tensor(st, p)
+                    else:
+                        self._state_tensor(st, name, p, fill)
+
     def _amp(self, device):
         """What GradScaler set on us, on `device`: dict(grad_scale=..., found_inf=...)."""
         out = {}
@@ -277,6 +302,8 @@ class _FusedStep:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            if torch.compiler.is_compiling():
+                self._init_group(group)
             params, grads = self._with_grads(group)
             if params:
                 work_p, work_g, masters = self._masters(params, grads)
@@ -309,6 +336,20 @@ class _FusedStep:
                     t.copy_(val)
                     self.state[p][key] = t
 
+    @staticmethod
+    def _master(st, p) -> torch.Tensor:
+        """The float32 master of 16-bit param p (state st), made from p at its first step (or
+        from a checkpoint's master in another layout)."""
+        m = st.get("master_param")
+        if not isinstance(m, torch.Tensor) or m.shape != p.shape:
+            m = p  # first step (or a checkpoint without masters): start from the param
+        if m is p or m.device != p.device or m.dtype != torch.float32 or \
+                (p.numel() > 1 and m.stride() != p.stride()):
+            new = torch.empty_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+            new.copy_(m)
+            m = st["master_param"] = new
+        return m
+
     def _masters(self, params, grads):
         """With master_weights, each float16/bfloat16 parameter is stood in for by a float32
         master copy (state["master_param"], made from the parameter at its first step), and
@@ -323,15 +364,7 @@ class _FusedStep:
                 work_p.append(p)
                 work_g.append(g)
                 continue
-            st = self.state[p]
-            m = st.get("master_param")
-            if not isinstance(m, torch.Tensor) or m.shape != p.shape:
-                m = p  # first step (or a checkpoint without masters): start from the param
-            if m is p or m.device != p.device or m.dtype != torch.float32 or \
-                    (p.numel() > 1 and m.stride() != p.stride()):
-                new = torch.empty_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
-                new.copy_(m)
-                m = st["master_param"] = new
+            m = self._master(self.state[p], p)
             g32 = torch.empty_like(m)
             g32.copy_(g)
             work_p.append(m)
@@ -396,12 +429,15 @@ class Adam(_FusedStep, torch.optim.Adam):
                          decoupled_weight_decay=decoupled_weight_decay)
         self._pydl_setup(backend, capturable, differentiable, master_weights)
 
+    @staticmethod
+    def _spec(group):
+        return (("step", 0.0), ("exp_avg", 0.0), ("exp_avg_sq", 0.0)) + \
+            ((("max_exp_avg_sq", 0.0),) if group["amsgrad"] else ())
+
     def _group_step(self, group, keys, params, grads):
         amsgrad = bool(group["amsgrad"])
         beta1, beta2 = (_scalar(b) for b in group["betas"])
-        spec = (("step", 0.0), ("exp_avg", 0.0), ("exp_avg_sq", 0.0)) + \
-            ((("max_exp_avg_sq", 0.0),) if amsgrad else ())
-        lists, buckets = self._state_lists(group, keys, params, spec)
+        lists, buckets = self._state_lists(group, keys, params, self._spec(group))
         for idx in buckets:
             pick = _picker(idx, len(params))
             _ops.adam_step(pick(params), pick(grads), pick(lists["exp_avg"]),
@@ -442,13 +478,16 @@ class RMSprop(_FusedStep, torch.optim.RMSprop):
                          foreach=foreach, maximize=maximize, differentiable=differentiable)
         self._pydl_setup(backend, capturable, differentiable, master_weights)
 
+    @staticmethod
+    def _spec(group):
+        return (("step", 0.0), ("square_avg", 0.0)) + \
+            ((("momentum_buffer", 0.0),) if _scalar(group["momentum"]) > 0 else ()) + \
+            ((("grad_avg", 0.0),) if group["centered"] else ())
+
     def _group_step(self, group, keys, params, grads):
         momentum = _scalar(group["momentum"])
         centered = bool(group["centered"])
-        spec = (("step", 0.0), ("square_avg", 0.0)) + \
-            ((("momentum_buffer", 0.0),) if momentum > 0 else ()) + \
-            ((("grad_avg", 0.0),) if centered else ())
-        lists, buckets = self._state_lists(group, keys, params, spec)
+        lists, buckets = self._state_lists(group, keys, params, self._spec(group))
         for idx in buckets:
             pick = _picker(idx, len(params))
             _ops.rmsprop_step(pick(params), pick(grads), pick(lists["square_avg"]),
@@ -484,10 +523,13 @@ class Adagrad(_FusedStep, torch.optim.Adagrad):
                 self._state_tensor(self.state[p], "sum", p,
                                    fill=_scalar(group["initial_accumulator_value"]))
 
+    @staticmethod
+    def _spec(group):
+        # (a param added by add_param_group has no state yet: "sum" is made at its first step)
+        return (("step", 0.0), ("sum", _scalar(group["initial_accumulator_value"])))
+
     def _group_step(self, group, keys, params, grads):
-        # (a param added by add_param_group has no state yet: "sum" is made here)
-        spec = (("step", 0.0), ("sum", _scalar(group["initial_accumulator_value"])))
-        lists, buckets = self._state_lists(group, keys, params, spec)
+        lists, buckets = self._state_lists(group, keys, params, self._spec(group))
         for idx in buckets:
             pick = _picker(idx, len(params))
             _ops.adagrad_step(pick(params), pick(grads), pick(lists["sum"]),
