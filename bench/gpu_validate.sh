@@ -99,7 +99,9 @@ sanitize() {
     local cap=$((SAN_S / $3)) backend=${2%%,--quick} extra=""
     [ "$backend" != "$2" ] && extra="--quick"
     echo "=== $1 ($backend $extra) ===" >> "$out/sanitizer.txt"
-    timeout -k 10 "$cap" "$cs" --tool "$1" --print-limit 50 \
+    # (4 OpenMP threads for its float64 CPU references: in `all` eight warm_triton.py
+    # processes compile beside it, and torch's default 16 would spin against them)
+    OMP_NUM_THREADS=4 timeout -k 10 "$cap" "$cs" --tool "$1" --print-limit 50 \
       $PY tests/gpu_sanitize.py --backend "$backend" $extra >> "$out/sanitizer.txt" 2>&1
     echo "=== $1: exit $? (124: stopped at the ${cap} s cap) ===" >> "$out/sanitizer.txt"
   done

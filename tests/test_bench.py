@@ -359,7 +359,8 @@ def test_gpu_validate_dry_run(tmp_path):
     bin_dir.mkdir()
     stubs = {"fakepy": _FAKE_PY,
              "nvidia-smi": "#!/usr/bin/env bash\necho 'NVIDIA H100 80GB HBM3'\n",
-             "compute-sanitizer": "#!/usr/bin/env bash\necho \"compute-sanitizer $*\" >> \"$FAKE_LOG\"\n"
+             "compute-sanitizer": "#!/usr/bin/env bash\necho \"compute-sanitizer $* "
+                                  "[OMP_NUM_THREADS=$OMP_NUM_THREADS]\" >> \"$FAKE_LOG\"\n"
                                   "echo '========= ERROR SUMMARY: 0 errors'\n"}
     for name, text in stubs.items():
         (bin_dir / name).write_text(text)
@@ -387,6 +388,7 @@ def test_gpu_validate_dry_run(tmp_path):
     for part in ("--first conv2d:fwd,train_step,conv2d", "--budget-s 100", "--shapes resnet50"):
         assert part in calls[warm[0]], calls[warm[0]]
     assert sum(c.startswith("compute-sanitizer --tool") for c in calls) == 3
+    assert all(c.endswith("[OMP_NUM_THREADS=4]") for c in calls if c.startswith("compute-sanitizer"))
     assert any("--tool memcheck" in c and "gpu_sanitize.py --backend cuda,triton" in c for c in calls)
     assert any("--tool racecheck" in c and "gpu_sanitize.py --backend cuda --quick" in c for c in calls)
     sweep = next(c for c in calls if c.startswith("-m bench --out"))
