@@ -49,6 +49,15 @@ def load_cases(args) -> list[Case]:
     return out
 
 
+def sweep_cases(args, gpu: bool) -> list[Case]:
+    """The sweep's cases in the order it runs them: --shapes and --dtype defaulted for the
+    device (set on `args`), --first first. Shared with bench/warm_triton.py."""
+    args.shapes = args.shapes or ("resnet50,vgg16" if gpu else "tiny")
+    args.dtype = args.dtype or ("f32,bf16" if gpu else "f32")
+    cases = load_cases(args)
+    return first_order(cases, args.first) if args.first else cases
+
+
 def check(case: Case, fn, inputs, device) -> str:
     """'' if fn's outputs pass the float64 rule against torch (pydl error <= 2x torch's
     same-dtype error + ATOL), else what is wrong. The oracle runs in float64 on `device`."""
@@ -187,8 +196,6 @@ def main(argv=None) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device == "cuda"
-    args.shapes = args.shapes or ("resnet50,vgg16" if gpu else "tiny")
-    args.dtype = args.dtype or ("f32,bf16" if gpu else "f32")
     for m in args.mode.split(","):
         if m not in MODES:
             ap.error(f"--mode: {m!r} is not one of {MODES}")
@@ -211,9 +218,7 @@ def main(argv=None) -> int:
     max_row_s = args.max_row_s if args.max_row_s >= 0 else (1.5 if gpu else 0.0)
     timer = Timer(device, warmup=3 if gpu else 1, repeats=args.repeats or (30 if gpu else 5),
                   explicit=bool(args.repeats), max_time_s=max_row_s)
-    cases = load_cases(args)
-    if args.first:
-        cases = first_order(cases, args.first)
+    cases = sweep_cases(args, gpu)
     rows, skipped = [], []
     t0 = time.time()
     i = 0

@@ -49,22 +49,12 @@ def _args(argv):
     return args
 
 
-def _load(args) -> list:
-    """The sweep's cases, in its order (bench/run.py's defaults and selection)."""
+def _init(args) -> None:
     import torch
 
-    from .run import first_order, load_cases
-    gpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
-    args.shapes = args.shapes or ("resnet50,vgg16" if gpu else "tiny")
-    args.dtype = args.dtype or ("f32,bf16" if gpu else "f32")
-    cases = load_cases(args)
-    return first_order(cases, args.first) if args.first else cases
-
-
-def _init(argv) -> None:
-    import torch
+    from .run import sweep_cases
     torch.set_num_threads(1)  # the pool's processes share the cores (tests/conftest.py)
-    for c in _load(_args(argv)):
+    for c in sweep_cases(args, args.device == "cuda"):
         _CASES[c.key] = c
 
 
@@ -112,21 +102,22 @@ def _host_overhead_calls(device: str) -> None:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = _args(argv)
+    args = _args(sys.argv[1:] if argv is None else argv)
     import torch
 
     import pydl
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    from .run import sweep_cases
+    device = args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device not in pydl.backends()["triton"].devices:
         print(f"warm_triton: the triton backend cannot run on {device} here "
               f"({pydl.backends()['triton'].detail}); nothing to compile")
         return 0
-    keys = [HOST_OVERHEAD] + [c.key for c in _load(_args(argv))]
+    keys = [HOST_OVERHEAD] + [c.key for c in sweep_cases(args, device == "cuda")]
     jobs = args.jobs or max(1, min(8, (os.cpu_count() or 2) // 2))
     t0 = time.time()
     deadline = t0 + args.budget_s
-    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init, initargs=(argv,))
+    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init, initargs=(args,))
     done = 0
     try:
         pending = [pool.apply_async(_warm, (k, device)) for k in keys]  # FIFO: the sweep's order

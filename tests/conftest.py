@@ -30,9 +30,9 @@ def threads_per_worker(cpus: int, workers: int) -> int:
     return max(1, cpus // max(1, workers))
 
 
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1) > 1:
-    torch.set_num_threads(threads_per_worker(os.cpu_count() or 1,
-                                             int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if _XDIST_WORKERS > 1:
+    torch.set_num_threads(threads_per_worker(os.cpu_count() or 1, _XDIST_WORKERS))
 
 
 @pytest.fixture(autouse=True)

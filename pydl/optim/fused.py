@@ -161,6 +161,11 @@ class _FusedStep:
         state[key] = t
         return t
 
+    def _state_entry(self, state, name, p, fill: float) -> torch.Tensor:
+        """One (name, fill) pair of a spec: the step counter, or a state tensor."""
+        return _step_tensor(state, p) if name == "step" else \
+            self._state_tensor(state, name, p, fill)
+
     def _with_grads(self, group):
         """The group's params that have a gradient, with their gradients. When the group
         holds the same params as at its last step and the same ones have a gradient, the
@@ -244,8 +249,7 @@ class _FusedStep:
             st = state[k] if spec else state.get(k)
             sts.append(st)
             for name, fill in spec:
-                lists[name].append(_step_tensor(st, p) if name == "step"
-                                   else self._state_tensor(st, name, p, fill))
+                lists[name].append(self._state_entry(st, name, p, fill))
         buckets = self._buckets(where)
         if not torch.compiler.is_compiling():  # (a compiled step is traced once: kept by nobody)
             e = self._prepared[id(group)] = _Prepared()
@@ -264,9 +268,8 @@ class _FusedStep:
     def _init_group(self, group):
         """Creates the state a step of `group` takes, for each param with a gradient, as its
         first step would (_state_lists' tensors and the master weights, created the same
-        way). Called by step() only
-        under torch.compile, where Dynamo runs an optimizer's _init_group eagerly before
-        tracing the step, as for torch's own optimizers: the step is then traced once, with
+        way). Called by step() only under torch.compile, where Dynamo runs an optimizer's
+        _init_group eagerly before tracing the step, as for torch's own optimizers: the step is then traced once, with
         its state in place, instead of once without it and again with it
         (tests/test_optim.py test_compiled_step_traced_once). Returns None."""
         for p in group["params"]:
@@ -275,10 +278,7 @@ class _FusedStep:
                 if self.master_weights and p.dtype in (torch.float16, torch.bfloat16):
                     self._master(st, p)
                 for name, fill in self._spec(group):
-                    if name == "step":
-                        _step_tensor(st, p)
-                    else:
-                        self._state_tensor(st, name, p, fill)
+                    self._state_entry(st, name, p, fill)
 
     def _amp(self, device):
         """What GradScaler set on us, on `device`: dict(grad_scale=..., found_inf=...)."""
