@@ -25,6 +25,12 @@ settings.register_profile("long", max_examples=500, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+
+def examples(n):
+    """A slow test's example budget: n in CI, scaled with the loaded profile (the long profile
+    runs 20x as many as CI for every fuzz test, these included)."""
+    return max(1, n * settings.default.max_examples // 25)
+
 # ------------------------------------------------------------------ bad-input matrix
 # (case id, code run with B = the backend name and D = its device, exception type, message part)
 BAD_INPUT = {
@@ -356,7 +362,7 @@ def conv_config(draw):
 @given(cfg=conv_config(), n=st.integers(1, 2), hw=st.tuples(st.sampled_from([5, 7, 8]), st.sampled_from([5, 6, 9])),
        layout=st.sampled_from(["contiguous", "channels_last", "noncontig"]),
        dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]), seed=st.integers(0, 2**16))
-@settings(max_examples=15)
+@settings(max_examples=examples(15))
 def test_fuzz_conv2d(backend, device, cfg, n, hw, layout, dtype, seed):
     import torch.nn.functional as TF
     cin, cout, k, stride, pad, dil, groups, bias = cfg
@@ -393,7 +399,7 @@ OPTIMS = {
 @pytest.mark.parametrize("name", sorted(OPTIMS))
 @given(data=st.data(), shapes=st.lists(st.tuples(st.sampled_from([1, 3, 7, 13]), st.sampled_from([1, 2, 5])),
                                        min_size=1, max_size=4), seed=st.integers(0, 2**16))
-@settings(max_examples=10)
+@settings(max_examples=examples(10))
 def test_fuzz_optimizers(backend, device, name, data, shapes, seed):
     """random hyperparameters and parameter lists: three steps equal torch.optim's"""
     kw = {k: data.draw(v, label=k) for k, v in OPTIMS[name].items()}
@@ -550,3 +556,18 @@ def test_gpu_sanitize_script_dry_run():
     run = subprocess.run([sys.executable, os.path.join(here, "gpu_sanitize.py"), "--device", "cpu",
                           "--backend", "cpu", "--quick"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and "checks passed" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
+
+
+def test_long_fuzz_profile_scales_every_fuzz_test():
+    """`HYPOTHESIS_PROFILE=long` runs 20x CI's examples in every fuzz test, the slow ones with
+    their own smaller budget included (they once kept it whatever the profile)."""
+    code = ("import test_reliability as t; "
+            "print([getattr(t, n)._hypothesis_internal_use_settings.max_examples "
+            "for n in ('test_fuzz_pool', 'test_fuzz_conv2d', 'test_fuzz_optimizers')])")
+    counts = {}
+    for profile in ("ci", "long"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             cwd=os.path.dirname(__file__), env={**os.environ, "HYPOTHESIS_PROFILE": profile})
+        counts[profile] = eval(out.stdout.strip().splitlines()[-1])
+    assert counts["ci"] == [25, 15, 10]
+    assert counts["long"] == [500, 300, 200]
