@@ -288,62 +288,189 @@ def pool_config(draw):
     return k, s, p, d, draw(st.booleans())
 
 
+FUZZ_DTYPES = st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64])
+
+
+@st.composite
+def map_shape(draw, unbatched=True):
+    """(N, C, H, W), or (C, H, W) -- unbatched input -- with sizes 1 and odd primes; a layout
+    (channels_last only for 4-D)."""
+    shape = (draw(st.sampled_from([1, 2, 3, 5])), draw(st.sampled_from([1, 2, 5, 7, 13])),
+             draw(st.sampled_from([1, 3, 5, 11])))
+    if not (unbatched and draw(st.booleans())):
+        shape = (draw(st.integers(1, 3)),) + shape
+    layouts = ["contiguous", "noncontig"] + (["channels_last"] if len(shape) == 4 else [])
+    return shape, draw(st.sampled_from(layouts))
+
+
+def _check_indices(x, idx, ref_idx, what):
+    """Max-pool indices: torch's exactly where the window maximum is unique (always, for
+    float32 / float64 normal inputs); with 16-bit ties, an index of an equal value."""
+    assert idx.dtype == torch.int64 and idx.shape == ref_idx.shape, what
+    if x.dtype in (torch.float32, torch.float64):
+        assert torch.equal(idx, ref_idx), f"{what}: indices differ from torch's"
+    else:
+        flat = x.detach().flatten(-2)
+        assert torch.equal(flat.gather(-1, idx.flatten(-2)), flat.gather(-1, ref_idx.flatten(-2))), \
+            f"{what}: an index points at a smaller value than torch's"
+
+
 @pytest.mark.parametrize("backend,device", backend_params())
-@given(shape=st.tuples(st.integers(1, 3), st.sampled_from([1, 2, 3, 5]), st.sampled_from([1, 2, 5, 7, 13]),
-                       st.sampled_from([1, 3, 5, 11])),
-       layout=st.sampled_from(["contiguous", "channels_last", "noncontig"]),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]), cfg=pool_config(),
-       kind=st.sampled_from(["max", "avg"]), seed=st.integers(0, 2**16))
-def test_fuzz_pool(backend, device, shape, layout, dtype, cfg, kind, seed):
+@given(sl=map_shape(), dtype=FUZZ_DTYPES, cfg=pool_config(), kind=st.sampled_from(["max", "avg"]),
+       avg_opts=st.tuples(st.booleans(), st.sampled_from([None, None, 1, 3])), indices=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_fuzz_pool(backend, device, sl, dtype, cfg, kind, avg_opts, indices, seed):
     import torch.nn.functional as TF
     from hypothesis import assume
+    shape, layout = sl
     k, s, p, d, ceil = cfg
     if kind == "max":
         # a window with no input element: torch's CPU backward, the reference, writes past the
         # plane there (test_pool.py::test_max_pool_empty_windows checks pydl on such windows)
         from test_pool import has_empty_window
-        assume(not has_empty_window(shape[2:], k, s, p, d, ceil))
+        assume(not has_empty_window(shape[-2:], k, s, p, d, ceil))
     x = make_input(shape, dtype, device, layout, requires_grad=True, seed=seed)
     if kind == "max":
         ours = lambda t: F.max_pool2d(t, k, s, p, d, ceil, backend=backend)  # noqa: E731
         ref = lambda t: TF.max_pool2d(t, k, s, p, d, ceil)  # noqa: E731
     else:
         assume(d == (1, 1))
-        ours = lambda t: F.avg_pool2d(t, k, s, p, ceil, backend=backend)  # noqa: E731
-        ref = lambda t: TF.avg_pool2d(t, k, s, p, ceil)  # noqa: E731
+        cip, div = avg_opts
+        ours = lambda t: F.avg_pool2d(t, k, s, p, ceil, cip, div, backend=backend)  # noqa: E731
+        ref = lambda t: TF.avg_pool2d(t, k, s, p, ceil, cip, div)  # noqa: E731
+    what = f"{kind}pool {shape} {cfg} {avg_opts if kind == 'avg' else ''} {layout} {dtype}"
     try:
         ref(x.detach())
     except RuntimeError:
         with pytest.raises(RuntimeError):  # what torch rejects, pydl rejects
             ours(x)
         return
-    check_against_torch(ours, ref, [x], what=f"{kind}pool {shape} {cfg} {layout} {dtype}")
+    check_against_torch(ours, ref, [x], what=what)
+    if kind == "max" and indices:
+        out, idx = F.max_pool2d(x.detach(), k, s, p, d, ceil, return_indices=True, backend=backend)
+        ref_out, ref_idx = TF.max_pool2d(x.detach(), k, s, p, d, ceil, return_indices=True)
+        assert torch.equal(out, ref_out), f"{what}: values with indices differ from torch's"
+        _check_indices(x, idx, ref_idx, what)
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
-@given(shape=st.tuples(st.integers(2, 4), st.sampled_from([1, 3, 5]), st.sampled_from([1, 2, 7]),
-                       st.sampled_from([1, 3, 5])),
-       layout=st.sampled_from(["contiguous", "channels_last", "noncontig"]),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]), training=st.booleans(),
-       affine=st.booleans(), seed=st.integers(0, 2**16))
-def test_fuzz_batch_norm(backend, device, shape, layout, dtype, training, affine, seed):
+@given(sl=map_shape(), dtype=FUZZ_DTYPES, kind=st.sampled_from(["max", "avg"]),
+       size=st.tuples(st.one_of(st.none(), st.integers(1, 15)), st.one_of(st.none(), st.integers(1, 13))),
+       as_int=st.booleans(), seed=st.integers(0, 2**16))
+def test_fuzz_adaptive_pool(backend, device, sl, dtype, kind, size, as_int, seed):
+    """output sizes smaller, equal and larger than the input (overlapping windows), None
+    entries (keep the input's size) and a single int; values, gradient and max's indices"""
     import torch.nn.functional as TF
-    c = shape[1]
+    shape, layout = sl
+    out_size = size[0] if as_int and size[0] is not None else size
     x = make_input(shape, dtype, device, layout, requires_grad=True, seed=seed)
+    what = f"adaptive {kind} pool {shape} -> {out_size} {layout} {dtype}"
+    if kind == "avg":
+        check_against_torch(lambda t: F.adaptive_avg_pool2d(t, out_size, backend=backend),
+                            lambda t: TF.adaptive_avg_pool2d(t, out_size), [x], what=what)
+        return
+    check_against_torch(lambda t: F.adaptive_max_pool2d(t, out_size, backend=backend),
+                        lambda t: TF.adaptive_max_pool2d(t, out_size), [x], what=what)
+    out, idx = F.adaptive_max_pool2d(x.detach(), out_size, True, backend=backend)
+    ref_out, ref_idx = TF.adaptive_max_pool2d(x.detach(), out_size, True)
+    assert torch.equal(out, ref_out), f"{what}: values with indices differ from torch's"
+    _check_indices(x, idx, ref_idx, what)
+
+
+@st.composite
+def bn_input(draw):
+    """(N, C), (N, C, L) or (N, C, H, W) with N >= 2 (training needs two values a channel)."""
+    c = draw(st.sampled_from([1, 3, 5]))
+    shape = (draw(st.integers(2, 4)), c) + tuple(draw(st.sampled_from([1, 2, 7])) for _ in range(draw(st.integers(0, 2))))
+    layouts = ["contiguous", "noncontig"] + (["channels_last"] if len(shape) == 4 else [])
+    return shape, draw(st.sampled_from(layouts))
+
+
+def _bn_args(shape, dtype, device, affine, seed):
+    c = shape[1]
     wdt = torch.float64 if dtype == torch.float64 else torch.float32
     w = make_input((c,), wdt, device, requires_grad=True, seed=seed + 1) if affine else None
     b = make_input((c,), wdt, device, requires_grad=True, seed=seed + 2) if affine else None
     rm = make_input((c,), wdt, device, seed=seed + 3)
     rv = make_input((c,), wdt, device, seed=seed + 4).abs() + 0.5
+    return w, b, rm, rv
+
+
+def _running_stats_as_torch(ours, theirs, rm, rv, what):
+    """One call each on their own copies of the running statistics: pydl's updates (in the
+    statistics' dtype) within float32 rounding of torch's."""
+    stats = [(rm.clone(), rv.clone()) for _ in range(2)]
+    with torch.no_grad():
+        ours(*stats[0])
+        theirs(*stats[1])
+    for a, b, name in zip(stats[0], stats[1], ("running_mean", "running_var")):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), f"{what}: {name} {a} != torch's {b}"
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@given(sl=bn_input(), dtype=FUZZ_DTYPES, training=st.booleans(), affine=st.booleans(),
+       momentum=st.sampled_from([0.1, 0.0, 1.0, 0.37]), seed=st.integers(0, 2**16))
+def test_fuzz_batch_norm(backend, device, sl, dtype, training, affine, momentum, seed):
+    """output and gradients; in training also the running-statistics update"""
+    import torch.nn.functional as TF
+    shape, layout = sl
+    x = make_input(shape, dtype, device, layout, requires_grad=True, seed=seed)
+    w, b, rm, rv = _bn_args(shape, dtype, device, affine, seed)
     ins = [x] + ([w, b] if affine else [])
+    what = f"batch_norm {shape} {layout} {dtype} train={training} momentum={momentum}"
 
     def ours(x, w=None, b=None):
-        return F.batch_norm(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-5, backend=backend)
+        return F.batch_norm(x, rm.clone(), rv.clone(), w, b, training, momentum, 1e-5, backend=backend)
 
     def ref(x, w=None, b=None):
         r = (lambda t: t.to(x.device, torch.float64 if x.dtype == torch.float64 else t.dtype))
-        return TF.batch_norm(x, r(rm).clone(), r(rv).clone(), w, b, training, 0.1, 1e-5)
-    check_against_torch(ours, ref, ins, what=f"batch_norm {shape} {layout} {dtype} train={training}")
+        return TF.batch_norm(x, r(rm).clone(), r(rv).clone(), w, b, training, momentum, 1e-5)
+    check_against_torch(ours, ref, ins, what=what)
+    if training:
+        _running_stats_as_torch(
+            lambda m, v: F.batch_norm(x, m, v, w, b, True, momentum, 1e-5, backend=backend),
+            lambda m, v: TF.batch_norm(x, m, v, w, b, True, momentum, 1e-5), rm, rv, what)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@given(sl=bn_input(), dtype=FUZZ_DTYPES, training=st.booleans(), affine=st.booleans(),
+       residual=st.booleans(), act=st.sampled_from([("relu", 0.0), ("leaky_relu", 0.01), ("leaky_relu", 0.2),
+                                                    ("none", 0.0)]),
+       seed=st.integers(0, 2**16))
+def test_fuzz_batch_norm_act(backend, device, sl, dtype, training, affine, residual, act, seed):
+    """the fused tail act(batch_norm(x) [+ residual]) against torch's unfused sequence:
+    output, the gradients of x, the parameters and the residual, the running statistics"""
+    import torch.nn.functional as TF
+    shape, layout = sl
+    name, slope = act
+    x = make_input(shape, dtype, device, layout, requires_grad=True, seed=seed)
+    w, b, rm, rv = _bn_args(shape, dtype, device, affine, seed)
+    r = make_input(shape, dtype, device, layout, requires_grad=True, seed=seed + 5) if residual else None
+    ins = [x] + ([r] if residual else []) + ([w, b] if affine else [])
+    what = f"batch_norm_act {shape} {layout} {dtype} train={training} residual={residual} {act}"
+
+    def split(t):
+        x, rest = t[0], list(t[1:])
+        res = rest.pop(0) if residual else None
+        return x, res, (rest if affine else [None, None])
+
+    def ours(*t):
+        x, res, (w, b) = split(t)
+        return F.batch_norm_act(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-5, residual=res,
+                                act=name, negative_slope=slope, backend=backend)
+
+    def ref(*t):
+        x, res, (w, b) = split(t)
+        cast = (lambda u: u.to(x.device, torch.float64 if x.dtype == torch.float64 else u.dtype))
+        y = TF.batch_norm(x, cast(rm).clone(), cast(rv).clone(), w, b, training, 0.1, 1e-5)
+        y = y + res if res is not None else y
+        return {"relu": TF.relu, "leaky_relu": lambda u: TF.leaky_relu(u, slope), "none": lambda u: u}[name](y)
+    check_against_torch(ours, ref, ins, what=what)
+    if training:
+        _running_stats_as_torch(
+            lambda m, v: F.batch_norm_act(x, m, v, w, b, True, 0.1, 1e-5, residual=r, act=name,
+                                          negative_slope=slope, backend=backend),
+            lambda m, v: TF.batch_norm(x, m, v, w, b, True, 0.1, 1e-5), rm, rv, what)
 
 
 @st.composite
@@ -359,26 +486,31 @@ def conv_config(draw):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
-@given(cfg=conv_config(), n=st.integers(1, 2), hw=st.tuples(st.sampled_from([5, 7, 8]), st.sampled_from([5, 6, 9])),
-       layout=st.sampled_from(["contiguous", "channels_last", "noncontig"]),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]), seed=st.integers(0, 2**16))
+@given(cfg=conv_config(), n=st.integers(0, 2), hw=st.tuples(st.sampled_from([5, 7, 8]), st.sampled_from([5, 6, 9])),
+       layout=st.sampled_from(["contiguous", "channels_last", "noncontig"]), dtype=FUZZ_DTYPES,
+       act=st.sampled_from([None, None, "relu"]), seed=st.integers(0, 2**16))
 @settings(max_examples=examples(15))
-def test_fuzz_conv2d(backend, device, cfg, n, hw, layout, dtype, seed):
+def test_fuzz_conv2d(backend, device, cfg, n, hw, layout, dtype, act, seed):
+    """n = 0: unbatched (C, H, W) input; act="relu": the fused bias + ReLU epilogue"""
     import torch.nn.functional as TF
     cin, cout, k, stride, pad, dil, groups, bias = cfg
-    x = make_input((n, cin) + hw, dtype, device, layout, requires_grad=True, seed=seed)
+    if n == 0 and layout == "channels_last":
+        layout = "contiguous"
+    x = make_input(((n,) if n else ()) + (cin,) + hw, dtype, device, layout, requires_grad=True, seed=seed)
     w = make_input((cout, cin // groups) + k, dtype, device, requires_grad=True, seed=seed + 1, scale=0.5)
     b = make_input((cout,), dtype, device, requires_grad=True, seed=seed + 2) if bias else None
     try:
         TF.conv2d(x.detach(), w.detach(), None, stride, pad, dil, groups)
     except RuntimeError:
         with pytest.raises(RuntimeError):  # what torch rejects, pydl rejects
-            F.conv2d(x, w, b, stride, pad, dil, groups, backend=backend)
+            F.conv2d(x, w, b, stride, pad, dil, groups, activation=act, backend=backend)
         return
     ins = [x, w] + ([b] if bias else [])
-    check_against_torch(lambda *t: F.conv2d(*t[:2], t[2] if bias else None, stride, pad, dil, groups, backend=backend),
-                        lambda *t: TF.conv2d(*t[:2], t[2] if bias else None, stride, pad, dil, groups), ins,
-                        what=f"conv2d {cfg} {hw} {layout} {dtype}")
+    post = TF.relu if act == "relu" else (lambda y: y)
+    check_against_torch(lambda *t: F.conv2d(*t[:2], t[2] if bias else None, stride, pad, dil, groups,
+                                            activation=act, backend=backend),
+                        lambda *t: post(TF.conv2d(*t[:2], t[2] if bias else None, stride, pad, dil, groups)), ins,
+                        what=f"conv2d {cfg} n={n} {hw} {layout} {dtype} act={act}")
 
 
 OPTIMS = {
