@@ -553,6 +553,97 @@ def test_fuzz_optimizers(backend, device, name, data, shapes, seed):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (name, kw, float((a - b).abs().max()))
 
 
+# hyperparameters torch.optim reads afresh at every step, so a user (or a scheduler) may
+# change them between steps: (key, strategy of new values)
+MUTABLE = {
+    "SGD": [("lr", st.floats(1e-3, 0.5)), ("weight_decay", st.sampled_from([0.0, 0.01])),
+            ("maximize", st.booleans()), ("dampening", st.sampled_from([0.0, 0.1])),
+            ("momentum", st.sampled_from([0.0, 0.9]))],
+    "Adam": [("lr", st.floats(1e-4, 0.1)), ("betas", st.tuples(st.floats(0.0, 0.95), st.floats(0.5, 0.999))),
+             ("eps", st.sampled_from([1e-8, 1e-3])), ("weight_decay", st.sampled_from([0.0, 0.1])),
+             ("maximize", st.booleans())],
+    "AdamW": [("lr", st.floats(1e-4, 0.1)), ("weight_decay", st.sampled_from([0.0, 0.1])),
+              ("maximize", st.booleans())],
+    "RMSprop": [("lr", st.floats(1e-4, 0.05)), ("alpha", st.floats(0.5, 0.99)),
+                ("weight_decay", st.sampled_from([0.0, 0.01])), ("maximize", st.booleans())],
+    "Adagrad": [("lr", st.floats(1e-3, 0.5)), ("lr_decay", st.sampled_from([0.0, 0.01])),
+                ("weight_decay", st.sampled_from([0.0, 0.01])), ("maximize", st.booleans())],
+}
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("name", sorted(OPTIMS))
+@given(data=st.data(), seed=st.integers(0, 2**16))
+@settings(max_examples=examples(5))
+def test_fuzz_optimizer_sessions(backend, device, name, data, seed):
+    """a random session of what users do between steps -- steps where some params have no
+    gradient, hyperparameters changed in param_groups (as schedulers do), zero_grad, a param
+    changed in place, a param's state reset, load_state_dict of its own state_dict, a param
+    group added -- done to a pydl optimizer and to torch.optim's: the params equal torch's
+    after every step (pydl reuses its state lists between steps: none of this may go stale)."""
+    import copy
+    from test_optim import _init_added_adagrad_state
+    kw = {k: data.draw(v, label=k) for k, v in OPTIMS[name].items()}
+    if name == "SGD":
+        kw["nesterov"] = False  # momentum may be changed below; nesterov needs it
+    shapes = data.draw(st.lists(st.tuples(st.sampled_from([1, 3, 7]), st.sampled_from([1, 2, 5])),
+                                min_size=1, max_size=3), label="shapes")
+    ours = [make_input(s, torch.float32, device, seed=seed + i, requires_grad=True) for i, s in enumerate(shapes)]
+    ref = [p.detach().clone().requires_grad_() for p in ours]
+    opts = [getattr(pydl.optim, name)(ours, backend=backend, **kw),
+            getattr(torch.optim, name)(ref, foreach=False, **kw)]
+    sets = [ours, ref]
+    actions = st.one_of(
+        st.tuples(st.just("step"), st.lists(st.booleans(), min_size=8, max_size=8)),
+        st.tuples(st.just("set"), st.integers(0, 7), st.sampled_from(MUTABLE[name]).flatmap(
+            lambda kv: st.tuples(st.just(kv[0]), kv[1]))),
+        st.tuples(st.just("zero_grad"), st.booleans()),
+        st.tuples(st.just("scale_param"), st.integers(0, 7)),
+        # (torch's Adagrad cannot load a state_dict with a reset state: KeyError, pydl's too)
+        st.tuples(st.just("reset_state" if name != "Adagrad" else "reload"), st.integers(0, 7)),
+        st.tuples(st.just("reload"),),
+        st.tuples(st.just("add_group"), st.sampled_from([(2,), (3, 4)])))
+    log = []
+    for n, act in enumerate(data.draw(st.lists(actions, min_size=3, max_size=10), label="session")):
+        log.append(act)
+        kind = act[0]
+        if kind == "step":
+            for i in range(len(ours)):
+                g = make_input(ours[i].shape, torch.float32, device, seed=seed + 1000 * n + i) if act[1][i % 8] else None
+                for ps in sets:
+                    ps[i].grad = None if g is None else g.clone()
+            for o in opts:
+                o.step()
+            for a, b in zip(ours, ref):
+                assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (name, kw, log, float((a - b).abs().max()))
+        elif kind == "set":
+            for o in opts:
+                o.param_groups[act[1] % len(o.param_groups)][act[2][0]] = act[2][1]
+        elif kind == "zero_grad":
+            for o in opts:
+                o.zero_grad(set_to_none=act[1])
+        elif kind == "scale_param":
+            with torch.no_grad():
+                for ps in sets:
+                    ps[act[1] % len(ps)].mul_(0.75)
+        elif kind == "reset_state":
+            for o, ps in zip(opts, sets):
+                o.state[ps[act[1] % len(ps)]] = {}
+        elif kind == "reload":
+            for o in opts:
+                o.load_state_dict(copy.deepcopy(o.state_dict()))
+        else:
+            extra = make_input(act[1], torch.float32, device, seed=seed + 7 * n)
+            for o, ps in zip(opts, sets):
+                e = extra.clone().requires_grad_()
+                ps.append(e)
+                o.add_param_group({"params": [e]})
+        if name == "Adagrad" and kind == "add_group":
+            # torch 2.11 makes Adagrad's state in __init__ only (newer releases at the first
+            # step): the reference gets it at once
+            _init_added_adagrad_state(opts[1])
+
+
 @pytest.mark.parametrize("backend,device", backend_params())
 def test_float16_overflow_as_torch(backend, device):
     """values at the edge of float16's range: pydl saturates / overflows to inf exactly
