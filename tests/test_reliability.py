@@ -644,6 +644,96 @@ def test_fuzz_optimizer_sessions(backend, device, name, data, seed):
             _init_added_adagrad_state(opts[1])
 
 
+@st.composite
+def small_cnn(draw):
+    """A random small CNN of the layers pydl.convert replaces (each with random options) and
+    the input it takes: (torch model, input shape, layout)."""
+    from torch import nn
+    c = draw(st.sampled_from([1, 3]))
+    shape = (draw(st.integers(2, 3)), c, draw(st.integers(7, 12)), draw(st.integers(7, 12)))
+    layers = []
+    for _ in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["conv", "conv", "bn", "act", "pool"]))
+        if kind == "conv":
+            g = draw(st.sampled_from([1, 2])) if c % 2 == 0 else 1
+            oc = g * draw(st.integers(1, 3))
+            stride = draw(st.integers(1, 2))
+            pad = draw(st.sampled_from([0, 1, (2, 1)] + (["same"] if stride == 1 else [])))
+            layers.append(nn.Conv2d(c, oc, draw(st.sampled_from([1, 3, (3, 1), 5])), stride, pad,
+                                    draw(st.integers(1, 2)), g, draw(st.booleans()),
+                                    draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))))
+            c = oc
+        elif kind == "bn":
+            layers.append(nn.BatchNorm2d(c, momentum=draw(st.sampled_from([0.1, None, 0.5])),
+                                         affine=draw(st.booleans()), track_running_stats=draw(st.booleans())))
+        elif kind == "act":
+            layers.append(draw(st.sampled_from([lambda i: nn.ReLU(i), lambda i: nn.LeakyReLU(0.2, i),
+                                                lambda i: nn.ELU(0.7, i), lambda i: nn.Sigmoid(),
+                                                lambda i: nn.Tanh()]))(draw(st.booleans())))
+        else:
+            k = draw(st.integers(1, 3))
+            args = (k, draw(st.integers(1, 2)), draw(st.integers(0, k // 2)))
+            layers.append(nn.MaxPool2d(*args, ceil_mode=draw(st.booleans())) if draw(st.booleans()) else
+                          nn.AvgPool2d(*args, ceil_mode=draw(st.booleans()), count_include_pad=draw(st.booleans())))
+    out = draw(st.integers(1, 3))
+    layers += [draw(st.sampled_from([nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d]))(out), nn.Flatten(),
+               nn.Linear(c * out * out, 4)]
+    return nn.Sequential(*layers), shape, draw(st.sampled_from(["contiguous", "channels_last"]))
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@given(net=small_cnn(), seed=st.integers(0, 2**16))
+@settings(max_examples=examples(10))
+def test_fuzz_converted_networks(backend, device, net, seed):
+    """random small CNNs converted by pydl.convert, in float64, trained two steps by
+    pydl.optim.SGD (momentum, weight decay) beside the torch model with torch.optim.SGD, then
+    run in eval mode: outputs, every gradient, params and buffers equal torch's (float64:
+    only summation order differs)"""
+    from hypothesis import assume
+    model, shape, layout = net
+    torch.manual_seed(seed)
+    ref = model.to(device, torch.float64)
+    x = make_input(shape, torch.float64, device, layout, seed=seed)
+    try:
+        ref(x.clone())
+    except RuntimeError:  # a configuration torch refuses (a map shrunk below a kernel, ...)
+        assume(False)
+    ours = pydl.convert(ref, backend=backend)
+    opts = [pydl.optim.SGD(ours.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01, backend=backend),
+            torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01, foreach=False)]
+    what = f"{ref} {shape} {layout}"
+
+    def close(a, b, name):
+        assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-9, atol=1e-10), \
+            f"{what}: {name} differs from torch's by {float((a - b).abs().max()):.3g}"
+    for step in range(2):
+        w = make_input((shape[0], 4), torch.float64, device, seed=seed + step + 1)
+
+        def loss(m):
+            y = (m(x.clone()) * w).sum()  # (a clone: the first layer may be in place)
+            y.backward()
+            return y
+        try:
+            y_ref = loss(ref)
+        except RuntimeError as e:  # e.g. an in-place activation on a tensor saved for backward:
+            with pytest.raises(RuntimeError) as ours_e:  # what torch refuses, pydl refuses
+                loss(ours)
+            assert ("inplace operation" in str(e)) == ("inplace operation" in str(ours_e.value)), (e, ours_e)
+            return
+        close(loss(ours), y_ref, f"step {step} loss")
+        for (n, a), b in zip(ours.named_parameters(), ref.parameters()):
+            close(a.grad, b.grad, f"step {step} grad of {n}")
+        for o in opts:
+            o.step()
+            o.zero_grad()
+    ours.eval(), ref.eval()
+    with torch.no_grad():
+        close(ours(x.clone()), ref(x.clone()), "eval output")
+    for (n, a), b in zip(list(ours.named_parameters()) + list(ours.named_buffers()),
+                         list(ref.parameters()) + list(ref.buffers())):
+        close(a, b, n)
+
+
 @pytest.mark.parametrize("backend,device", backend_params())
 def test_float16_overflow_as_torch(backend, device):
     """values at the edge of float16's range: pydl saturates / overflows to inf exactly
